@@ -1,0 +1,198 @@
+// `make bench`: the node runtime measured beside the raw runc / CRIU limits, in the same run.
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../src/runtime/command.ts';
+import { handOverImages } from '../src/runtime/criu-images.ts';
+import { isMountPoint, unmount } from '../src/runtime/fs-util.ts';
+import { buildOciSpec } from '../src/runtime/oci-spec.ts';
+import { Runc } from '../src/runtime/runc.ts';
+import { templateRootfs } from '../src/runtime/layout.ts';
+import { InitClient } from '../src/runtime/init-client.ts';
+import { createSandbox, exec, startTestAgent, TEST_ROOT, type TestAgent } from '../test/helpers/agent-harness.ts';
+import { printTable, row, timed, type Row } from './stats.ts';
+
+const N = Number(process.env.BENCH_N ?? 20);
+const N_SNAPSHOT = Number(process.env.BENCH_N_SNAPSHOT ?? 8);
+const DENSITY = Number(process.env.BENCH_DENSITY ?? 200);
+const WORKLOAD_100M = 'import os,time\nx=bytearray(os.urandom(1<<20)*100)\nwhile True: time.sleep(1)';
+
+/** A raw runc container on the same template and limits as a sandbox, without Nestbox. */
+async function rawContainer(a: TestAgent, id: string, args: string[]) {
+  const cfg = a.agent.runtime.cfg;
+  const dir = path.join(TEST_ROOT, 'raw', id);
+  await mkdir(path.join(dir, 'upper'), { recursive: true, mode: 0o711 });
+  await mkdir(path.join(dir, 'work'), { recursive: true });
+  await mkdir(path.join(dir, 'rootfs'), { recursive: true });
+  await mkdir(path.join(dir, 'run'), { recursive: true });
+  await run(['chown', `${cfg.uidShift}:${cfg.uidShift}`, path.join(dir, 'upper'), path.join(dir, 'run')]);
+  await run(['mount', '-t', 'overlay', 'overlay', '-o',
+    `lowerdir=${templateRootfs(cfg, 'base')},upperdir=${dir}/upper,workdir=${dir}/work`, `${dir}/rootfs`]);
+  const spec = buildOciSpec({
+    sandboxId: id, rootfs: `${dir}/rootfs`, initBinary: cfg.initBinary, socketDir: `${dir}/run`,
+    networkHook: { path: '/bin/true', args: ['true'], timeout: 10 },
+    resources: { cpuCount: 2, memoryMB: 1024, pidsLimit: 512 }, uidShift: cfg.uidShift, uidRange: cfg.uidRange,
+  }) as any;
+  delete spec.hooks;
+  spec.process.args = args;
+  spec.linux.cgroupsPath = `/nestbox-raw/${id}`;
+  await writeFile(path.join(dir, 'config.json'), JSON.stringify(spec));
+  return {
+    dir,
+    cleanup: async (runc: Runc) => {
+      await runc.destroy(id).catch(() => undefined);
+      await run(['umount', `${dir}/rootfs`], { allowFailure: true });
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Host memory in use, page cache excluded: caches are dropped first (they come and go with
+ * whatever else the host reads), then used = total - free - buffers - cache - reclaimable slab.
+ */
+async function hostUsedKiB() {
+  await run(['sync']);
+  await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => undefined);
+  const info = await readFile('/proc/meminfo', 'utf8');
+  const get = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(info)![1]);
+  return get('MemTotal') - get('MemFree') - get('Buffers') - get('Cached') - get('SReclaimable');
+}
+
+/** A run that crashed may have left raw containers and mounts behind. */
+async function cleanStaleRaw(runc: Runc) {
+  const rawRoot = path.join(TEST_ROOT, 'raw');
+  for (const id of await readdir(rawRoot).catch(() => [] as string[])) {
+    await runc.destroy(id).catch(() => undefined);
+    // a crashed run may have stacked several mounts here
+    while (await isMountPoint(path.join(rawRoot, id, 'rootfs'))) await unmount(path.join(rawRoot, id, 'rootfs'));
+  }
+  await rm(rawRoot, { recursive: true, force: true });
+}
+
+async function main() {
+  const a = await startTestAgent();
+  const cfg = a.agent.runtime.cfg;
+  const runc = new Runc(path.join(TEST_ROOT, 'raw-runc'), cfg.criuBinDir);
+  await cleanStaleRaw(runc);
+  const rows: Row[] = [];
+  const extra: Record<string, number> = {};
+  try {
+    // --- create: request to first exec possible, beside raw `runc run -d` ----------------------
+    const rawRun: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const id = `rawrun${i}`;
+      const c = await rawContainer(a, id, ['/.nestbox/init', '--socket', '/run/nestbox/init.sock']);
+      const [ms] = await timed(() => runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log')));
+      rawRun.push(ms);
+      await c.cleanup(runc);
+    }
+    const create: number[] = [];
+    const kill: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const [ms, id] = await timed(() => createSandbox(a));
+      create.push(ms);
+      const [kms] = await timed(() => a.json('DELETE', `/v1/sandboxes/${id}`));
+      kill.push(kms);
+    }
+    rows.push(row('create (request -> init answers)', create, rawRun, 'runc run -d'));
+
+    // --- exec round trip of `true`, beside nsenter into the same sandbox ------------------------
+    const id = await createSandbox(a);
+    const state = await a.agent.runtime.containerState(id);
+    const pid = state!.pid;
+    const rawExec: number[] = [];
+    const apiExec: number[] = [];
+    const socketExec: number[] = [];
+    const client = new InitClient(path.join(cfg.dataDir, 'sandboxes', id, 'run', 'init.sock'));
+    for (let i = 0; i < N * 2; i++) {
+      rawExec.push((await timed(() => run(['nsenter', '-t', String(pid), '-U', '-m', '-p', '-n', '-i', '-u', '--preserve-credentials', '/bin/true'])))[0]);
+      apiExec.push((await timed(() => exec(a, id, 'true').then(() => undefined)))[0]);
+      socketExec.push((await timed(async () => {
+        const s = await client.start({ argv: ['/bin/true'], env: {}, user: 'user', pty: null, stdin: false });
+        for await (const _ of s) { /* drain */ }
+        await s.exited;
+      }))[0]);
+    }
+    client.closeAll();
+    rows.push(row('exec `true` via agent API', apiExec, rawExec, 'nsenter true'));
+    rows.push(row('exec `true` via init socket', socketExec, rawExec, 'nsenter true'));
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+
+    // --- pause / resume with a 100 MiB process, beside runc checkpoint / restore (CRIU) ---------
+    const rawId = 'rawcriu';
+    const raw = await rawContainer(a, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
+    await runc.runDetached(rawId, raw.dir, path.join(raw.dir, 'runc.log'));
+    await new Promise((r) => setTimeout(r, 1500));
+    const rawDump: number[] = [];
+    const rawRestore: number[] = [];
+    for (let i = 0; i < N_SNAPSHOT; i++) {
+      const images = path.join(raw.dir, `images${i}`);
+      await mkdir(images, { mode: 0o700 });
+      rawDump.push((await timed(() => runc.checkpoint(rawId, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
+      await runc.destroy(rawId);
+      await handOverImages(images, cfg.uidShift);
+      rawRestore.push((await timed(() => runc.restore(rawId, raw.dir, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
+      await rm(images, { recursive: true, force: true });
+    }
+    const rss = await run(['sh', '-c', `grep VmRSS /proc/${(await runc.state(rawId))!.pid}/status`]);
+    extra.raw_workload_rss_kib = Number(rss.stdout.replace(/\D+/g, ''));
+    await raw.cleanup(runc);
+
+    const sid = await createSandbox(a, { memoryMB: 1024 });
+    await a.api('POST', `/v1/sandboxes/${sid}/processes`, { argv: ['/usr/bin/python3', '-c', WORKLOAD_100M] }).then((r) => r.body?.cancel());
+    await new Promise((r) => setTimeout(r, 1500));
+    const pause: number[] = [];
+    const resume: number[] = [];
+    for (let i = 0; i < N_SNAPSHOT; i++) {
+      pause.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/pause`, { memory: true })))[0]);
+      resume.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/resume`)))[0]);
+    }
+    rows.push(row('pause, 100 MiB process', pause, rawDump, 'runc checkpoint (criu dump)'));
+    rows.push(row('resume, 100 MiB process', resume, rawRestore, 'runc restore (criu restore)'));
+    await a.json('DELETE', `/v1/sandboxes/${sid}`);
+
+    // --- kill, beside raw runc kill + delete -----------------------------------------------------
+    const rawKill: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const rid = `rawkill${i}`;
+      const c = await rawContainer(a, rid, ['/bin/sleep', 'infinity']);
+      await runc.runDetached(rid, c.dir, path.join(c.dir, 'runc.log'));
+      rawKill.push((await timed(() => runc.destroy(rid)))[0]);
+      await c.cleanup(runc);
+    }
+    rows.push(row('kill (everything removed)', kill, rawKill, 'runc kill + delete'));
+
+    // --- density: host memory per idle sandbox beyond its own processes --------------------------
+    const before = await hostUsedKiB();
+    const ids: string[] = [];
+    for (let i = 0; i < DENSITY; i++) ids.push(await createSandbox(a, { memoryMB: 64 }));
+    await new Promise((r) => setTimeout(r, 2000));
+    const afterKiB = await hostUsedKiB();
+    let ownKiB = 0;
+    for (const s of ids) ownKiB += (await a.agent.runtime.metrics(s)).memoryBytes / 1024;
+    extra.density_sandboxes = ids.length;
+    extra.density_host_kib_per_sandbox = Math.round((afterKiB - before) / ids.length);
+    extra.density_own_kib_per_sandbox = Math.round(ownKiB / ids.length);
+    extra.density_overhead_kib_per_sandbox = Math.round((afterKiB - before - ownKiB) / ids.length);
+    for (const s of ids) await a.json('DELETE', `/v1/sandboxes/${s}`);
+  } finally {
+    await a.stop();
+    await rm(path.join(TEST_ROOT, 'raw-runc'), { recursive: true, force: true });
+  }
+
+  printTable(rows);
+  console.log('');
+  for (const [k, v] of Object.entries(extra)) console.log(`${k}: ${v}`);
+  const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results.json');
+  const density = {
+    name: 'density: host memory per idle sandbox beyond its processes (KiB, not ms)',
+    p50_ms: extra.density_overhead_kib_per_sandbox ?? NaN,
+    p99_ms: extra.density_overhead_kib_per_sandbox ?? NaN,
+    limit_p50_ms: null,
+  };
+  await writeFile(out, JSON.stringify([...rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), density], null, 2));
+  console.log(`\nwrote ${out}`);
+}
+
+await main();

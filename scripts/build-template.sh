@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Build a sandbox template root filesystem.
+#
+#   scripts/build-template.sh [NAME]        (NAME defaults to "base")
+#
+# Result: $NESTBOX_TEMPLATES_DIR/NAME/{rootfs/,template.json,.complete}
+#   NESTBOX_TEMPLATES_DIR defaults to /var/lib/nestbox/templates.
+# The rootfs is a Debian bookworm minbase with bash, coreutils, python3, git,
+# curl, ca-certificates, procps and iproute2, a user "user" (1000:1000), an
+# empty /run/nestbox mount point, and every file owned by uid/gid +100000
+# (container root = host uid 100000, range 65536).
+# Cached: does nothing when NAME/.complete exists (remove the directory to rebuild).
+# Extra packages: NESTBOX_TEMPLATE_EXTRA_PACKAGES="pkg1,pkg2".
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$SCRIPT_DIR/lib.sh"
+
+NAME="${1:-base}"
+case "$NAME" in
+  ''|*/*|.*) die "invalid template name '$NAME'" ;;
+esac
+
+require_root_linux_cgroups "$@"
+
+SUITE="${NESTBOX_TEMPLATE_SUITE:-bookworm}"
+PACKAGES="bash,coreutils,python3,git,curl,ca-certificates,procps,iproute2"
+if [ -n "${NESTBOX_TEMPLATE_EXTRA_PACKAGES:-}" ]; then
+  PACKAGES="$PACKAGES,$NESTBOX_TEMPLATE_EXTRA_PACKAGES"
+fi
+SHIFT="$NESTBOX_UID_SHIFT"
+DEST="$NESTBOX_TEMPLATES_DIR/$NAME"
+DEB_CACHE="$NESTBOX_HOME/cache/debootstrap-$SUITE"
+
+if [ -f "$DEST/.complete" ]; then
+  step_cached "template $NAME" "$DEST"
+  exit 0
+fi
+
+command -v debootstrap >/dev/null || die "debootstrap is not installed; run scripts/install-deps.sh first"
+command -v python3 >/dev/null || die "python3 is required on the host"
+
+mkdir -p "$NESTBOX_TEMPLATES_DIR" "$DEB_CACHE"
+# Remove leftovers of interrupted builds of this template.
+for stale in "$NESTBOX_TEMPLATES_DIR"/.build-"$NAME".*; do
+  [ -e "$stale" ] || continue
+  log "removing stale build directory $stale"
+  rm -rf --one-file-system "$stale"
+done
+
+T_START=$(date +%s)
+BUILD="$(mktemp -d "$NESTBOX_TEMPLATES_DIR/.build-$NAME.XXXXXX")"
+chmod 0755 "$BUILD"
+ROOTFS="$BUILD/rootfs"
+trap 'rc=$?; if [ $rc -ne 0 ]; then log "template build failed (rc=$rc); full debootstrap log: $BUILD.debootstrap.log"; rm -rf --one-file-system "$BUILD"; fi' EXIT
+
+# --- 1. debootstrap -----------------------------------------------------------
+step_begin "debootstrap $SUITE minbase (+$PACKAGES)"
+LOGFILE="$BUILD.debootstrap.log"
+# Condense debootstrap's output: print phase changes plus a count per phase.
+set +e
+debootstrap --variant=minbase --include="$PACKAGES" --cache-dir="$DEB_CACHE" \
+  "$SUITE" "$ROOTFS" "$NESTBOX_DEBIAN_MIRROR" 2>&1 | tee "$LOGFILE" | awk '
+  function flush() { if (phase != "" && n > 1) printf "[nestbox]   ... %s %d packages\n", phase, n; fflush() }
+  /^I: Validating / { next }
+  /^I: (Retrieving|Extracting|Unpacking|Configuring) / {
+    p = $2; if (p == phase) { n++; next }
+    flush(); phase = p; n = 1; print "[nestbox]   debootstrap: " $0; fflush(); next
+  }
+  { flush(); phase = ""; n = 0; print "[nestbox]   debootstrap: " $0; fflush() }
+  END { flush() }' >&2
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+  tail -n 30 "$ROOTFS/debootstrap/debootstrap.log" 2>/dev/null >&2 || true
+  die "debootstrap failed (rc=$rc); see $LOGFILE"
+fi
+rm -f "$LOGFILE"
+step_done "debootstrap"
+
+# --- 2. user, mount points, hostname -----------------------------------------
+step_begin "configure rootfs (user 'user', /run/nestbox, hostname)"
+add_line() { # file regex line
+  grep -qE "$2" "$ROOTFS/$1" 2>/dev/null || printf '%s\n' "$3" >>"$ROOTFS/$1"
+}
+add_line etc/group   '^user:'  'user:x:1000:'
+add_line etc/gshadow '^user:'  'user:!::'
+add_line etc/passwd  '^user:'  'user:x:1000:1000:user:/home/user:/bin/bash'
+add_line etc/shadow  '^user:'  "user:*:$(( $(date +%s) / 86400 )):0:99999:7:::"
+chmod 0644 "$ROOTFS/etc/passwd" "$ROOTFS/etc/group"
+chmod 0640 "$ROOTFS/etc/shadow" "$ROOTFS/etc/gshadow"
+chown 0:42 "$ROOTFS/etc/shadow" "$ROOTFS/etc/gshadow" 2>/dev/null || true  # group shadow
+mkdir -p "$ROOTFS/home/user"
+if [ -d "$ROOTFS/etc/skel" ]; then cp -a "$ROOTFS/etc/skel/." "$ROOTFS/home/user/"; fi
+chown -R 1000:1000 "$ROOTFS/home/user"
+chmod 0755 "$ROOTFS/home/user"
+mkdir -p "$ROOTFS/run/nestbox"
+chmod 0755 "$ROOTFS/run/nestbox"
+echo "nestbox" >"$ROOTFS/etc/hostname"
+cat >"$ROOTFS/etc/hosts" <<'EOF'
+127.0.0.1	localhost
+127.0.1.1	nestbox
+::1		localhost ip6-localhost ip6-loopback
+ff02::1		ip6-allnodes
+ff02::2		ip6-allrouters
+EOF
+# Default resolv.conf: the host's non-loopback nameservers (loopback resolvers are
+# unreachable from a sandbox's network namespace), else a public resolver. The
+# runtime may overwrite or bind-mount it.
+rm -f "$ROOTFS/etc/resolv.conf"
+{ grep -E '^nameserver[[:space:]]' /etc/resolv.conf 2>/dev/null | grep -vE '[[:space:]](127\.|::1)' || echo "nameserver 1.1.1.1"; } >"$ROOTFS/etc/resolv.conf"
+chmod 0644 "$ROOTFS/etc/resolv.conf"
+step_done "configure rootfs"
+
+# --- 3. clean ----------------------------------------------------------------
+step_begin "clean apt caches"
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/cache/apt/archives/partial/* \
+       "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/lib/apt/lists/* \
+       "$ROOTFS"/var/log/apt/* "$ROOTFS"/var/log/dpkg.log "$ROOTFS"/var/log/bootstrap.log \
+       "$ROOTFS"/debootstrap 2>/dev/null || true
+mkdir -p "$ROOTFS/var/lib/apt/lists/partial"
+step_done "clean apt caches" "$(du -sh "$ROOTFS" | cut -f1)"
+
+# --- 4. shift ownership ------------------------------------------------------
+step_begin "shift ownership by +$SHIFT"
+log "  $(python3 "$SCRIPT_DIR/shift-owner.py" "$ROOTFS" "$SHIFT" "$NESTBOX_UID_RANGE")"
+step_done "shift ownership"
+
+# --- 5. metadata + atomic install --------------------------------------------
+BUILT_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+python3 - "$BUILD/template.json" "$NAME" "$SHIFT" "$NESTBOX_UID_RANGE" "$BUILT_AT" "$SUITE" "$PACKAGES" <<'EOF'
+import json, sys
+path, name, shift, rng, built, suite, pkgs = sys.argv[1:]
+with open(path, "w") as f:
+    json.dump({"name": name, "uidShift": int(shift), "uidRange": int(rng),
+               "builtAt": built, "suite": suite, "packages": pkgs.split(","),
+               "rootfs": "rootfs"}, f, indent=2)
+    f.write("\n")
+EOF
+touch "$BUILD/.complete"
+if [ -e "$DEST" ]; then
+  log "removing incomplete previous $DEST"
+  rm -rf --one-file-system "$DEST"
+fi
+mv -T "$BUILD" "$DEST"
+trap - EXIT
+log "template $NAME built in $(( $(date +%s) - T_START ))s: $DEST/rootfs"

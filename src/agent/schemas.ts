@@ -1,0 +1,72 @@
+import { Type, type Static } from 'typebox';
+
+// The node agent's internal API: every field the control plane sends is bounded here.
+export const SandboxIdParam = Type.Object({ id: Type.String({ pattern: '^[a-z0-9]{20}$' }) });
+export const PidParam = Type.Object({
+  id: Type.String({ pattern: '^[a-z0-9]{20}$' }),
+  pid: Type.Integer({ minimum: 1, maximum: 4194304 }),
+});
+
+const StringMap = (maxEntries: number) =>
+  Type.Record(Type.String({ minLength: 1, maxLength: 256 }), Type.String({ maxLength: 8192 }), {
+    maxProperties: maxEntries,
+  });
+
+export const CreateSandboxBody = Type.Object(
+  {
+    sandboxId: Type.String({ pattern: '^[a-z0-9]{20}$' }),
+    template: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
+    cpuCount: Type.Number({ minimum: 0.1, maximum: 64, default: 1 }),
+    memoryMB: Type.Integer({ minimum: 32, maximum: 262144, default: 512 }),
+    pidsLimit: Type.Integer({ minimum: 16, maximum: 65536, default: 512 }),
+    envVars: StringMap(256),
+    metadata: StringMap(64),
+    allowInternetAccess: Type.Boolean({ default: true }),
+  },
+  { additionalProperties: false },
+);
+export type CreateSandboxBody = Static<typeof CreateSandboxBody>;
+
+export const PauseBody = Type.Object({ memory: Type.Boolean({ default: true }) }, { additionalProperties: false });
+export const KillQuery = Type.Object({ deleteSnapshot: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
+
+const User = Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.-]+$' }));
+const FilePath = Type.String({ minLength: 1, maxLength: 4096 });
+
+export const StartProcessBody = Type.Object(
+  {
+    argv: Type.Array(Type.String({ maxLength: 131072 }), { minItems: 1, maxItems: 4096 }),
+    env: Type.Optional(StringMap(256)),
+    cwd: Type.Optional(FilePath),
+    user: User,
+    pty: Type.Optional(
+      Type.Union([
+        Type.Object({ cols: Type.Integer({ minimum: 1, maximum: 1000 }), rows: Type.Integer({ minimum: 1, maximum: 1000 }) }),
+        Type.Null(),
+      ]),
+    ),
+    stdin: Type.Optional(Type.Boolean()),
+    tag: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+export type StartProcessBody = Static<typeof StartProcessBody>;
+
+export const InputBody = Type.Object({ data: Type.String({ maxLength: 1398104, contentEncoding: 'base64' }) }, { additionalProperties: false });
+export const SignalBody = Type.Object({ signal: Type.Integer({ minimum: 1, maximum: 64 }) }, { additionalProperties: false });
+export const ResizeBody = Type.Object(
+  { cols: Type.Integer({ minimum: 1, maximum: 1000 }), rows: Type.Integer({ minimum: 1, maximum: 1000 }) },
+  { additionalProperties: false },
+);
+
+export const FileQuery = Type.Object({ path: FilePath, user: User }, { additionalProperties: false });
+export const ListDirQuery = Type.Object(
+  { path: FilePath, user: User, depth: Type.Integer({ minimum: 1, maximum: 64, default: 1 }) },
+  { additionalProperties: false },
+);
+export const WatchQuery = Type.Object(
+  { path: FilePath, user: User, recursive: Type.Boolean({ default: false }) },
+  { additionalProperties: false },
+);
+export const MoveBody = Type.Object({ from: FilePath, to: FilePath, user: User }, { additionalProperties: false });
+export const PathBody = Type.Object({ path: FilePath, user: User }, { additionalProperties: false });

@@ -1,0 +1,241 @@
+import { timingSafeEqual, createHash } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { NestboxError } from '../core/errors.ts';
+import { InitError } from '../runtime/init-client.ts';
+import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
+import type { DrainGate } from './drain-gate.ts';
+import { registerEnvd } from './envd/index.ts';
+import { registerPortForward } from './port-forward.ts';
+import {
+  CreateSandboxBody, FileQuery, InputBody, KillQuery, ListDirQuery, MoveBody, PathBody, PauseBody, PidParam,
+  ResizeBody, SandboxIdParam, SignalBody, StartProcessBody, WatchQuery,
+} from './schemas.ts';
+
+export interface AgentServerOptions {
+  runtime: SandboxRuntime;
+  nodeToken: string;
+  nodeId: string;
+  drain: DrainGate;
+  logger?: boolean | object;
+}
+
+const STATUS_BY_CODE: Record<string, number> = {
+  invalid: 400, unauthorized: 401, permission: 403, not_found: 404, conflict: 409, exists: 409, not_dir: 400,
+  is_dir: 400, limit: 429, no_space: 507, internal: 500, protocol: 502, unavailable: 503,
+};
+
+function sameSecret(a: string, b: string) {
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb);
+}
+
+/** The agent's internal API, used by the control plane; authenticated with the node token. */
+export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
+  const { runtime, drain } = opts;
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 2 * 1024 * 1024 }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // File uploads arrive as raw bytes and are streamed to the sandbox, never buffered whole.
+  app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.url === '/v1/health') return;
+    const header = req.headers.authorization ?? '';
+    const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+    if (!token || !sameSecret(token, opts.nodeToken)) {
+      return reply.code(401).send({ code: 401, message: 'missing or invalid node token' });
+    }
+  });
+
+  app.setErrorHandler((err: unknown, _req, reply) => {
+    const e = err as { validation?: unknown; statusCode?: number; message?: string; code?: string };
+    if (e.validation) return reply.code(400).send({ code: 400, message: e.message });
+    if (err instanceof NestboxError || err instanceof InitError) {
+      const status = STATUS_BY_CODE[err.code] ?? 500;
+      const body: Record<string, unknown> = { code: status, message: err.message };
+      if (err instanceof NestboxError && err.retryable) body.retryable = true;
+      return reply.code(status).send(body);
+    }
+    if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      return reply.code(e.statusCode).send({ code: e.statusCode, message: e.message ?? 'bad request' });
+    }
+    app.log.error(err);
+    return reply.code(500).send({ code: 500, message: 'internal error' });
+  });
+
+  app.get('/v1/health', async () => ({ ok: true }));
+
+  app.get('/v1/node', async () => ({
+    nodeId: opts.nodeId,
+    draining: drain.draining,
+    inFlightStarts: drain.inFlight,
+  }));
+
+  // --- sandboxes ------------------------------------------------------------------------------
+  app.post('/v1/sandboxes', { schema: { body: CreateSandboxBody } }, async (req, reply) => {
+    const b = req.body;
+    const record = await drain.admit(() =>
+      runtime.create({
+        sandboxId: b.sandboxId,
+        template: b.template,
+        resources: { cpuCount: b.cpuCount, memoryMB: b.memoryMB, pidsLimit: b.pidsLimit },
+        envVars: b.envVars,
+        metadata: b.metadata,
+        allowInternetAccess: b.allowInternetAccess,
+      }),
+    );
+    return reply.code(201).send(record);
+  });
+
+  app.get('/v1/sandboxes', async () => ({ sandboxes: await runtime.inventory() }));
+
+  app.get('/v1/sandboxes/:id', { schema: { params: SandboxIdParam } }, async (req) => {
+    const record = await runtime.record(req.params.id);
+    const state = await runtime.containerState(req.params.id);
+    return { ...record, state: state?.status ?? 'broken', pid: state?.pid ?? null };
+  });
+
+  app.delete('/v1/sandboxes/:id', { schema: { params: SandboxIdParam, querystring: KillQuery } }, async (req, reply) => {
+    await runtime.kill(req.params.id, { deleteSnapshot: req.query.deleteSnapshot ?? false });
+    return reply.code(204).send();
+  });
+
+  app.post('/v1/sandboxes/:id/pause', { schema: { params: SandboxIdParam, body: PauseBody } }, async (req) =>
+    runtime.pause(req.params.id, req.body.memory),
+  );
+
+  app.post('/v1/sandboxes/:id/resume', { schema: { params: SandboxIdParam } }, async (req, reply) => {
+    const record = await drain.admit(() => runtime.resume(req.params.id));
+    return reply.code(201).send(record);
+  });
+
+  app.get('/v1/sandboxes/:id/metrics', { schema: { params: SandboxIdParam } }, async (req) => runtime.metrics(req.params.id));
+
+  app.get('/v1/snapshots', async () => ({ snapshots: await runtime.snapshots() }));
+  app.get('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req) => runtime.snapshot(req.params.id));
+  app.delete('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req, reply) => {
+    await runtime.deleteSnapshot(req.params.id);
+    return reply.code(204).send();
+  });
+
+  // --- processes ------------------------------------------------------------------------------
+  app.post('/v1/sandboxes/:id/processes', { schema: { params: SandboxIdParam, body: StartProcessBody } }, async (req, reply) => {
+    const record = await runtime.record(req.params.id);
+    const b = req.body;
+    const stream = await runtime.init(req.params.id).start({
+      argv: b.argv,
+      env: { ...record.envVars, ...(b.env ?? {}) },
+      cwd: b.cwd,
+      user: b.user ?? 'user',
+      pty: b.pty ?? null,
+      stdin: b.stdin ?? false,
+      tag: b.tag,
+    });
+    return sendProcessStream(req, reply, stream);
+  });
+
+  app.get('/v1/sandboxes/:id/processes', { schema: { params: SandboxIdParam } }, async (req) => ({
+    processes: await runtime.init(req.params.id).list(),
+  }));
+
+  app.get('/v1/sandboxes/:id/processes/:pid/stream', { schema: { params: PidParam } }, async (req, reply) => {
+    const stream = await runtime.init(req.params.id).attach(req.params.pid);
+    return sendProcessStream(req, reply, stream);
+  });
+
+  app.post('/v1/sandboxes/:id/processes/:pid/input', { schema: { params: PidParam, body: InputBody } }, async (req) => {
+    await runtime.init(req.params.id).input(req.params.pid, Buffer.from(req.body.data, 'base64'));
+    return { ok: true };
+  });
+  app.post('/v1/sandboxes/:id/processes/:pid/close-stdin', { schema: { params: PidParam } }, async (req) => {
+    await runtime.init(req.params.id).closeStdin(req.params.pid);
+    return { ok: true };
+  });
+  app.post('/v1/sandboxes/:id/processes/:pid/signal', { schema: { params: PidParam, body: SignalBody } }, async (req) => {
+    await runtime.init(req.params.id).signal(req.params.pid, req.body.signal);
+    return { ok: true };
+  });
+  app.post('/v1/sandboxes/:id/processes/:pid/resize', { schema: { params: PidParam, body: ResizeBody } }, async (req) => {
+    await runtime.init(req.params.id).resize(req.params.pid, req.body.cols, req.body.rows);
+    return { ok: true };
+  });
+
+  // --- files ----------------------------------------------------------------------------------
+  app.get('/v1/sandboxes/:id/files', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req, reply) => {
+    const file = await runtime.init(req.params.id).readFile(req.query.path, req.query.user ?? 'user');
+    reply.header('content-type', 'application/octet-stream');
+    reply.header('content-length', String(file.size));
+    return reply.send(file.stream);
+  });
+
+  app.put('/v1/sandboxes/:id/files', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => {
+    const body = req.body as Readable | Buffer | undefined;
+    const source = body instanceof Readable ? body : Buffer.isBuffer(body) ? body : Buffer.alloc(0);
+    const entry = await runtime.init(req.params.id).writeFile(req.query.path, source, { user: req.query.user ?? 'user' });
+    return { entry };
+  });
+
+  app.get('/v1/sandboxes/:id/fs/stat', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => ({
+    entry: await runtime.init(req.params.id).stat(req.query.path, req.query.user ?? 'user'),
+  }));
+  app.get('/v1/sandboxes/:id/fs/list', { schema: { params: SandboxIdParam, querystring: ListDirQuery } }, async (req) => ({
+    entries: await runtime.init(req.params.id).listDir(req.query.path, req.query.depth, req.query.user ?? 'user'),
+  }));
+  app.post('/v1/sandboxes/:id/fs/mkdir', { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => ({
+    created: await runtime.init(req.params.id).mkdir(req.body.path, req.body.user ?? 'user'),
+  }));
+  app.post('/v1/sandboxes/:id/fs/move', { schema: { params: SandboxIdParam, body: MoveBody } }, async (req) => ({
+    entry: await runtime.init(req.params.id).move(req.body.from, req.body.to, req.body.user ?? 'user'),
+  }));
+  app.post('/v1/sandboxes/:id/fs/remove', { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => {
+    await runtime.init(req.params.id).remove(req.body.path, req.body.user ?? 'user');
+    return { ok: true };
+  });
+  app.get('/v1/sandboxes/:id/fs/watch', { schema: { params: SandboxIdParam, querystring: WatchQuery } }, async (req, reply) => {
+    const watcher = await runtime.init(req.params.id).watch(req.query.path, req.query.recursive, req.query.user ?? 'user');
+    const out = new PassThrough();
+    out.write(JSON.stringify({ type: 'watching' }) + '\n');
+    req.raw.on('close', () => watcher.close());
+    void (async () => {
+      try {
+        for await (const ev of watcher) out.write(JSON.stringify({ type: 'event', ...ev }) + '\n');
+      } catch (e) {
+        out.write(JSON.stringify({ type: 'error', message: (e as Error).message }) + '\n');
+      }
+      out.end();
+    })();
+    reply.header('content-type', 'application/x-ndjson');
+    return reply.send(out);
+  });
+
+  registerPortForward(app, { runtime, nodeToken: opts.nodeToken });
+  // --- envd protocol (E2B's in-sandbox API) -----------------------------------------------------
+  registerEnvd(app, { runtime });
+
+  return app;
+}
+
+type ProcessStream = Awaited<ReturnType<ReturnType<SandboxRuntime['init']>['start']>>;
+
+/** Streams a process as NDJSON: start, output chunks (base64), then exit. */
+function sendProcessStream(req: FastifyRequest, reply: FastifyReply, stream: ProcessStream) {
+  const out = new PassThrough();
+  out.write(JSON.stringify({ type: 'start', pid: stream.pid }) + '\n');
+  req.raw.on('close', () => stream.detach());
+  void (async () => {
+    try {
+      for await (const chunk of stream) {
+        out.write(JSON.stringify({ type: 'data', channel: chunk.channel, data: chunk.data.toString('base64') }) + '\n');
+      }
+      const exit = await stream.exited;
+      out.write(JSON.stringify({ type: 'exit', exitCode: exit.exitCode, signal: exit.signal }) + '\n');
+    } catch (e) {
+      out.write(JSON.stringify({ type: 'error', message: (e as Error).message }) + '\n');
+    }
+    out.end();
+  })();
+  reply.header('content-type', 'application/x-ndjson');
+  return reply.send(out);
+}

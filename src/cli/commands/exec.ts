@@ -1,0 +1,227 @@
+// nestbox sandbox exec | shell: run commands in a sandbox, through its envd (the sandbox proxy,
+// E2B_SANDBOX_URL), with the official `e2b` SDK as the client. The SDK is loaded on demand, so
+// that the other commands start quickly.
+import type { Command } from 'commander';
+import type { Sandbox } from 'e2b';
+import { CliError } from '../api-client.ts';
+import { action, contextFrom, keyValueArg, printJson, withApiOptions, type CommonOptions, type Context } from '../output.ts';
+
+export const DEFAULT_SANDBOX_URL = 'http://127.0.0.1:3002';
+
+export interface EnvdOptions extends CommonOptions {
+  sandboxUrl?: string;
+}
+
+/** Adds --api-url, --api-key, --json and --sandbox-url to a command that talks to envd. */
+export function withEnvdOptions(cmd: Command): Command {
+  return withApiOptions(cmd).option(
+    '--sandbox-url <url>',
+    `Nestbox sandbox proxy address (env E2B_SANDBOX_URL; default ${DEFAULT_SANDBOX_URL})`,
+  );
+}
+
+/** Flag, then E2B_SANDBOX_URL; with E2B_DOMAIN set and neither, the SDK derives it from the domain. */
+function resolveSandboxUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const url = flag || env.E2B_SANDBOX_URL || (env.E2B_DOMAIN ? undefined : DEFAULT_SANDBOX_URL);
+  if (url === undefined) return undefined;
+  try {
+    const u = new URL(url);
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error();
+  } catch {
+    throw new CliError(`invalid sandbox URL "${url}": expected e.g. ${DEFAULT_SANDBOX_URL}`);
+  }
+  return url.replace(/\/+$/, '');
+}
+
+let proxyInUse: string | undefined;
+
+/** "fetch failed" from an envd call: say which address could not be reached. */
+export function explainEnvdError(err: unknown): unknown {
+  if (!(err instanceof Error) || !/fetch failed|ECONNREFUSED/.test(err.message) || err instanceof CliError) return err;
+  return new CliError(
+    `cannot reach the sandbox proxy at ${proxyInUse ?? '(derived from E2B_DOMAIN)'} (see E2B_SANDBOX_URL or --sandbox-url): ${err.message}`,
+  );
+}
+
+/** output.ts's action(), with envd's network errors explained. */
+export function envdAction<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return action(async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      throw explainEnvdError(err);
+    }
+  });
+}
+
+/** Connects to a sandbox through the SDK (a paused one is resumed, as the SDK's connect does). */
+export async function connectSandbox(id: string, opts: EnvdOptions): Promise<{ ctx: Context; sbx: Sandbox }> {
+  const ctx = contextFrom(opts);
+  const sandboxUrl = resolveSandboxUrl(opts.sandboxUrl);
+  proxyInUse = sandboxUrl;
+  const e2b = await import('e2b');
+  try {
+    const sbx = await e2b.Sandbox.connect(id, {
+      apiUrl: ctx.client.config.apiUrl,
+      apiKey: ctx.client.config.apiKey,
+      ...(sandboxUrl ? { sandboxUrl } : {}),
+    });
+    return { ctx, sbx };
+  } catch (err) {
+    if (err instanceof e2b.SandboxNotFoundError) throw new CliError(`sandbox ${id} not found`);
+    if (err instanceof e2b.AuthenticationError) throw new CliError(`the API key was refused: ${err.message}`);
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    if (err instanceof TypeError && cause) {
+      throw new CliError(`cannot reach the Nestbox API at ${ctx.client.config.apiUrl}: ${cause.code ?? cause.message}`);
+    }
+    throw err;
+  }
+}
+
+async function flush(): Promise<void> {
+  await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+  await new Promise<void>((resolve) => process.stderr.write('', () => resolve()));
+}
+
+/** Exits with `code` once stdout and stderr are written (a command's exit code, not action()'s 0). */
+async function exitWith(code: number): Promise<never> {
+  await flush();
+  process.exit(code >= 0 && code <= 255 ? code : 1);
+}
+
+/** The exit code in a CommandExitError, or rethrows anything else. */
+async function exitCodeOf(err: unknown): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+  const { CommandExitError } = await import('e2b');
+  if (err instanceof CommandExitError) return { exitCode: err.exitCode, stdout: err.stdout, stderr: err.stderr };
+  throw err;
+}
+
+interface ExecOptions extends EnvdOptions {
+  user?: string;
+  cwd?: string;
+  env?: Record<string, string>;
+}
+
+async function exec(id: string, command: string[], opts: ExecOptions): Promise<void> {
+  const { ctx, sbx } = await connectSandbox(id, opts);
+  const cmd = command.join(' ');
+  const stream = !ctx.json;
+  const handle = await sbx.commands.run(cmd, {
+    background: true,
+    timeoutMs: 0,
+    ...(opts.user ? { user: opts.user } : {}),
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    ...(opts.env ? { envs: opts.env } : {}),
+    ...(stream
+      ? {
+          onStdout: (d: string) => void process.stdout.write(d),
+          onStderr: (d: string) => void process.stderr.write(d),
+        }
+      : {}),
+  });
+  // Ctrl-C (or a TERM) ends the remote command too, then exits as a shell would.
+  const interrupt = (code: number) => () => {
+    void handle.kill().catch(() => false).then(() => exitWith(code));
+  };
+  process.once('SIGINT', interrupt(130));
+  process.once('SIGTERM', interrupt(143));
+  let result: { exitCode: number; stdout: string; stderr: string };
+  try {
+    const r = await handle.wait();
+    result = { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    result = await exitCodeOf(err);
+  }
+  if (ctx.json) printJson(result);
+  await exitWith(result.exitCode);
+}
+
+async function shell(id: string, opts: ExecOptions): Promise<void> {
+  const { sbx } = await connectSandbox(id, opts);
+  const stdin = process.stdin;
+  const out = process.stdout;
+  const tty = stdin.isTTY === true;
+  const size = () => ({ cols: out.isTTY && out.columns > 0 ? out.columns : 80, rows: out.isTTY && out.rows > 0 ? out.rows : 24 });
+  const pty = await sbx.pty.create({
+    ...size(),
+    timeoutMs: 0,
+    onData: (d) => void out.write(d),
+    ...(opts.user ? { user: opts.user } : {}),
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    ...(opts.env ? { envs: opts.env } : {}),
+  });
+
+  // Input in order: each chunk is sent after the previous one.
+  let sending: Promise<unknown> = Promise.resolve();
+  const send = (data: Uint8Array) => {
+    sending = sending.then(() => sbx.pty.sendInput(pty.pid, data)).catch(() => undefined);
+  };
+  const restore = () => {
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+  };
+  if (tty) stdin.setRawMode(true);
+  stdin.on('data', (chunk: Buffer) => send(new Uint8Array(chunk)));
+  // Piped input that ends without `exit`: end the shell as Ctrl-D on a terminal would.
+  stdin.on('end', () => send(new Uint8Array([4])));
+  stdin.resume();
+  const onResize = () => void sbx.pty.resize(pty.pid, size()).catch(() => undefined);
+  if (out.isTTY) {
+    out.on('resize', onResize);
+    process.on('SIGWINCH', onResize);
+  }
+
+  let exitCode: number;
+  try {
+    exitCode = (await pty.wait()).exitCode;
+  } catch (err) {
+    exitCode = (await exitCodeOf(err)).exitCode;
+  } finally {
+    restore();
+  }
+  await exitWith(exitCode);
+}
+
+export function registerExecCommands(program: Command) {
+  const sandbox = program.commands.find((c) => c.name() === 'sandbox');
+  if (!sandbox) throw new Error('the sandbox command must be registered first');
+
+  const common = (cmd: Command) =>
+    withEnvdOptions(cmd)
+      .option('--user <user>', 'user to run as (default: the template default, "user")')
+      .option('--cwd <dir>', 'working directory (default: the home directory of the user)')
+      .option('--env <KEY=VALUE>', 'environment variable (repeatable)', keyValueArg);
+
+  // The --json of exec: print {stdout, stderr, exitCode} at the end instead of streaming.
+  common(
+    sandbox
+      .command('exec')
+      .description('run a command in a sandbox (through bash -l -c) and exit with its exit code')
+      .argument('<id>', 'sandbox id')
+      .argument('<command...>', 'the command; put it after -- when it has options of its own')
+      .usage('[options] <id> -- <command...>'),
+  ).action(wrap(exec));
+
+  common(
+    sandbox
+      .command('shell')
+      .description('open an interactive shell in a sandbox (a PTY; piped stdin works too)')
+      .argument('<id>', 'sandbox id'),
+  ).action(wrap(shell));
+}
+
+/** Like output.ts's action(), for commands that exit with their own code: errors are one line, exit 1. */
+function wrap<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      if (process.stdin.isTTY) process.stdin.setRawMode(false);
+      err = explainEnvdError(err);
+      const message = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`error: ${message.split('\n')[0]}\n`);
+      await exitWith(err instanceof CliError ? err.exitCode : 1);
+    }
+    await exitWith(0);
+  };
+}

@@ -1,0 +1,70 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { NestboxError, type ErrorCode } from '../../core/errors.ts';
+
+/** The one mapping of domain error codes to HTTP statuses for the public API. */
+export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
+  invalid: 400,
+  unauthorized: 401,
+  not_found: 404,
+  conflict: 409,
+  limit: 429,
+  unavailable: 503,
+  internal: 500,
+};
+
+/** An error raised by the HTTP layer itself (auth, unsupported features, unknown ids). */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export const sandboxNotFound = (sandboxId: string) => new ApiError(404, `sandbox "${sandboxId}" not found`);
+export const notImplemented = (feature: string) => new ApiError(501, `${feature} is not supported by this server`);
+
+export interface ErrorBody {
+  code: number;
+  message: string;
+}
+
+function send(reply: FastifyReply, status: number, message: string) {
+  const body: ErrorBody = { code: status, message };
+  return reply.code(status).send(body);
+}
+
+/** Converts anything thrown by a route, hook or Fastify itself into `{code, message}`. */
+export function replyWithError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
+  if (err instanceof ApiError) return send(reply, err.status, err.message);
+  if (err instanceof NestboxError) {
+    const status = STATUS_BY_CODE[err.code] ?? 500;
+    if (status >= 500 && status !== 503) {
+      req.log.error({ err }, 'internal error');
+      return send(reply, 500, 'internal error');
+    }
+    if (status === 503) reply.header('Retry-After', '1');
+    return send(reply, status, err.message);
+  }
+  const e = err as Partial<FastifyError>;
+  if (e.validation) return send(reply, 400, e.message ?? 'invalid request');
+  // Fastify's own client errors: malformed JSON, body too large, unsupported media type, bad URL.
+  if (typeof e.code === 'string' && e.code.startsWith('FST_') && e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+    return send(reply, e.statusCode, e.message ?? 'bad request');
+  }
+  req.log.error({ err }, 'internal error');
+  return send(reply, 500, 'internal error');
+}
+
+export function installErrorHandling(app: FastifyInstance) {
+  app.setErrorHandler((err, req, reply) => replyWithError(err, req, reply));
+  app.setNotFoundHandler((req, reply) => send(reply, 404, `route ${req.method} ${(req.url.split('?')[0] ?? '').slice(0, 200)} not found`));
+}
+
+/** For Fastify's `frameworkErrors` option (errors raised before routing, e.g. a malformed URL). */
+export function frameworkErrorHandler(err: FastifyError, req: FastifyRequest, reply: FastifyReply) {
+  const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+  return send(reply, status, err.message || 'bad request');
+}

@@ -1,0 +1,77 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { LifecycleApi } from '../lifecycle-types.ts';
+import type { Database } from '../../store/database.ts';
+import { installAuth, type Authenticate } from './auth.ts';
+import { frameworkErrorHandler, installErrorHandling } from './errors.ts';
+import { registerOpenApi, serveOpenApi } from './openapi.ts';
+import { keyRoutes } from './keys.ts';
+import { Health } from './schemas.ts';
+import { sandboxRoutes } from './sandboxes.ts';
+import { usageRoutes } from './usage.ts';
+import { eventRoutes } from './events.ts';
+import { validatorCompiler } from './validation.ts';
+
+export interface ApiServerOptions {
+  lifecycle: LifecycleApi;
+  authenticate: Authenticate;
+  /** Base domain of sandbox traffic, returned to clients as `domain`; null: the client's own. */
+  domain?: string | null;
+  /** envd protocol version the sandboxes speak (the SDK gates features on it). */
+  envdVersion: string;
+  logger?: FastifyServerOptions['logger'];
+  /** Version shown in the OpenAPI document. */
+  apiVersion?: string;
+  now?: () => Date;
+  /** The store: when given, the usage report (GET /usage) and key management (/nestbox/v1/keys) are served. */
+  db?: Database;
+}
+
+export const BODY_LIMIT = 1024 * 1024;
+
+/** The public REST API of the control plane (E2B-compatible). Call `ready()` or `listen()` on it. */
+export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
+  const app = Fastify({
+    logger: opts.logger ?? false,
+    bodyLimit: BODY_LIMIT,
+    frameworkErrors: frameworkErrorHandler,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setValidatorCompiler(validatorCompiler);
+  installErrorHandling(app);
+
+  // JSON only. An empty JSON body is "no body" (some clients send the header on every request);
+  // text/plain is not accepted (415) rather than parsed into a string.
+  app.removeContentTypeParser('text/plain');
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    const text = body as string;
+    if (text.trim() === '') return done(null, undefined);
+    return parseJson(req, text, done);
+  });
+
+  registerOpenApi(app, opts.apiVersion ?? '0.1.0');
+  installAuth(app, opts.authenticate);
+
+  // Routes are added in plugins, so that they load after the OpenAPI generator (which sees them).
+  void app.register(async (scope) => {
+    scope.get(
+      '/health',
+      { config: { public: true }, schema: { summary: 'Liveness', tags: ['health'], response: { 200: Health } } },
+      async () => ({ status: 'ok' }),
+    );
+    serveOpenApi(scope);
+  });
+  void app.register(sandboxRoutes, {
+    lifecycle: opts.lifecycle,
+    render: { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) },
+  });
+  if (opts.db) {
+    void app.register(usageRoutes, { db: opts.db, now: opts.now });
+    void app.register(keyRoutes, { db: opts.db });
+    void app.register(eventRoutes, { db: opts.db });
+  }
+
+  return app;
+}

@@ -1,0 +1,76 @@
+import type { SandboxState } from '../core/states.ts';
+
+/** A sandbox as the control plane shows it (all routes render from this). */
+export interface SandboxView {
+  sandboxId: string;
+  teamId: string;
+  templateId: string;
+  state: SandboxState;
+  nodeId: string | null;
+  envdAccessToken: string;
+  metadata: Record<string, string>;
+  cpuCount: number;
+  memoryMB: number;
+  diskSizeMB: number;
+  startedAt: Date;
+  endAt: Date | null; // null while paused (the remaining time is kept)
+  autoPause: boolean;
+  autoPauseMemory: boolean;
+  autoResume: boolean;
+  allowInternetAccess: boolean;
+  secure: boolean;
+  generation: number;
+}
+
+export interface CreateSandboxParams {
+  teamId: string;
+  templateId: string;
+  timeoutMs: number;
+  metadata: Record<string, string>;
+  envVars: Record<string, string>;
+  autoPause: boolean;
+  autoPauseMemory: boolean;
+  autoResume: boolean;
+  allowInternetAccess: boolean;
+  secure: boolean;
+}
+
+export interface ListSandboxesParams {
+  states?: SandboxState[]; // default: every non-terminal state
+  metadata?: Record<string, string>; // all pairs must match
+  limit: number;
+  nextToken?: string;
+}
+
+export interface SandboxMetrics {
+  timestamp: Date;
+  cpuCount: number;
+  cpuUsedPct: number;
+  memUsed: number; // bytes
+  memTotal: number; // bytes
+  diskUsed: number;
+  diskTotal: number;
+}
+
+/**
+ * The lifecycle service as the API sees it. Errors are NestboxError: not_found (unknown,
+ * dead or another team's sandbox), conflict (wrong state), limit (quota), unavailable
+ * (retryable: no node can take it now), invalid.
+ */
+export interface LifecycleApi {
+  create(p: CreateSandboxParams): Promise<SandboxView>;
+  get(teamId: string, sandboxId: string): Promise<SandboxView>;
+  list(teamId: string, p: ListSandboxesParams): Promise<{ sandboxes: SandboxView[]; nextToken: string | null; totalRunning: number }>;
+  kill(teamId: string, sandboxId: string): Promise<void>;
+  /** Returns when the snapshot is done. conflict when the sandbox is not running. */
+  pause(teamId: string, sandboxId: string, opts: { memory: boolean }): Promise<void>;
+  /** Running: extends the timeout (never shortens). Paused: resumes. */
+  connect(teamId: string, sandboxId: string, timeoutMs: number): Promise<{ sandbox: SandboxView; resumed: boolean }>;
+  /** Legacy resume (SDK < 2.6): conflict when already running. */
+  resume(teamId: string, sandboxId: string, timeoutMs: number, autoPause?: boolean): Promise<SandboxView>;
+  /** Sets the end of a running sandbox to now + timeout; may shorten. conflict when paused. */
+  setTimeout(teamId: string, sandboxId: string, timeoutMs: number): Promise<void>;
+  /** Extends to now + duration when that is later; never shortens. */
+  refresh(teamId: string, sandboxId: string, durationMs: number): Promise<void>;
+  metrics(teamId: string, sandboxId: string): Promise<SandboxMetrics[]>;
+}

@@ -1,0 +1,444 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { conflict, invalid, NestboxError, notFound } from '../core/errors.ts';
+import { newSandboxId } from '../core/ids.ts';
+import { canTransition, isTerminal, isTransitional, type EventReason, type SandboxState } from '../core/states.ts';
+import type { Database } from '../store/database.ts';
+import {
+  countActive, getSandbox, insertSandbox, listSandboxes, writeEndAt, writeTransition, type SandboxRow, type TransitionPatch,
+} from '../store/sandboxes.ts';
+import type {
+  CreateSandboxParams, LifecycleApi, ListSandboxesParams, SandboxMetrics, SandboxView,
+} from './lifecycle-types.ts';
+import { NodeCallError, type NodeClient } from './node-client.ts';
+import type { NodePool } from './scheduler.ts';
+
+export interface Clock {
+  now(): Date;
+}
+export const systemClock: Clock = { now: () => new Date() };
+
+export interface LifecycleOptions {
+  db: Database;
+  nodes: NodePool;
+  clock?: Clock;
+  /** How long a request waits for another transition of the same sandbox to finish. */
+  waitTimeoutMs?: number;
+  /** Resources of a sandbox (per template in a later version). */
+  defaultCpuCount?: number;
+  defaultMemoryMB?: number;
+  defaultDiskMB?: number;
+  log?: (msg: string, extra?: Record<string, unknown>) => void;
+}
+
+/** Another writer moved the sandbox between our read and our write. */
+export class StaleWrite extends Error {}
+
+const POLL_MS = 20;
+const ALIVE: SandboxState[] = ['starting', 'running', 'pausing', 'paused', 'resuming', 'killing'];
+
+/**
+ * The lifecycle service: every state change of every sandbox goes through transition(), which
+ * writes the row (fenced on its generation) and its event in one transaction. Requests for a
+ * sandbox whose transition is in flight wait for it and are then decided against the state it
+ * produced; a request for the same target joins it and gets its result.
+ */
+export class LifecycleService implements LifecycleApi {
+  private readonly db: Database;
+  private readonly nodes: NodePool;
+  readonly clock: Clock;
+  private readonly waitTimeoutMs: number;
+  private readonly changes = new EventEmitter();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly cpuSamples = new Map<string, { at: number; cpuNs: number }>();
+
+  constructor(private readonly opts: LifecycleOptions) {
+    this.db = opts.db;
+    this.nodes = opts.nodes;
+    this.clock = opts.clock ?? systemClock;
+    this.waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
+    this.changes.setMaxListeners(0);
+  }
+
+  // --- the chokepoint -------------------------------------------------------------------------
+
+  private async transition(row: SandboxRow, to: SandboxState, reason: EventReason, patch?: TransitionPatch): Promise<SandboxRow> {
+    if (!canTransition(row.state, to)) throw new Error(`illegal transition ${row.state} -> ${to} of ${row.sandboxId}`);
+    const at = this.clock.now();
+    // One statement: the row, its event and the ledger entry commit together or not at all.
+    const written = await writeTransition(this.db, { sandboxId: row.sandboxId, from: row.state, to, generation: row.generation, reason, at, patch });
+    if (!written) throw new StaleWrite(`${row.sandboxId} changed under ${row.state} -> ${to}`);
+    this.changes.emit(row.sandboxId);
+    return written.row;
+  }
+
+  /** Runs work that shutdown must let finish (transitions with a node call in the middle). */
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  /** Waits for every transition this process has started. */
+  async drain(): Promise<void> {
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+  }
+
+  // --- reading and waiting --------------------------------------------------------------------
+
+  private async load(teamId: string, id: string): Promise<SandboxRow> {
+    const row = await getSandbox(this.db, id);
+    if (!row || row.teamId !== teamId) throw notFound(`sandbox ${id} not found`);
+    return row;
+  }
+
+  /**
+   * The sandbox once no transition is in flight (bounded by the wait deadline). `seen` is told
+   * every transitional state observed on the way, so a request can tell it joined one.
+   */
+  private async settled(teamId: string, id: string, deadline: number, seen?: (s: SandboxState) => void): Promise<SandboxRow> {
+    for (;;) {
+      const row = await this.load(teamId, id);
+      if (!isTransitional(row.state)) return row;
+      seen?.(row.state);
+      if (Date.now() > deadline) throw conflict(`sandbox ${id} is busy (${row.state}); try again`);
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.changes.off(id, done);
+          resolve();
+        };
+        const timer = setTimeout(done, POLL_MS);
+        this.changes.on(id, done);
+      });
+    }
+  }
+
+  private deadline() {
+    return Date.now() + this.waitTimeoutMs;
+  }
+
+  private view(row: SandboxRow): SandboxView {
+    const { envVars: _e, timeoutMs: _t, remainingMs: _r, stateChangedAt: _s, lastReason: _l, createdAt: _c, ...v } = row;
+    return v;
+  }
+
+  // --- create ---------------------------------------------------------------------------------
+
+  async create(p: CreateSandboxParams): Promise<SandboxView> {
+    const team = await this.db.query<{ max_running: number; max_timeout_s: number }>(
+      'SELECT max_running, max_timeout_s FROM teams WHERE id = $1', [p.teamId]);
+    if (!team[0]) throw notFound('team not found');
+    if (p.timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
+    const sandboxId = newSandboxId();
+    const refused = new Set<string>();
+    let node = this.nodes.pick(refused);
+    const inserted = await this.db.transaction(async (tx) => {
+      // The team row lock serialises quota checks of one team across control-plane replicas.
+      const locked = await tx.query<{ max_running: number }>('SELECT max_running FROM teams WHERE id = $1 FOR UPDATE', [p.teamId]);
+      const active = await countActive(tx, p.teamId);
+      if (active >= locked[0]!.max_running) {
+        throw new NestboxError('limit', `team has reached its limit of ${locked[0]!.max_running} concurrent sandboxes`);
+      }
+      return insertSandbox(tx, {
+        sandboxId, teamId: p.teamId, templateId: p.templateId, nodeId: node.nodeId, cpuCount: this.opts.defaultCpuCount ?? 2, memoryMB: this.opts.defaultMemoryMB ?? 512,
+        diskSizeMB: this.opts.defaultDiskMB ?? 2048, metadata: p.metadata, envVars: p.envVars,
+        envdAccessToken: randomBytes(32).toString('hex'), allowInternetAccess: p.allowInternetAccess, secure: p.secure,
+        autoPause: p.autoPause, autoPauseMemory: p.autoPauseMemory, autoResume: p.autoResume, timeoutMs: p.timeoutMs,
+      }, this.clock.now());
+    });
+    this.changes.emit(sandboxId);
+    let row = inserted.row;
+    return this.track((async () => {
+      for (;;) {
+        try {
+          await node.create({
+            sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, envVars: p.envVars,
+            metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
+          });
+          break;
+        } catch (e) {
+          // A draining node refuses before doing anything: place the start elsewhere.
+          if (e instanceof NodeCallError && e.retryable && !e.uncertain) {
+            refused.add(node.nodeId);
+            try {
+              node = this.nodes.pick(refused);
+              continue;
+            } catch (noNode) {
+              await this.transition(row, 'failed', 'create_failed', { nodeId: null });
+              throw noNode;
+            }
+          }
+          if (e instanceof NodeCallError && e.uncertain) {
+            // The container may exist: persist the kill intent, then try to remove it.
+            row = await this.transition(row, 'killing', 'create_failed');
+            await this.finishKill(row, 'create_failed').catch(() => undefined);
+          } else {
+            await this.transition(row, 'failed', 'create_failed');
+          }
+          throw e;
+        }
+      }
+      const now = this.clock.now();
+      row = await this.transition(row, 'running', 'created', {
+        nodeId: node.nodeId, endAt: new Date(now.getTime() + p.timeoutMs), remainingMs: null,
+      });
+      return this.view(row);
+    })());
+  }
+
+  // --- reads ----------------------------------------------------------------------------------
+
+  async get(teamId: string, id: string): Promise<SandboxView> {
+    const row = await this.load(teamId, id);
+    if (isTerminal(row.state)) throw notFound(`sandbox ${id} not found`);
+    return this.view(row);
+  }
+
+  async list(teamId: string, p: ListSandboxesParams) {
+    let after: { createdAt: Date; id: string } | undefined;
+    if (p.nextToken) after = decodeToken(p.nextToken);
+    const states = p.states?.length ? p.states : ALIVE;
+    const rows = await listSandboxes(this.db, { teamId, states, metadata: p.metadata, limit: p.limit, after });
+    const page = rows.slice(0, p.limit);
+    const nextToken = rows.length > p.limit ? encodeToken(page[page.length - 1]!) : null;
+    const totalRunning = (await this.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state = 'running'", [teamId]))[0]!.n;
+    return { sandboxes: page.map((r) => this.view(r)), nextToken, totalRunning: Number(totalRunning) };
+  }
+
+  // --- kill -----------------------------------------------------------------------------------
+
+  async kill(teamId: string, id: string): Promise<void> {
+    const deadline = this.deadline();
+    let joined = false;
+    for (;;) {
+      const row = await this.settled(teamId, id, deadline, (s) => (joined ||= s === 'killing'));
+      if (isTerminal(row.state)) {
+        if (joined) return;
+        throw notFound(`sandbox ${id} not found`);
+      }
+      try {
+        await this.killFrom(row, 'requested');
+        return;
+      } catch (e) {
+        if (!(e instanceof StaleWrite)) throw e;
+      }
+    }
+  }
+
+  /** running|paused -> killing -> killed. The intent is persisted before the node is called. */
+  async killFrom(row: SandboxRow, reason: EventReason): Promise<void> {
+    const killing = await this.transition(row, 'killing', reason, { endAt: null });
+    await this.track(this.finishKill(killing, reason, row.state === 'paused'));
+  }
+
+  /**
+   * Completes a kill whose intent is stored. If the node cannot be reached the row stays in
+   * `killing` and the sweeper calls again until the node confirms.
+   */
+  async finishKill(row: SandboxRow, reason: EventReason, paused = false): Promise<void> {
+    const node = paused ? this.nodes.any(row.nodeId) : this.nodes.get(row.nodeId);
+    await node.kill(row.sandboxId, { deleteSnapshot: true });
+    await this.transition(row, 'killed', reason, { endAt: null, remainingMs: null });
+  }
+
+  // --- pause ----------------------------------------------------------------------------------
+
+  async pause(teamId: string, id: string, opts: { memory: boolean }): Promise<void> {
+    const deadline = this.deadline();
+    let joined = false;
+    for (;;) {
+      const row = await this.settled(teamId, id, deadline, (s) => (joined ||= s === 'pausing'));
+      if (joined && row.state === 'paused') return;
+      if (isTerminal(row.state)) throw notFound(`sandbox ${id} not found`);
+      if (row.state !== 'running') throw conflict(`sandbox ${id} is ${row.state}, not running`);
+      try {
+        await this.pauseFrom(row, 'requested', opts.memory);
+        return;
+      } catch (e) {
+        if (!(e instanceof StaleWrite)) throw e;
+      }
+    }
+  }
+
+  /**
+   * running -> pausing -> paused. A failed pause returns to running when the container is
+   * intact and otherwise kills the sandbox (reason pause_failed): a sandbox is never advertised
+   * running while it is frozen or half torn down.
+   */
+  async pauseFrom(row: SandboxRow, reason: EventReason, memory: boolean): Promise<void> {
+    const now = this.clock.now().getTime();
+    const remainingMs = Math.max(0, (row.endAt?.getTime() ?? now) - now);
+    const pausing = await this.transition(row, 'pausing', reason, { endAt: null, remainingMs });
+    await this.track((async () => {
+      const node = this.nodes.get(pausing.nodeId);
+      try {
+        await node.pause(pausing.sandboxId, memory);
+      } catch (e) {
+        const intact = await node.containerRunning(pausing.sandboxId).catch(() => false);
+        if (intact) {
+          await this.transition(pausing, 'running', 'pause_failed', {
+            endAt: new Date(this.clock.now().getTime() + remainingMs), remainingMs: null,
+          });
+        } else {
+          const killing = await this.transition(pausing, 'killing', 'pause_failed');
+          await this.finishKill(killing, 'pause_failed', true).catch(() => undefined);
+        }
+        throw new NestboxError('internal', `pause failed: ${(e as Error).message}`);
+      }
+      await this.transition(pausing, 'paused', reason);
+    })());
+  }
+
+  // --- resume / connect -----------------------------------------------------------------------
+
+  async connect(teamId: string, id: string, timeoutMs: number) {
+    return this.resumeOrExtend(teamId, id, timeoutMs, false);
+  }
+
+  async resume(teamId: string, id: string, timeoutMs: number, autoPause?: boolean): Promise<SandboxView> {
+    return (await this.resumeOrExtend(teamId, id, timeoutMs, true, autoPause)).sandbox;
+  }
+
+  private async resumeOrExtend(teamId: string, id: string, timeoutMs: number, legacy: boolean, autoPause?: boolean) {
+    const deadline = this.deadline();
+    let joined = false;
+    let killed = false;
+    for (;;) {
+      const row = await this.settled(teamId, id, deadline, (s) => {
+        joined ||= s === 'resuming';
+        killed ||= s === 'killing';
+      });
+      if (killed) throw conflict(`sandbox ${id} is being killed`);
+      if (isTerminal(row.state)) throw notFound(`sandbox ${id} not found`);
+      try {
+        if (row.state === 'running') {
+          if (legacy && !joined) throw conflict(`sandbox ${id} is already running`);
+          const extended = await this.extend(row, timeoutMs);
+          return { sandbox: this.view(extended), resumed: joined };
+        }
+        if (row.state !== 'paused') throw conflict(`sandbox ${id} is ${row.state}`);
+        const resumed = await this.resumeFrom(row, 'requested', timeoutMs, autoPause);
+        return { sandbox: this.view(resumed), resumed: true };
+      } catch (e) {
+        if (!(e instanceof StaleWrite)) throw e;
+      }
+    }
+  }
+
+  /** paused -> resuming -> running on any node; a failed resume returns to paused, snapshot kept. */
+  async resumeFrom(row: SandboxRow, reason: EventReason, timeoutMs: number, autoPause?: boolean): Promise<SandboxRow> {
+    const resuming = await this.transition(row, 'resuming', reason);
+    return this.track((async () => {
+      const refused = new Set<string>();
+      for (;;) {
+        const node = this.nodes.pick(refused);
+        try {
+          await node.resume(resuming.sandboxId);
+          const endAt = new Date(this.clock.now().getTime() + Math.max(resuming.remainingMs ?? 0, timeoutMs));
+          return await this.transition(resuming, 'running', 'resumed', {
+            nodeId: node.nodeId, endAt, remainingMs: null, ...(autoPause === undefined ? {} : { autoPause }),
+          });
+        } catch (e) {
+          if (e instanceof NodeCallError && e.retryable && !e.uncertain) {
+            refused.add(node.nodeId);
+            if (refused.size < this.nodes.size) continue;
+          }
+          if (e instanceof StaleWrite) throw e;
+          await this.transition(resuming, 'paused', 'resume_failed');
+          throw e instanceof NestboxError ? e : new NestboxError('internal', `resume failed: ${(e as Error).message}`);
+        }
+      }
+    })());
+  }
+
+  // --- timeouts -------------------------------------------------------------------------------
+
+  private async extend(row: SandboxRow, timeoutMs: number): Promise<SandboxRow> {
+    const wanted = this.clock.now().getTime() + timeoutMs;
+    if (row.endAt && row.endAt.getTime() >= wanted) return row;
+    if (!(await writeEndAt(this.db, row.sandboxId, row.state, row.generation, new Date(wanted), null))) throw new StaleWrite();
+    this.changes.emit(row.sandboxId);
+    return { ...row, endAt: new Date(wanted), generation: row.generation + 1 };
+  }
+
+  async setTimeout(teamId: string, id: string, timeoutMs: number): Promise<void> {
+    await this.checkTimeout(teamId, timeoutMs);
+    await this.adjustTimeout(teamId, id, timeoutMs, true);
+  }
+
+  async refresh(teamId: string, id: string, durationMs: number): Promise<void> {
+    await this.adjustTimeout(teamId, id, durationMs, false);
+  }
+
+  private async checkTimeout(teamId: string, timeoutMs: number) {
+    const team = await this.db.query<{ max_timeout_s: number }>('SELECT max_timeout_s FROM teams WHERE id = $1', [teamId]);
+    if (team[0] && timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
+  }
+
+  private async adjustTimeout(teamId: string, id: string, ms: number, mayShorten: boolean) {
+    const deadline = this.deadline();
+    for (;;) {
+      const row = await this.settled(teamId, id, deadline);
+      if (isTerminal(row.state)) throw notFound(`sandbox ${id} not found`);
+      let ok: boolean;
+      if (row.state === 'running') {
+        const wanted = this.clock.now().getTime() + ms;
+        if (!mayShorten && row.endAt && row.endAt.getTime() >= wanted) return;
+        ok = await writeEndAt(this.db, id, 'running', row.generation, new Date(wanted), null, mayShorten ? ms : undefined);
+      } else if (row.state === 'paused') {
+        // Only a running sandbox has an end to set. SDKs before 2.6 rely on this error: their
+        // `Sandbox.connect` is `POST /timeout` and, only when that fails, `POST /resume`; a
+        // success here would hand them a sandbox that stays paused.
+        if (mayShorten) throw conflict(`sandbox ${id} is paused`);
+        // A refresh extends the time left; paused time does not count, it applies from the resume.
+        if ((row.remainingMs ?? 0) >= ms) return;
+        ok = await writeEndAt(this.db, id, 'paused', row.generation, null, ms);
+      } else {
+        throw conflict(`sandbox ${id} is ${row.state}`);
+      }
+      if (ok) {
+        this.changes.emit(id);
+        return;
+      }
+    }
+  }
+
+  // --- metrics --------------------------------------------------------------------------------
+
+  async metrics(teamId: string, id: string): Promise<SandboxMetrics[]> {
+    const row = await this.load(teamId, id);
+    if (isTerminal(row.state)) throw notFound(`sandbox ${id} not found`);
+    if (row.state !== 'running') return [];
+    const stats = await this.nodes.get(row.nodeId).metrics(id);
+    const now = Date.now();
+    const prev = this.cpuSamples.get(id);
+    this.cpuSamples.set(id, { at: now, cpuNs: stats.cpuNs });
+    const cpuUsedPct = prev && now > prev.at
+      ? Math.min(100, ((stats.cpuNs - prev.cpuNs) / 1e6 / (now - prev.at) / row.cpuCount) * 100)
+      : 0;
+    return [{
+      timestamp: new Date(now), cpuCount: row.cpuCount, cpuUsedPct: Math.max(0, Math.round(cpuUsedPct * 100) / 100),
+      memUsed: stats.memoryBytes, memTotal: stats.memoryLimitBytes || row.memoryMB * 1024 * 1024,
+      diskUsed: 0, diskTotal: row.diskSizeMB * 1024 * 1024,
+    }];
+  }
+}
+
+function encodeToken(row: SandboxRow): string {
+  return Buffer.from(JSON.stringify([row.createdAt.toISOString(), row.sandboxId])).toString('base64url');
+}
+
+function decodeToken(token: string): { createdAt: Date; id: string } {
+  try {
+    const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [string, string];
+    const createdAt = new Date(at);
+    if (typeof id !== 'string' || Number.isNaN(createdAt.getTime())) throw new Error();
+    return { createdAt, id };
+  } catch {
+    throw invalid('invalid nextToken');
+  }
+}
+
+export type { NodeClient };

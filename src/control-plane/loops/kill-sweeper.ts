@@ -1,0 +1,37 @@
+import type { Database } from '../../store/database.ts';
+import { getSandbox } from '../../store/sandboxes.ts';
+import type { LifecycleService } from '../lifecycle.ts';
+
+/**
+ * Kill intent is stored (`killing`) before the node is called; this loop re-issues the call for
+ * sandboxes that stayed in `killing` (node unreachable, control plane restarted), in bounded
+ * batches, until the node confirms.
+ */
+export class KillSweeper {
+  constructor(
+    private readonly db: Database,
+    private readonly lifecycle: LifecycleService,
+    private readonly graceMs = 5_000,
+    private readonly batch = 64,
+  ) {}
+
+  async tick(): Promise<number> {
+    const before = new Date(this.lifecycle.clock.now().getTime() - this.graceMs);
+    const rows = await this.db.query<{ id: string }>(
+      "SELECT id FROM sandboxes WHERE state = 'killing' AND state_changed_at <= $1 ORDER BY state_changed_at LIMIT $2",
+      [before, this.batch],
+    );
+    let done = 0;
+    for (const { id } of rows) {
+      const row = await getSandbox(this.db, id);
+      if (row?.state !== 'killing') continue;
+      try {
+        await this.lifecycle.finishKill(row, row.lastReason as never, true);
+        done++;
+      } catch {
+        /* still unreachable: next tick */
+      }
+    }
+    return done;
+  }
+}

@@ -1,0 +1,39 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** Where a node keeps things, and how its sandboxes are mapped onto the host. */
+export interface RuntimeConfig {
+  /** Per-agent state: bundles, upper layers, runc state, sockets. */
+  dataDir: string;
+  /** Template root filesystems (shared by agents on one host). */
+  templatesDir: string;
+  /** Snapshot store: checkpoints and upper layers of paused sandboxes (may be shared by nodes). */
+  snapshotDir: string;
+  /** The static sandbox init binary, bind-mounted read-only into every sandbox. */
+  initBinary: string;
+  /** Directory holding the `criu` wrapper, put first on PATH when runc checkpoints/restores. */
+  criuBinDir: string;
+  /** Host uid/gid that container root maps to, and the size of the range. */
+  uidShift: number;
+  uidRange: number;
+  /** Sandbox addresses: a /16 whose .0.1 is the host side of every sandbox link. */
+  subnetPrefix: string; // e.g. "10.88"
+}
+
+export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
+  const home = env.NESTBOX_HOME ?? '/var/lib/nestbox';
+  const dataDir = env.NESTBOX_DATA_DIR ?? path.join(home, 'node');
+  return {
+    dataDir,
+    templatesDir: env.NESTBOX_TEMPLATES_DIR ?? path.join(home, 'templates'),
+    snapshotDir: env.NESTBOX_SNAPSHOT_DIR ?? path.join(home, 'snapshots'),
+    initBinary:
+      env.NESTBOX_INIT_BINARY ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-init'),
+    criuBinDir: env.NESTBOX_CRIU_BIN_DIR ?? path.join(home, 'deps/bin'),
+    uidShift: 100000,
+    uidRange: 65536,
+    subnetPrefix: env.NESTBOX_SUBNET_PREFIX ?? '10.88',
+  };
+}

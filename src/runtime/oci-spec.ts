@@ -1,0 +1,113 @@
+import type { SandboxResources } from '../core/runtime-state.ts';
+import { seccompProfile } from './seccomp.ts';
+
+/** Paths inside the sandbox that the node provides. */
+export const INIT_PATH_IN_SANDBOX = '/.nestbox/init';
+export const SOCKET_DIR_IN_SANDBOX = '/run/nestbox';
+export const SOCKET_NAME = 'init.sock';
+
+export interface SpecInput {
+  sandboxId: string;
+  rootfs: string; // the overlay mount point
+  initBinary: string; // host path
+  socketDir: string; // host path, bind-mounted at SOCKET_DIR_IN_SANDBOX
+  networkHook: { path: string; args: string[]; timeout: number };
+  resources: SandboxResources;
+  uidShift: number;
+  uidRange: number;
+}
+
+const CAPABILITIES = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW',
+  'CAP_SETGID', 'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE',
+  'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
+];
+
+const CPU_PERIOD_US = 100_000;
+
+/** The OCI runtime spec (config.json) of one sandbox. */
+export function buildOciSpec(input: SpecInput) {
+  const { resources } = input;
+  const memoryBytes = resources.memoryMB * 1024 * 1024;
+  return {
+    ociVersion: '1.0.2-dev',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: [INIT_PATH_IN_SANDBOX, '--socket', `${SOCKET_DIR_IN_SANDBOX}/${SOCKET_NAME}`],
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      cwd: '/',
+      capabilities: {
+        bounding: CAPABILITIES,
+        effective: CAPABILITIES,
+        permitted: CAPABILITIES,
+      },
+      noNewPrivileges: true,
+    },
+    root: { path: input.rootfs, readonly: false },
+    hooks: { createRuntime: [input.networkHook] },
+    hostname: 'nestbox',
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      {
+        destination: '/dev',
+        type: 'tmpfs',
+        source: 'tmpfs',
+        options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+      },
+      {
+        destination: '/dev/pts',
+        type: 'devpts',
+        source: 'devpts',
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+      },
+      {
+        destination: '/dev/shm',
+        type: 'tmpfs',
+        source: 'shm',
+        options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+      },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      {
+        destination: INIT_PATH_IN_SANDBOX,
+        type: 'bind',
+        source: input.initBinary,
+        options: ['bind', 'ro', 'nosuid', 'nodev'],
+      },
+      {
+        destination: SOCKET_DIR_IN_SANDBOX,
+        type: 'bind',
+        source: input.socketDir,
+        options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'],
+      },
+    ],
+    linux: {
+      uidMappings: [{ containerID: 0, hostID: input.uidShift, size: input.uidRange }],
+      gidMappings: [{ containerID: 0, hostID: input.uidShift, size: input.uidRange }],
+      namespaces: [
+        { type: 'pid' },
+        { type: 'ipc' },
+        { type: 'uts' },
+        { type: 'mount' },
+        { type: 'user' },
+        // runc creates it inside the user namespace (CRIU cannot checkpoint a namespace owned by
+        // the host's); the createRuntime hook wires it up at run and again at restore.
+        { type: 'network' },
+      ],
+      cgroupsPath: `/nestbox/${input.sandboxId}`,
+      resources: {
+        devices: [{ allow: false, access: 'rwm' }],
+        memory: { limit: memoryBytes, swap: memoryBytes },
+        cpu: { period: CPU_PERIOD_US, quota: Math.round(resources.cpuCount * CPU_PERIOD_US) },
+        pids: { limit: resources.pidsLimit },
+      },
+      seccomp: seccompProfile(),
+      maskedPaths: [
+        '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
+        '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware',
+      ],
+      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+    },
+  };
+}

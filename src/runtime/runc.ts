@@ -1,0 +1,130 @@
+import { spawn } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { run } from './command.ts';
+
+export interface ContainerState {
+  id: string;
+  pid: number;
+  status: 'created' | 'running' | 'pausing' | 'paused' | 'stopped';
+  bundle: string;
+}
+
+export interface ContainerStats {
+  cpuNs: number;
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  pids: number;
+}
+
+/** Thin wrapper over the runc binary, with a private state root per agent. */
+export class Runc {
+  constructor(
+    private readonly root: string,
+    private readonly criuBinDir: string,
+  ) {}
+
+  private env(): NodeJS.ProcessEnv {
+    return { ...process.env, PATH: `${this.criuBinDir}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` };
+  }
+
+  /**
+   * run -d and restore -d hand their stdio to the container's init, and CRIU refuses to
+   * checkpoint stdio that leads outside the container: so these get /dev/null, and runc's own
+   * errors are read from its log file.
+   */
+  private detached(args: string[], logFile: string, timeoutMs = 60_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const child = spawn('runc', ['--root', this.root, '--log', logFile, '--log-format', 'json', ...args], {
+        stdio: 'ignore',
+        env: this.env(),
+      });
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      child.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.on('close', async (code) => {
+        clearTimeout(timer);
+        if (code === 0) return resolve();
+        reject(new Error(await lastLogError(logFile)));
+      });
+    });
+  }
+
+  async runDetached(id: string, bundle: string, logFile: string) {
+    // No session keyring per sandbox: the kernel allows 200 keys per uid and every sandbox's
+    // root is the same host uid, so a keyring each would cap a node at 200 sandboxes. The
+    // seccomp profile refuses the key system calls, so the sandbox cannot use the inherited one.
+    await this.detached(['run', '-d', '--no-new-keyring', '--bundle', bundle, id], logFile);
+  }
+
+  async checkpoint(id: string, imagePath: string, workPath: string, logFile: string) {
+    await this.detached(
+      ['checkpoint', '--image-path', imagePath, '--work-path', workPath, '--tcp-established', '--file-locks', id],
+      logFile,
+    );
+  }
+
+  async restore(id: string, bundle: string, imagePath: string, workPath: string, logFile: string) {
+    await this.detached(
+      ['restore', '-d', '--image-path', imagePath, '--work-path', workPath, '--tcp-established', '--file-locks',
+        '--bundle', bundle, id],
+      logFile,
+    );
+  }
+
+  async state(id: string): Promise<ContainerState | null> {
+    const r = await run(['runc', '--root', this.root, 'state', id], { allowFailure: true });
+    if (r.code !== 0) return null;
+    return JSON.parse(r.stdout) as ContainerState;
+  }
+
+  async list(): Promise<ContainerState[]> {
+    const r = await run(['runc', '--root', this.root, 'list', '--format', 'json'], { allowFailure: true });
+    if (r.code !== 0 || !r.stdout.trim()) return [];
+    return (JSON.parse(r.stdout) as ContainerState[] | null) ?? [];
+  }
+
+  /** Stops and removes the container; succeeds when it is already gone. */
+  async destroy(id: string) {
+    await run(['runc', '--root', this.root, 'kill', id, 'KILL'], { allowFailure: true });
+    const r = await run(['runc', '--root', this.root, 'delete', '--force', id], { allowFailure: true });
+    if (r.code !== 0 && (await this.state(id)) !== null) {
+      throw new Error(`runc delete ${id}: ${r.stderr.trim()}`);
+    }
+    // runc leaves its state directory behind when the container vanished under it.
+    await rm(path.join(this.root, id), { recursive: true, force: true });
+  }
+
+  async stats(id: string): Promise<ContainerStats | null> {
+    const r = await run(['runc', '--root', this.root, 'events', '--stats', id], { allowFailure: true });
+    if (r.code !== 0) return null;
+    const ev = JSON.parse(r.stdout) as {
+      data?: { cpu?: { usage?: { total?: number } }; memory?: { usage?: { usage?: number; limit?: number } }; pids?: { current?: number } };
+    };
+    return {
+      cpuNs: ev.data?.cpu?.usage?.total ?? 0,
+      memoryBytes: ev.data?.memory?.usage?.usage ?? 0,
+      memoryLimitBytes: ev.data?.memory?.usage?.limit ?? 0,
+      pids: ev.data?.pids?.current ?? 0,
+    };
+  }
+}
+
+async function lastLogError(logFile: string): Promise<string> {
+  try {
+    const lines = (await readFile(logFile, 'utf8')).trim().split('\n').reverse();
+    for (const line of lines) {
+      try {
+        const entry = JSON.parse(line) as { level?: string; msg?: string };
+        if (entry.level === 'error' || entry.level === 'fatal') return entry.msg ?? line;
+      } catch {
+        /* not JSON: fall through */
+      }
+    }
+    return lines[0] ?? 'no log output';
+  } catch {
+    return 'no log output';
+  }
+}

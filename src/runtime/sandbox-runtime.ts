@@ -1,0 +1,388 @@
+import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
+import { isSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
+import type { SandboxResources } from '../core/runtime-state.ts';
+import { run } from './command.ts';
+import type { RuntimeConfig } from './config.ts';
+import { handOverImages } from './criu-images.ts';
+import { exists, moveTree, unmount } from './fs-util.ts';
+import { InitClient } from './init-client.ts';
+import { KeyedMutex } from './keyed-mutex.ts';
+import { sandboxPaths, snapshotPaths, templateRootfs } from './layout.ts';
+import { NetworkManager } from './network.ts';
+import { buildOciSpec } from './oci-spec.ts';
+import { Runc, type ContainerStats } from './runc.ts';
+
+export interface CreateSandboxRequest {
+  sandboxId: string;
+  template: string;
+  resources: SandboxResources;
+  envVars: Record<string, string>;
+  metadata: Record<string, string>;
+  allowInternetAccess: boolean;
+}
+
+/** What the node keeps about a sandbox it runs (sandbox.json) or has paused (snapshot.json). */
+export interface SandboxRecord extends CreateSandboxRequest {
+  address: string;
+  createdAt: string;
+}
+
+export interface SnapshotRecord {
+  sandbox: SandboxRecord;
+  memory: boolean; // CRIU images present; otherwise files only
+  pausedAt: string;
+  sizeBytes?: number;
+}
+
+export interface InventoryEntry {
+  sandboxId: string;
+  state: 'running' | 'stopped' | 'creating' | 'broken';
+  pid: number | null;
+  address: string | null;
+  template: string | null;
+  metadata: Record<string, string>;
+  createdAt: string | null;
+}
+
+const INIT_READY_TIMEOUT_MS = 10_000;
+
+/**
+ * The container runtime of one node: create, pause (CRIU checkpoint + upper layer), resume,
+ * kill, inventory and metrics. Operations on one sandbox are serialised; different sandboxes
+ * proceed in parallel.
+ */
+export class SandboxRuntime {
+  readonly network: NetworkManager;
+  private readonly runc: Runc;
+  private readonly locks = new KeyedMutex();
+  private readonly clients = new Map<string, InitClient>();
+
+  constructor(readonly cfg: RuntimeConfig) {
+    this.network = new NetworkManager(cfg.subnetPrefix);
+    this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
+  }
+
+  async start(): Promise<void> {
+    // The sandbox's mapped root must be able to traverse to its rootfs, bind sources and (at
+    // restore) its images: these directories are 0711, their contents private.
+    for (const dir of [this.cfg.dataDir, path.join(this.cfg.dataDir, 'sandboxes'), this.cfg.snapshotDir]) {
+      await mkdir(dir, { recursive: true, mode: 0o711 });
+      await chmod(dir, 0o711);
+    }
+    await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
+    await this.network.setupHost();
+  }
+
+  /** The init client of a running sandbox; callers must not cache it across pause/resume. */
+  init(sandboxId: string): InitClient {
+    let client = this.clients.get(sandboxId);
+    if (!client) {
+      client = new InitClient(sandboxPaths(this.cfg, sandboxId).socket);
+      this.clients.set(sandboxId, client);
+    }
+    return client;
+  }
+
+  async record(sandboxId: string): Promise<SandboxRecord> {
+    assertId(sandboxId);
+    try {
+      return JSON.parse(await readFile(sandboxPaths(this.cfg, sandboxId).record, 'utf8')) as SandboxRecord;
+    } catch {
+      throw notFound(`sandbox ${sandboxId} is not on this node`);
+    }
+  }
+
+  async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
+    assertId(req.sandboxId);
+    if (!TEMPLATE_NAME_PATTERN.test(req.template)) throw invalid(`invalid template name "${req.template}"`);
+    const lower = templateRootfs(this.cfg, req.template);
+    if (!(await exists(lower))) throw notFound(`template "${req.template}" is not on this node`);
+    return this.locks.run(req.sandboxId, async () => {
+      const p = sandboxPaths(this.cfg, req.sandboxId);
+      if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
+      if (await exists(snapshotPaths(this.cfg, req.sandboxId).dir)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
+      try {
+        await this.prepareDirs(req.sandboxId, true);
+        const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
+        const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
+        await this.writeSandboxFiles(record);
+        await this.mountAndConfigure(record, lower);
+        await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
+        await this.waitForInit(req.sandboxId, false);
+        return record;
+      } catch (e) {
+        await this.teardown(req.sandboxId);
+        throw wrap(e, 'create');
+      }
+    });
+  }
+
+  /**
+   * Pause: with memory, a CRIU checkpoint of the whole container; always, the upper layer.
+   * Everything is staged under a temporary name and renamed into place at the end, so a failed
+   * pause never leaves a half snapshot that resume could pick up.
+   */
+  async pause(sandboxId: string, memory: boolean): Promise<SnapshotRecord> {
+    assertId(sandboxId);
+    return this.locks.run(sandboxId, async () => {
+      const record = await this.record(sandboxId);
+      const p = sandboxPaths(this.cfg, sandboxId);
+      const state = await this.runc.state(sandboxId);
+      if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+      const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
+      await mkdir(staging.dir, { mode: 0o711 });
+      try {
+        // CRIU refuses sockets connected to the outside: drop the agent's connections first.
+        this.clients.get(sandboxId)?.closeAll();
+        if (memory) {
+          await mkdir(staging.images, { mode: 0o700 });
+          await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+          await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
+          await handOverImages(staging.images, this.cfg.uidShift);
+        }
+      } catch (e) {
+        await this.keepLog(sandboxId, 'dump');
+        await rm(staging.dir, { recursive: true, force: true });
+        // CRIU resumes the tasks when a dump fails; only a running container may stay.
+        const after = await this.runc.state(sandboxId);
+        if (after?.status === 'running') throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
+        await this.teardown(sandboxId);
+        throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
+      }
+      // From here the container's processes are gone (checkpoint) or are stopped (files only).
+      await this.runc.destroy(sandboxId);
+      await unmount(p.rootfs);
+      await moveTree(p.upper, staging.upper);
+      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString() };
+      await writeFile(staging.meta, JSON.stringify(snapshot));
+      await rename(staging.dir, snapshotPaths(this.cfg, sandboxId).dir);
+      await this.teardown(sandboxId);
+      return snapshot;
+    });
+  }
+
+  async snapshot(sandboxId: string): Promise<SnapshotRecord> {
+    assertId(sandboxId);
+    try {
+      return JSON.parse(await readFile(snapshotPaths(this.cfg, sandboxId).meta, 'utf8')) as SnapshotRecord;
+    } catch {
+      throw notFound(`no snapshot of sandbox ${sandboxId}`);
+    }
+  }
+
+  /**
+   * Resume from the snapshot store, on this node whatever node paused it. On failure the
+   * snapshot is put back as it was: a failed resume loses nothing.
+   */
+  async resume(sandboxId: string): Promise<SandboxRecord> {
+    assertId(sandboxId);
+    return this.locks.run(sandboxId, async () => {
+      const snap = await this.snapshot(sandboxId);
+      const s = snapshotPaths(this.cfg, sandboxId);
+      const p = sandboxPaths(this.cfg, sandboxId);
+      if (await exists(p.dir)) throw conflict(`sandbox ${sandboxId} is already on this node`);
+      const lower = templateRootfs(this.cfg, snap.sandbox.template);
+      if (!(await exists(lower))) throw notFound(`template "${snap.sandbox.template}" is not on this node`);
+      let upperMoved = false;
+      try {
+        await this.prepareDirs(sandboxId, false);
+        const net = await this.network.prepare(sandboxId, snap.sandbox.allowInternetAccess, snap.sandbox.address);
+        const record: SandboxRecord = { ...snap.sandbox, address: net.address };
+        await moveTree(s.upper, p.upper);
+        upperMoved = true;
+        await this.writeSandboxFiles(record);
+        await this.mountAndConfigure(record, lower);
+        if (snap.memory) {
+          await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+          await this.runc.restore(sandboxId, p.dir, s.images, p.criuWork, p.runcLog);
+        } else {
+          await this.runc.runDetached(sandboxId, p.dir, p.runcLog);
+        }
+        await this.waitForInit(sandboxId, snap.memory);
+        await rm(s.dir, { recursive: true, force: true });
+        return record;
+      } catch (e) {
+        await this.keepLog(sandboxId, 'restore');
+        await this.runc.destroy(sandboxId).catch(() => undefined);
+        await unmount(p.rootfs).catch(() => undefined);
+        if (upperMoved) await moveTree(p.upper, s.upper);
+        await this.teardown(sandboxId);
+        throw wrap(e, 'resume');
+      }
+    });
+  }
+
+  /** Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked). */
+  async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<void> {
+    assertId(sandboxId);
+    await this.locks.run(sandboxId, async () => {
+      await this.teardown(sandboxId);
+      if (opts.deleteSnapshot) await rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true });
+    });
+  }
+
+  async deleteSnapshot(sandboxId: string): Promise<void> {
+    assertId(sandboxId);
+    await this.locks.run(sandboxId, () => rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true }));
+  }
+
+  async inventory(): Promise<InventoryEntry[]> {
+    const containers = new Map((await this.runc.list()).map((c) => [c.id, c]));
+    const out: InventoryEntry[] = [];
+    const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
+    for (const id of dirs) {
+      if (!isSandboxId(id)) continue;
+      const c = containers.get(id);
+      containers.delete(id);
+      const rec = await this.record(id).catch(() => null);
+      out.push({
+        sandboxId: id,
+        state: this.locks.isBusy(id) && !c ? 'creating' : c?.status === 'running' ? 'running' : c ? 'stopped' : 'broken',
+        pid: c?.pid || null,
+        address: rec?.address ?? null,
+        template: rec?.template ?? null,
+        metadata: rec?.metadata ?? {},
+        createdAt: rec?.createdAt ?? null,
+      });
+    }
+    // Containers in our runc root without a sandbox directory: report them so they get reaped.
+    for (const c of containers.values()) {
+      out.push({ sandboxId: c.id, state: c.status === 'running' ? 'running' : 'stopped', pid: c.pid || null, address: null, template: null, metadata: {}, createdAt: null });
+    }
+    return out;
+  }
+
+  async snapshots(): Promise<SnapshotRecord[]> {
+    const out: SnapshotRecord[] = [];
+    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
+      if (!isSandboxId(name)) continue;
+      const snap = await this.snapshot(name).catch(() => null);
+      if (snap) out.push(snap);
+    }
+    return out;
+  }
+
+  async metrics(sandboxId: string): Promise<ContainerStats> {
+    assertId(sandboxId);
+    const stats = await this.runc.stats(sandboxId);
+    if (!stats) throw notFound(`sandbox ${sandboxId} is not running on this node`);
+    return stats;
+  }
+
+  async containerState(sandboxId: string) {
+    return this.runc.state(sandboxId);
+  }
+
+  // --- pieces -------------------------------------------------------------------------------
+
+  private async prepareDirs(sandboxId: string, withUpper: boolean) {
+    const p = sandboxPaths(this.cfg, sandboxId);
+    const shift = this.cfg.uidShift;
+    // The sandbox's root (host uid `shift`) must be able to reach its rootfs and socket dir.
+    await mkdir(p.dir, { recursive: true, mode: 0o711 });
+    await mkdir(path.dirname(p.upper), { recursive: true, mode: 0o711 });
+    if (withUpper) {
+      await mkdir(p.upper, { mode: 0o755 });
+      await chown(p.upper, shift, shift);
+    }
+    await mkdir(p.work, { mode: 0o700 });
+    await mkdir(p.rootfs, { mode: 0o755 });
+    await mkdir(p.socketDir, { mode: 0o700 });
+    await chown(p.socketDir, shift, shift);
+  }
+
+  /** Files the node provides inside the sandbox: written into the upper layer, owned by its root. */
+  private async writeSandboxFiles(record: SandboxRecord) {
+    const p = sandboxPaths(this.cfg, record.sandboxId);
+    const shift = this.cfg.uidShift;
+    const etc = path.join(p.upper, 'etc');
+    if (!(await exists(etc))) {
+      await mkdir(etc, { mode: 0o755 });
+      await chown(etc, shift, shift);
+    }
+    const hosts = `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${record.address}\tnestbox\n`;
+    const resolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+    const resolvInSandbox = resolv.split('\n').filter((l) => !/^nameserver\s+(127\.|::1)/.test(l)).join('\n');
+    for (const [name, content] of [['hosts', hosts], ['resolv.conf', resolvInSandbox], ['hostname', 'nestbox\n']] as const) {
+      const f = path.join(etc, name);
+      await writeFile(f, content, { mode: 0o644 });
+      await chown(f, shift, shift);
+    }
+  }
+
+  private async mountAndConfigure(record: SandboxRecord, lower: string) {
+    const p = sandboxPaths(this.cfg, record.sandboxId);
+    await run(['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${p.upper},workdir=${p.work}`, p.rootfs]);
+    const spec = buildOciSpec({
+      sandboxId: record.sandboxId,
+      rootfs: p.rootfs,
+      initBinary: this.cfg.initBinary,
+      socketDir: p.socketDir,
+      networkHook: this.network.hook(record.sandboxId, record.address),
+      resources: record.resources,
+      uidShift: this.cfg.uidShift,
+      uidRange: this.cfg.uidRange,
+    });
+    await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
+    await writeFile(p.record, JSON.stringify(record));
+  }
+
+  /** CRIU's log of a failed dump or restore outlives the sandbox directory, for the operator. */
+  private async keepLog(sandboxId: string, kind: 'dump' | 'restore') {
+    const from = path.join(sandboxPaths(this.cfg, sandboxId).criuWork, `${kind}.log`);
+    const dir = path.join(this.cfg.dataDir, 'logs');
+    await mkdir(dir, { recursive: true });
+    await copyFile(from, path.join(dir, `${sandboxId}-${kind}-${Date.now()}.log`)).catch(() => undefined);
+  }
+
+  private async waitForInit(sandboxId: string, restored: boolean) {
+    const client = this.init(sandboxId);
+    const started = Date.now();
+    const deadline = started + INIT_READY_TIMEOUT_MS;
+    let hupSent = false;
+    let lastError: unknown;
+    for (let delay = 2; Date.now() < deadline; delay = Math.min(delay * 2, 50)) {
+      try {
+        await client.ping();
+        return;
+      } catch (e) {
+        lastError = e;
+      }
+      // A restored init may hold a listening socket whose path did not come back: ask it to rebind.
+      if (restored && !hupSent && Date.now() - started > 200) {
+        const st = await this.runc.state(sandboxId);
+        if (st?.pid) process.kill(st.pid, 'SIGHUP');
+        hupSent = true;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+    throw new Error(`sandbox init did not answer within ${INIT_READY_TIMEOUT_MS} ms: ${msg(lastError)}`);
+  }
+
+  /** Removes the container, mounts, network and directory of a sandbox; idempotent. */
+  private async teardown(sandboxId: string) {
+    const p = sandboxPaths(this.cfg, sandboxId);
+    this.clients.get(sandboxId)?.closeAll();
+    this.clients.delete(sandboxId);
+    await this.runc.destroy(sandboxId);
+    await unmount(p.rootfs);
+    await this.network.release(sandboxId);
+    await rm(p.dir, { recursive: true, force: true });
+  }
+}
+
+function assertId(id: string) {
+  if (!isSandboxId(id)) throw invalid(`invalid sandbox id "${id}"`);
+}
+
+function msg(e: unknown) {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function wrap(e: unknown, op: string): Error {
+  if (e instanceof NestboxError) return e;
+  return new NestboxError('internal', `${op} failed: ${msg(e)}`);
+}

@@ -1,0 +1,297 @@
+// The `nestbox` CLI, run for real (bin/nestbox as a child process) against a real API server on
+// 127.0.0.1 with an in-memory lifecycle and a real PGlite store (keys, usage).
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { FastifyInstance } from 'fastify';
+import { buildApiServer } from '../src/control-plane/api/server.ts';
+import { openDatabase, type Database } from '../src/store/database.ts';
+import { migrate } from '../src/store/migrate.ts';
+import { authenticateApiKey, ensureBootstrapTeam } from '../src/store/teams.ts';
+import { tempPgliteDataDir } from './helpers/databases.ts';
+import { FakeLifecycle } from './helpers/fake-lifecycle.ts';
+
+const BIN = path.join(import.meta.dirname, '..', 'bin', 'nestbox');
+const NOW = new Date('2026-03-01T01:00:00Z');
+
+let db: Database;
+let removeDataDir: () => Promise<void>;
+let app: FastifyInstance;
+let fake: FakeLifecycle;
+let apiUrl: string;
+let teamId: string;
+let apiKey: string;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `bin/nestbox args` with E2B_API_URL and E2B_API_KEY set (unless `env` overrides them). */
+function nestbox(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+  const base: Record<string, string | undefined> = { ...process.env };
+  for (const k of ['E2B_API_URL', 'E2B_API_KEY', 'NESTBOX_API_KEY', 'E2B_DOMAIN']) delete base[k];
+  const full: Record<string, string | undefined> = { ...base, E2B_API_URL: apiUrl, E2B_API_KEY: apiKey, ...env };
+  for (const [k, v] of Object.entries(full)) if (v === undefined) delete full[k];
+  return new Promise((resolve) => {
+    execFile(BIN, args, { env: full as NodeJS.ProcessEnv, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+function ok(r: Run): Run {
+  assert.equal(r.code, 0, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+const json = (r: Run) => JSON.parse(ok(r).stdout);
+
+/** Exit 1, one line on stderr matching `re`, no stack trace, nothing on stdout. */
+function fails(r: Run, re: RegExp, code = 1) {
+  assert.equal(r.code, code, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  assert.equal(r.stdout, '');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `one line of error: ${r.stderr}`);
+  assert.match(lines[0]!, re);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
+}
+
+before(async () => {
+  const dir = await tempPgliteDataDir();
+  removeDataDir = dir.remove;
+  db = await openDatabase({ dataDir: dir.dataDir });
+  await migrate(db);
+  const boot = await ensureBootstrapTeam(db);
+  teamId = boot.teamId;
+  apiKey = boot.apiKey!;
+  fake = new FakeLifecycle();
+  app = buildApiServer({
+    lifecycle: fake,
+    authenticate: (k) => authenticateApiKey(db, k),
+    envdVersion: '0.6.4',
+    db,
+    now: () => NOW,
+  });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  apiUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  await app?.close();
+  await db?.close();
+  await removeDataDir?.();
+});
+
+describe('nestbox sandbox', () => {
+  test('create: flags become the request; human and --json output', async () => {
+    const [human, raw] = await Promise.all([
+      nestbox(['sandbox', 'create']),
+      nestbox([
+        'sandbox', 'create', '--template', 'py', '--timeout', '60', '--metadata', 'user=ann', '--metadata', 'run=a=b',
+        '--env', 'FOO=1', '--auto-pause', '--json',
+      ]),
+    ]);
+    assert.match(ok(human).stdout, /^Created sandbox [a-z0-9]{20} from template base; it is killed after 300 s unless extended\.\n$/);
+    const body = json(raw);
+    assert.equal(body.templateID, 'py');
+    assert.match(body.sandboxID, /^[a-z0-9]{20}$/);
+    assert.equal(body.envdVersion, '0.6.4');
+    const call = fake.calls.filter((c) => c.op === 'create').map((c) => c.args[0] as any).find((p) => p.templateId === 'py');
+    assert.equal(call.teamId, teamId);
+    assert.equal(call.timeoutMs, 60_000);
+    assert.deepEqual(call.metadata, { user: 'ann', run: 'a=b' });
+    assert.deepEqual(call.envVars, { FOO: '1' });
+    assert.equal(call.autoPause, true);
+    assert.equal(human.stderr, '', 'no spinner when stderr is not a terminal');
+  });
+
+  test('create: bad flags are refused before any request', async () => {
+    const [timeout, meta, extra] = await Promise.all([
+      nestbox(['sandbox', 'create', '--timeout', 'soon']),
+      nestbox(['sandbox', 'create', '--metadata', 'novalue']),
+      nestbox(['sandbox', 'create', 'extra']),
+    ]);
+    fails(timeout, /--timeout.*expected a whole number from 0 to 86400/);
+    fails(meta, /--metadata.*expected KEY=VALUE/);
+    assert.equal(extra.code, 1);
+    // The server's own validation errors come back as one line too.
+    fails(await nestbox(['sandbox', 'create', '--template', 'no such/../name!']), /^error: .*\(HTTP 400\)$/);
+  });
+
+  test('list: a table, --json, every page, filters and --limit', async () => {
+    for (let i = 0; i < 105; i++) fake.seed({ teamId, metadata: { batch: 'many', i: String(i) } });
+    const paused = fake.seed({ teamId, state: 'paused', endAt: null, metadata: { batch: 'one', owner: 'a b&c' } });
+    fake.seed({ teamId: 'someone-else', metadata: { batch: 'one' } });
+    const [table, all, limited, pausedOnly, byMeta, bad] = await Promise.all([
+      nestbox(['sandbox', 'list', '--metadata', 'batch=one']),
+      nestbox(['sandbox', 'list', '--json', '--metadata', 'batch=many']),
+      nestbox(['sandbox', 'ls', '--json', '--limit', '3']),
+      nestbox(['sandbox', 'list', '--json', '--state', 'paused']),
+      nestbox(['sandbox', 'list', '--json', '--metadata', 'owner=a b&c', '--metadata', 'batch=one']),
+      nestbox(['sandbox', 'list', '--state', 'frozen']),
+    ]);
+    const out = ok(table).stdout;
+    for (const h of ['ID', 'TEMPLATE', 'STATE', 'STARTED', 'ENDS', 'CPU', 'MEMORY', 'METADATA']) assert.ok(out.includes(h), h);
+    assert.ok(out.includes(paused.sandboxId));
+    assert.match(out, /paused/);
+    assert.match(out, /owner=a b&c/);
+    assert.equal(out.split('\n').filter((l) => /[a-z0-9]{20}/.test(l)).length, 1);
+
+    const many = json(all);
+    assert.equal(many.length, 105, 'follows X-Next-Token past the first page of 100');
+    assert.equal(new Set(many.map((s: any) => s.sandboxID)).size, 105);
+    assert.equal(json(limited).length, 3);
+    assert.deepEqual(json(pausedOnly).map((s: any) => s.sandboxID), [paused.sandboxId]);
+    assert.deepEqual(json(byMeta).map((s: any) => s.sandboxID), [paused.sandboxId]);
+    fails(bad, /--state.*expected running, paused or running,paused/);
+    const pages = fake.calls.filter((c) => c.op === 'list' && (c.args[1] as any).metadata?.batch === 'many');
+    assert.equal(pages.length, 2);
+  });
+
+  test('info, pause, resume, timeout, kill', async () => {
+    const s = fake.seed({ teamId, metadata: { k: 'v' }, autoPause: true });
+    const info = ok(await nestbox(['sandbox', 'info', s.sandboxId])).stdout;
+    assert.match(info, new RegExp(`id\\s*│\\s*${s.sandboxId}`));
+    assert.match(info, /template\s*│\s*base/);
+    assert.match(info, /state\s*│\s*running/);
+    assert.match(info, /on timeout\s*│\s*pause/);
+    assert.match(info, /memory\s*│\s*512 MiB/);
+    assert.doesNotMatch(info, new RegExp(s.envdAccessToken), 'the access token is only in --json');
+    const detail = json(await nestbox(['sandbox', 'info', s.sandboxId, '--json']));
+    assert.equal(detail.sandboxID, s.sandboxId);
+    assert.deepEqual(detail.lifecycle, { autoResume: false, onTimeout: 'pause' });
+
+    assert.equal(ok(await nestbox(['sandbox', 'pause', s.sandboxId])).stdout, `Paused sandbox ${s.sandboxId}.\n`);
+    assert.deepEqual(fake.lastCall('pause')!.args, [teamId, s.sandboxId, { memory: true }]);
+    fails(await nestbox(['sandbox', 'pause', s.sandboxId]), new RegExp(`^error: sandbox ${s.sandboxId} is paused \\(HTTP 409\\)$`));
+    assert.equal(json(await nestbox(['sandbox', 'info', s.sandboxId, '--json'])).state, 'paused');
+
+    const resumed = ok(await nestbox(['sandbox', 'resume', s.sandboxId, '--timeout', '120']));
+    assert.equal(resumed.stdout, `Resumed sandbox ${s.sandboxId}; it ends in 120 s unless extended.\n`);
+    assert.deepEqual(fake.lastCall('connect')!.args, [teamId, s.sandboxId, 120_000]);
+    const again = json(await nestbox(['sandbox', 'resume', s.sandboxId, '--json']));
+    assert.equal(again.sandboxID, s.sandboxId);
+    assert.deepEqual(fake.lastCall('connect')!.args, [teamId, s.sandboxId, 300_000]);
+    assert.match(ok(await nestbox(['sandbox', 'resume', s.sandboxId])).stdout, /is running already/);
+
+    assert.equal(ok(await nestbox(['sandbox', 'timeout', s.sandboxId, '30'])).stdout, `Sandbox ${s.sandboxId} now ends in 30 s.\n`);
+    assert.deepEqual(fake.lastCall('setTimeout')!.args, [teamId, s.sandboxId, 30_000]);
+    fails(await nestbox(['sandbox', 'timeout', s.sandboxId, '-1']), /unknown option|expected a whole number/);
+
+    const cold = fake.seed({ teamId });
+    assert.deepEqual(json(await nestbox(['sandbox', 'pause', cold.sandboxId, '--no-memory', '--json'])), {
+      sandboxID: cold.sandboxId, state: 'paused', memory: false,
+    });
+    assert.deepEqual(fake.lastCall('pause')!.args, [teamId, cold.sandboxId, { memory: false }]);
+
+    assert.equal(ok(await nestbox(['sandbox', 'kill', s.sandboxId])).stdout, `Killed sandbox ${s.sandboxId}.\n`);
+    fails(await nestbox(['sandbox', 'info', s.sandboxId]), /^error: sandbox "?[a-z0-9]{20}"? not found \(HTTP 404\)$/);
+    fails(await nestbox(['sandbox', 'kill', 'zzzzzzzzzzzzzzzzzzzz', '--json']), /not found \(HTTP 404\)/);
+    fails(await nestbox(['sandbox', 'info', '../../usage']), /not found \(HTTP 404\)/);
+  });
+});
+
+describe('nestbox keys', () => {
+  test('create (shown once), list as a table and JSON, revoke; the last key is kept', async () => {
+    const created = ok(await nestbox(['keys', 'create', '--name', 'ci']));
+    const lines = created.stdout.trimEnd().split('\n');
+    assert.match(lines[0]!, /^Created API key [0-9a-f-]{36} \(ci\)\. Store it now: it is not shown again\.$/);
+    assert.match(lines[1]!, /^e2b_[0-9a-f]{40}$/);
+    const newKey = lines[1]!;
+    const newId = /key ([0-9a-f-]{36})/.exec(lines[0]!)![1]!;
+
+    const raw = json(await nestbox(['keys', 'create', '--json']));
+    assert.deepEqual(Object.keys(raw).sort(), ['id', 'key', 'mask']);
+
+    const table = ok(await nestbox(['keys', 'list'], { E2B_API_KEY: undefined, NESTBOX_API_KEY: newKey })).stdout;
+    for (const h of ['ID', 'NAME', 'KEY', 'CREATED', 'LAST USED', 'REVOKED']) assert.ok(table.includes(h), h);
+    assert.ok(table.includes(newId));
+    assert.ok(table.includes(`${newKey.slice(0, 6)}…${newKey.slice(-4)}`));
+    assert.ok(!table.includes(newKey), 'never the whole key');
+    const listed = json(await nestbox(['keys', 'list', '--json']));
+    assert.deepEqual(listed.map((k: any) => k.name), ['default', 'ci', '']);
+
+    assert.equal(ok(await nestbox(['keys', 'revoke', newId])).stdout, `Revoked API key ${newId}.\n`);
+    fails(await nestbox(['keys', 'list'], { E2B_API_KEY: newKey }), /^error: invalid API key \(HTTP 401\)$/);
+    assert.deepEqual(json(await nestbox(['keys', 'revoke', raw.id, '--json'])), { id: raw.id, revoked: true });
+    fails(await nestbox(['keys', 'revoke', randomUUID()]), /not found \(HTTP 404\)$/);
+
+    const active = json(await nestbox(['keys', 'list', '--json'])).filter((k: any) => k.revokedAt === null);
+    assert.equal(active.length, 1);
+    fails(await nestbox(['keys', 'revoke', active[0].id]), /last active API key.*\(HTTP 409\)$/);
+    assert.match(ok(await nestbox(['keys', 'list'])).stdout, /default/);
+  });
+});
+
+describe('nestbox usage', () => {
+  test('totals and per-sandbox table; --json; windows; bad input', async () => {
+    const open = (id: string, from: string, to: string | null, cpu: number, mem: number) =>
+      db.query(
+        `INSERT INTO usage_intervals (sandbox_id, team_id, opened_event_id, opened_at, closed_event_id, closed_at, cpu_count, memory_mb)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+        [id, teamId, randomUUID(), new Date(from), to ? randomUUID() : null, to ? new Date(to) : null, cpu, mem],
+      );
+    await open('usagesandbox00000001', '2026-03-01T00:00:00Z', '2026-03-01T00:30:00Z', 2, 1024);
+    await open('usagesandbox00000002', '2026-03-01T00:50:00Z', null, 1, 512); // open: 10 min at NOW
+
+    const [human, raw, window, bad, reversed] = await Promise.all([
+      nestbox(['usage']),
+      nestbox(['usage', '--json']),
+      nestbox(['usage', '--json', '--from', '2026-03-01T00:20:00Z', '--to', '2026-03-01T00:55:00Z']),
+      nestbox(['usage', '--from', 'last week']),
+      nestbox(['usage', '--from', '2026-03-02', '--to', '2026-03-01']),
+    ]);
+    const out = ok(human).stdout;
+    assert.match(out, /^Usage from the beginning to 2026-03-01 01:00:00Z\n/);
+    assert.match(out, /Total: running 40m 00s \(2400 s\), 4200 CPU-s, 2100 GiB-s/);
+    assert.match(out, /usagesandbox00000001\s*│\s*30m 00s\s*│\s*3600\s*│\s*1800\s*│\s*-/);
+    assert.match(out, /usagesandbox00000002\s*│\s*10m 00s\s*│\s*600\s*│\s*300\s*│\s*running/);
+
+    const body = json(raw);
+    assert.equal(body.teamId, teamId);
+    assert.deepEqual(body.totals, { runningSeconds: 2400, cpuSeconds: 4200, memoryGiBSeconds: 2100 });
+    const w = json(window);
+    assert.deepEqual(w.sandboxes.map((s: any) => [s.sandboxId, s.runningSeconds]), [
+      ['usagesandbox00000001', 600],
+      ['usagesandbox00000002', 300],
+    ]);
+    fails(bad, /^error: from: "last week" is not an ISO 8601 timestamp .*\(HTTP 400\)$/);
+    fails(reversed, /from must not be after to \(HTTP 400\)$/);
+  });
+});
+
+describe('configuration and errors', () => {
+  test('API key and URL from flags and environment; one-line errors, exit 1', async () => {
+    const closed = await new Promise<string>((resolve) => {
+      const srv = createServer().listen(0, '127.0.0.1', () => {
+        const port = (srv.address() as AddressInfo).port;
+        srv.close(() => resolve(`http://127.0.0.1:${port}`));
+      });
+    });
+    const [noKey, badKey, flagKey, nestboxKey, flagUrl, down, badUrl, unknown] = await Promise.all([
+      nestbox(['sandbox', 'list'], { E2B_API_KEY: undefined }),
+      nestbox(['sandbox', 'list'], { E2B_API_KEY: 'e2b_' + '1'.repeat(40) }),
+      nestbox(['sandbox', 'list', '--json', '--api-key', apiKey], { E2B_API_KEY: 'wrong' }),
+      nestbox(['usage', '--json'], { E2B_API_KEY: undefined, NESTBOX_API_KEY: apiKey }),
+      nestbox(['keys', 'list', '--json', '--api-url', apiUrl], { E2B_API_URL: closed }),
+      nestbox(['keys', 'list'], { E2B_API_URL: closed }),
+      nestbox(['keys', 'list', '--api-url', 'not a url']),
+      nestbox(['sandbox', 'frobnicate']),
+    ]);
+    fails(noKey, /^error: no API key: set E2B_API_KEY \(or NESTBOX_API_KEY\), or pass --api-key$/);
+    fails(badKey, /^error: invalid API key \(HTTP 401\)$/);
+    assert.ok(Array.isArray(json(flagKey)));
+    assert.equal(json(nestboxKey).teamId, teamId);
+    assert.ok(Array.isArray(json(flagUrl)));
+    fails(down, new RegExp(`^error: cannot reach the Nestbox API at ${closed}: connection refused \\(is Nestbox running there\\?`));
+    fails(badUrl, /^error: invalid API URL "not a url"/);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /unknown command 'frobnicate'/);
+  });
+});

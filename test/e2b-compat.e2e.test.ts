@@ -1,0 +1,194 @@
+// The compatibility suite: the official `e2b` SDK, unmodified, against a live Nestbox (control
+// plane + sandbox proxy + node agent with real containers), configured only through
+// E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY, as a user would.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import path from 'node:path';
+import { CommandExitError, Sandbox } from 'e2b';
+import type { ControlPlane } from '../src/control-plane/control-plane.ts';
+import { sleep, type TestAgent } from './helpers/agent-harness.ts';
+import { startStack, type TestStack } from './helpers/stack.ts';
+
+const KEY = 'e2b_' + '5a'.repeat(20);
+let stack: TestStack;
+let agent: TestAgent;
+let cp: ControlPlane;
+let proxyUrl: string;
+let apiUrl: string;
+const opts = { requestTimeoutMs: 60_000 };
+
+before(async () => {
+  stack = await startStack(KEY);
+  ({ agent, cp, apiUrl } = stack);
+  proxyUrl = stack.proxyUrl!;
+});
+
+after(async () => {
+  await stack?.stop();
+});
+
+/** GET through the proxy by host name, as `getHost(port)` gives it (`<port>-<id>.localhost`). */
+function getByHost(host: string, p = '/'): Promise<{ status: number; body: string }> {
+  const u = new URL(proxyUrl);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: p, headers: { host: `${host}:${u.port}` } }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the e2b SDK against a live Nestbox', () => {
+  let sbx: Sandbox;
+  before(async () => {
+    sbx = await Sandbox.create('base', { ...opts, timeoutMs: 300_000, envs: { FROM_CREATE: 'yes' }, metadata: { suite: 'compat' } });
+  });
+  after(async () => {
+    await sbx?.kill().catch(() => undefined);
+  });
+
+  test('commands: stdout, stderr, exit codes, CommandExitError, env vars at create and per command', async () => {
+    const r = await sbx.commands.run('echo out; echo err >&2; echo $FROM_CREATE-$PER_CMD', { envs: { PER_CMD: 'also' } });
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stdout, 'out\nyes-also\n');
+    assert.equal(r.stderr, 'err\n');
+    await assert.rejects(sbx.commands.run('exit 7'), (e: unknown) => e instanceof CommandExitError && e.exitCode === 7);
+    assert.equal((await sbx.commands.run('whoami')).stdout.trim(), 'user');
+    assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout.trim(), 'root');
+    assert.equal((await sbx.commands.run('pwd')).stdout.trim(), '/home/user');
+  });
+
+  test('background commands: connect, sendStdin, list, kill', async () => {
+    const bg = await sbx.commands.run('cat', { background: true, stdin: true });
+    const listed = await sbx.commands.list();
+    assert.ok(listed.some((p) => p.pid === bg.pid));
+    let seen = '';
+    const again = await sbx.commands.connect(bg.pid, { onStdout: (d) => { seen += d; } });
+    await sbx.commands.sendStdin(bg.pid, 'hello stdin\n');
+    for (let i = 0; i < 50 && !seen.includes('hello stdin'); i++) await sleep(50);
+    assert.match(seen, /hello stdin/);
+    assert.equal(await sbx.commands.kill(bg.pid), true);
+    await assert.rejects(again.wait());
+    assert.ok(!(await sbx.commands.list()).some((p) => p.pid === bg.pid));
+  });
+
+  test('pty: create, send input, resize, kill', async () => {
+    let out = '';
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += Buffer.from(d).toString(); } });
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('stty size\n'));
+    for (let i = 0; i < 50 && !out.includes('24 80'); i++) await sleep(50);
+    assert.match(out, /24 80/);
+    await sbx.pty.resize(pty.pid, { cols: 100, rows: 30 });
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('stty size\n'));
+    for (let i = 0; i < 50 && !out.includes('30 100'); i++) await sleep(50);
+    assert.match(out, /30 100/);
+    assert.equal(await sbx.pty.kill(pty.pid), true);
+  });
+
+  test('files: write (string, bytes, stream, many), read (text, bytes, stream), list, exists, info, mkdir, rename, remove', async () => {
+    await sbx.files.write('notes/a.txt', 'alpha');
+    const bytes = new Uint8Array([0, 1, 2, 255, 254]);
+    await sbx.files.write('/home/user/notes/b.bin', bytes.buffer as ArrayBuffer);
+    await sbx.files.write('notes/c.txt', new Blob(['from a stream']).stream() as unknown as Blob);
+    await sbx.files.write([{ path: 'many/1.txt', data: 'one' }, { path: 'many/2.txt', data: 'two' }]);
+    assert.equal(await sbx.files.read('notes/a.txt'), 'alpha');
+    assert.deepEqual(await sbx.files.read('notes/b.bin', { format: 'bytes' }), bytes);
+    const stream = await sbx.files.read('notes/c.txt', { format: 'stream' });
+    assert.equal(await new Response(stream).text(), 'from a stream');
+    assert.equal(await sbx.files.read('many/2.txt'), 'two');
+    const listed = await sbx.files.list('/home/user', { depth: 2 });
+    const names = listed.map((e) => e.path);
+    for (const p of ['/home/user/notes', '/home/user/notes/a.txt', '/home/user/many/1.txt']) assert.ok(names.includes(p), p);
+    assert.equal(await sbx.files.exists('notes/a.txt'), true);
+    assert.equal(await sbx.files.exists('notes/zzz'), false);
+    const info = await sbx.files.getInfo('notes/b.bin');
+    assert.equal(info.size, 5);
+    assert.equal(info.type, 'file');
+    assert.equal(await sbx.files.makeDir('made/deep'), true);
+    assert.equal(await sbx.files.makeDir('made/deep'), false);
+    await sbx.files.rename('notes/a.txt', 'notes/renamed.txt');
+    assert.equal(await sbx.files.exists('notes/renamed.txt'), true);
+    await sbx.files.remove('many');
+    assert.equal(await sbx.files.exists('many'), false);
+  });
+
+  test('watchDir reports events', async () => {
+    await sbx.files.makeDir('watched');
+    const events: string[] = [];
+    const handle = await sbx.files.watchDir('watched', (e) => { events.push(`${e.type}:${e.name}`); }, { recursive: true });
+    await sbx.files.write('watched/x.txt', 'x');
+    await sbx.files.remove('watched/x.txt');
+    for (let i = 0; i < 50 && !events.some((e) => e.startsWith('remove')); i++) await sleep(50);
+    await handle.stop();
+    assert.ok(events.some((e) => e === 'create:x.txt' || e === 'write:x.txt'), events.join(','));
+    assert.ok(events.some((e) => e === 'remove:x.txt'), events.join(','));
+  });
+
+  test('getHost(port) reaches a server started in the sandbox', async () => {
+    await sbx.files.write('site/index.html', 'served from the sandbox');
+    await sbx.commands.run('cd site && python3 -m http.server 8000', { background: true });
+    const host = sbx.getHost(8000);
+    assert.equal(host, `8000-${sbx.sandboxId}.localhost`);
+    let r = { status: 0, body: '' };
+    for (let i = 0; i < 50 && r.status !== 200; i++) {
+      r = await getByHost(host, '/index.html').catch(() => r);
+      if (r.status !== 200) await sleep(100);
+    }
+    assert.equal(r.status, 200);
+    assert.equal(r.body, 'served from the sandbox');
+  });
+
+  test('setTimeout, getInfo, list with filters', async () => {
+    await sbx.setTimeout(200_000);
+    const info = await sbx.getInfo();
+    assert.equal(info.sandboxId, sbx.sandboxId);
+    assert.equal(info.state, 'running');
+    assert.deepEqual(info.metadata, { suite: 'compat' });
+    const listed = await Sandbox.list({ ...opts, query: { metadata: { suite: 'compat' }, state: ['running'] } }).nextItems();
+    assert.deepEqual(listed.map((s) => s.sandboxId), [sbx.sandboxId]);
+  });
+
+  test('pause, then connect: a running process still runs, files are intact, memory kept', async () => {
+    await sbx.files.write('before-pause.txt', 'kept');
+    await sbx.commands.run('python3 -c "import time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n\',\'w\').write(str(i))\n  time.sleep(0.05)"', { background: true });
+    await sleep(500);
+    const before = Number((await sbx.commands.run('cat /tmp/n')).stdout);
+    assert.equal(await sbx.pause(), true);
+    assert.equal((await Sandbox.getInfo(sbx.sandboxId, opts)).state, 'paused');
+    const again = await Sandbox.connect(sbx.sandboxId, opts);
+    const after1 = Number((await again.commands.run('cat /tmp/n')).stdout);
+    assert.ok(after1 >= before && after1 < before + 40, `counter continued from ${before}: ${after1}`);
+    await sleep(300);
+    assert.ok(Number((await again.commands.run('cat /tmp/n')).stdout) > after1, 'still counting');
+    assert.equal(await again.files.read('before-pause.txt'), 'kept');
+  });
+
+  test('an unknown sandbox is a clear error, a killed one too', async () => {
+    const other = await Sandbox.create('base', opts);
+    assert.equal(await other.isRunning(), true);
+    await other.kill();
+    assert.equal(await other.isRunning(), false);
+    await assert.rejects(other.commands.run('true'));
+  });
+});
+
+describe('older SDKs: the legacy resume path', () => {
+  test('POST /sandboxes/{id}/resume resumes a paused sandbox (SDK < 2.6)', async () => {
+    const s = await Sandbox.create('base', opts);
+    await s.pause();
+    const res = await fetch(`${apiUrl}/sandboxes/${s.sandboxId}/resume`, {
+      method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ timeout: 60 }),
+    });
+    assert.equal(res.status, 201);
+    assert.equal((await s.commands.run('echo back')).stdout, 'back\n');
+    const again = await fetch(`${apiUrl}/sandboxes/${s.sandboxId}/resume`, {
+      method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ timeout: 60 }),
+    });
+    assert.equal(again.status, 409);
+    await s.kill();
+  });
+});

@@ -1,0 +1,89 @@
+import { NodeCallError, type NodeClient, type NodeCreateRequest, type NodeInventoryEntry, type NodeStats } from '../../src/control-plane/node-client.ts';
+
+export interface FakeFaults {
+  /** Probability that a call fails cleanly (the node says no; nothing happened). */
+  failPause?: number;
+  failResume?: number;
+  failCreate?: number;
+  /** Probability that a call times out after it took effect (uncertain outcome). */
+  timeoutAfterEffect?: number;
+  /** Refuse new starts as a draining node does. */
+  draining?: boolean;
+  /** Latency of every call, ms. */
+  latencyMs?: number;
+}
+
+/**
+ * An in-memory node for control-plane tests and benchmarks: it keeps containers and snapshots
+ * as sets and can inject the faults a real node shows. Several control planes may share one.
+ */
+export class FakeNode implements NodeClient {
+  readonly containers = new Map<string, { startedAt: number }>();
+  readonly snapshots = new Set<string>();
+  readonly calls: string[] = [];
+  faults: FakeFaults = {};
+
+  constructor(readonly nodeId = 'fake-node', private readonly random: () => number = Math.random) {}
+
+  private async step(name: string, id: string) {
+    this.calls.push(`${name} ${id}`);
+    if (this.faults.latencyMs) await new Promise((r) => setTimeout(r, this.faults.latencyMs));
+    else await Promise.resolve();
+  }
+
+  private maybeTimeout(what: string) {
+    if ((this.faults.timeoutAfterEffect ?? 0) > this.random()) {
+      throw new NodeCallError('unavailable', `fake node: ${what} timed out`, true, true);
+    }
+  }
+
+  async create(req: NodeCreateRequest) {
+    await this.step('create', req.sandboxId);
+    if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', false, true);
+    if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', false);
+    if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', false);
+    this.containers.set(req.sandboxId, { startedAt: Date.now() });
+    this.maybeTimeout('create');
+  }
+
+  async kill(id: string, opts: { deleteSnapshot?: boolean } = {}) {
+    await this.step('kill', id);
+    this.containers.delete(id);
+    if (opts.deleteSnapshot) this.snapshots.delete(id);
+    this.maybeTimeout('kill');
+  }
+
+  async pause(id: string, _memory: boolean) {
+    await this.step('pause', id);
+    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not on this node', false);
+    if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', false);
+    this.containers.delete(id);
+    this.snapshots.add(id);
+  }
+
+  async resume(id: string) {
+    await this.step('resume', id);
+    if (!this.snapshots.has(id)) throw new NodeCallError('not_found', 'no snapshot', false);
+    if ((this.faults.failResume ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: restore failed', false);
+    this.snapshots.delete(id);
+    this.containers.set(id, { startedAt: Date.now() });
+  }
+
+  async deleteSnapshot(id: string) {
+    await this.step('deleteSnapshot', id);
+    this.snapshots.delete(id);
+  }
+
+  async containerRunning(id: string) {
+    return this.containers.has(id);
+  }
+
+  async metrics(id: string): Promise<NodeStats> {
+    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not running', false);
+    return { cpuNs: 1e9, memoryBytes: 64 << 20, memoryLimitBytes: 512 << 20, pids: 3 };
+  }
+
+  async inventory(): Promise<NodeInventoryEntry[]> {
+    return [...this.containers.keys()].map((sandboxId) => ({ sandboxId, state: 'running' as const }));
+  }
+}

@@ -1,0 +1,228 @@
+// End to end: a real node agent running real runc containers, checkpointed by real CRIU.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { run } from '../src/runtime/command.ts';
+import { sandboxPaths } from '../src/runtime/layout.ts';
+import { createSandbox, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+
+let a: TestAgent;
+before(async () => {
+  a = await startTestAgent();
+});
+after(async () => {
+  await a?.stop();
+});
+
+async function leftovers(id: string) {
+  const p = sandboxPaths(a.agent.runtime.cfg, id);
+  const mounts = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(id));
+  const links = (await run(['ip', '-o', 'link'])).stdout.split('\n').filter((l) => l.includes(`nbh${id.slice(0, 12)}`));
+  const netns = (await run(['ip', 'netns', 'list'])).stdout.split('\n').filter((l) => l.includes(id));
+  const rules = await a.agent.runtime.network.rulesFor(id);
+  const cgroups = (await run(['find', '/sys/fs/cgroup', '-maxdepth', '3', '-name', id], { allowFailure: true })).stdout.trim();
+  // any live process still in one of the sandbox's cgroups (a zombie waiting for the host's
+  // PID 1 to reap it holds nothing but its pid)
+  let procs = '';
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cg = await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '');
+    const zombie = /^State:\s+Z/m.test(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''));
+    if (cg.includes(id) && !zombie) procs += `${pid} `;
+  }
+  const dirExists = await readFile(p.record).then(() => true, () => false);
+  return { mounts, links, netns, rules, cgroups, procs, dirExists };
+}
+
+describe('sandbox lifecycle on one node', () => {
+  test('create, exec with streamed output and exit codes, env vars', async () => {
+    const id = await createSandbox(a, { envVars: { GREETING: 'hello' } });
+    const r = await exec(a, id, 'echo out-$GREETING; echo err >&2; exit 3');
+    assert.equal(r.stdout, 'out-hello\n');
+    assert.equal(r.stderr, 'err\n');
+    assert.equal(r.exitCode, 3);
+    assert.deepEqual(r.events[0], 'start');
+    assert.equal(r.events.at(-1), 'exit');
+    const who = await exec(a, id, 'id -un; pwd; echo $HOME');
+    assert.equal(who.stdout, 'user\n/home/user\n/home/user\n');
+    const root = await exec(a, id, 'id -u', { user: 'root' });
+    assert.equal(root.stdout, '0\n');
+    const perCmd = await exec(a, id, 'echo $A-$GREETING', { env: { A: 'x', GREETING: 'override' } });
+    assert.equal(perCmd.stdout, 'x-override\n');
+    const killed = await exec(a, id, 'kill -9 $$');
+    assert.equal(killed.signal, 9);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('stdin and pty', async () => {
+    const id = await createSandbox(a);
+    const res = await a.api('POST', `/v1/sandboxes/${id}/processes`, { argv: ['/bin/cat'], stdin: true });
+    const reader = readProcessStream(res);
+    // the pid is in the first line; the list tells it too
+    let pid = 0;
+    for (let i = 0; i < 50 && !pid; i++) {
+      const list = await a.json('GET', `/v1/sandboxes/${id}/processes`);
+      pid = list.processes.find((p: any) => p.argv[0] === '/bin/cat')?.pid ?? 0;
+      if (!pid) await sleep(20);
+    }
+    assert.ok(pid > 1);
+    await a.json('POST', `/v1/sandboxes/${id}/processes/${pid}/input`, { data: Buffer.from('line one\n').toString('base64') });
+    await a.json('POST', `/v1/sandboxes/${id}/processes/${pid}/close-stdin`);
+    const r = await reader;
+    assert.equal(r.stdout, 'line one\n');
+    assert.equal(r.exitCode, 0);
+
+    const ptyRes = await a.api('POST', `/v1/sandboxes/${id}/processes`, {
+      argv: ['/bin/bash', '-c', 'tty; stty size; read x; stty size; echo got:$x'],
+      pty: { cols: 80, rows: 24 }, stdin: true,
+    });
+    const ptyReader = readProcessStream(ptyRes);
+    let ptyPid = 0;
+    for (let i = 0; i < 50 && !ptyPid; i++) {
+      const list = await a.json('GET', `/v1/sandboxes/${id}/processes`);
+      ptyPid = list.processes.find((p: any) => p.pty)?.pid ?? 0;
+      if (!ptyPid) await sleep(20);
+    }
+    await sleep(200);
+    await a.json('POST', `/v1/sandboxes/${id}/processes/${ptyPid}/resize`, { cols: 120, rows: 40 });
+    await a.json('POST', `/v1/sandboxes/${id}/processes/${ptyPid}/input`, { data: Buffer.from('abc\n').toString('base64') });
+    const p = await ptyReader;
+    assert.match(p.pty, /\/dev\/pts\/\d+/);
+    assert.match(p.pty, /24 80/);
+    assert.match(p.pty, /40 120/);
+    assert.match(p.pty, /got:abc/);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('files round trip: 50 MiB of binary, stat, list, mkdir, move, remove', async () => {
+    const id = await createSandbox(a);
+    const big = randomBytes(50 * 1024 * 1024);
+    const put = await a.api('PUT', `/v1/sandboxes/${id}/files?path=data/big.bin`, big, { 'content-type': 'application/octet-stream' });
+    assert.equal(put.status, 200, await put.clone().text());
+    const got = Buffer.from(await (await a.api('GET', `/v1/sandboxes/${id}/files?path=/home/user/data/big.bin`)).arrayBuffer());
+    assert.equal(got.length, big.length);
+    assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(big).digest('hex'));
+    const inside = await exec(a, id, 'sha256sum /home/user/data/big.bin | cut -d" " -f1; stat -c %U data/big.bin');
+    assert.equal(inside.stdout, `${createHash('sha256').update(big).digest('hex')}\nuser\n`);
+
+    const stat = await a.json('GET', `/v1/sandboxes/${id}/fs/stat?path=data/big.bin`);
+    assert.equal(stat.entry.size, big.length);
+    assert.equal(stat.entry.type, 'file');
+    assert.deepEqual(await a.json('POST', `/v1/sandboxes/${id}/fs/mkdir`, { path: 'a/b/c' }), { created: true });
+    assert.deepEqual(await a.json('POST', `/v1/sandboxes/${id}/fs/mkdir`, { path: 'a/b/c' }), { created: false });
+    const list = await a.json('GET', `/v1/sandboxes/${id}/fs/list?path=a&depth=2`);
+    assert.deepEqual(list.entries.map((e: any) => e.path).sort(), ['/home/user/a/b', '/home/user/a/b/c']);
+    await a.json('POST', `/v1/sandboxes/${id}/fs/move`, { from: 'data/big.bin', to: 'a/moved.bin' });
+    assert.equal((await a.api('GET', `/v1/sandboxes/${id}/fs/stat?path=data/big.bin`)).status, 404);
+    await a.json('POST', `/v1/sandboxes/${id}/fs/remove`, { path: 'a' });
+    assert.equal((await a.api('GET', `/v1/sandboxes/${id}/fs/stat?path=a`)).status, 404);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('pause with memory: a counting process and files survive, the node holds nothing while paused', async () => {
+    const id = await createSandbox(a);
+    await exec(a, id, 'echo kept > /home/user/note.txt');
+    // A background process with state only in memory: it counts from where it was.
+    const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, {
+      argv: ['/usr/bin/python3', '-u', '-c', 'import time\ni=0\nwhile True:\n  i+=1\n  open("/tmp/count","w").write(str(i))\n  time.sleep(0.05)'],
+      tag: 'counter',
+    });
+    const startText = start.body!.getReader();
+    const first = JSON.parse(Buffer.from((await startText.read()).value!).toString().split('\n')[0]!);
+    const pid = first.pid as number;
+    await startText.cancel();
+    await sleep(500);
+    const before = Number((await exec(a, id, 'cat /tmp/count')).stdout);
+    assert.ok(before > 0);
+
+    const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+    assert.equal(snap.memory, true);
+    const gone = await leftovers(id);
+    assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
+    await sleep(300);
+
+    await a.json('POST', `/v1/sandboxes/${id}/resume`);
+    const list = await a.json('GET', `/v1/sandboxes/${id}/processes`);
+    assert.ok(list.processes.some((p: any) => p.pid === pid && p.tag === 'counter'), 'the process is still there, same pid');
+    const afterResume = Number((await exec(a, id, 'cat /tmp/count')).stdout);
+    await sleep(300);
+    const later = Number((await exec(a, id, 'cat /tmp/count')).stdout);
+    assert.ok(afterResume >= before, `counter continued (${before} -> ${afterResume})`);
+    assert.ok(afterResume < before + 20, 'counter did not restart or jump: paused time was not counted');
+    assert.ok(later > afterResume, 'counter keeps counting after resume');
+    assert.equal((await exec(a, id, 'cat /home/user/note.txt')).stdout, 'kept\n');
+    // the snapshot is consumed by a successful resume
+    assert.equal((await a.api('GET', `/v1/snapshots/${id}`)).status, 404);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('a sandbox can be paused again and again, also after file operations as its user', async () => {
+    const id = await createSandbox(a);
+    for (let round = 0; round < 3; round++) {
+      // file operations switch the init's file-system ids: CRIU must still be able to dump it
+      const put = await a.api('PUT', `/v1/sandboxes/${id}/files?path=round-${round}.txt`, Buffer.from(`r${round}`), { 'content-type': 'application/octet-stream' });
+      assert.equal(put.status, 200);
+      await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+      await a.json('POST', `/v1/sandboxes/${id}/resume`);
+    }
+    assert.equal((await exec(a, id, 'cat round-0.txt round-1.txt round-2.txt')).stdout, 'r0r1r2');
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('pause without memory keeps files and starts fresh', async () => {
+    const id = await createSandbox(a);
+    await exec(a, id, 'echo fs-only > /home/user/f.txt; (sleep 1000 &)');
+    const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: false });
+    assert.equal(snap.memory, false);
+    await a.json('POST', `/v1/sandboxes/${id}/resume`);
+    assert.equal((await exec(a, id, 'cat f.txt')).stdout, 'fs-only\n');
+    assert.equal((await exec(a, id, 'pgrep -c sleep || true')).stdout.trim(), '0');
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('resume by a second agent with its own data dir on the same snapshot store', async () => {
+    const id = await createSandbox(a);
+    await exec(a, id, 'echo moved > /home/user/m.txt');
+    await a.api('POST', `/v1/sandboxes/${id}/processes`, {
+      argv: ['/usr/bin/python3', '-c', 'import time\nx=bytearray(b"q"*1000000)\nwhile True: time.sleep(1)'], tag: 'mem',
+    }).then((r) => r.body?.cancel());
+    await sleep(200);
+    await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+    const b = await startTestAgent({ snapshotDir: a.snapshotDir });
+    try {
+      await b.json('POST', `/v1/sandboxes/${id}/resume`);
+      const procs = await b.json('GET', `/v1/sandboxes/${id}/processes`);
+      assert.ok(procs.processes.some((p: any) => p.tag === 'mem'));
+      assert.equal((await exec(b, id, 'cat m.txt')).stdout, 'moved\n');
+      assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404, 'the first agent does not hold it');
+      await b.json('DELETE', `/v1/sandboxes/${id}`);
+    } finally {
+      await b.stop();
+    }
+  });
+
+  test('kill is idempotent and leaves nothing behind', async () => {
+    const id = await createSandbox(a, { allowInternetAccess: true });
+    assert.equal((await a.agent.runtime.network.rulesFor(id)).length, 1, 'an internet sandbox has its rule');
+    await exec(a, id, '(sleep 1000 &); (python3 -c "import time; time.sleep(1000)" &)');
+    const res1 = await a.api('DELETE', `/v1/sandboxes/${id}`);
+    assert.equal(res1.status, 204);
+    const res2 = await a.api('DELETE', `/v1/sandboxes/${id}`);
+    assert.equal(res2.status, 204);
+    assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
+    assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404);
+  });
+
+  test('inventory and metrics', async () => {
+    const id = await createSandbox(a, { metadata: { owner: 'test' } });
+    const inv = await a.json('GET', '/v1/sandboxes');
+    const entry = inv.sandboxes.find((s: any) => s.sandboxId === id);
+    assert.equal(entry.state, 'running');
+    assert.deepEqual(entry.metadata, { owner: 'test' });
+    const m = await a.json('GET', `/v1/sandboxes/${id}/metrics`);
+    assert.ok(m.memoryBytes > 0);
+    assert.equal(m.memoryLimitBytes, 512 * 1024 * 1024);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+});

@@ -1,0 +1,103 @@
+// Pure pieces: no host access.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
+import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
+import { buildOciSpec } from '../src/runtime/oci-spec.ts';
+import { DrainGate } from '../src/agent/drain-gate.ts';
+
+describe('ids', () => {
+  test('sandbox ids are 20 lower-case alphanumerics and unique', () => {
+    const ids = new Set(Array.from({ length: 1000 }, newSandboxId));
+    assert.equal(ids.size, 1000);
+    for (const id of ids) assert.ok(isSandboxId(id), id);
+    assert.equal(isSandboxId('ABCDEFGHIJKLMNOPQRST'), false);
+    assert.equal(isSandboxId('../../../../../etc/x'), false);
+  });
+});
+
+describe('KeyedMutex', () => {
+  test('never runs two tasks of one key at once, and runs them in arrival order', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.tuple(fc.constantFrom('a', 'b', 'c'), fc.nat(5), fc.boolean()), { maxLength: 30 }), async (ops) => {
+        const m = new KeyedMutex();
+        const active = new Map<string, number>();
+        const order = new Map<string, number[]>();
+        let maxSeen = 0;
+        await Promise.allSettled(
+          ops.map(([key, delay, fail], i) =>
+            m.run(key, async () => {
+              active.set(key, (active.get(key) ?? 0) + 1);
+              maxSeen = Math.max(maxSeen, active.get(key)!);
+              order.set(key, [...(order.get(key) ?? []), i]);
+              await new Promise((r) => setTimeout(r, delay));
+              active.set(key, active.get(key)! - 1);
+              if (fail) throw new Error('x');
+            }),
+          ),
+        );
+        assert.ok(maxSeen <= 1);
+        for (const seq of order.values()) assert.deepEqual(seq, [...seq].sort((x, y) => x - y));
+        for (const key of ['a', 'b', 'c']) assert.equal(m.isBusy(key), false);
+      }),
+      { numRuns: 50 },
+    );
+  });
+});
+
+describe('OCI spec', () => {
+  test('a sandbox gets every namespace, its limits, seccomp, no new privileges and masked /proc', () => {
+    const spec = buildOciSpec({
+      sandboxId: 'a'.repeat(20), rootfs: '/r', initBinary: '/i', socketDir: '/s',
+      networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 },
+      resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
+    });
+    assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['ipc', 'mount', 'network', 'pid', 'user', 'uts']);
+    assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
+    assert.equal(spec.linux.uidMappings[0]!.hostID, 100000);
+    assert.equal(spec.linux.resources.memory.limit, 256 * 1024 * 1024);
+    assert.equal(spec.linux.resources.cpu.quota, 50_000);
+    assert.equal(spec.linux.resources.pids.limit, 100);
+    assert.equal(spec.process.noNewPrivileges, true);
+    assert.ok(spec.linux.maskedPaths.includes('/proc/kcore'));
+    assert.ok(spec.linux.seccomp.syscalls[0]!.names.includes('kexec_load'));
+    assert.ok(!spec.process.capabilities.bounding.includes('CAP_SYS_ADMIN'));
+  });
+});
+
+describe('DrainGate', () => {
+  test('admitted starts finish; later ones are refused as retryable', async () => {
+    const gate = new DrainGate();
+    let release!: () => void;
+    const admitted = gate.admit(() => new Promise<string>((r) => (release = () => r('done'))));
+    const drained = gate.drain();
+    await assert.rejects(gate.admit(async () => 'late'), (e: any) => e.code === 'unavailable' && e.retryable === true);
+    let drainedYet = false;
+    void drained.then(() => (drainedYet = true));
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(drainedYet, false, 'drain waits for the admitted start');
+    release();
+    assert.equal(await admitted, 'done');
+    await drained;
+  });
+});
+
+describe('host preflight', () => {
+  test('a host that cannot run sandboxes gets one sentence per problem, with what to do', async () => {
+    const { preflight, formatProblems } = await import('../src/agent/preflight.ts');
+    const { runtimeConfigFromEnv } = await import('../src/runtime/config.ts');
+    const cfg = {
+      ...runtimeConfigFromEnv(), criuBinDir: '/nonexistent/bin', initBinary: '/nonexistent/init', templatesDir: '/nonexistent/templates',
+    };
+    const problems = await preflight(cfg);
+    const text = formatProblems(problems);
+    assert.match(text, /^This host cannot run Nestbox sandboxes yet:/);
+    assert.match(text, /CRIU is not installed at \/nonexistent\/bin\/criu: run `make setup`/);
+    assert.match(text, /the sandbox init is not built .*: run `make setup`/);
+    assert.match(text, /template "base" is not built in \/nonexistent\/templates/);
+    assert.doesNotMatch(text, /\n\s+at /, 'no stack trace');
+    // and a host that has everything has nothing to say
+    assert.deepEqual(await preflight(runtimeConfigFromEnv()), []);
+  });
+});
