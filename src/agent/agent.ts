@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { runtimeConfigFromEnv, type RuntimeConfig } from '../runtime/config.ts';
 import { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { DrainGate } from './drain-gate.ts';
 import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
+import { drainNode, type DrainPlan, type DrainPolicy, type ShutdownReport } from './shutdown.ts';
 
 export interface AgentOptions {
   config?: RuntimeConfig;
@@ -17,17 +20,34 @@ export interface AgentOptions {
 
 export class HostNotReadyError extends Error {}
 
+/** The node token survives restarts, so a control plane keeps reaching a restarted agent. */
+function persistentToken(dataDir: string): string {
+  const file = path.join(dataDir, 'node-token');
+  try {
+    const token = readFileSync(file, 'utf8').trim();
+    if (token) return token;
+  } catch {
+    /* first start */
+  }
+  const token = randomBytes(24).toString('hex');
+  mkdirSync(dataDir, { recursive: true, mode: 0o711 });
+  writeFileSync(file, token + '\n', { mode: 0o600 });
+  return token;
+}
+
 /** A running node agent: runtime + internal API. */
 export class Agent {
   readonly runtime: SandboxRuntime;
   readonly drain = new DrainGate();
   readonly nodeToken: string;
+  /** Set once a drain has begun: what the control plane should do with the live sandboxes. */
+  drainPlan: DrainPlan | null = null;
   private server?: FastifyInstance;
   url = '';
 
   constructor(private readonly opts: AgentOptions = {}) {
     this.runtime = new SandboxRuntime(opts.config ?? runtimeConfigFromEnv());
-    this.nodeToken = opts.nodeToken ?? process.env.NESTBOX_NODE_TOKEN ?? randomBytes(24).toString('hex');
+    this.nodeToken = opts.nodeToken ?? process.env.NESTBOX_NODE_TOKEN ?? persistentToken(this.runtime.cfg.dataDir);
   }
 
   async start(): Promise<string> {
@@ -39,12 +59,25 @@ export class Agent {
       nodeToken: this.nodeToken,
       nodeId: this.opts.nodeId ?? 'local',
       drain: this.drain,
+      drainPlan: () => this.drainPlan,
       logger: this.opts.logger,
     });
     this.url = await this.server.listen({ host: this.opts.host ?? '127.0.0.1', port: this.opts.port ?? 3001 });
     return this.url;
   }
 
+  /**
+   * Graceful shutdown (SIGTERM): drain the node (see shutdown.ts), then close the API. The
+   * report lists what had to be force-stopped and every failure on the way.
+   */
+  async shutdown(opts: { deadlineMs: number; policy: DrainPolicy; handoverMs?: number; log?: (msg: string) => void }): Promise<ShutdownReport> {
+    this.drainPlan = { policy: opts.policy, deadline: new Date(Date.now() + opts.deadlineMs) };
+    const report = await drainNode(this.runtime, this.drain, this.drainPlan, opts);
+    await this.server?.close();
+    return report;
+  }
+
+  /** Stops serving once admitted starts finish; sandboxes keep running (tests, restarts). */
   async stop(): Promise<void> {
     await this.drain.drain();
     await this.server?.close();

@@ -6,6 +6,7 @@ import { NestboxError } from '../core/errors.ts';
 import { InitError } from '../runtime/init-client.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import type { DrainGate } from './drain-gate.ts';
+import type { DrainPlan } from './shutdown.ts';
 import { registerEnvd } from './envd/index.ts';
 import { registerPortForward } from './port-forward.ts';
 import {
@@ -18,6 +19,7 @@ export interface AgentServerOptions {
   nodeToken: string;
   nodeId: string;
   drain: DrainGate;
+  drainPlan?: () => DrainPlan | null;
   logger?: boolean | object;
 }
 
@@ -67,11 +69,17 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
 
   app.get('/v1/health', async () => ({ ok: true }));
 
-  app.get('/v1/node', async () => ({
-    nodeId: opts.nodeId,
-    draining: drain.draining,
-    inFlightStarts: drain.inFlight,
-  }));
+  // The control plane polls this: a draining node gets no new starts, and its plan says what
+  // to do with the sandboxes still on it.
+  app.get('/v1/node', async () => {
+    const plan = opts.drainPlan?.() ?? null;
+    return {
+      nodeId: opts.nodeId,
+      draining: drain.draining,
+      inFlightStarts: drain.inFlight,
+      drain: plan ? { policy: plan.policy, deadline: plan.deadline.toISOString() } : null,
+    };
+  });
 
   // --- sandboxes ------------------------------------------------------------------------------
   app.post('/v1/sandboxes', { schema: { body: CreateSandboxBody } }, async (req, reply) => {
@@ -89,7 +97,8 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     return reply.code(201).send(record);
   });
 
-  app.get('/v1/sandboxes', async () => ({ sandboxes: await runtime.inventory() }));
+  // The inventory the reconciler compares with the database.
+  app.get('/v1/sandboxes', async () => runtime.report());
 
   app.get('/v1/sandboxes/:id', { schema: { params: SandboxIdParam } }, async (req) => {
     const record = await runtime.record(req.params.id);

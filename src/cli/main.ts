@@ -11,9 +11,14 @@ import type { UpOptions } from './up.ts';
 const program = new Command();
 program.name('nestbox').description('Self-hosted sandboxes: runc containers with memory-preserving pause and resume');
 
-async function runAgent(opts: { host: string; port: string }) {
+async function runAgent(opts: { host: string; port: string; nodeId?: string }) {
   const { Agent, HostNotReadyError } = await import('../agent/agent.ts');
-  const agent = new Agent({ host: opts.host, port: Number(opts.port), logger: { level: process.env.NESTBOX_LOG_LEVEL ?? 'info' } });
+  const { drainSettingsFromEnv } = await import('./up.ts');
+  drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
+  const agent = new Agent({
+    host: opts.host, port: Number(opts.port), nodeId: opts.nodeId ?? process.env.NESTBOX_NODE_ID,
+    logger: { level: process.env.NESTBOX_LOG_LEVEL ?? 'info' },
+  });
   try {
     const url = await agent.start();
     process.stdout.write(`nestbox node agent listening on ${url}\nNESTBOX_NODE_TOKEN=${agent.nodeToken}\n`);
@@ -24,12 +29,20 @@ async function runAgent(opts: { host: string; port: string }) {
     }
     throw e;
   }
-  const stop = async () => {
-    await agent.stop();
-    process.exit(0);
+  // SIGTERM drains the node (see src/agent/shutdown.ts); a second signal stops at once.
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    const drain = drainSettingsFromEnv();
+    process.stderr.write(`${signal}: draining (policy ${drain.policy}, deadline ${drain.deadlineMs / 1000} s)\n`);
+    const report = await agent.shutdown({ ...drain, log: (m) => process.stderr.write(`${m}\n`) });
+    process.stderr.write(`drained: ${report.leftInTime} of ${report.liveAtStart} live sandboxes left the node in time\n`);
+    for (const e of report.errors) process.stderr.write(`drain error: ${e}\n`);
+    process.exit(report.errors.length ? 1 : 0);
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
 }
 
 program
@@ -45,6 +58,7 @@ program
   .description('run only the node agent of this host')
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--port <port>', 'port of the node agent API', '3001')
+  .option('--node-id <id>', 'name of this node (default: $NESTBOX_NODE_ID or "local")')
   .action(runAgent);
 
 registerSandboxCommands(program);

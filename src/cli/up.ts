@@ -1,4 +1,5 @@
 import { Agent, HostNotReadyError } from '../agent/agent.ts';
+import type { DrainPolicy } from '../agent/shutdown.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
 
 export interface UpOptions {
@@ -14,6 +15,7 @@ export interface UpOptions {
 export async function up(opts: UpOptions) {
   const home = process.env.NESTBOX_HOME ?? '/var/lib/nestbox';
   const logger = { level: process.env.NESTBOX_LOG_LEVEL ?? 'warn' };
+  drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
   const agent = new Agent({ host: '127.0.0.1', port: Number(opts.agentPort), logger });
   let agentUrl: string;
   try {
@@ -48,22 +50,39 @@ export async function up(opts: UpOptions) {
     '',
   ];
   process.stdout.write(lines.join('\n') + '\n');
+  // SIGTERM: the node drains while the control plane still runs (it pauses the sandboxes and
+  // records their events), then the control plane stops. A second signal stops at once.
   let stopping = false;
   const stop = async (signal: string) => {
-    if (stopping) return;
+    if (stopping) process.exit(1);
     stopping = true;
-    process.stderr.write(`${signal}: stopping (transitions in flight finish first)\n`);
+    const drain = drainSettingsFromEnv();
+    process.stderr.write(`${signal}: draining (policy ${drain.policy}, deadline ${drain.deadlineMs / 1000} s), then stopping\n`);
     let failed = false;
+    try {
+      const report = await agent.shutdown({ ...drain, log: (m) => process.stderr.write(`${m}\n`) });
+      process.stderr.write(`drained: ${report.leftInTime} of ${report.liveAtStart} live sandboxes left the node in time\n`);
+      for (const e of report.errors) process.stderr.write(`drain error: ${e}\n`);
+      failed = report.errors.length > 0;
+    } catch (e) {
+      failed = true;
+      process.stderr.write(`node agent drain failed: ${(e as Error).message}\n`);
+    }
     await cp.stop().catch((e) => {
       failed = true;
       process.stderr.write(`control plane stop failed: ${(e as Error).message}\n`);
-    });
-    await agent.stop().catch((e) => {
-      failed = true;
-      process.stderr.write(`node agent stop failed: ${(e as Error).message}\n`);
     });
     process.exit(failed ? 1 : 0);
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/** NESTBOX_DRAIN_POLICY (pause | wait, default pause) and NESTBOX_DRAIN_TIMEOUT_S (default 60). */
+export function drainSettingsFromEnv(env: NodeJS.ProcessEnv = process.env): { policy: DrainPolicy; deadlineMs: number } {
+  const policy = env.NESTBOX_DRAIN_POLICY ?? 'pause';
+  if (policy !== 'pause' && policy !== 'wait') throw new Error(`NESTBOX_DRAIN_POLICY must be pause or wait, not "${policy}"`);
+  const seconds = Number(env.NESTBOX_DRAIN_TIMEOUT_S ?? 60);
+  if (!Number.isFinite(seconds) || seconds < 0) throw new Error(`NESTBOX_DRAIN_TIMEOUT_S must be a number of seconds`);
+  return { policy, deadlineMs: seconds * 1000 };
 }

@@ -10,6 +10,10 @@ import { LifecycleService, type Clock } from './lifecycle.ts';
 import { Evictor } from './loops/evictor.ts';
 import { KillSweeper } from './loops/kill-sweeper.ts';
 import { Loop } from './loops/loop.ts';
+import { Reconciler } from './loops/reconciler.ts';
+import { NodeDrainer } from './loops/node-drainer.ts';
+import { WebhookDispatcher } from './webhooks/dispatcher.ts';
+import { FaultyNodeClient } from './faulty-node.ts';
 import { HttpNodeClient, type NodeClient } from './node-client.ts';
 import { SandboxProxy } from './proxy/server.ts';
 import { NodePool } from './scheduler.ts';
@@ -44,7 +48,37 @@ export interface ControlPlaneOptions {
   proxyPort?: number | null;
   /** Postgres connection pool size (default 10); ignored on PGlite. */
   poolSize?: number;
+  /** Chaos testing only: probability that a state-changing node call times out. */
+  injectNodeTimeouts?: number;
+  /** Periods and grace times of the reliability loops (defaults suit production). */
+  timings?: Partial<LoopTimings>;
 }
+
+export interface LoopTimings {
+  evictMs: number;
+  sweepMs: number;
+  /** A kill stays unconfirmed this long before the sweeper calls the node again. */
+  sweepGraceMs: number;
+  reconcileMs: number;
+  /** Rows that changed more recently than this are spared by the reconciler. */
+  reconcileGraceMs: number;
+  nodeDownAfterMs: number;
+  /** How often nodes are asked whether they are draining. */
+  drainWatchMs: number;
+  /** How long a call to a node agent may take before its outcome counts as unknown. */
+  nodeCallTimeoutMs: number;
+}
+
+export const DEFAULT_TIMINGS: LoopTimings = {
+  evictMs: 250, // the evictor acts within a second of a sandbox's end (design: "within 1 s")
+  sweepMs: 2_000,
+  sweepGraceMs: 5_000,
+  reconcileMs: 5_000,
+  reconcileGraceMs: 15_000,
+  nodeDownAfterMs: 60_000,
+  drainWatchMs: 1_000,
+  nodeCallTimeoutMs: 120_000,
+};
 
 export interface StartedControlPlane {
   url: string;
@@ -64,11 +98,17 @@ export class ControlPlane {
   lifecycle!: LifecycleService;
   evictor!: Evictor;
   sweeper!: KillSweeper;
+  reconciler!: Reconciler;
+  webhooks!: WebhookDispatcher;
+  drainer!: NodeDrainer;
+  readonly timings: LoopTimings;
   private api?: FastifyInstance;
   private proxy?: SandboxProxy;
   private readonly loops: Loop[] = [];
 
-  constructor(private readonly opts: ControlPlaneOptions) {}
+  constructor(private readonly opts: ControlPlaneOptions) {
+    this.timings = { ...DEFAULT_TIMINGS, ...opts.timings };
+  }
 
   async start(): Promise<StartedControlPlane> {
     if (this.opts.databaseUrl) {
@@ -82,7 +122,8 @@ export class ControlPlane {
     const pool = new NodePool();
     for (const n of this.opts.nodes ?? []) {
       await upsertNode(this.db, n);
-      pool.add(new HttpNodeClient(n.id, n.url, n.token));
+      const client = new HttpNodeClient(n.id, n.url, n.token, this.timings.nodeCallTimeoutMs);
+      pool.add(this.opts.injectNodeTimeouts ? new FaultyNodeClient(client, this.opts.injectNodeTimeouts) : client);
     }
     for (const c of this.opts.nodeClients ?? []) {
       await upsertNode(this.db, { id: c.nodeId, url: 'in-process:', token: '-' });
@@ -90,12 +131,27 @@ export class ControlPlane {
     }
     this.lifecycle = new LifecycleService({ db: this.db, nodes: pool, clock: this.opts.clock });
     this.evictor = new Evictor(this.db, this.lifecycle);
-    this.sweeper = new KillSweeper(this.db, this.lifecycle);
+    this.sweeper = new KillSweeper(this.db, this.lifecycle, this.timings.sweepGraceMs);
+    this.reconciler = new Reconciler(this.db, this.lifecycle, pool, {
+      graceMs: this.timings.reconcileGraceMs, nodeDownAfterMs: this.timings.nodeDownAfterMs,
+    });
+    this.webhooks = new WebhookDispatcher(this.db, { clock: this.opts.clock });
+    this.drainer = new NodeDrainer(this.db, this.lifecycle, pool);
     const log = (name: string, e: unknown) => this.api?.log.error({ err: e }, `${name} tick failed`);
     if (this.opts.loops !== false) {
-      // The evictor acts within a second of a sandbox's end (design: "within 1 s").
-      this.loops.push(new Loop('evictor', () => this.evictor.tick(), 250, log));
-      this.loops.push(new Loop('kill-sweeper', () => this.sweeper.tick(), 2_000, log));
+      const t = this.timings;
+      this.loops.push(new Loop('evictor', () => this.evictor.tick(), t.evictMs, log));
+      this.loops.push(new Loop('kill-sweeper', () => this.sweeper.tick(), t.sweepMs, log));
+      this.loops.push(new Loop('reconciler', async () => {
+        const r = await this.reconciler.tick();
+        for (const a of r.actions) this.api?.log.warn({ reconcile: a }, `reconciled ${a.sandboxId}: ${a.action}${a.to ? ` -> ${a.to}` : ''}`);
+      }, t.reconcileMs, log));
+      this.loops.push(new Loop('node-drainer', async () => {
+        const r = await this.drainer.tick();
+        for (const f of r.failed) this.api?.log.error({ drain: f }, `drain of ${f.sandboxId} failed: ${f.error}`);
+      }, t.drainWatchMs, log));
+      // Idle ticks are one UPDATE that matches nothing; deliveries go out within a second.
+      this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), 1_000, log));
     }
     this.api = buildApiServer({
       lifecycle: this.lifecycle,
@@ -126,6 +182,7 @@ export class ControlPlane {
   async stop(): Promise<void> {
     await this.proxy?.close();
     await this.api?.close();
+    this.webhooks?.stop(); // a tick in progress ends after its current request
     await Promise.all(this.loops.map((l) => l.stop()));
     await this.lifecycle?.drain();
     await this.db?.close();

@@ -62,11 +62,23 @@ export class LifecycleService implements LifecycleApi {
 
   // --- the chokepoint -------------------------------------------------------------------------
 
-  private async transition(row: SandboxRow, to: SandboxState, reason: EventReason, patch?: TransitionPatch): Promise<SandboxRow> {
+  private async transition(
+    row: SandboxRow, to: SandboxState, reason: EventReason, patch?: TransitionPatch, startedAt?: Date | null,
+  ): Promise<SandboxRow> {
     if (!canTransition(row.state, to)) throw new Error(`illegal transition ${row.state} -> ${to} of ${row.sandboxId}`);
     const at = this.clock.now();
+    // Billing follows what ran: a failed pause never stopped the sandbox, so its interval
+    // continues from the moment the pause began; a container the node started before we could
+    // record it is billed from its start (never before the row's previous state change).
+    let runningSince: Date | undefined;
+    if (to === 'running' && row.state === 'pausing') runningSince = row.stateChangedAt;
+    else if (to === 'running' && startedAt) {
+      runningSince = new Date(Math.min(at.getTime(), Math.max(row.stateChangedAt.getTime(), startedAt.getTime())));
+    }
     // One statement: the row, its event and the ledger entry commit together or not at all.
-    const written = await writeTransition(this.db, { sandboxId: row.sandboxId, from: row.state, to, generation: row.generation, reason, at, patch });
+    const written = await writeTransition(this.db, {
+      sandboxId: row.sandboxId, from: row.state, to, generation: row.generation, reason, at, patch, runningSince,
+    });
     if (!written) throw new StaleWrite(`${row.sandboxId} changed under ${row.state} -> ${to}`);
     this.changes.emit(row.sandboxId);
     return written.row;
@@ -276,7 +288,15 @@ export class LifecycleService implements LifecycleApi {
       try {
         await node.pause(pausing.sandboxId, memory);
       } catch (e) {
-        const intact = await node.containerRunning(pausing.sandboxId).catch(() => false);
+        // The pause may have happened: guessing either way could lose the sandbox or leave it
+        // frozen. It stays pausing and the reconciler settles it on what the node shows.
+        if (e instanceof NodeCallError && e.uncertain) throw unsettled(pausing, e);
+        let intact: boolean;
+        try {
+          intact = await node.containerRunning(pausing.sandboxId);
+        } catch (checkError) {
+          throw unsettled(pausing, checkError);
+        }
         if (intact) {
           await this.transition(pausing, 'running', 'pause_failed', {
             endAt: new Date(this.clock.now().getTime() + remainingMs), remainingMs: null,
@@ -346,11 +366,40 @@ export class LifecycleService implements LifecycleApi {
             if (refused.size < this.nodes.size) continue;
           }
           if (e instanceof StaleWrite) throw e;
+          // The container may be running and the snapshot consumed: the reconciler settles it.
+          if (e instanceof NodeCallError && e.uncertain) throw unsettled(resuming, e);
           await this.transition(resuming, 'paused', 'resume_failed');
           throw e instanceof NestboxError ? e : new NestboxError('internal', `resume failed: ${(e as Error).message}`);
         }
       }
     })());
+  }
+
+  // --- reconciliation -------------------------------------------------------------------------
+
+  /**
+   * The sandbox is gone from its node (or its snapshot from the store): it ends `killed` with
+   * reason `lost`, through `killing` so whatever is left is removed, and its billing stops.
+   */
+  async markLost(row: SandboxRow): Promise<void> {
+    const killing = await this.transition(row, 'killing', 'lost', { endAt: null });
+    await this.track(this.finishKill(killing, 'lost', true)).catch(() => undefined); // the sweeper retries
+  }
+
+  /**
+   * Settles a transition nobody is finishing (its control plane died, its node call timed out)
+   * on the outcome the nodes show. `startedAt`: when the node started the container.
+   */
+  async settle(row: SandboxRow, to: 'running' | 'paused' | 'failed', nodeId?: string, startedAt?: Date | null): Promise<SandboxRow> {
+    const now = this.clock.now().getTime();
+    if (to === 'failed') return this.transition(row, 'failed', 'create_failed', { endAt: null });
+    if (to === 'paused') return this.transition(row, 'paused', row.state === 'resuming' ? 'resume_failed' : 'recovered');
+    // running: the time left is what the row kept (pausing, resuming) or its whole timeout (starting).
+    const base = row.state === 'starting' ? (startedAt ?? new Date(now)).getTime() : now;
+    const left = row.state === 'starting' ? row.timeoutMs : (row.remainingMs ?? row.timeoutMs);
+    return this.transition(row, 'running', row.state === 'pausing' ? 'pause_failed' : 'recovered', {
+      nodeId: nodeId ?? row.nodeId, endAt: new Date(base + left), remainingMs: null,
+    }, startedAt);
   }
 
   // --- timeouts -------------------------------------------------------------------------------
@@ -424,6 +473,15 @@ export class LifecycleService implements LifecycleApi {
       diskUsed: 0, diskTotal: row.diskSizeMB * 1024 * 1024,
     }];
   }
+}
+
+/** A transition whose outcome is unknown: the row keeps its transitional state for the reconciler. */
+function unsettled(row: SandboxRow, cause: unknown): NestboxError {
+  return new NestboxError(
+    'unavailable',
+    `sandbox ${row.sandboxId}: the node did not confirm (${(cause as Error).message}); it stays ${row.state} until reconciled`,
+    true,
+  );
 }
 
 function encodeToken(row: SandboxRow): string {

@@ -12,7 +12,19 @@ export interface NodeCreateRequest {
 
 export interface NodeInventoryEntry {
   sandboxId: string;
+  /** stopped: its init is dead (zombies included); broken: remains without a container. */
   state: 'running' | 'stopped' | 'creating' | 'broken';
+  /** When the node last started it, ISO time. */
+  startedAt?: string | null;
+}
+
+/** Everything a node holds, as the reconciler needs it. */
+export interface NodeInventory {
+  sandboxes: NodeInventoryEntry[];
+  /** Sandboxes with a complete snapshot in the (shared) snapshot store. */
+  snapshots: string[];
+  /** Sandboxes an operation is in progress on: their entries prove nothing this round. */
+  busy: string[];
 }
 
 export interface NodeStats {
@@ -33,6 +45,12 @@ export class NodeCallError extends NestboxError {
   }
 }
 
+/** A node's own word on whether it takes new sandboxes, and its drain plan once draining. */
+export interface NodeStatus {
+  draining: boolean;
+  drain: { policy: 'pause' | 'wait'; deadline: string } | null;
+}
+
 /** What the control plane needs from a node agent. */
 export interface NodeClient {
   readonly nodeId: string;
@@ -45,7 +63,8 @@ export interface NodeClient {
   /** null when the node does not hold a running container for the sandbox. */
   containerRunning(sandboxId: string): Promise<boolean>;
   metrics(sandboxId: string): Promise<NodeStats>;
-  inventory(): Promise<NodeInventoryEntry[]>;
+  inventory(): Promise<NodeInventory>;
+  status(): Promise<NodeStatus>;
 }
 
 const CODES: Record<number, ErrorCode> = { 400: 'invalid', 404: 'not_found', 409: 'conflict', 429: 'limit', 503: 'unavailable' };
@@ -69,8 +88,9 @@ export class HttpNodeClient implements NodeClient {
         signal: AbortSignal.timeout(this.timeoutMs),
       });
     } catch (e) {
-      // The request may have reached the node: its outcome is unknown.
-      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, true, true);
+      // A refused connection never reached the node; anything else may have: outcome unknown.
+      const refused = (e as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED';
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, !refused, true);
     }
     const text = await res.text().catch(() => '');
     if (res.ok) return text ? JSON.parse(text) : undefined;
@@ -115,6 +135,9 @@ export class HttpNodeClient implements NodeClient {
     return (await this.call('GET', `/v1/sandboxes/${sandboxId}/metrics`)) as NodeStats;
   }
   async inventory() {
-    return ((await this.call('GET', '/v1/sandboxes')) as { sandboxes: NodeInventoryEntry[] }).sandboxes;
+    return (await this.call('GET', '/v1/sandboxes')) as NodeInventory;
+  }
+  async status() {
+    return (await this.call('GET', '/v1/node')) as NodeStatus;
   }
 }

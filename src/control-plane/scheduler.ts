@@ -8,6 +8,7 @@ import type { NodeClient } from './node-client.ts';
 export class NodePool {
   private readonly nodes = new Map<string, NodeClient>();
   private readonly placed = new Map<string, number>();
+  private readonly draining = new Set<string>();
 
   add(node: NodeClient) {
     this.nodes.set(node.nodeId, node);
@@ -30,12 +31,26 @@ export class NodePool {
   pick(exclude: ReadonlySet<string> = new Set()): NodeClient {
     let best: NodeClient | undefined;
     for (const node of this.nodes.values()) {
-      if (exclude.has(node.nodeId)) continue;
+      if (exclude.has(node.nodeId) || this.draining.has(node.nodeId)) continue;
       if (!best || this.placed.get(node.nodeId)! < this.placed.get(best.nodeId)!) best = node;
     }
     if (!best) throw unavailable('no node can take a sandbox now; retry shortly');
     this.placed.set(best.nodeId, this.placed.get(best.nodeId)! + 1);
     return best;
+  }
+
+  /** A draining node gets no new placements (it would refuse them anyway). */
+  setDraining(nodeId: string, draining: boolean) {
+    if (draining) this.draining.add(nodeId);
+    else this.draining.delete(nodeId);
+  }
+
+  isDraining(nodeId: string): boolean {
+    return this.draining.has(nodeId);
+  }
+
+  all(): NodeClient[] {
+    return [...this.nodes.values()];
   }
 
   get size() {

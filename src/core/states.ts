@@ -37,7 +37,7 @@ export function isTransitional(state: SandboxState): boolean {
 
 export const EVENT_REASONS = [
   'requested', 'timeout', 'pause_failed', 'resume_failed', 'lost', 'orphaned', 'drain', 'quota',
-  'create_failed', 'created', 'resumed', 'paused',
+  'create_failed', 'created', 'resumed', 'paused', 'recovered',
 ] as const;
 export type EventReason = (typeof EVENT_REASONS)[number];
 

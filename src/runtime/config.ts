@@ -20,6 +20,25 @@ export interface RuntimeConfig {
   uidRange: number;
   /** Sandbox addresses: a /16 whose .0.1 is the host side of every sandbox link. */
   subnetPrefix: string; // e.g. "10.88"
+  /** Fault injection for chaos testing: probability that a checkpoint or restore fails. */
+  faults?: RuntimeFaults;
+}
+
+export interface RuntimeFaults {
+  checkpoint?: number;
+  restore?: number;
+}
+
+/** NESTBOX_INJECT_FAULTS="checkpoint=0.1,restore=0.1" (chaos testing only). */
+export function parseFaults(spec: string | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of (spec ?? '').split(',').filter(Boolean)) {
+    const [name, value] = part.split('=');
+    const p = Number(value);
+    if (!name || !Number.isFinite(p) || p < 0 || p > 1) throw new Error(`bad fault "${part}" in NESTBOX_INJECT_FAULTS`);
+    out[name.trim()] = p;
+  }
+  return out;
 }
 
 export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
@@ -35,5 +54,6 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     uidShift: 100000,
     uidRange: 65536,
     subnetPrefix: env.NESTBOX_SUBNET_PREFIX ?? '10.88',
+    faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
   };
 }

@@ -1,5 +1,6 @@
 import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
@@ -9,6 +10,7 @@ import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { exists, moveTree, unmount } from './fs-util.ts';
 import { InitClient } from './init-client.ts';
+import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths, snapshotPaths, templateRootfs } from './layout.ts';
 import { NetworkManager } from './network.ts';
@@ -28,6 +30,8 @@ export interface CreateSandboxRequest {
 export interface SandboxRecord extends CreateSandboxRequest {
   address: string;
   createdAt: string;
+  /** When its container last started (create or restore) on this node. */
+  startedAt?: string;
 }
 
 export interface SnapshotRecord {
@@ -39,7 +43,11 @@ export interface SnapshotRecord {
 
 export interface InventoryEntry {
   sandboxId: string;
+  /** stopped: the container exists but its init is dead (a zombie counts as dead); broken: no container. */
   state: 'running' | 'stopped' | 'creating' | 'broken';
+  /** An operation on it is in progress on this node. */
+  busy: boolean;
+  startedAt: string | null;
   pid: number | null;
   address: string | null;
   template: string | null;
@@ -59,9 +67,11 @@ export class SandboxRuntime {
   private readonly runc: Runc;
   private readonly locks = new KeyedMutex();
   private readonly clients = new Map<string, InitClient>();
+  readonly journal: NodeJournal;
 
   constructor(readonly cfg: RuntimeConfig) {
     this.network = new NetworkManager(cfg.subnetPrefix);
+    this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
   }
 
@@ -112,7 +122,7 @@ export class SandboxRuntime {
         await this.mountAndConfigure(record, lower);
         await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
         await this.waitForInit(req.sandboxId, false);
-        return record;
+        return await this.started(record, 'create');
       } catch (e) {
         await this.teardown(req.sandboxId);
         throw wrap(e, 'create');
@@ -132,11 +142,14 @@ export class SandboxRuntime {
       const p = sandboxPaths(this.cfg, sandboxId);
       const state = await this.runc.state(sandboxId);
       if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+      // The sandbox stops computing when the dump freezes it, right after this.
+      const stoppedAt = new Date();
       const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
       await mkdir(staging.dir, { mode: 0o711 });
       try {
         // CRIU refuses sockets connected to the outside: drop the agent's connections first.
         this.clients.get(sandboxId)?.closeAll();
+        this.inject('checkpoint');
         if (memory) {
           await mkdir(staging.images, { mode: 0o700 });
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
@@ -149,10 +162,12 @@ export class SandboxRuntime {
         // CRIU resumes the tasks when a dump fails; only a running container may stay.
         const after = await this.runc.state(sandboxId);
         if (after?.status === 'running') throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
+        await this.stopped(sandboxId, 'pause', stoppedAt);
         await this.teardown(sandboxId);
         throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
       }
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
+      await this.stopped(sandboxId, 'pause', stoppedAt);
       await this.runc.destroy(sandboxId);
       await unmount(p.rootfs);
       await moveTree(p.upper, staging.upper);
@@ -195,6 +210,7 @@ export class SandboxRuntime {
         upperMoved = true;
         await this.writeSandboxFiles(record);
         await this.mountAndConfigure(record, lower);
+        this.inject('restore');
         if (snap.memory) {
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
           await this.runc.restore(sandboxId, p.dir, s.images, p.criuWork, p.runcLog);
@@ -203,7 +219,7 @@ export class SandboxRuntime {
         }
         await this.waitForInit(sandboxId, snap.memory);
         await rm(s.dir, { recursive: true, force: true });
-        return record;
+        return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
         await this.runc.destroy(sandboxId).catch(() => undefined);
@@ -219,6 +235,8 @@ export class SandboxRuntime {
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<void> {
     assertId(sandboxId);
     await this.locks.run(sandboxId, async () => {
+      const state = await this.runc.state(sandboxId);
+      if (state) await this.stopped(sandboxId, isAlive(state) ? 'kill' : 'found_dead', new Date());
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true });
     });
@@ -238,9 +256,12 @@ export class SandboxRuntime {
       const c = containers.get(id);
       containers.delete(id);
       const rec = await this.record(id).catch(() => null);
+      const busy = this.locks.isBusy(id);
       out.push({
         sandboxId: id,
-        state: this.locks.isBusy(id) && !c ? 'creating' : c?.status === 'running' ? 'running' : c ? 'stopped' : 'broken',
+        state: busy && !c ? 'creating' : c && isAlive(c) ? 'running' : c ? 'stopped' : 'broken',
+        busy,
+        startedAt: rec?.startedAt ?? null,
         pid: c?.pid || null,
         address: rec?.address ?? null,
         template: rec?.template ?? null,
@@ -250,8 +271,38 @@ export class SandboxRuntime {
     }
     // Containers in our runc root without a sandbox directory: report them so they get reaped.
     for (const c of containers.values()) {
-      out.push({ sandboxId: c.id, state: c.status === 'running' ? 'running' : 'stopped', pid: c.pid || null, address: null, template: null, metadata: {}, createdAt: null });
+      out.push({
+        sandboxId: c.id, state: isAlive(c) ? 'running' : 'stopped', busy: this.locks.isBusy(c.id), startedAt: null,
+        pid: c.pid || null, address: null, template: null, metadata: {}, createdAt: null,
+      });
     }
+    return out;
+  }
+
+  /** Sandboxes with an operation queued or in progress on this node. */
+  busy(): string[] {
+    return this.locks.busyKeys();
+  }
+
+  /**
+   * The whole inventory of the node for the reconciler: containers, complete snapshots, and
+   * the sandboxes whose state may be in motion (an operation queued, running, or finished
+   * while the lists were read: their entries may disagree with each other).
+   */
+  async report(): Promise<{ sandboxes: InventoryEntry[]; snapshots: string[]; busy: string[] }> {
+    const mark = this.locks.mark();
+    const busyBefore = this.locks.busyKeys();
+    const sandboxes = await this.inventory();
+    const snapshots = await this.snapshotIds();
+    const busy = new Set([...busyBefore, ...this.locks.busyKeys(), ...this.locks.changedSince(mark)]);
+    return { sandboxes, snapshots, busy: [...busy] };
+  }
+
+  /** Ids of the complete snapshots in the snapshot store (staging directories are not). */
+  async snapshotIds(): Promise<string[]> {
+    const names = await readdir(this.cfg.snapshotDir).catch(() => [] as string[]);
+    const out: string[] = [];
+    for (const name of names) if (isSandboxId(name) && (await exists(snapshotPaths(this.cfg, name).meta))) out.push(name);
     return out;
   }
 
@@ -272,11 +323,35 @@ export class SandboxRuntime {
     return stats;
   }
 
+  /** runc's view of the container, except that a zombie init counts as stopped. */
   async containerState(sandboxId: string) {
-    return this.runc.state(sandboxId);
+    const state = await this.runc.state(sandboxId);
+    if (state && state.status === 'running' && !isAlive(state)) return { ...state, status: 'stopped' as const };
+    return state;
   }
 
   // --- pieces -------------------------------------------------------------------------------
+
+  /** Chaos testing: fails this step with the configured probability. */
+  private inject(step: 'checkpoint' | 'restore') {
+    const p = this.cfg.faults?.[step] ?? 0;
+    if (p > 0 && Math.random() < p) {
+      process.stderr.write(`nestbox: injected fault: ${step}\n`); // counted by the chaos run
+      throw new Error(`injected fault: ${step} failed`);
+    }
+  }
+
+  /** Records a start: in the sandbox's record (the inventory reports it) and the journal. */
+  private async started(record: SandboxRecord, cause: 'create' | 'resume'): Promise<SandboxRecord> {
+    const withStart = { ...record, startedAt: new Date().toISOString() };
+    await writeFile(sandboxPaths(this.cfg, record.sandboxId).record, JSON.stringify(withStart));
+    await this.journal.append({ sandboxId: record.sandboxId, event: 'start', at: withStart.startedAt, cause });
+    return withStart;
+  }
+
+  private async stopped(sandboxId: string, cause: string, at: Date) {
+    await this.journal.append({ sandboxId, event: 'stop', at: at.toISOString(), cause });
+  }
 
   private async prepareDirs(sandboxId: string, withUpper: boolean) {
     const p = sandboxPaths(this.cfg, sandboxId);
@@ -371,6 +446,18 @@ export class SandboxRuntime {
     await unmount(p.rootfs);
     await this.network.release(sandboxId);
     await rm(p.dir, { recursive: true, force: true });
+  }
+}
+
+/** runc says `running` while the init is a zombie nobody reaped yet: that sandbox is dead. */
+function isAlive(c: { status: string; pid: number }): boolean {
+  if (c.status !== 'running') return false;
+  try {
+    const stat = readFileSync(`/proc/${c.pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false; // no such process
   }
 }
 

@@ -6,7 +6,7 @@ interface EventRow {
   to_state: SandboxState; reason: EventReason; generation: number; at: Date;
 }
 
-const toEvent = (r: EventRow): LifecycleEvent => ({
+const toEvent = (r: EventRow): OutboxEvent => ({
   id: r.id, seq: Number(r.seq), sandboxId: r.sandbox_id, teamId: r.team_id, from: r.from_state, to: r.to_state,
   reason: r.reason, generation: Number(r.generation), at: r.at,
 });
@@ -16,37 +16,74 @@ export async function lastEventSeq(db: Sql): Promise<number> {
   return Number(rows[0]?.seq ?? 0);
 }
 
+/** An event read from the outbox: its sequence number is always known. */
+export type OutboxEvent = LifecycleEvent & { seq: number };
+
+/** Up to `limit` events after `cursor`, of every team, in seq order (holes not handled: see HoleGate). */
+export async function readOutboxAfter(db: Sql, cursor: number, limit: number): Promise<OutboxEvent[]> {
+  const rows = await db.query<EventRow>(
+    'SELECT * FROM lifecycle_events WHERE seq > $1 ORDER BY seq LIMIT $2', [cursor, limit]);
+  return rows.map(toEvent);
+}
+
 /**
- * Reads the outbox in order after `cursor`. Sequence numbers are taken when a transaction
- * writes, not when it commits, so a reader can see seq 11 before seq 10 commits. A consumer that
- * moved its cursor past 10 would lose it: so the reader stops at the first hole and only skips
- * a hole once it is older than `holeGraceMs` (a rolled-back write leaves a hole for ever).
+ * Sequence numbers are taken when a transaction writes, not when it commits, so a reader can see
+ * seq 11 before seq 10 commits. A consumer that moved its cursor past 10 would lose it: so the
+ * gate stops at the first hole and only lets a consumer skip it once the hole is older than
+ * `graceMs` (a rolled-back write leaves a hole for ever). One gate per cursor.
  */
+export class HoleGate {
+  // The cursor at which the current hole was first seen, and when.
+  private holeAt: number | null = null;
+  private since = 0;
+
+  constructor(
+    private readonly graceMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  /** The leading run of `events` (seq order, all after `cursor`) that may be consumed now. */
+  admit<E extends { seq: number }>(cursor: number, events: E[]): E[] {
+    const out: E[] = [];
+    let c = cursor;
+    for (const e of events) {
+      if (e.seq !== c + 1) {
+        if (this.holeAt !== c) {
+          this.holeAt = c;
+          this.since = this.now();
+        }
+        if (this.now() - this.since < this.graceMs) break;
+      }
+      this.holeAt = null;
+      c = e.seq;
+      out.push(e);
+    }
+    return out;
+  }
+
+  /** Whether a hole is being waited on (the gate then has state worth keeping). */
+  get waiting(): boolean {
+    return this.holeAt !== null;
+  }
+}
+
+/** Reads the outbox in order after `cursor`, waiting at holes (see HoleGate). */
 export class OutboxReader {
-  private holeSince: number | null = null;
+  private readonly gate: HoleGate;
 
   constructor(
     private readonly db: Sql,
     public cursor: number,
-    private readonly holeGraceMs = 2_000,
-    private readonly now: () => number = Date.now,
-  ) {}
+    holeGraceMs = 2_000,
+    now: () => number = Date.now,
+  ) {
+    this.gate = new HoleGate(holeGraceMs, now);
+  }
 
   /** The next events in order (of every team; filter after), advancing the cursor. */
-  async next(limit = 500): Promise<LifecycleEvent[]> {
-    const rows = await this.db.query<EventRow>(
-      'SELECT * FROM lifecycle_events WHERE seq > $1 ORDER BY seq LIMIT $2', [this.cursor, limit]);
-    const out: LifecycleEvent[] = [];
-    for (const r of rows) {
-      const seq = Number(r.seq);
-      if (seq !== this.cursor + 1) {
-        this.holeSince ??= this.now();
-        if (this.now() - this.holeSince < this.holeGraceMs) break;
-      }
-      this.holeSince = null;
-      this.cursor = seq;
-      out.push(toEvent(r));
-    }
+  async next(limit = 500): Promise<OutboxEvent[]> {
+    const out = this.gate.admit(this.cursor, await readOutboxAfter(this.db, this.cursor, limit));
+    if (out.length > 0) this.cursor = out[out.length - 1]!.seq;
     return out;
   }
 }

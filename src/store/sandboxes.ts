@@ -90,6 +90,11 @@ export interface TransitionWrite {
   reason: EventReason;
   at: Date;
   patch?: TransitionPatch;
+  /**
+   * Entering running: when the sandbox really started running, if before `at` (a failed pause
+   * never stopped it; a stuck resume's container started earlier). Defaults to `at`.
+   */
+  runningSince?: Date;
 }
 
 /**
@@ -117,7 +122,7 @@ export async function writeTransition(db: Sql, t: TransitionWrite): Promise<{ ro
      ), opened AS (
        -- the usage ledger: an interval opens when a sandbox enters running ...
        INSERT INTO usage_intervals (sandbox_id, team_id, opened_event_id, opened_at, cpu_count, memory_mb)
-       SELECT id, team_id, $15::uuid, $5, cpu_count, memory_mb FROM upd WHERE $4::text = 'running'
+       SELECT id, team_id, $15::uuid, COALESCE($16::timestamptz, $5), cpu_count, memory_mb FROM upd WHERE $4::text = 'running'
        ON CONFLICT DO NOTHING
      ), closed AS (
        -- ... and closes when it leaves running, whatever path it leaves by
@@ -127,7 +132,7 @@ export async function writeTransition(db: Sql, t: TransitionWrite): Promise<{ ro
      SELECT upd.*, ev.seq AS event_seq FROM upd, ev`,
     [t.sandboxId, t.from, t.generation, t.to, t.at, t.reason,
       'nodeId' in p, p.nodeId ?? null, 'endAt' in p, p.endAt ?? null, 'remainingMs' in p, p.remainingMs ?? null,
-      p.timeoutMs ?? null, p.autoPause ?? null, eventId],
+      p.timeoutMs ?? null, p.autoPause ?? null, eventId, t.runningSince ?? null],
   );
   if (!rows[0]) return null;
   const row = fromDb(rows[0]);

@@ -19,6 +19,7 @@ export async function startFakeNodeServer(token = 'fake-token') {
     for await (const c of req) chunks.push(c as Buffer);
     const body = chunks.length ? JSON.parse(Buffer.concat(chunks).toString()) : undefined;
     const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/v1/node') return send(200, await node.status());
     const m = /^\/v1\/(sandboxes|snapshots)(?:\/([a-z0-9]{20}))?(?:\/(pause|resume|metrics))?$/.exec(url.pathname);
     try {
       if (!m) return send(404, { code: 404, message: 'no route' });
@@ -31,7 +32,7 @@ export async function startFakeNodeServer(token = 'fake-token') {
         await node.create(body);
         return send(201, {});
       }
-      if (!id && req.method === 'GET') return send(200, { sandboxes: await node.inventory() });
+      if (!id && req.method === 'GET') return send(200, await node.inventory());
       if (id && !action && req.method === 'DELETE') {
         await node.kill(id, { deleteSnapshot: url.searchParams.get('deleteSnapshot') === 'true' });
         return send(204);

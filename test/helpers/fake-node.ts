@@ -1,4 +1,4 @@
-import { NodeCallError, type NodeClient, type NodeCreateRequest, type NodeInventoryEntry, type NodeStats } from '../../src/control-plane/node-client.ts';
+import { NodeCallError, type NodeClient, type NodeCreateRequest, type NodeInventory, type NodeStats, type NodeStatus } from '../../src/control-plane/node-client.ts';
 
 export interface FakeFaults {
   /** Probability that a call fails cleanly (the node says no; nothing happened). */
@@ -11,6 +11,8 @@ export interface FakeFaults {
   draining?: boolean;
   /** Latency of every call, ms. */
   latencyMs?: number;
+  /** The inventory call fails (a node that does not answer). */
+  unreachable?: boolean;
 }
 
 /**
@@ -18,10 +20,14 @@ export interface FakeFaults {
  * as sets and can inject the faults a real node shows. Several control planes may share one.
  */
 export class FakeNode implements NodeClient {
-  readonly containers = new Map<string, { startedAt: number }>();
+  readonly containers = new Map<string, { startedAt: number; dead?: boolean }>();
   readonly snapshots = new Set<string>();
+  /** Sandboxes the node reports an operation in progress on. */
+  readonly busy = new Set<string>();
   readonly calls: string[] = [];
   faults: FakeFaults = {};
+  /** The node's clock (container start times). */
+  now: () => number = Date.now;
 
   constructor(readonly nodeId = 'fake-node', private readonly random: () => number = Math.random) {}
 
@@ -42,7 +48,7 @@ export class FakeNode implements NodeClient {
     if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', false, true);
     if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', false);
     if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', false);
-    this.containers.set(req.sandboxId, { startedAt: Date.now() });
+    this.containers.set(req.sandboxId, { startedAt: this.now() });
     this.maybeTimeout('create');
   }
 
@@ -59,6 +65,7 @@ export class FakeNode implements NodeClient {
     if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', false);
     this.containers.delete(id);
     this.snapshots.add(id);
+    this.maybeTimeout('pause');
   }
 
   async resume(id: string) {
@@ -66,7 +73,8 @@ export class FakeNode implements NodeClient {
     if (!this.snapshots.has(id)) throw new NodeCallError('not_found', 'no snapshot', false);
     if ((this.faults.failResume ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: restore failed', false);
     this.snapshots.delete(id);
-    this.containers.set(id, { startedAt: Date.now() });
+    this.containers.set(id, { startedAt: this.now() });
+    this.maybeTimeout('resume');
   }
 
   async deleteSnapshot(id: string) {
@@ -75,7 +83,8 @@ export class FakeNode implements NodeClient {
   }
 
   async containerRunning(id: string) {
-    return this.containers.has(id);
+    const c = this.containers.get(id);
+    return !!c && !c.dead;
   }
 
   async metrics(id: string): Promise<NodeStats> {
@@ -83,7 +92,23 @@ export class FakeNode implements NodeClient {
     return { cpuNs: 1e9, memoryBytes: 64 << 20, memoryLimitBytes: 512 << 20, pids: 3 };
   }
 
-  async inventory(): Promise<NodeInventoryEntry[]> {
-    return [...this.containers.keys()].map((sandboxId) => ({ sandboxId, state: 'running' as const }));
+  /** A drain plan to report (with faults.draining). */
+  drainPlan: NodeStatus['drain'] = null;
+
+  async status(): Promise<NodeStatus> {
+    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
+    return { draining: !!this.faults.draining, drain: this.faults.draining ? this.drainPlan : null };
+  }
+
+  async inventory(): Promise<NodeInventory> {
+    if (this.faults.latencyMs) await new Promise((r) => setTimeout(r, this.faults.latencyMs));
+    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
+    return {
+      sandboxes: [...this.containers].map(([sandboxId, c]) => ({
+        sandboxId, state: c.dead ? ('stopped' as const) : ('running' as const), startedAt: new Date(c.startedAt).toISOString(),
+      })),
+      snapshots: [...this.snapshots],
+      busy: [...this.busy],
+    };
   }
 }

@@ -10,6 +10,7 @@ import { Health } from './schemas.ts';
 import { sandboxRoutes } from './sandboxes.ts';
 import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
+import { webhookRoutes } from './webhooks.ts';
 import { validatorCompiler } from './validation.ts';
 
 export interface ApiServerOptions {
@@ -70,6 +71,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
   if (opts.db) {
     void app.register(usageRoutes, { db: opts.db, now: opts.now });
     void app.register(keyRoutes, { db: opts.db });
+    void app.register(webhookRoutes, { db: opts.db });
     void app.register(eventRoutes, { db: opts.db });
   }
 

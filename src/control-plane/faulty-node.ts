@@ -1,0 +1,54 @@
+import { NodeCallError, type NodeClient, type NodeCreateRequest } from './node-client.ts';
+
+/**
+ * Chaos testing only: a node client whose state-changing calls time out with probability `p`,
+ * half of them before the node saw the call and half after it took effect. The control plane
+ * cannot tell which, exactly as with a real network.
+ */
+export class FaultyNodeClient implements NodeClient {
+  injected = 0;
+
+  constructor(private readonly inner: NodeClient, private readonly p: number) {}
+
+  get nodeId() {
+    return this.inner.nodeId;
+  }
+
+  private async maybe<T>(what: string, call: () => Promise<T>): Promise<T> {
+    const r = Math.random();
+    if (r >= this.p) return call();
+    this.injected++;
+    process.stderr.write(`nestbox: injected fault: node_timeout ${what}\n`); // counted by the chaos run
+    if (r < this.p / 2) throw new NodeCallError('unavailable', `injected fault: ${what} timed out (not sent)`, true, true);
+    await call();
+    throw new NodeCallError('unavailable', `injected fault: ${what} timed out (took effect)`, true, true);
+  }
+
+  create(req: NodeCreateRequest) {
+    return this.maybe('create', () => this.inner.create(req));
+  }
+  kill(id: string, opts?: { deleteSnapshot?: boolean }) {
+    return this.maybe('kill', () => this.inner.kill(id, opts));
+  }
+  pause(id: string, memory: boolean) {
+    return this.maybe('pause', () => this.inner.pause(id, memory));
+  }
+  resume(id: string) {
+    return this.maybe('resume', () => this.inner.resume(id));
+  }
+  deleteSnapshot(id: string) {
+    return this.inner.deleteSnapshot(id);
+  }
+  containerRunning(id: string) {
+    return this.inner.containerRunning(id);
+  }
+  metrics(id: string) {
+    return this.inner.metrics(id);
+  }
+  inventory() {
+    return this.inner.inventory();
+  }
+  status() {
+    return this.inner.status();
+  }
+}

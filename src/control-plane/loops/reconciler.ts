@@ -1,0 +1,173 @@
+import { planReconcile, type ContainerFact, type ReconcileAction } from '../../core/reconcile.ts';
+import { isTerminal } from '../../core/states.ts';
+import type { Database } from '../../store/database.ts';
+import { setNodeState, touchNode } from '../../store/nodes.ts';
+import { getSandbox, type SandboxRow } from '../../store/sandboxes.ts';
+import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
+import type { NodeClient, NodeInventory } from '../node-client.ts';
+import type { NodePool } from '../scheduler.ts';
+
+export interface ReconcilerOptions {
+  /** Rows that changed state more recently than this are left alone (operations in flight). */
+  graceMs?: number;
+  /** A node silent for this long is treated as holding nothing: its sandboxes are lost. */
+  nodeDownAfterMs?: number;
+  /** At most this many corrections per tick. */
+  batch?: number;
+  log?: (msg: string, extra?: Record<string, unknown>) => void;
+}
+
+export interface ReconcileReport {
+  answered: string[];
+  actions: Array<{ sandboxId: string; action: ReconcileAction['kind']; to?: string; nodeId?: string; ok: boolean; error?: string }>;
+}
+
+interface StateRow {
+  id: string;
+  state: SandboxRow['state'];
+  node_id: string | null;
+  state_changed_at: Date;
+}
+
+/**
+ * The reconciler: compares what the nodes hold with what the database says and corrects both
+ * ways (design section 2). One tick reads every node's inventory, then the rows, decides each
+ * sandbox with the pure planReconcile() and carries the actions out through the lifecycle
+ * service, each fenced on the row's generation. Idempotent: a tick that repeats finds nothing.
+ */
+export class Reconciler {
+  private readonly graceMs: number;
+  private readonly downAfterMs: number;
+  private readonly batch: number;
+  private readonly lastAnswer = new Map<string, number>();
+  private readonly startedAt: number;
+
+  constructor(
+    private readonly db: Database,
+    private readonly lifecycle: LifecycleService,
+    private readonly nodes: NodePool,
+    opts: ReconcilerOptions = {},
+  ) {
+    this.graceMs = opts.graceMs ?? 15_000;
+    this.downAfterMs = opts.nodeDownAfterMs ?? 60_000;
+    this.batch = opts.batch ?? 256;
+    this.startedAt = lifecycle.clock.now().getTime();
+  }
+
+  async tick(): Promise<ReconcileReport> {
+    const report: ReconcileReport = { answered: [], actions: [] };
+    const now = this.lifecycle.clock.now();
+    // Inventories first, rows second: a row that changed after its node was read is younger
+    // than the grace period, so a stale inventory is never held against it.
+    const inventories = new Map<string, NodeInventory>();
+    const clients = this.nodes.all();
+    await Promise.all(clients.map(async (node) => {
+      try {
+        inventories.set(node.nodeId, await node.inventory());
+        this.lastAnswer.set(node.nodeId, now.getTime());
+        await touchNode(this.db, node.nodeId).catch(() => undefined);
+      } catch {
+        /* silent this round */
+      }
+    }));
+    const answered = new Set(inventories.keys());
+    for (const node of clients) {
+      if (answered.has(node.nodeId)) continue;
+      const last = this.lastAnswer.get(node.nodeId) ?? this.startedAt;
+      if (now.getTime() - last >= this.downAfterMs) {
+        // Down for good: it holds nothing we can count on.
+        answered.add(node.nodeId);
+        inventories.set(node.nodeId, { sandboxes: [], snapshots: [], busy: [] });
+        await setNodeState(this.db, node.nodeId, 'down').catch(() => undefined);
+      }
+    }
+    report.answered = [...answered];
+    const allNodesAnswered = clients.every((n) => answered.has(n.nodeId));
+
+    // Facts per sandbox.
+    const containers = new Map<string, ContainerFact[]>();
+    const snapshots = new Set<string>();
+    const busy = new Set<string>();
+    for (const [nodeId, inv] of inventories) {
+      for (const e of inv.sandboxes) {
+        const status = e.state === 'running' ? 'running' : e.state === 'creating' ? 'creating' : 'dead';
+        const list = containers.get(e.sandboxId) ?? [];
+        list.push({ nodeId, status, startedAt: e.startedAt ? new Date(e.startedAt) : null });
+        containers.set(e.sandboxId, list);
+      }
+      inv.snapshots.forEach((id) => snapshots.add(id));
+      inv.busy.forEach((id) => busy.add(id));
+    }
+    const seenOnNodes = [...new Set([...containers.keys(), ...snapshots])];
+    const rows = await this.db.query<StateRow>(
+      `SELECT id, state, node_id, state_changed_at FROM sandboxes
+       WHERE state NOT IN ('killed', 'failed') OR id = ANY($1::text[])`,
+      [seenOnNodes],
+    );
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const ids = new Set([...byId.keys(), ...seenOnNodes]);
+
+    const work: Array<{ id: string; row: StateRow | undefined; actions: ReconcileAction[] }> = [];
+    for (const id of ids) {
+      const row = byId.get(id);
+      const actions = planReconcile({
+        row: row ? { state: row.state, nodeId: row.node_id, stateChangedAt: new Date(row.state_changed_at) } : null,
+        containers: containers.get(id) ?? [],
+        snapshot: snapshots.has(id),
+        busy: busy.has(id),
+        allNodesAnswered,
+        answered,
+      }, now, { graceMs: this.graceMs });
+      if (actions.length) work.push({ id, row, actions });
+      if (work.length >= this.batch) break;
+    }
+    for (const w of work) {
+      for (const action of w.actions) {
+        const entry: ReconcileReport['actions'][number] = {
+          sandboxId: w.id, action: action.kind, ok: true,
+          ...(action.kind === 'settle' ? { to: action.to } : {}), ...('nodeId' in action ? { nodeId: action.nodeId } : {}),
+        };
+        try {
+          const acted = await this.apply(w.id, w.row, action);
+          if (!acted) continue;
+        } catch (e) {
+          entry.ok = false;
+          entry.error = (e as Error).message;
+        }
+        report.actions.push(entry);
+      }
+    }
+    return report;
+  }
+
+  /** Carries out one action if the row is still as planned; false when it moved on meanwhile. */
+  private async apply(id: string, planned: StateRow | undefined, action: ReconcileAction): Promise<boolean> {
+    const row = await getSandbox(this.db, id);
+    const unchanged = planned
+      ? row !== null && row.state === planned.state && row.stateChangedAt.getTime() === new Date(planned.state_changed_at).getTime()
+      : row === null || isTerminal(row.state);
+    if (!unchanged) return false;
+    try {
+      switch (action.kind) {
+        case 'destroy':
+          await this.nodes.get(action.nodeId).kill(id);
+          return true;
+        case 'delete_snapshot':
+          await this.nodes.any(null).deleteSnapshot(id);
+          return true;
+        case 'lost':
+          await this.lifecycle.markLost(row!);
+          return true;
+        case 'settle':
+          if (action.to === 'running') await this.lifecycle.settle(row!, 'running', action.nodeId, action.startedAt);
+          else await this.lifecycle.settle(row!, action.to);
+          return true;
+      }
+    } catch (e) {
+      if (e instanceof StaleWrite) return false;
+      throw e;
+    }
+  }
+}
+
+export type { NodeClient };
