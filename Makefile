@@ -1,5 +1,5 @@
 # The two commands a new machine needs: `make up` and `make test` (both install what is missing).
-.PHONY: setup up test typecheck bench clean
+.PHONY: setup up test typecheck bench chaos clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ test: setup typecheck
 
 bench: setup
 	@npm run bench --silent && npm run bench:lifecycle --silent
+
+# Crashes, faults and concurrent clients, then every lifecycle invariant checked (see test/chaos/chaos.ts).
+chaos: setup
+	@node --import tsx test/chaos/chaos.ts --ops 1000 --crashes 24
 
 clean:
 	rm -rf node_modules sandbox-init/target

@@ -98,12 +98,26 @@ test('SIGTERM with creates in flight: admitted creates finish, live sandboxes pa
   }
   for (const id of running) await until(`${id} counts`, async () => (await count(id)) > 10);
 
-  // Creates in flight when the signal arrives.
-  const creates = Array.from({ length: 3 }, () => api('POST', '/sandboxes', { templateID: 'base', timeout: 600 }));
-  await until('a create admitted on the node', async () => (await agent.json('GET', '/v1/node')).inFlightStarts > 0, 10_000);
+  // Creates in flight when the signal arrives: batches are sent until the node is seen working
+  // on one, and the signal goes out at that moment (a batch that finishes first just adds
+  // running sandboxes).
   const before = new Map<string, number>();
   for (const id of running) before.set(id, await count(id));
-  agent.signal('SIGTERM');
+  const creates: Array<Promise<Response>> = [];
+  let signalled = false;
+  for (let round = 0; round < 20 && !signalled; round++) {
+    let settled = false;
+    const batch = Array.from({ length: 3 }, () => api('POST', '/sandboxes', { templateID: 'base', timeout: 600 }));
+    void Promise.allSettled(batch).then(() => (settled = true));
+    creates.push(...batch);
+    while (!settled && !signalled) {
+      if ((await agent.json('GET', '/v1/node')).inFlightStarts > 0) {
+        agent.signal('SIGTERM');
+        signalled = true;
+      }
+    }
+  }
+  assert.ok(signalled, 'a create was seen in flight on the node');
 
   const answers = await Promise.all(creates);
   const created: string[] = [];

@@ -101,3 +101,46 @@ describe('host preflight', () => {
     assert.deepEqual(await preflight(runtimeConfigFromEnv()), []);
   });
 });
+
+test('API errors: a dropped database connection is a retryable 503, anything unknown a bare 500', async () => {
+  const { default: Fastify } = await import('fastify');
+  const { installErrorHandling } = await import('../src/control-plane/api/errors.ts');
+  const app = Fastify();
+  installErrorHandling(app);
+  app.get('/dropped', async () => {
+    throw Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' });
+  });
+  app.get('/terminated', async () => {
+    throw new Error('Connection terminated unexpectedly');
+  });
+  app.get('/bug', async () => {
+    throw new Error('secret detail');
+  });
+  for (const url of ['/dropped', '/terminated']) {
+    const res = await app.inject({ url });
+    assert.equal(res.statusCode, 503, url);
+    assert.equal(res.headers['retry-after'], '1');
+    assert.deepEqual(res.json(), { code: 503, message: 'the database is unavailable; retry shortly' });
+  }
+  const bug = await app.inject({ url: '/bug' });
+  assert.equal(bug.statusCode, 500);
+  assert.deepEqual(bug.json(), { code: 500, message: 'internal error' });
+  await app.close();
+});
+
+test('KeyedMutex tells which keys finished work after a mark (the inventory flags them busy)', async () => {
+  const m = new KeyedMutex();
+  await m.run('a', async () => undefined);
+  const mark = m.mark();
+  assert.deepEqual(m.changedSince(mark), []);
+  let release!: () => void;
+  const b = m.run('b', () => new Promise<void>((r) => (release = r)));
+  assert.deepEqual(m.busyKeys(), ['b']);
+  assert.deepEqual(m.changedSince(mark), [], 'still running: busy, not finished');
+  await new Promise((r) => setImmediate(r)); // the work starts on a later tick
+  release();
+  await b;
+  await m.run('a', async () => undefined);
+  assert.deepEqual(m.changedSince(mark).sort(), ['a', 'b']);
+  assert.deepEqual(m.busyKeys(), []);
+});

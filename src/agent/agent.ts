@@ -54,6 +54,8 @@ export class Agent {
     const problems = await preflight(this.runtime.cfg);
     if (problems.length) throw new HostNotReadyError(formatProblems(problems));
     await this.runtime.start();
+    // What a previous run cut short is repaired before anything else touches the host.
+    for (const note of await this.runtime.recover()) process.stderr.write(`nestbox agent: recovered ${note}\n`);
     this.server = buildAgentServer({
       runtime: this.runtime,
       nodeToken: this.nodeToken,

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { unmount } from './fs-util.ts';
 import { run } from './command.ts';
 
 export interface ContainerState {
@@ -35,7 +36,11 @@ export class Runc {
    */
   private detached(args: string[], logFile: string, timeoutMs = 60_000): Promise<void> {
     return new Promise((resolve, reject) => {
-      const child = spawn('runc', ['--root', this.root, '--log', logFile, '--log-format', 'json', ...args], {
+      // runc dies with the agent (parent-death signal): a checkpoint or restore cut short by an
+      // agent crash is then abandoned by CRIU (which resumes the tasks) instead of finishing
+      // unseen while the restarted agent repairs the same directories.
+      const runc = ['runc', '--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
+      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...runc], {
         stdio: 'ignore',
         env: this.env(),
       });
@@ -74,6 +79,11 @@ export class Runc {
     );
   }
 
+  /** Thaws a container left frozen (a dump abandoned half-way). */
+  async thaw(id: string) {
+    await run(['runc', '--root', this.root, 'resume', id], { allowFailure: true });
+  }
+
   async state(id: string): Promise<ContainerState | null> {
     const r = await run(['runc', '--root', this.root, 'state', id], { allowFailure: true });
     if (r.code !== 0) return null;
@@ -93,7 +103,9 @@ export class Runc {
     if (r.code !== 0 && (await this.state(id)) !== null) {
       throw new Error(`runc delete ${id}: ${r.stderr.trim()}`);
     }
-    // runc leaves its state directory behind when the container vanished under it.
+    // runc leaves its state directory behind when the container vanished under it, and a
+    // restore cut short leaves the rootfs mounted there for CRIU.
+    await unmount(path.join(this.root, id, 'criu-root'));
     await rm(path.join(this.root, id), { recursive: true, force: true });
   }
 

@@ -1,4 +1,4 @@
-import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -146,6 +146,9 @@ export class SandboxRuntime {
       const stoppedAt = new Date();
       const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
       await mkdir(staging.dir, { mode: 0o711 });
+      // Journaled before the dump: an agent that dies during it leaves the stop on record, and
+      // a dump that fails with the sandbox intact cancels it (a start at the same instant).
+      await this.stopped(sandboxId, 'pause', stoppedAt);
       try {
         // CRIU refuses sockets connected to the outside: drop the agent's connections first.
         this.clients.get(sandboxId)?.closeAll();
@@ -161,13 +164,14 @@ export class SandboxRuntime {
         await rm(staging.dir, { recursive: true, force: true });
         // CRIU resumes the tasks when a dump fails; only a running container may stay.
         const after = await this.runc.state(sandboxId);
-        if (after?.status === 'running') throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
-        await this.stopped(sandboxId, 'pause', stoppedAt);
+        if (after?.status === 'running') {
+          await this.journal.append({ sandboxId, event: 'start', at: stoppedAt.toISOString(), cause: 'pause_failed' });
+          throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
+        }
         await this.teardown(sandboxId);
         throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
       }
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
-      await this.stopped(sandboxId, 'pause', stoppedAt);
       await this.runc.destroy(sandboxId);
       await unmount(p.rootfs);
       await moveTree(p.upper, staging.upper);
@@ -221,6 +225,10 @@ export class SandboxRuntime {
         await rm(s.dir, { recursive: true, force: true });
         return await this.started(record, 'resume');
       } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') {
+          const l = await run(['ls', '-la', p.upper, path.join(p.upper, 'etc'), s.dir], { allowFailure: true });
+          process.stderr.write(`nestbox: resume ENOTDIR ${sandboxId}: upperMoved=${upperMoved}\n${l.stdout}${l.stderr}\n`);
+        }
         await this.keepLog(sandboxId, 'restore');
         await this.runc.destroy(sandboxId).catch(() => undefined);
         await unmount(p.rootfs).catch(() => undefined);
@@ -235,6 +243,7 @@ export class SandboxRuntime {
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<void> {
     assertId(sandboxId);
     await this.locks.run(sandboxId, async () => {
+      await this.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
       const state = await this.runc.state(sandboxId);
       if (state) await this.stopped(sandboxId, isAlive(state) ? 'kill' : 'found_dead', new Date());
       await this.teardown(sandboxId);
@@ -277,6 +286,86 @@ export class SandboxRuntime {
       });
     }
     return out;
+  }
+
+  /**
+   * Repairs what an agent killed mid-operation left behind; run at start, before any operation
+   * (the host is the record: runc state, sandbox directories, the snapshot store). Nothing
+   * live is removed here: containers and their rows are the reconciler's business, decided
+   * with the control plane. Returns one line per repair.
+   */
+  async recover(): Promise<string[]> {
+    const notes: string[] = [];
+    const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
+    for (const id of dirs.filter(isSandboxId)) {
+      const note = await this.locks.run(id, () => this.repairSnapshot(id));
+      if (note) notes.push(note);
+    }
+    // A restore cut short leaves its rootfs mounted in runc's state directory.
+    for (const id of (await readdir(path.join(this.cfg.dataDir, 'runc')).catch(() => [] as string[])).filter(isSandboxId)) {
+      if (!dirs.includes(id) && !(await this.runc.state(id))) {
+        await this.runc.destroy(id);
+        notes.push(`${id}: runc state of a sandbox that is gone was removed`);
+      }
+    }
+    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
+      const m = /^\.([a-z0-9]{20})\.partial-[0-9a-f]+$/.exec(name);
+      if (!m || !(await exists(sandboxPaths(this.cfg, m[1]!).dir))) continue; // another node's pause
+      const note = await this.locks.run(m[1]!, () => this.finishCutPause(m[1]!, name));
+      notes.push(note);
+    }
+    return notes;
+  }
+
+  /**
+   * A resume cut short moved the snapshot's upper layer into the sandbox directory. If the
+   * container never came up, the layer goes back and the snapshot is whole again; if it came
+   * up, the snapshot was consumed and is removed.
+   */
+  private async repairSnapshot(sandboxId: string): Promise<string | null> {
+    const s = snapshotPaths(this.cfg, sandboxId);
+    const p = sandboxPaths(this.cfg, sandboxId);
+    if (!(await exists(s.meta)) || (await exists(s.upper)) || !(await exists(p.upper))) return null;
+    const state = await this.containerState(sandboxId);
+    if (state?.status === 'running') {
+      await rm(s.dir, { recursive: true, force: true });
+      // Its start was not journaled: the record, written just before the restore, dates it.
+      const startedAt = (await stat(p.record).catch(() => null))?.mtime ?? new Date();
+      await this.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
+      return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
+    }
+    await this.runc.destroy(sandboxId).catch(() => undefined);
+    await unmount(p.rootfs);
+    await moveTree(p.upper, s.upper);
+    return `${sandboxId}: resume was cut short; its layer went back to the snapshot`;
+  }
+
+  /**
+   * A pause cut short left its staging directory. If CRIU finished the dump (the container is
+   * gone and the images are complete) the snapshot is completed, so nothing is lost; otherwise
+   * the staging is removed and the container, if any, stays as it is.
+   */
+  private async finishCutPause(sandboxId: string, stagingName: string): Promise<string> {
+    const staging = snapshotPaths(this.cfg, sandboxId, stagingName);
+    const p = sandboxPaths(this.cfg, sandboxId);
+    const final = snapshotPaths(this.cfg, sandboxId);
+    const state = await this.containerState(sandboxId);
+    const dumped = await exists(path.join(staging.images, 'stats-dump'));
+    const record = await this.record(sandboxId).catch(() => null);
+    if (state?.status === 'paused' && !dumped) await this.runc.thaw(sandboxId); // abandoned mid-dump
+    const now = await this.containerState(sandboxId);
+    if (now?.status === 'running' || !dumped || !record || (await exists(final.dir)) || !(await exists(p.upper))) {
+      await rm(staging.dir, { recursive: true, force: true });
+      if (now?.status === 'running') await this.cancelStop(sandboxId);
+      return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
+    }
+    await this.runc.destroy(sandboxId).catch(() => undefined);
+    await unmount(p.rootfs);
+    await moveTree(p.upper, staging.upper);
+    await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
+    await rename(staging.dir, final.dir);
+    await this.teardown(sandboxId);
+    return `${sandboxId}: pause was cut short after its dump; the snapshot was completed`;
   }
 
   /** Sandboxes with an operation queued or in progress on this node. */
@@ -347,6 +436,12 @@ export class SandboxRuntime {
     await writeFile(sandboxPaths(this.cfg, record.sandboxId).record, JSON.stringify(withStart));
     await this.journal.append({ sandboxId: record.sandboxId, event: 'start', at: withStart.startedAt, cause });
     return withStart;
+  }
+
+  /** The sandbox kept running after a stop was journaled: a start at the same instant cancels it. */
+  private async cancelStop(sandboxId: string) {
+    const last = (await this.journal.read()).filter((e) => e.sandboxId === sandboxId).at(-1);
+    if (last?.event === 'stop') await this.journal.append({ sandboxId, event: 'start', at: last.at, cause: 'pause_failed' });
   }
 
   private async stopped(sandboxId: string, cause: string, at: Date) {

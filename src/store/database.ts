@@ -144,6 +144,14 @@ async function openPostgres(url: string, poolSize: number, onIdleError?: (err: E
         const client = await pool.connect();
         const scope: TxScope = { db, open: true };
         let broken: Error | undefined;
+        // A connection that drops while checked out emits 'error' on its client (the pool only
+        // listens on idle ones): without a listener that would crash the process. The query in
+        // progress fails on its own; the client is then dropped from the pool.
+        const onError = (err: Error) => {
+          broken ??= err;
+          onIdleError?.(err);
+        };
+        client.on('error', onError);
         let retry = false;
         const tx: Sql = {
           async query<R>(text: string, params?: unknown[]): Promise<R[]> {
@@ -171,6 +179,7 @@ async function openPostgres(url: string, poolSize: number, onIdleError?: (err: E
           if (!retry) throw err;
         } finally {
           scope.open = false;
+          client.off('error', onError);
           client.release(broken);
         }
         if (retry) await sleep(Math.random() * 10 * attempt);

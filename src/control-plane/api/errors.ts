@@ -54,8 +54,24 @@ export function replyWithError(err: unknown, req: FastifyRequest, reply: Fastify
   if (typeof e.code === 'string' && e.code.startsWith('FST_') && e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
     return send(reply, e.statusCode, e.message ?? 'bad request');
   }
+  if (isDatabaseUnavailable(err)) {
+    // The store dropped the connection or is restarting: a retry is safe (the reconciler settles
+    // whatever a transition cut short had started on a node).
+    req.log.warn({ err }, 'database unavailable');
+    reply.header('Retry-After', '1');
+    return send(reply, 503, 'the database is unavailable; retry shortly');
+  }
   req.log.error({ err }, 'internal error');
   return send(reply, 500, 'internal error');
+}
+
+// SQLSTATE class 08 (connection exception) and 57P01-57P03 (the server shut the session down).
+const DB_UNAVAILABLE_CODES = new Set(['08000', '08001', '08003', '08004', '08006', '57P01', '57P02', '57P03']);
+
+function isDatabaseUnavailable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  if (typeof e.code === 'string' && (DB_UNAVAILABLE_CODES.has(e.code) || e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET')) return true;
+  return typeof e.message === 'string' && /^Connection terminated|^Client has encountered a connection error|timeout exceeded when trying to connect/.test(e.message);
 }
 
 export function installErrorHandling(app: FastifyInstance) {

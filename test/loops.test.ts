@@ -1,5 +1,5 @@
-// Reconciliation: the pure decision (planReconcile) and the reconciler loop against a real
-// database (PGlite and Postgres), an in-memory node and an injected clock.
+// The reliability loops: the pure reconcile decision, the reconciler and the node drainer
+// against a real database (PGlite and Postgres), an in-memory node and an injected clock.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -9,6 +9,7 @@ import { LifecycleService, type Clock } from '../src/control-plane/lifecycle.ts'
 import { NodePool } from '../src/control-plane/scheduler.ts';
 import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
 import { Reconciler } from '../src/control-plane/loops/reconciler.ts';
+import { NodeDrainer } from '../src/control-plane/loops/node-drainer.ts';
 import type { Database } from '../src/store/database.ts';
 import { createTeam } from '../src/store/teams.ts';
 import { getNode, upsertNode } from '../src/store/nodes.ts';
@@ -402,5 +403,78 @@ forEachDatabase('reconciler', (t) => {
         await assertSettled(w, id, row.state);
       }
     }), { numRuns: Number(process.env.RECONCILE_RUNS ?? 30) });
+  });
+});
+
+// --- the node drainer ---------------------------------------------------------------------------
+
+forEachDatabase('node drainer', (t) => {
+  let db: Database;
+  test('open the database', async () => {
+    db = await t.db();
+  });
+
+  async function drainWorld() {
+    const w = await world(db);
+    const nodes = w.svc['nodes'] as NodePool;
+    return { ...w, nodes, drainer: new NodeDrainer(db, w.svc, nodes) };
+  }
+
+  test('policy pause: running sandboxes are paused with reason drain, new starts go nowhere, the node comes back', async () => {
+    const w = await drainWorld();
+    const a = await w.svc.create(w.params());
+    const b = await w.svc.create(w.params());
+    const paused = await w.svc.create(w.params());
+    await w.svc.pause(w.teamId, paused.sandboxId, { memory: true });
+    // Draining, but still finishing admitted starts: no plan yet, nothing is touched.
+    w.node.faults.draining = true;
+    let r = await w.drainer.tick();
+    assert.deepEqual(r.draining, [w.node.nodeId]);
+    assert.deepEqual(r.paused, []);
+    assert.equal((await getNode(db, w.node.nodeId))!.state, 'draining');
+    await assert.rejects(w.svc.create(w.params()), (e: any) => e.code === 'unavailable' && e.retryable === true);
+    w.node.drainPlan = { policy: 'pause', deadline: new Date(w.clock.t + 60_000).toISOString() };
+    r = await w.drainer.tick();
+    assert.deepEqual(r.paused.sort(), [a.sandboxId, b.sandboxId].sort());
+    for (const id of [a.sandboxId, b.sandboxId]) {
+      await assertSettled(w, id, 'paused', 'drain');
+      const last = (await eventsOf(db, id)).slice(-2).map((e) => `${e.to}:${e.reason}`);
+      assert.deepEqual(last, ['pausing:drain', 'paused:drain']);
+    }
+    await assertSettled(w, paused.sandboxId, 'paused', 'requested');
+    assert.equal((await w.drainer.tick()).paused.length, 0, 'idempotent');
+    // Restarted: takes starts again, and the drained sandboxes resume.
+    w.node.faults.draining = false;
+    await w.drainer.tick();
+    assert.equal((await getNode(db, w.node.nodeId))!.state, 'ready');
+    assert.equal((await w.svc.connect(w.teamId, a.sandboxId, 60_000)).resumed, true);
+    await w.svc.create(w.params());
+  });
+
+  test('policy wait leaves sandboxes running until the deadline; then they are killed with reason drain', async () => {
+    const w = await drainWorld();
+    const a = await w.svc.create(w.params());
+    w.node.faults.draining = true;
+    w.node.drainPlan = { policy: 'wait', deadline: new Date(w.clock.t + 30_000).toISOString() };
+    assert.deepEqual((await w.drainer.tick()).killed, []);
+    await assertSettled(w, a.sandboxId, 'running');
+    w.clock.advance(30_000);
+    assert.deepEqual((await w.drainer.tick()).killed, [a.sandboxId]);
+    await assertSettled(w, a.sandboxId, 'killed', 'drain');
+  });
+
+  test('a pause that fails during the drain is reported and retried; the deadline kills what is left', async () => {
+    const w = await drainWorld();
+    const a = await w.svc.create(w.params());
+    w.node.faults.draining = true;
+    w.node.faults.failPause = 1;
+    w.node.drainPlan = { policy: 'pause', deadline: new Date(w.clock.t + 10_000).toISOString() };
+    const r = await w.drainer.tick();
+    assert.equal(r.failed.length, 1);
+    assert.match(r.failed[0]!.error, /pause failed/);
+    await assertSettled(w, a.sandboxId, 'running', 'pause_failed');
+    w.clock.advance(10_000);
+    assert.deepEqual((await w.drainer.tick()).killed, [a.sandboxId]);
+    await assertSettled(w, a.sandboxId, 'killed', 'drain');
   });
 });

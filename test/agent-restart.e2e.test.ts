@@ -1,0 +1,122 @@
+// An agent that restarts rebuilds its inventory from the host, keeps live sandboxes it did not
+// start in this run, and repairs what a crash cut short. Real containers.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { Agent } from '../src/agent/agent.ts';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
+import { createSandbox, exec, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+
+let a: TestAgent;
+
+before(async () => {
+  a = await startTestAgent();
+});
+after(async () => {
+  await a.stop();
+});
+
+const counter = `nohup python3 -c "
+import time
+i = 0
+while True:
+    i += 1
+    open('/tmp/n', 'w').write(str(i))
+    time.sleep(0.05)
+" >/dev/null 2>&1 &`;
+
+async function readCount(t: TestAgent, id: string) {
+  return Number((await exec(t, id, 'cat /tmp/n')).stdout);
+}
+
+test('a restarted agent finds its live sandboxes and serves them; nothing is pruned', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, counter);
+  await sleep(300);
+  const before = await readCount(a, id);
+  assert.ok(before > 0);
+  // The agent process goes away (its API closes); the containers do not depend on it.
+  await a.agent.stop();
+  a = await startTestAgentOn(a);
+  const inv = await a.json<{ sandboxes: Array<{ sandboxId: string; state: string; startedAt: string | null }> }>('GET', '/v1/sandboxes');
+  const entry = inv.sandboxes.find((x) => x.sandboxId === id);
+  assert.equal(entry?.state, 'running');
+  assert.ok(entry?.startedAt, 'its start time survives the restart');
+  const after = await readCount(a, id);
+  assert.ok(after > before, `the process kept running through the restart (${before} -> ${after})`);
+  // The journal recorded the start once, and nothing else.
+  const journal = (await readFile(path.join(a.dataDir, 'journal.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(journal.filter((j) => j.sandboxId === id).map((j) => j.event), ['start']);
+  await a.agent.runtime.kill(id);
+});
+
+/** A fresh agent on the same directories and token as `prev`, as after a restart. */
+async function startTestAgentOn(prev: TestAgent): Promise<TestAgent> {
+  const config = { ...runtimeConfigFromEnv(), dataDir: prev.dataDir, snapshotDir: prev.snapshotDir };
+  const agent = new Agent({ config, port: 0, nodeToken: prev.agent.nodeToken });
+  const url = await agent.start();
+  const api = (method: string, p: string, body?: unknown) => fetch(url + p, {
+    method,
+    headers: { authorization: `Bearer ${agent.nodeToken}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = async (method: string, p: string, body?: unknown) => {
+    const res = await api(method, p, body);
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${p} -> ${res.status} ${text}`);
+    return text ? JSON.parse(text) : undefined;
+  };
+  return {
+    ...prev, agent, url, api: api as TestAgent['api'], json,
+    stop: async () => {
+      for (const x of await agent.runtime.inventory()) await agent.runtime.kill(x.sandboxId).catch(() => undefined);
+      await agent.stop();
+      await rm(path.dirname(prev.dataDir), { recursive: true, force: true });
+    },
+  };
+}
+
+test('a resume cut short by a crash is repaired: the layer goes back and the snapshot resumes with its memory', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, counter);
+  await exec(a, id, 'echo kept > /home/user/file');
+  await sleep(300);
+  const before = await readCount(a, id);
+  await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+  // What a resume leaves when the agent dies right after moving the layer out of the snapshot.
+  const cfg = a.agent.runtime.cfg;
+  const p = sandboxPaths(cfg, id);
+  const s = snapshotPaths(cfg, id);
+  await mkdir(path.dirname(p.upper), { recursive: true });
+  await rename(s.upper, p.upper);
+  const notes = await a.agent.runtime.recover();
+  assert.ok(notes.some((n) => n.startsWith(id) && /resume was cut short/.test(n)), notes.join('\n'));
+  assert.ok((await readdir(s.dir)).includes('upper'), 'the snapshot is whole again');
+  // What is left of the sandbox directory is removed by a kill, which keeps the snapshot.
+  await a.agent.runtime.kill(id);
+  assert.ok((await readdir(s.dir)).includes('upper'));
+  await a.json('POST', `/v1/sandboxes/${id}/resume`);
+  assert.equal((await exec(a, id, 'cat /home/user/file')).stdout, 'kept\n');
+  const after = await readCount(a, id);
+  assert.ok(after >= before, `memory intact: the counter went on from ${before} (now ${after})`);
+  await sleep(200);
+  assert.ok((await readCount(a, id)) > after, 'and keeps counting');
+  await a.agent.runtime.kill(id, { deleteSnapshot: true });
+});
+
+test('a pause cut short before its dump is abandoned: the partial snapshot goes, the sandbox runs on', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, counter);
+  const cfg = a.agent.runtime.cfg;
+  const staging = snapshotPaths(cfg, id, `.${id}.partial-0badf00d`);
+  await mkdir(path.join(staging.dir, 'checkpoint'), { recursive: true });
+  const notes = await a.agent.runtime.recover();
+  assert.ok(notes.some((n) => n.startsWith(id) && /before its dump completed/.test(n)), notes.join('\n'));
+  assert.ok(!(await readdir(cfg.snapshotDir)).some((n) => n.includes(id)), 'no partial snapshot left');
+  const n1 = await readCount(a, id);
+  await sleep(200);
+  assert.ok((await readCount(a, id)) > n1, 'still running');
+  await a.agent.runtime.kill(id);
+});

@@ -1,0 +1,18 @@
+// The short chaos run inside `make test` (the long one: `make chaos`). It must end with no
+// violation of the lifecycle's invariants; see test/chaos/chaos.ts for what is done and checked.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { formatResult, runChaos } from './chaos/chaos.ts';
+
+test('chaos (short): crashes and faults under concurrent clients leave no invariant broken', async (t) => {
+  const r = await runChaos({
+    ops: Number(process.env.CHAOS_OPS ?? 150), crashes: Number(process.env.CHAOS_CRASHES ?? 6), clients: 6,
+    checkpointFault: 0.1, restoreFault: 0.1, nodeTimeoutFault: 0.05, dbDrops: 3, maxLive: 8,
+    log: (m) => t.diagnostic(m),
+  });
+  t.diagnostic(formatResult(r));
+  assert.ok(r.crashes.controlPlane + r.crashes.agent >= 4, 'the run crashed both processes several times');
+  assert.ok(r.faults.dbDrops >= 1);
+  assert.ok(r.sandboxes > 10, 'the run did real work');
+  assert.deepEqual(r.violations, []);
+});
