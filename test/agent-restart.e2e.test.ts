@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Agent } from '../src/agent/agent.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
-import { createSandbox, exec, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+import { agentClient, createSandbox, exec, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
 let a: TestAgent;
 
@@ -57,19 +57,9 @@ async function startTestAgentOn(prev: TestAgent): Promise<TestAgent> {
   const config = { ...runtimeConfigFromEnv(), dataDir: prev.dataDir, snapshotDir: prev.snapshotDir };
   const agent = new Agent({ config, port: 0, nodeToken: prev.agent.nodeToken });
   const url = await agent.start();
-  const api = (method: string, p: string, body?: unknown) => fetch(url + p, {
-    method,
-    headers: { authorization: `Bearer ${agent.nodeToken}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const json = async (method: string, p: string, body?: unknown) => {
-    const res = await api(method, p, body);
-    const text = await res.text();
-    if (!res.ok) throw new Error(`${method} ${p} -> ${res.status} ${text}`);
-    return text ? JSON.parse(text) : undefined;
-  };
+  const { api, json } = agentClient(url, agent.nodeToken);
   return {
-    ...prev, agent, url, api: api as TestAgent['api'], json,
+    ...prev, agent, url, api, json,
     stop: async () => {
       for (const x of await agent.runtime.inventory()) await agent.runtime.kill(x.sandboxId).catch(() => undefined);
       await agent.stop();

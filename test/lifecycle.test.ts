@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { canTransition, isTerminal, type SandboxState } from '../src/core/states.ts';
-import { LifecycleService, type Clock } from '../src/control-plane/lifecycle.ts';
+import { LifecycleService } from '../src/control-plane/lifecycle.ts';
+import { ManualClock } from './helpers/manual-clock.ts';
 import { NodePool } from '../src/control-plane/scheduler.ts';
 import { Evictor } from '../src/control-plane/loops/evictor.ts';
 import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
@@ -15,15 +16,6 @@ import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.t
 import { FakeNode } from './helpers/fake-node.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 
-class ManualClock implements Clock {
-  t = Date.parse('2026-01-01T00:00:00Z');
-  now() {
-    return new Date(this.t);
-  }
-  advance(ms: number) {
-    this.t += ms;
-  }
-}
 
 interface World {
   db: Database;

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { planReconcile, type SandboxFacts } from '../src/core/reconcile.ts';
 import { canTransition, isTerminal, SANDBOX_STATES, type SandboxState } from '../src/core/states.ts';
-import { LifecycleService, type Clock } from '../src/control-plane/lifecycle.ts';
+import { LifecycleService } from '../src/control-plane/lifecycle.ts';
+import { ManualClock } from './helpers/manual-clock.ts';
 import { NodePool } from '../src/control-plane/scheduler.ts';
 import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
 import { Reconciler } from '../src/control-plane/loops/reconciler.ts';
@@ -129,15 +130,6 @@ test('plan property: never destroys the container a live row runs on, never acts
 
 // --- the loop against a real store ------------------------------------------------------------
 
-class ManualClock implements Clock {
-  t = Date.parse('2026-01-01T00:00:00Z');
-  now() {
-    return new Date(this.t);
-  }
-  advance(ms: number) {
-    this.t += ms;
-  }
-}
 
 interface World {
   db: Database;

@@ -11,6 +11,7 @@ import { authenticateApiKey, createApiKey, createTeam, isApiKey } from '../src/s
 import { usageReport } from '../src/store/usage.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 import { FakeLifecycle } from './helpers/fake-lifecycle.ts';
+import { apiCaller, assertApiError } from './helpers/api-inject.ts';
 
 const T0 = Date.parse('2026-03-01T00:00:00Z');
 const at = (seconds: number) => new Date(T0 + seconds * 1000);
@@ -147,22 +148,8 @@ forEachDatabase('usage and key routes', (t) => {
     await app?.close();
   });
 
-  async function call(o: { method?: string; url: string; body?: unknown; key?: string | null }) {
-    const res = await app.inject({
-      method: (o.method ?? 'GET') as 'GET',
-      url: o.url,
-      headers: o.key === null ? {} : { 'x-api-key': o.key ?? key },
-      ...(o.body === undefined ? {} : { payload: o.body as object }),
-    });
-    return { status: res.statusCode, json: res.body ? JSON.parse(res.body) : undefined, headers: res.headers };
-  }
-
-  function assertError(r: { status: number; json: any }, status: number, re?: RegExp) {
-    assert.equal(r.status, status, JSON.stringify(r.json));
-    assert.deepEqual(Object.keys(r.json).sort(), ['code', 'message']);
-    assert.equal(r.json.code, status);
-    if (re) assert.match(r.json.message, re);
-  }
+  const call = apiCaller(() => app, () => key);
+  const assertError = assertApiError;
 
   test('GET /usage: authenticated, validated, the team\'s own report', async () => {
     await interval(db, { teamId, sandboxId: 'r1', open: 0, close: 600, cpu: 2, memMB: 2048 });

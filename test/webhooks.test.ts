@@ -22,6 +22,7 @@ import {
 } from '../src/store/webhooks.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 import { FakeLifecycle } from './helpers/fake-lifecycle.ts';
+import { apiCaller, assertApiError } from './helpers/api-inject.ts';
 
 const T0 = Date.parse('2026-03-01T00:00:00Z');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -545,22 +546,8 @@ forEachDatabase('webhook routes', (t) => {
   let key: string;
   let otherKey: string;
 
-  async function call(o: { method?: string; url: string; body?: unknown; key?: string | null }) {
-    const res = await app.inject({
-      method: (o.method ?? 'GET') as 'GET',
-      url: o.url,
-      headers: o.key === null ? {} : { 'x-api-key': o.key ?? key },
-      ...(o.body === undefined ? {} : { payload: o.body as object }),
-    });
-    return { status: res.statusCode, json: res.body ? JSON.parse(res.body) : undefined, headers: res.headers };
-  }
-
-  function assertError(r: { status: number; json: any }, status: number, re?: RegExp) {
-    assert.equal(r.status, status, JSON.stringify(r.json));
-    assert.deepEqual(Object.keys(r.json).sort(), ['code', 'message']);
-    assert.equal(r.json.code, status);
-    if (re) assert.match(r.json.message, re);
-  }
+  const call = apiCaller(() => app, () => key);
+  const assertError = assertApiError;
 
   before(async () => {
     db = await t.db();

@@ -17,20 +17,13 @@ export interface TestAgent {
   stop: () => Promise<void>;
 }
 
-/** A real node agent on a private data dir (and, unless given, a private snapshot store). */
-export async function startTestAgent(opts: { snapshotDir?: string; host?: string } = {}): Promise<TestAgent> {
-  const base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
-  const dataDir = path.join(base, 'node');
-  const snapshotDir = opts.snapshotDir ?? path.join(base, 'snapshots');
-  await mkdir(dataDir, { recursive: true });
-  const config = { ...runtimeConfigFromEnv(), dataDir, snapshotDir };
-  const agent = new Agent({ config, port: 0, host: opts.host ?? '127.0.0.1' });
-  const url = await agent.start();
+/** Calls to an agent's internal API with its node token. */
+export function agentClient(url: string, token: string): Pick<TestAgent, 'api' | 'json'> {
   const api = (method: string, p: string, body?: unknown, headers: Record<string, string> = {}) =>
     fetch(url + p, {
       method,
       headers: {
-        authorization: `Bearer ${agent.nodeToken}`,
+        authorization: `Bearer ${token}`,
         ...(body !== undefined && !(body instanceof Uint8Array) ? { 'content-type': 'application/json' } : {}),
         ...headers,
       },
@@ -42,6 +35,19 @@ export async function startTestAgent(opts: { snapshotDir?: string; host?: string
     if (!res.ok) throw new Error(`${method} ${p} -> ${res.status} ${text}`);
     return text ? JSON.parse(text) : undefined;
   };
+  return { api, json };
+}
+
+/** A real node agent on a private data dir (and, unless given, a private snapshot store). */
+export async function startTestAgent(opts: { snapshotDir?: string; host?: string } = {}): Promise<TestAgent> {
+  const base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
+  const dataDir = path.join(base, 'node');
+  const snapshotDir = opts.snapshotDir ?? path.join(base, 'snapshots');
+  await mkdir(dataDir, { recursive: true });
+  const config = { ...runtimeConfigFromEnv(), dataDir, snapshotDir };
+  const agent = new Agent({ config, port: 0, host: opts.host ?? '127.0.0.1' });
+  const url = await agent.start();
+  const { api, json } = agentClient(url, agent.nodeToken);
   return {
     agent, url, dataDir, snapshotDir, api, json,
     stop: async () => {
