@@ -169,3 +169,27 @@ test('SIGTERM with creates in flight: admitted creates finish, live sandboxes pa
     await until(`${id} still counting`, async () => (await count(id)) > now);
   }
 });
+
+test('the drain deadline is honoured: with nobody to pause them, the node stops its sandboxes itself and says so', async (t) => {
+  const lonely = new AgentProcess({ env: { NESTBOX_DRAIN_TIMEOUT_S: '1', NESTBOX_DRAIN_POLICY: 'pause' } });
+  await lonely.start();
+  try {
+    const id = 'drainalone' + Math.random().toString(36).slice(2, 12).padEnd(10, '0');
+    await lonely.json('POST', '/v1/sandboxes', { sandboxId: id, template: 'base', envVars: {}, metadata: {}, allowInternetAccess: false });
+    const started = Date.now();
+    lonely.signal('SIGTERM');
+    const code = await lonely.exited;
+    t.diagnostic(`drain with a 1 s deadline ended after ${Date.now() - started} ms`);
+    assert.equal(code, 1, 'a drain that had to force-stop sandboxes is reported as a failure');
+    assert.match(lonely.stderr, new RegExp(`still running at the deadline and were stopped by the node \\(${id}\\)`));
+    assert.match(lonely.stderr, /drained: 0 of 1 live sandboxes left the node in time/);
+    // Nothing is left running: the node holds no container after a restart.
+    await lonely.start();
+    const inv = await lonely.json<{ sandboxes: unknown[] }>('GET', '/v1/sandboxes');
+    assert.deepEqual(inv.sandboxes, []);
+  } finally {
+    lonely.signal('SIGKILL');
+    await lonely.exited;
+    await rm(lonely.base, { recursive: true, force: true });
+  }
+});

@@ -8,6 +8,9 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ControlPlane } from '../src/control-plane/control-plane.ts';
 import { OutboxReader } from '../src/store/events.ts';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { verifyWebhookSignature } from '../src/control-plane/webhooks/signature.ts';
 import { FakeNode } from './helpers/fake-node.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 
@@ -125,6 +128,48 @@ test('shutdown lets an eviction in flight finish: no sandbox is left half killed
     await again.stop();
     assert.deepEqual(rows[0], { state: 'killed', last_reason: 'timeout' });
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('webhooks through a running control plane: a registered URL receives the sandbox\'s events, signed, in order', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nestbox-webhook-'));
+  const received: Array<{ body: string; signature: string; eventId: string }> = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      received.push({ body, signature: String(req.headers['nestbox-signature']), eventId: String(req.headers['nestbox-event-id']) });
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const hookUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const cp = new ControlPlane({ dataDir: dir, port: 0, proxyPort: null, loops: true, bootstrapApiKey: KEY, nodeClients: [new FakeNode()] });
+  const { url } = await cp.start();
+  const call = (method: string, p: string, body?: unknown) => fetch(url + p, {
+    method, headers: { 'x-api-key': KEY, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : undefined,
+  });
+  try {
+    const reg = await call('POST', '/nestbox/v1/webhooks', { url: hookUrl });
+    assert.equal(reg.status, 201);
+    const { secret, id: webhookId } = (await reg.json()) as { secret: string; id: string };
+    const { sandboxID } = (await (await call('POST', '/sandboxes', { templateID: 'base', timeout: 60 })).json()) as { sandboxID: string };
+    assert.equal((await call('POST', `/sandboxes/${sandboxID}/pause`)).status, 204);
+    assert.equal((await call('DELETE', `/sandboxes/${sandboxID}`)).status, 204);
+    const want = ['starting', 'running', 'pausing', 'paused', 'killing', 'killed'];
+    for (let i = 0; i < 200 && received.length < want.length; i++) await new Promise((r) => setTimeout(r, 50));
+    const bodies = received.map((r) => JSON.parse(r.body));
+    assert.deepEqual(bodies.map((b) => `${b.sandboxId === sandboxID}:${b.to}`), want.map((s) => `true:${s}`));
+    for (const r of received) {
+      assert.ok(verifyWebhookSignature(secret, r.signature, r.body), 'signed with the secret');
+      assert.equal(r.eventId, JSON.parse(r.body).id, 'the event id is stable and in the header');
+    }
+    const log = (await (await call('GET', `/nestbox/v1/webhooks/${webhookId}/deliveries`)).json()) as Array<{ outcome: string }>;
+    assert.equal(log.filter((d) => d.outcome === 'delivered').length, want.length);
+  } finally {
+    await cp.stop();
+    server.close();
     await rm(dir, { recursive: true, force: true });
   }
 });
