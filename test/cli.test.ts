@@ -229,6 +229,32 @@ describe('nestbox keys', () => {
   });
 });
 
+describe('nestbox webhooks', () => {
+  test('create (secret shown once), list, deliveries, delete; bad input is one line', async () => {
+    const created = ok(await nestbox(['webhooks', 'create', 'http://127.0.0.1:9/hook']));
+    const lines = created.stdout.trimEnd().split('\n');
+    assert.match(lines[0]!, /^Created webhook (\S+) for http:\/\/127\.0\.0\.1:9\/hook\. Its signing secret \(not shown again\):$/);
+    const id = /webhook (\S+) for/.exec(lines[0]!)![1]!;
+    assert.ok(lines[1]!.length >= 16, 'a generated secret');
+    const own = json(await nestbox(['webhooks', 'create', 'https://example.test/x', '--secret', 's'.repeat(20), '--json']));
+    assert.equal(own.secret, 's'.repeat(20));
+    const table = ok(await nestbox(['webhooks', 'list'])).stdout;
+    for (const h of ['ID', 'URL', 'CREATED', 'DELIVERED UP TO', 'RETRYING']) assert.ok(table.includes(h), h);
+    assert.ok(table.includes(id) && table.includes('https://example.test/x'));
+    assert.ok(!table.includes(lines[1]!), 'never the secret');
+    assert.deepEqual(json(await nestbox(['webhooks', 'list', '--json'])).map((w: any) => w.url).sort(), ['http://127.0.0.1:9/hook', 'https://example.test/x']);
+    assert.equal(ok(await nestbox(['webhooks', 'deliveries', id])).stdout, 'No deliveries yet.\n');
+    assert.deepEqual(json(await nestbox(['webhooks', 'deliveries', id, '--json'])), []);
+    fails(await nestbox(['webhooks', 'create', 'ftp://example.test/x']), /HTTP 400\)$/);
+    fails(await nestbox(['webhooks', 'create', 'https://example.test/x', '--secret', 'short']), /HTTP 400\)$/);
+    fails(await nestbox(['webhooks', 'deliveries', id, '--limit', 'lots']), /HTTP 400\)$/);
+    assert.equal(ok(await nestbox(['webhooks', 'delete', id])).stdout, `Deleted webhook ${id}.\n`);
+    fails(await nestbox(['webhooks', 'delete', id]), /not found \(HTTP 404\)$/);
+    assert.deepEqual(json(await nestbox(['webhooks', 'delete', own.id, '--json'])), { id: own.id, deleted: true });
+    assert.equal(ok(await nestbox(['webhooks', 'list'])).stdout, 'No webhooks.\n');
+  });
+});
+
 describe('nestbox usage', () => {
   test('totals and per-sandbox table; --json; windows; bad input', async () => {
     const open = (id: string, from: string, to: string | null, cpu: number, mem: number) =>

@@ -5,6 +5,7 @@ import { registerKeysCommands } from './commands/keys.ts';
 import { registerSandboxCommands } from './commands/sandbox.ts';
 import { registerUsageCommand } from './commands/usage.ts';
 import { registerEventsCommand } from './commands/events.ts';
+import { registerWebhooksCommands } from './commands/webhooks.ts';
 // `up` and `agent` load the server side on demand, so that the API commands start quickly.
 import type { UpOptions } from './up.ts';
 
@@ -67,5 +68,6 @@ registerFilesCommands(program);
 registerKeysCommands(program);
 registerUsageCommand(program);
 registerEventsCommand(program);
+registerWebhooksCommands(program);
 
 await program.parseAsync();
