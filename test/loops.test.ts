@@ -272,6 +272,27 @@ forEachDatabase('reconciler', (t) => {
     await assertSettled(w, b, 'failed', 'create_failed');
   });
 
+  test('a create slower than the grace period that the reconciler settled first still succeeds', async () => {
+    const w = await world(db);
+    let release!: () => void;
+    const create = w.node.create.bind(w.node);
+    w.node.create = async (req) => {
+      await create(req); // the container is up ...
+      await new Promise<void>((r) => (release = r)); // ... but the answer is slow to come back
+    };
+    const pending = w.svc.create(w.params());
+    while (!release) await new Promise((r) => setImmediate(r));
+    w.clock.advance(GRACE);
+    const report = await w.reconciler.tick();
+    assert.deepEqual(report.actions.map((a) => `${a.action}:${a.to}`), ['settle:running']);
+    release();
+    const view = await pending;
+    assert.equal(view.state, 'running', 'the caller gets its running sandbox, not an error');
+    const runningEvents = (await eventsOf(db, view.sandboxId)).filter((e) => e.to === 'running');
+    assert.equal(runningEvents.length, 1);
+    await assertSettled(w, view.sandboxId, 'running', 'recovered');
+  });
+
   test('a pause whose outcome is unknown stays pausing, then settles on the node\'s truth', async () => {
     const w = await world(db);
     const done = await w.svc.create(w.params());

@@ -192,9 +192,17 @@ export class LifecycleService implements LifecycleApi {
         }
       }
       const now = this.clock.now();
-      row = await this.transition(row, 'running', 'created', {
-        nodeId: node.nodeId, endAt: new Date(now.getTime() + p.timeoutMs), remainingMs: null,
-      });
+      try {
+        row = await this.transition(row, 'running', 'created', {
+          nodeId: node.nodeId, endAt: new Date(now.getTime() + p.timeoutMs), remainingMs: null,
+        });
+      } catch (e) {
+        // This create took so long that the reconciler settled it meanwhile: if it found the
+        // container running, the create succeeded all the same.
+        const now2 = e instanceof StaleWrite ? await getSandbox(this.db, sandboxId) : null;
+        if (now2?.state === 'running') return this.view(now2);
+        throw e;
+      }
       return this.view(row);
     })());
   }
