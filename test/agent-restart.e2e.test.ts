@@ -2,11 +2,13 @@
 // start in this run, and repairs what a crash cut short. Real containers.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Agent } from '../src/agent/agent.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
+import { removeTree, unmount } from '../src/runtime/fs-util.ts';
+import { run } from '../src/runtime/command.ts';
 import { agentClient, createSandbox, exec, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
 let a: TestAgent;
@@ -109,4 +111,20 @@ test('a pause cut short before its dump is abandoned: the partial snapshot goes,
   await sleep(200);
   assert.ok((await readCount(a, id)) > n1, 'still running');
   await a.agent.runtime.kill(id);
+});
+
+test('removing a sandbox directory never deletes through a mount left in it', async () => {
+  const dir = path.join(path.dirname(a.dataDir), 'mount-guard');
+  const inner = path.join(dir, 'rootfs');
+  await mkdir(inner, { recursive: true });
+  await run(['mount', '-t', 'tmpfs', 'tmpfs', inner]);
+  try {
+    await writeFile(path.join(inner, 'precious'), 'x');
+    await assert.rejects(removeTree(dir), /still mounted under it: .*rootfs/);
+    assert.equal(await readFile(path.join(inner, 'precious'), 'utf8'), 'x', 'nothing was deleted through the mount');
+  } finally {
+    await unmount(inner);
+  }
+  await removeTree(dir);
+  await assert.rejects(readdir(dir));
 });

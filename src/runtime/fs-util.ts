@@ -9,7 +9,7 @@ export async function moveTree(from: string, to: string): Promise<void> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
     await run(['cp', '-a', '--', from, to]);
-    await rm(from, { recursive: true, force: true });
+    await removeTree(from);
   }
 }
 
@@ -37,8 +37,26 @@ export async function isMountPoint(p: string): Promise<boolean> {
   return r.code === 0;
 }
 
+/** Unmounts everything mounted at `p` (mounts may be stacked there). */
 export async function unmount(p: string): Promise<void> {
-  if (!(await isMountPoint(p))) return;
-  const r = await run(['umount', p], { allowFailure: true });
-  if (r.code !== 0) await run(['umount', '-l', p]);
+  for (let i = 0; i < 8 && (await isMountPoint(p)); i++) {
+    const r = await run(['umount', p], { allowFailure: true });
+    if (r.code !== 0) await run(['umount', '-l', p]);
+  }
+}
+
+/**
+ * Removes a directory tree without ever crossing into a mounted file system. Deleting through
+ * a forgotten overlay mount would not remove its files but write a whiteout for each of them
+ * into its upper layer, wherever that layer lives now (a snapshot's, say): so a tree with
+ * something still mounted in it is refused, loudly, instead.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  if (!(await exists(dir))) return;
+  await run(['rm', '-rf', '--one-file-system', '--', dir], { allowFailure: true });
+  if (await exists(dir)) {
+    const mounts = await run(['findmnt', '-rn', '-o', 'TARGET'], { allowFailure: true });
+    const inside = mounts.stdout.split('\n').filter((m) => m === dir || m.startsWith(dir + '/'));
+    throw new Error(`cannot remove ${dir}: still mounted under it: ${inside.join(', ') || '(unknown)'}`);
+  }
 }

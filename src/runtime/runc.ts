@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { unmount } from './fs-util.ts';
+import { removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
 
 export interface ContainerState {
@@ -98,15 +98,17 @@ export class Runc {
 
   /** Stops and removes the container; succeeds when it is already gone. */
   async destroy(id: string) {
+    // A restore cut short leaves the rootfs mounted in runc's state directory for CRIU: first
+    // of all, so nothing below can delete through it.
+    await unmount(path.join(this.root, id, 'criu-root'));
     await run(['runc', '--root', this.root, 'kill', id, 'KILL'], { allowFailure: true });
     const r = await run(['runc', '--root', this.root, 'delete', '--force', id], { allowFailure: true });
     if (r.code !== 0 && (await this.state(id)) !== null) {
       throw new Error(`runc delete ${id}: ${r.stderr.trim()}`);
     }
-    // runc leaves its state directory behind when the container vanished under it, and a
-    // restore cut short leaves the rootfs mounted there for CRIU.
+    // runc leaves its state directory behind when the container vanished under it.
     await unmount(path.join(this.root, id, 'criu-root'));
-    await rm(path.join(this.root, id), { recursive: true, force: true });
+    await removeTree(path.join(this.root, id));
   }
 
   async stats(id: string): Promise<ContainerStats | null> {

@@ -8,7 +8,7 @@ import type { SandboxResources } from '../core/runtime-state.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { exists, moveTree, unmount } from './fs-util.ts';
+import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init-client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
@@ -334,8 +334,7 @@ export class SandboxRuntime {
       await this.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
       return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
     }
-    await this.runc.destroy(sandboxId).catch(() => undefined);
-    await unmount(p.rootfs);
+    await this.releaseLayer(sandboxId);
     await moveTree(p.upper, s.upper);
     return `${sandboxId}: resume was cut short; its layer went back to the snapshot`;
   }
@@ -359,8 +358,7 @@ export class SandboxRuntime {
       if (now?.status === 'running') await this.cancelStop(sandboxId);
       return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
     }
-    await this.runc.destroy(sandboxId).catch(() => undefined);
-    await unmount(p.rootfs);
+    await this.releaseLayer(sandboxId);
     await moveTree(p.upper, staging.upper);
     await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
     await rename(staging.dir, final.dir);
@@ -436,6 +434,17 @@ export class SandboxRuntime {
     await writeFile(sandboxPaths(this.cfg, record.sandboxId).record, JSON.stringify(withStart));
     await this.journal.append({ sandboxId: record.sandboxId, event: 'start', at: withStart.startedAt, cause });
     return withStart;
+  }
+
+  /**
+   * Before a sandbox's upper layer moves: its container is gone and no overlay uses the layer
+   * any more (its rootfs, or CRIU's mount of it); otherwise the move is refused.
+   */
+  private async releaseLayer(sandboxId: string) {
+    const p = sandboxPaths(this.cfg, sandboxId);
+    await this.runc.destroy(sandboxId);
+    await unmount(p.rootfs);
+    if (await isMountPoint(p.rootfs)) throw new Error(`${p.rootfs} is still mounted; the layer of ${sandboxId} stays where it is`);
   }
 
   /** The sandbox kept running after a stop was journaled: a start at the same instant cancels it. */
@@ -540,7 +549,7 @@ export class SandboxRuntime {
     await this.runc.destroy(sandboxId);
     await unmount(p.rootfs);
     await this.network.release(sandboxId);
-    await rm(p.dir, { recursive: true, force: true });
+    await removeTree(p.dir);
   }
 }
 
