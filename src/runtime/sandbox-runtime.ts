@@ -225,10 +225,6 @@ export class SandboxRuntime {
         await rm(s.dir, { recursive: true, force: true });
         return await this.started(record, 'resume');
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') {
-          const l = await run(['ls', '-la', p.upper, path.join(p.upper, 'etc'), s.dir], { allowFailure: true });
-          process.stderr.write(`nestbox: resume ENOTDIR ${sandboxId}: upperMoved=${upperMoved}\n${l.stdout}${l.stderr}\n`);
-        }
         await this.keepLog(sandboxId, 'restore');
         await this.runc.destroy(sandboxId).catch(() => undefined);
         await unmount(p.rootfs).catch(() => undefined);
