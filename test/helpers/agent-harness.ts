@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
 import { runtimeConfigFromEnv } from '../../src/runtime/config.ts';
@@ -54,7 +54,10 @@ export async function startTestAgent(opts: { snapshotDir?: string; host?: string
       for (const s of await agent.runtime.inventory()) await agent.runtime.kill(s.sandboxId).catch(() => undefined);
       await agent.stop();
       if (!opts.snapshotDir) await rm(base, { recursive: true, force: true });
-      else await rm(dataDir, { recursive: true, force: true });
+      else {
+        await rm(dataDir, { recursive: true, force: true });
+        await rmdir(base).catch(() => undefined); // empty unless it holds the shared snapshot store
+      }
     },
   };
 }
