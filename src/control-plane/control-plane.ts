@@ -65,6 +65,8 @@ export interface LoopTimings {
   nodeDownAfterMs: number;
   /** How often nodes are asked whether they are draining. */
   drainWatchMs: number;
+  /** Idle ticks are one UPDATE that matches nothing; deliveries go out within this. */
+  webhookMs: number;
   /** How long a call to a node agent may take before its outcome counts as unknown. */
   nodeCallTimeoutMs: number;
 }
@@ -77,6 +79,7 @@ export const DEFAULT_TIMINGS: LoopTimings = {
   reconcileGraceMs: 15_000,
   nodeDownAfterMs: 60_000,
   drainWatchMs: 1_000,
+  webhookMs: 1_000,
   nodeCallTimeoutMs: 120_000,
 };
 
@@ -150,8 +153,7 @@ export class ControlPlane {
         const r = await this.drainer.tick();
         for (const f of r.failed) this.api?.log.error({ drain: f }, `drain of ${f.sandboxId} failed: ${f.error}`);
       }, t.drainWatchMs, log));
-      // Idle ticks are one UPDATE that matches nothing; deliveries go out within a second.
-      this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), 1_000, log));
+      this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), t.webhookMs, log));
     }
     this.api = buildApiServer({
       lifecycle: this.lifecycle,

@@ -199,8 +199,8 @@ export class LifecycleService implements LifecycleApi {
       } catch (e) {
         // This create took so long that the reconciler settled it meanwhile: if it found the
         // container running, the create succeeded all the same.
-        const now2 = e instanceof StaleWrite ? await getSandbox(this.db, sandboxId) : null;
-        if (now2?.state === 'running') return this.view(now2);
+        const settled = e instanceof StaleWrite ? await getSandbox(this.db, sandboxId) : null;
+        if (settled?.state === 'running') return this.view(settled);
         throw e;
       }
       return this.view(row);

@@ -107,7 +107,6 @@ export class Runc {
       throw new Error(`runc delete ${id}: ${r.stderr.trim()}`);
     }
     // runc leaves its state directory behind when the container vanished under it.
-    await unmount(path.join(this.root, id, 'criu-root'));
     await removeTree(path.join(this.root, id));
   }
 

@@ -240,8 +240,8 @@ export class SandboxRuntime {
     assertId(sandboxId);
     await this.locks.run(sandboxId, async () => {
       await this.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
-      const state = await this.runc.state(sandboxId);
-      if (state) await this.stopped(sandboxId, isAlive(state) ? 'kill' : 'found_dead', new Date());
+      const state = await this.containerState(sandboxId);
+      if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', new Date());
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true });
     });

@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
-import { getSandbox, type SandboxRow } from '../../store/sandboxes.ts';
+import { getSandbox } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
 import type { NodePool } from '../scheduler.ts';
 
@@ -19,8 +19,6 @@ export interface DrainTickReport {
  * restarted) takes sandboxes again.
  */
 export class NodeDrainer {
-  private readonly pausing = new Set<string>();
-
   constructor(
     private readonly db: Database,
     private readonly lifecycle: LifecycleService,
@@ -50,8 +48,7 @@ export class NodeDrainer {
       const rows = await this.db.query<{ id: string }>(
         "SELECT id FROM sandboxes WHERE node_id = $1 AND state = 'running' ORDER BY state_changed_at", [node.nodeId]);
       const pastDeadline = this.lifecycle.clock.now().getTime() >= Date.parse(status.drain.deadline);
-      const todo = rows.map((r) => r.id).filter((id) => !this.pausing.has(id));
-      await pool(todo, this.concurrency, async (id) => {
+      await pool(rows.map((r) => r.id), this.concurrency, async (id) => {
         const row = await getSandbox(this.db, id);
         if (row?.state !== 'running' || row.nodeId !== node.nodeId) return;
         try {
@@ -59,23 +56,16 @@ export class NodeDrainer {
             await this.lifecycle.killFrom(row, 'drain');
             report.killed.push(id);
           } else if (status.drain!.policy === 'pause') {
-            this.pausing.add(id);
-            await this.pause(row);
+            await this.lifecycle.pauseFrom(row, 'drain', true);
             report.paused.push(id);
           }
         } catch (e) {
           if (e instanceof StaleWrite) return; // another replica or request acted first
           report.failed.push({ sandboxId: id, error: (e as Error).message });
-        } finally {
-          this.pausing.delete(id);
         }
       });
     }
     return report;
-  }
-
-  private async pause(row: SandboxRow) {
-    await this.lifecycle.pauseFrom(row, 'drain', true);
   }
 }
 
