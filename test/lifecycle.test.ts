@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { canTransition, isTerminal, type SandboxState } from '../src/core/states.ts';
+import { isTerminal } from '../src/core/states.ts';
 import { LifecycleService } from '../src/control-plane/lifecycle.ts';
 import { ManualClock } from './helpers/manual-clock.ts';
 import { NodePool } from '../src/control-plane/scheduler.ts';
@@ -11,10 +11,11 @@ import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
 import type { Database } from '../src/store/database.ts';
 import { createTeam } from '../src/store/teams.ts';
 import { upsertNode } from '../src/store/nodes.ts';
-import { eventsOf, getSandbox, writeTransition } from '../src/store/sandboxes.ts';
+import { getSandbox, writeTransition } from '../src/store/sandboxes.ts';
 import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.ts';
 import { FakeNode } from './helpers/fake-node.ts';
 import { forEachDatabase } from './helpers/databases.ts';
+import { assertLedger, assertLegalHistory, assertNodeMatches } from './helpers/lifecycle-asserts.ts';
 
 
 interface World {
@@ -41,42 +42,6 @@ async function world(db: Database, opts: { maxRunning?: number; node?: FakeNode;
   return { db, node, clock, svc, teamId, params };
 }
 
-/** Every sandbox's event log is a legal walk through the state table. */
-async function assertLegalHistory(db: Database, id: string) {
-  const events = await eventsOf(db, id);
-  assert.ok(events.length >= 1);
-  assert.equal(events[0]!.from, null);
-  assert.equal(events[0]!.to, 'starting');
-  for (let i = 1; i < events.length; i++) {
-    const prev = events[i - 1]!;
-    const e = events[i]!;
-    assert.equal(e.from, prev.to, `event ${i} of ${id} starts where the last ended: ${events.map((x) => `${x.seq}:${x.from}->${x.to}(${x.reason},g${x.generation})`).join(' ')}`);
-    assert.ok(canTransition(e.from!, e.to), `${e.from} -> ${e.to} is in the table`);
-    assert.ok(e.generation > prev.generation, 'generations increase');
-  }
-  const ids = new Set(events.map((e) => e.id));
-  assert.equal(ids.size, events.length, 'event ids are unique');
-  const row = await getSandbox(db, id);
-  assert.equal(row!.state, events.at(-1)!.to, 'the row is where the last event left it');
-  return events;
-}
-
-/** Billing: an open interval exactly when running; intervals never overlap. */
-async function assertLedger(db: Database, id: string) {
-  const row = await getSandbox(db, id);
-  const intervals = await db.query<{ opened_at: Date; closed_at: Date | null }>(
-    'SELECT opened_at, closed_at FROM usage_intervals WHERE sandbox_id = $1 ORDER BY opened_at, closed_at NULLS LAST', [id]);
-  const open = intervals.filter((i) => i.closed_at === null);
-  assert.equal(open.length, row!.state === 'running' ? 1 : 0, `open intervals of a ${row!.state} sandbox`);
-  for (let i = 1; i < intervals.length; i++) assert.ok(intervals[i - 1]!.closed_at! <= intervals[i]!.opened_at);
-}
-
-/** The node holds exactly what the database says. */
-function assertNodeMatches(w: World, id: string, state: SandboxState) {
-  assert.equal(w.node.containers.has(id), state === 'running', `container of a ${state} sandbox`);
-  assert.equal(w.node.snapshots.has(id), state === 'paused', `snapshot of a ${state} sandbox`);
-}
-
 const codeOf = (e: unknown) => (e as { code?: string }).code ?? 'throw';
 
 forEachDatabase('lifecycle', (t) => {
@@ -91,11 +56,11 @@ forEachDatabase('lifecycle', (t) => {
       const s = await w.svc.create(w.params());
       assert.equal(s.state, 'running');
       assert.equal(s.endAt!.getTime(), w.clock.t + 60_000);
-      assertNodeMatches(w, s.sandboxId, 'running');
+      assertNodeMatches(w.node, s.sandboxId, 'running');
       await assertLedger(db, s.sandboxId);
       w.clock.advance(10_000);
       await w.svc.pause(w.teamId, s.sandboxId, { memory: true });
-      assertNodeMatches(w, s.sandboxId, 'paused');
+      assertNodeMatches(w.node, s.sandboxId, 'paused');
       await assertLedger(db, s.sandboxId);
       assert.equal((await getSandbox(db, s.sandboxId))!.remainingMs, 50_000);
       await assert.rejects(w.svc.pause(w.teamId, s.sandboxId, { memory: true }), (e) => codeOf(e) === 'conflict');
@@ -110,7 +75,7 @@ forEachDatabase('lifecycle', (t) => {
       assert.equal(again.resumed, false);
       assert.equal(again.sandbox.endAt!.getTime(), w.clock.t + 50_000, 'connect never shortens');
       await w.svc.kill(w.teamId, s.sandboxId);
-      assertNodeMatches(w, s.sandboxId, 'killed');
+      assertNodeMatches(w.node, s.sandboxId, 'killed');
       await assert.rejects(w.svc.get(w.teamId, s.sandboxId), (e) => codeOf(e) === 'not_found');
       await assert.rejects(w.svc.kill(w.teamId, s.sandboxId), (e) => codeOf(e) === 'not_found');
       const events = await assertLegalHistory(db, s.sandboxId);
@@ -161,7 +126,7 @@ forEachDatabase('lifecycle', (t) => {
       const s2 = await w.svc.create(w.params());
       const [p, k] = await Promise.allSettled([w.svc.pause(w.teamId, s2.sandboxId, { memory: true }), w.svc.kill(w.teamId, s2.sandboxId)]);
       assert.equal(k.status, 'fulfilled');
-      assertNodeMatches(w, s2.sandboxId, 'killed');
+      assertNodeMatches(w.node, s2.sandboxId, 'killed');
       const ev = (await assertLegalHistory(db, s2.sandboxId)).map((e) => e.to);
       if (p.status === 'fulfilled') assert.deepEqual(ev.slice(-4), ['pausing', 'paused', 'killing', 'killed']);
       else {
@@ -334,7 +299,7 @@ forEachDatabase('lifecycle', (t) => {
             for (const id of ids) {
               const row = (await getSandbox(db, id))!;
               assert.ok(!['starting', 'pausing', 'resuming', 'killing'].includes(row.state), `${row.state} settled`);
-              assertNodeMatches(w1, id, row.state);
+              assertNodeMatches(w1.node, id, row.state);
               await assertLegalHistory(db, id);
               await assertLedger(db, id);
               if (row.state === 'running') assert.ok(row.endAt && row.endAt.getTime() > clock.t - 90_000);

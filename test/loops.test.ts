@@ -18,6 +18,7 @@ import { eventsOf, getSandbox, insertSandbox, writeTransition } from '../src/sto
 import { newSandboxId } from '../src/core/ids.ts';
 import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.ts';
 import { FakeNode } from './helpers/fake-node.ts';
+import { assertLedger, assertLegalHistory, assertNodeMatches } from './helpers/lifecycle-asserts.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 
 const GRACE = 15_000;
@@ -179,15 +180,9 @@ async function assertSettled(w: World, id: string, state: SandboxState, reason?:
   const row = (await getSandbox(w.db, id))!;
   assert.equal(row.state, state);
   if (reason) assert.equal(row.lastReason, reason);
-  const events = await eventsOf(w.db, id);
-  for (let i = 1; i < events.length; i++) {
-    assert.equal(events[i]!.from, events[i - 1]!.to);
-    assert.ok(canTransition(events[i]!.from!, events[i]!.to));
-  }
-  const open = (await intervals(w.db, id)).filter((i) => i.closed_at === null);
-  assert.equal(open.length, state === 'running' ? 1 : 0, `open intervals of a ${state} sandbox`);
-  assert.equal(w.node.containers.has(id), state === 'running', `container of a ${state} sandbox`);
-  assert.equal(w.node.snapshots.has(id), state === 'paused', `snapshot of a ${state} sandbox`);
+  await assertLegalHistory(w.db, id);
+  await assertLedger(w.db, id);
+  assertNodeMatches(w.node, id, state);
 }
 
 forEachDatabase('reconciler', (t) => {

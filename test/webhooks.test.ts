@@ -23,16 +23,11 @@ import {
 import { forEachDatabase } from './helpers/databases.ts';
 import { FakeLifecycle } from './helpers/fake-lifecycle.ts';
 import { apiCaller, assertApiError } from './helpers/api-inject.ts';
+import { ManualClock } from './helpers/manual-clock.ts';
 
 const T0 = Date.parse('2026-03-01T00:00:00Z');
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-class ManualClock {
-  constructor(public ms = T0) {}
-  now() {
-    return new Date(this.ms);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A webhook receiver
@@ -189,6 +184,14 @@ forEachDatabase('webhook delivery', (t) => {
     receivers.push(r);
     return r;
   };
+  /** A new team with a webhook to a fresh receiver, and a clock at T0: most tests start here. */
+  const hooked = async (db: Database) => {
+    const clock = new ManualClock(T0);
+    const team = await newTeam(db);
+    const rx = await receiver();
+    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    return { clock, team, rx, wh };
+  };
   afterEach(async () => {
     // Webhooks of one test must not be delivered by the next test's dispatchers.
     await (await t.db()).query('UPDATE webhooks SET deleted_at = now() WHERE deleted_at IS NULL');
@@ -197,7 +200,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('registering starts at the current end of the outbox: only new events are sent', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const team = await newTeam(db);
     await sandboxEvents(db, team, 3, clock);
     const rx = await receiver();
@@ -214,7 +217,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test("the team's events arrive in seq order, signed, with their event id; another team's never", async () => {
     const db = await t.db();
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const [a, b] = [await newTeam(db), await newTeam(db)];
     const [ra, rb] = [await receiver(), await receiver()];
     const wa = await createWebhook(db, a, { url: `${ra.url}/a` });
@@ -253,7 +256,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('a failing receiver gets the same event again with backoff; later events wait for it', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const team = await newTeam(db);
     const rx = await receiver();
     let calls = 0;
@@ -265,14 +268,14 @@ forEachDatabase('webhook delivery', (t) => {
 
     const delays: number[] = [];
     const failOnce = async () => {
-      const before = clock.ms;
+      const before = clock.t;
       assert.equal(await d.tick(), 1);
       const w = (await getWebhook(db, team, wh.id))!;
       delays.push(w.nextAttemptAt!.getTime() - before);
       assert.equal(w.lastSeq, s1[0]!.seq - 1, 'the cursor stays before the failing event');
-      clock.ms = w.nextAttemptAt!.getTime() - 1;
+      clock.t = w.nextAttemptAt!.getTime() - 1;
       assert.equal(await d.tick(), 0, 'not due before its backoff ends');
-      clock.ms += 1;
+      clock.t += 1;
     };
     await failOnce();
     await failOnce();
@@ -308,7 +311,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('the backoff doubles up to its cap', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const team = await newTeam(db);
     const rx = await receiver();
     rx.respond = () => 503;
@@ -317,18 +320,18 @@ forEachDatabase('webhook delivery', (t) => {
     const d = new WebhookDispatcher(db, { clock, backoffBaseMs: 1_000, backoffCapMs: 5_000, maxAttempts: 10 });
     const delays: number[] = [];
     for (let i = 0; i < 6; i++) {
-      const before = clock.ms;
+      const before = clock.t;
       assert.equal(await d.tick(), 1);
       const next = (await getWebhook(db, team, wh.id))!.nextAttemptAt!.getTime();
       delays.push(next - before);
-      clock.ms = next;
+      clock.t = next;
     }
     assert.deepEqual(delays, [1_000, 2_000, 4_000, 5_000, 5_000, 5_000]);
   });
 
   test('timeouts, refused connections and redirects are failures; the event is retried', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const team = await newTeam(db);
     const dead = await createWebhook(db, team, { url: await deadUrl() });
     const rx = await receiver();
@@ -347,14 +350,14 @@ forEachDatabase('webhook delivery', (t) => {
     assert.deepEqual([timedOut!.outcome, timedOut!.httpStatus, timedOut!.error], ['failed', null, 'timed out after 200 ms']);
 
     mode = 'redirect';
-    clock.ms += 60_000;
+    clock.t += 60_000;
     assert.equal(await d.tick(), 2);
     const [redirected] = await listDeliveries(db, team, slow.id, 10);
     assert.deepEqual([redirected!.outcome, redirected!.httpStatus, redirected!.error], ['failed', 302, 'HTTP 302']);
     assert.ok(!rx.requests.some((r) => r.path === '/elsewhere'), 'redirects are not followed');
 
     mode = 'ok';
-    clock.ms += 60_000;
+    clock.t += 60_000;
     assert.equal(await d.tick(), 2);
     const [delivered] = await listDeliveries(db, team, slow.id, 10);
     assert.deepEqual([delivered!.outcome, delivered!.httpStatus, delivered!.attempt], ['delivered', 204, 3]);
@@ -364,19 +367,16 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('after maxAttempts the event is given up and delivery goes on', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
-    const team = await newTeam(db);
-    const rx = await receiver();
-    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    const { clock, team, rx, wh } = await hooked(db);
     const events = await sandboxEvents(db, team, 3, clock);
     const poison = events[0]!.id;
     rx.respond = (r) => (r.json.id === poison ? 500 : 200);
     const d = new WebhookDispatcher(db, { clock, maxAttempts: 3 });
 
     assert.equal(await d.tick(), 1);
-    clock.ms = (await getWebhook(db, team, wh.id))!.nextAttemptAt!.getTime();
+    clock.t = (await getWebhook(db, team, wh.id))!.nextAttemptAt!.getTime();
     assert.equal(await d.tick(), 1);
-    clock.ms = (await getWebhook(db, team, wh.id))!.nextAttemptAt!.getTime();
+    clock.t = (await getWebhook(db, team, wh.id))!.nextAttemptAt!.getTime();
     assert.equal(await d.tick(), 3, 'third attempt given up, then the next two delivered in the same pass');
 
     const w = (await getWebhook(db, team, wh.id))!;
@@ -394,10 +394,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('waits at a hole in the outbox sequence: a late commit is not lost, an old hole is skipped', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
-    const team = await newTeam(db);
-    const rx = await receiver();
-    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    const { clock, team, rx, wh } = await hooked(db);
     // A seq taken by a writer that has not committed yet (or rolled back): a hole.
     const takeSeq = async () =>
       (await db.query<{ s: number }>(`SELECT nextval(pg_get_serial_sequence('lifecycle_events', 'seq')) AS s`))[0]!.s;
@@ -422,23 +419,20 @@ forEachDatabase('webhook delivery', (t) => {
     const [after2] = await sandboxEvents(db, team, 1, clock);
     rx.respond = () => 500;
     assert.equal(await d.tick(), 0);
-    clock.ms += 999;
+    clock.t += 999;
     assert.equal(await d.tick(), 0);
-    clock.ms += 1;
+    clock.t += 1;
     assert.equal(await d.tick(), 1, 'skipped the hole, tried the next event');
     assert.equal((await getWebhook(db, team, wh.id))!.lastSeq, never, 'the skip is kept while the event is retried');
     rx.respond = () => 200;
-    clock.ms += 1_000;
+    clock.t += 1_000;
     assert.equal(await d.tick(), 1);
     assert.deepEqual(rx.requests.slice(2).map((r) => r.json.id), [after2!.id, after2!.id]);
   });
 
   test('a leased webhook is left alone until the lease ends; the old owner is fenced out', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
-    const team = await newTeam(db);
-    const rx = await receiver();
-    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    const { clock, team, rx, wh } = await hooked(db);
     const [e] = await sandboxEvents(db, team, 1, clock);
     const other = await claimDueWebhooks(db, { owner: 'crashed-replica', now: clock.now(), leaseMs: 30_000, limit: 100 });
     assert.deepEqual(other.map((w) => w.id), [wh.id]);
@@ -446,10 +440,10 @@ forEachDatabase('webhook delivery', (t) => {
     const d = new WebhookDispatcher(db, { clock, leaseMs: 30_000, requestTimeoutMs: 1_000 });
     assert.equal(await d.tick(), 0);
     assert.equal(await saveProgress(db, wh.id, d.owner, { lastSeq: e!.seq, attempts: 0, nextAttemptAt: null, leaseUntil: null }), false);
-    clock.ms += 29_999;
+    clock.t += 29_999;
     assert.equal(await d.tick(), 0);
     assert.equal(rx.requests.length, 0);
-    clock.ms += 1;
+    clock.t += 1;
     assert.equal(await d.tick(), 1, 'taken over once the lease ran out');
     assert.equal(rx.requests[0]!.json.id, e!.id);
     assert.equal(
@@ -462,10 +456,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('stop() ends a tick after the request in flight and releases the lease', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
-    const team = await newTeam(db);
-    const rx = await receiver();
-    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    const { clock, team, rx, wh } = await hooked(db);
     const events = await sandboxEvents(db, team, 3, clock);
     const d = new WebhookDispatcher(db, { clock });
     rx.respond = () => {
@@ -482,10 +473,7 @@ forEachDatabase('webhook delivery', (t) => {
 
   test('a deleted webhook receives nothing more', async () => {
     const db = await t.db();
-    const clock = new ManualClock();
-    const team = await newTeam(db);
-    const rx = await receiver();
-    const wh = await createWebhook(db, team, { url: `${rx.url}/hook` });
+    const { clock, team, rx, wh } = await hooked(db);
     assert.equal(await deleteWebhook(db, await newTeam(db), wh.id), false, "not by another team");
     assert.equal(await deleteWebhook(db, team, wh.id), true);
     assert.equal(await deleteWebhook(db, team, wh.id), false);
@@ -499,7 +487,7 @@ forEachDatabase('webhook delivery', (t) => {
     const db1 = await t.db();
     // Postgres: a second pool, so the two really race; PGlite has one connection per database.
     const db2 = t.concurrentHandles ? await t.open() : db1;
-    const clock = new ManualClock();
+    const clock = new ManualClock(T0);
     const team = await newTeam(db1);
     const rx = await receiver();
     let n = 0;
@@ -515,14 +503,14 @@ forEachDatabase('webhook delivery', (t) => {
     for (let round = 0; round < 6; round++) {
       for (const e of await sandboxEvents(db1, team, 3, clock)) expected.push(e.seq);
       await Promise.all([d1.tick(), d2.tick(), d1.tick(), d2.tick()]);
-      clock.ms += 600_000; // any backoff is over
+      clock.t += 600_000; // any backoff is over
     }
     const last = expected.at(-1)!;
     for (let i = 0; i < 100; i++) {
       const [a, b] = [await getWebhook(db1, team, wa.id), await getWebhook(db1, team, wb.id)];
       if (a!.lastSeq === last && b!.lastSeq === last) break;
       await Promise.all([d1.tick(), d2.tick()]);
-      clock.ms += 600_000;
+      clock.t += 600_000;
     }
 
     for (const p of ['/a', '/b']) {
@@ -609,7 +597,7 @@ forEachDatabase('webhook routes', (t) => {
       assert.deepEqual((await call({ url: hooks, key: otherKey })).json, []);
 
       // the delivery log
-      const clock = new ManualClock();
+      const clock = new ManualClock(T0);
       const events = await sandboxEvents(db, team, 2, clock);
       assert.equal(await new WebhookDispatcher(db, { clock }).tick(), 4);
       const deliveries = await call({ url: `${hooks}/${own.json.id}/deliveries` });

@@ -86,7 +86,7 @@ class ControlPlaneProcess {
 
   private async startOnce(extraEnv: Record<string, string>) {
     this.stderr = '';
-    const proc = spawn(process.execPath, ['--import', TSX, path.join(here, 'control-plane-main.ts')], {
+    const proc = spawn(process.execPath, ['--import', TSX, path.join(here, '../helpers/control-plane-process.ts')], {
       env: { ...process.env, ...this.env, ...extraEnv, PORT: String(this.port) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -285,7 +285,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     agent.signal('SIGKILL');
     await agent.exited;
     agentLog += agent.stderr;
-    agent['opts'].env = {};
+    agent.env = {}; // faults off from here
     await agent.start();
     await cp.start();
     o.log('faults off, both processes restarted; leaving the system alone for two reconcile periods');

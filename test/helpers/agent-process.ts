@@ -39,7 +39,11 @@ export class AgentProcess {
   stderr = '';
   exited: Promise<number | null> = Promise.resolve(null);
 
-  constructor(private readonly opts: AgentProcessOptions = {}) {
+  /** Extra environment of the next start (a restart may change it: faults on or off). */
+  env: Record<string, string>;
+
+  constructor(opts: AgentProcessOptions = {}) {
+    this.env = opts.env ?? {};
     this.nodeId = opts.nodeId ?? 'node-' + randomBytes(3).toString('hex');
     this.base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
     this.dataDir = path.join(this.base, 'node');
@@ -58,7 +62,7 @@ export class AgentProcess {
     const proc = spawn(BIN, ['agent', '--port', String(this.port), '--node-id', this.nodeId], {
       env: {
         ...process.env, NESTBOX_DATA_DIR: this.dataDir, NESTBOX_SNAPSHOT_DIR: this.snapshotDir,
-        NESTBOX_NODE_TOKEN: this.token, NESTBOX_LOG_LEVEL: 'warn', ...this.opts.env,
+        NESTBOX_NODE_TOKEN: this.token, NESTBOX_LOG_LEVEL: 'warn', ...this.env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,15 +1,20 @@
 // A control-plane replica as its own OS process, for tests that race several of them on one
-// Postgres. Prints {"url": ...} on stdout once it serves; stops on SIGTERM.
-import { ControlPlane } from '../../src/control-plane/control-plane.ts';
+// Postgres (replicas) or kill it with SIGKILL and start it again on the same port (chaos).
+// Prints {"url": ...} on stdout once it serves; SIGTERM stops it gracefully.
+//   DATABASE_URL, NODE_URL, NODE_TOKEN; optional NODE_ID, PORT (default: any), NESTBOX_API_KEY,
+//   CHAOS_TIMINGS (JSON of LoopTimings), CHAOS_NODE_TIMEOUTS (probability of injected timeouts).
+import { ControlPlane, type LoopTimings } from '../../src/control-plane/control-plane.ts';
 
 const cp = new ControlPlane({
   databaseUrl: process.env.DATABASE_URL!,
   dataDir: '/nonexistent',
-  port: 0,
+  port: Number(process.env.PORT ?? 0),
   proxyPort: null,
   bootstrapApiKey: process.env.NESTBOX_API_KEY,
   nodes: [{ id: process.env.NODE_ID ?? 'fake-http-node', url: process.env.NODE_URL!, token: process.env.NODE_TOKEN! }],
-} as ConstructorParameters<typeof ControlPlane>[0]);
+  timings: JSON.parse(process.env.CHAOS_TIMINGS ?? '{}') as Partial<LoopTimings>,
+  injectNodeTimeouts: Number(process.env.CHAOS_NODE_TIMEOUTS ?? 0),
+});
 const started = await cp.start();
 process.stdout.write(JSON.stringify({ url: started.url }) + '\n');
 process.once('SIGTERM', async () => {

@@ -2,7 +2,7 @@ import type { Clock } from '../../src/control-plane/lifecycle.ts';
 
 /** A clock that moves only when a test says so (loops and timeouts without sleeping). */
 export class ManualClock implements Clock {
-  t = Date.parse('2026-01-01T00:00:00Z');
+  constructor(public t = Date.parse('2026-01-01T00:00:00Z')) {}
   now() {
     return new Date(this.t);
   }
