@@ -106,3 +106,23 @@ export async function createSandbox(a: TestAgent, extra: Record<string, unknown>
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `read` until `ok` holds for its value, and returns that value. The deadline only keeps
+ * a broken implementation from hanging the suite; no test passes or fails on how fast it is.
+ */
+export async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolean, what = 'condition', deadlineMs = 60_000): Promise<T> {
+  const end = Date.now() + deadlineMs;
+  let last: T | undefined;
+  let lastError: unknown;
+  for (let delay = 20; Date.now() < end; delay = Math.min(delay * 2, 250)) {
+    try {
+      last = await read();
+      if (ok(last)) return last;
+    } catch (e) {
+      lastError = e;
+    }
+    await sleep(delay);
+  }
+  throw new Error(`${what} did not hold within ${deadlineMs} ms (last value ${JSON.stringify(last)}${lastError ? `, last error ${String(lastError)}` : ''})`);
+}
