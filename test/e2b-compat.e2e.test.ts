@@ -7,7 +7,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { CommandExitError, Sandbox } from 'e2b';
 import type { ControlPlane } from '../src/control-plane/control-plane.ts';
-import { sleep, type TestAgent } from './helpers/agent-harness.ts';
+import { eventually, sleep, type TestAgent } from './helpers/agent-harness.ts';
 import { startStack, type TestStack } from './helpers/stack.ts';
 
 const KEY = 'e2b_' + '5a'.repeat(20);
