@@ -349,14 +349,14 @@ forEachDatabase('store', (t) => {
     const db = await t.db();
     const team = await createTeam(db, { name: 'auth' });
     const { id, key } = await createApiKey(db, team.id);
-    assert.deepEqual(await authenticateApiKey(db, key), { teamId: team.id, keyId: id });
+    assert.deepEqual(await authenticateApiKey(db, key), { kind: 'team', teamId: team.id, keyId: id });
     assert.equal(await authenticateApiKey(db, `e2b_${'0'.repeat(40)}`), null);
     for (const bad of ['', key.toUpperCase(), `${key}0`, key.slice(0, -1), ` ${key}`, sha256(key)]) {
       assert.equal(await authenticateApiKey(db, bad), null, JSON.stringify(bad));
     }
 
     assert.equal(await revokeApiKey(db, 'some-other-team', id), false);
-    assert.deepEqual(await authenticateApiKey(db, key), { teamId: team.id, keyId: id });
+    assert.deepEqual(await authenticateApiKey(db, key), { kind: 'team', teamId: team.id, keyId: id });
     assert.equal(await revokeApiKey(db, team.id, id), true);
     assert.equal(await authenticateApiKey(db, key), null);
     assert.equal(await revokeApiKey(db, team.id, id), true, 'revoking twice is fine');
@@ -393,7 +393,7 @@ forEachDatabase('store', (t) => {
     const created = await createApiKey(db, team.id, { key });
     assert.equal(created.key, key);
     assert.equal(created.mask, 'e2b_ab…ab12');
-    assert.deepEqual(await authenticateApiKey(db, key), { teamId: team.id, keyId: created.id });
+    assert.deepEqual(await authenticateApiKey(db, key), { kind: 'team', teamId: team.id, keyId: created.id });
     for (const bad of [`e2b_${'AB12'.repeat(10)}`, `e2b_${'a'.repeat(39)}`, `e2b_${'a'.repeat(41)}`, 'a'.repeat(44), `sk_${'a'.repeat(40)}`, '']) {
       await rejectsWithCode(createApiKey(db, team.id, { key: bad }), 'invalid', /e2b_\[0-9a-f\]\{40\}/);
     }
@@ -408,6 +408,7 @@ forEachDatabase('store', (t) => {
     assert.match(first.apiKey, API_KEY_PATTERN);
     assert.equal((await getTeam(db, first.teamId))?.name, 'default');
     assert.deepEqual(await authenticateApiKey(db, first.apiKey), {
+      kind: 'team',
       teamId: first.teamId,
       keyId: (await listApiKeys(db, first.teamId))[0]!.id,
     });

@@ -156,10 +156,13 @@ export async function writeEndAt(db: Sql, id: string, state: SandboxState, gener
   return rows.length === 1;
 }
 
+/** The states that count toward a team's max_running. */
+export const QUOTA_STATES: readonly SandboxState[] = ['starting', 'running', 'resuming', 'pausing'];
+
 export async function countActive(db: Sql, teamId: string): Promise<number> {
   const rows = await db.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state IN ('starting', 'running', 'resuming', 'pausing')`,
-    [teamId],
+    `SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state = ANY($2::text[])`,
+    [teamId, QUOTA_STATES],
   );
   return Number(rows[0]!.n);
 }

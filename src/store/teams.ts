@@ -3,8 +3,13 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { conflict, invalid, notFound } from '../core/errors.ts';
 import type { Database, Sql } from './database.ts';
+import { QUOTA_STATES } from './sandboxes.ts';
 
 export const API_KEY_PATTERN = /^e2b_[0-9a-f]{40}$/;
+
+export const DEFAULT_MAX_RUNNING = 20;
+export const DEFAULT_MAX_TIMEOUT_S = 86_400;
+export const MAX_TEAM_NAME_LENGTH = 128;
 
 export interface Team {
   id: string;
@@ -12,6 +17,14 @@ export interface Team {
   maxRunning: number;
   maxTimeoutS: number;
   createdAt: Date;
+}
+
+/** A team with what an operator looks at first. */
+export interface TeamSummary extends Team {
+  /** Keys not revoked. */
+  activeKeys: number;
+  /** Sandboxes counting toward maxRunning now. */
+  activeSandboxes: number;
 }
 
 export interface ApiKeyInfo {
@@ -74,21 +87,54 @@ function checkPositiveInt(what: string, v: number | undefined): void {
   }
 }
 
-export async function createTeam(
-  db: Sql,
-  opts: { name: string; maxRunning?: number; maxTimeoutS?: number },
-): Promise<Team> {
-  const name = opts.name.trim();
+/** The name as stored (trimmed); invalid when empty, too long or holding control characters. */
+function checkTeamName(raw: string): string {
+  const name = raw.trim();
   if (!name) throw invalid('a team needs a name');
+  if (name.length > MAX_TEAM_NAME_LENGTH) throw invalid(`a team name has at most ${MAX_TEAM_NAME_LENGTH} characters`);
+  if (/[\u0000-\u001f\u007f]/.test(name)) throw invalid('a team name must not contain control characters');
+  return name;
+}
+
+export interface NewTeam {
+  name: string;
+  maxRunning?: number;
+  maxTimeoutS?: number;
+}
+
+export async function createTeam(db: Sql, opts: NewTeam): Promise<Team> {
+  const name = checkTeamName(opts.name);
   checkPositiveInt('maxRunning', opts.maxRunning);
   checkPositiveInt('maxTimeoutS', opts.maxTimeoutS);
   const rows = await db.query<TeamRow>(
     `INSERT INTO teams (id, name, max_running, max_timeout_s)
-     VALUES ($1, $2, COALESCE($3::integer, 20), COALESCE($4::integer, 86400))
+     VALUES ($1, $2, $3, $4)
      RETURNING ${TEAM_COLUMNS}`,
-    [randomUUID(), name, opts.maxRunning ?? null, opts.maxTimeoutS ?? null],
+    [randomUUID(), name, opts.maxRunning ?? DEFAULT_MAX_RUNNING, opts.maxTimeoutS ?? DEFAULT_MAX_TIMEOUT_S],
   );
   return toTeam(rows[0]!);
+}
+
+// Serialises team creations, so that two with one name cannot both pass the name check.
+const TEAM_CREATE_LOCK_KEY = '7953947125497100291';
+
+/**
+ * What the admin API does: a new team and its first key, together (never a team nobody can use).
+ * Names are unique, ignoring case: conflict when one is taken.
+ */
+export async function createTeamWithKey(
+  db: Database,
+  opts: NewTeam & { keyName?: string },
+): Promise<{ team: Team; apiKey: CreatedApiKey }> {
+  const name = checkTeamName(opts.name);
+  return db.transaction(async (tx) => {
+    await tx.query(`SELECT pg_advisory_xact_lock(${TEAM_CREATE_LOCK_KEY})`);
+    const taken = await tx.query<{ id: string }>('SELECT id FROM teams WHERE lower(name) = lower($1) LIMIT 1', [name]);
+    if (taken[0]) throw conflict(`a team named "${name}" exists already (${taken[0].id}): choose another name`);
+    const team = await createTeam(tx, { ...opts, name });
+    const apiKey = await createApiKey(tx, team.id, { name: opts.keyName ?? 'default' });
+    return { team, apiKey };
+  });
 }
 
 export async function getTeam(db: Sql, id: string): Promise<Team | null> {
@@ -99,6 +145,29 @@ export async function getTeam(db: Sql, id: string): Promise<Team | null> {
 export async function listTeams(db: Sql): Promise<Team[]> {
   const rows = await db.query<TeamRow>(`SELECT ${TEAM_COLUMNS} FROM teams ORDER BY seq`);
   return rows.map(toTeam);
+}
+
+const SUMMARY_SELECT = `
+  SELECT t.id, t.name, t.max_running, t.max_timeout_s, t.created_at,
+    (SELECT count(*) FROM api_keys k WHERE k.team_id = t.id AND k.revoked_at IS NULL) AS active_keys,
+    (SELECT count(*) FROM sandboxes s WHERE s.team_id = t.id AND s.state = ANY($1::text[])) AS active_sandboxes
+  FROM teams t`;
+
+type SummaryRow = TeamRow & { active_keys: number; active_sandboxes: number };
+
+const toSummary = (r: SummaryRow): TeamSummary => ({
+  ...toTeam(r), activeKeys: Number(r.active_keys), activeSandboxes: Number(r.active_sandboxes),
+});
+
+/** Every team in creation order, with its active keys and sandboxes counted. */
+export async function listTeamSummaries(db: Sql): Promise<TeamSummary[]> {
+  const rows = await db.query<SummaryRow>(`${SUMMARY_SELECT} ORDER BY t.seq`, [QUOTA_STATES]);
+  return rows.map(toSummary);
+}
+
+export async function getTeamSummary(db: Sql, id: string): Promise<TeamSummary | null> {
+  const rows = await db.query<SummaryRow>(`${SUMMARY_SELECT} WHERE t.id = $2`, [QUOTA_STATES, id]);
+  return rows[0] ? toSummary(rows[0]) : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,7 +232,7 @@ export async function createApiKey(
  * The team a key belongs to, or null for a malformed, unknown or revoked key. Records use in
  * last_used_at, at most once a minute per key (so a busy key does not write on every request).
  */
-export async function authenticateApiKey(db: Sql, key: string): Promise<{ teamId: string; keyId: string } | null> {
+export async function authenticateApiKey(db: Sql, key: string): Promise<{ kind: 'team'; teamId: string; keyId: string } | null> {
   if (!isApiKey(key)) return null;
   const rows = await db.query<{ id: string; team_id: string }>(
     `WITH k AS (
@@ -176,7 +245,7 @@ export async function authenticateApiKey(db: Sql, key: string): Promise<{ teamId
     [hashApiKey(key)],
   );
   const r = rows[0];
-  return r ? { teamId: r.team_id, keyId: r.id } : null;
+  return r ? { kind: 'team', teamId: r.team_id, keyId: r.id } : null;
 }
 
 export async function listApiKeys(
