@@ -18,7 +18,7 @@ const ENVD_VERSION = '0.6.4';
 
 async function authenticate(key: string) {
   const teamId = TEAMS[key];
-  return teamId ? { teamId } : null;
+  return teamId ? { kind: 'team' as const, teamId } : null;
 }
 
 let fake: FakeLifecycle;
@@ -543,7 +543,9 @@ describe('public API over inject', () => {
       assert.equal(paths['/sandboxes/{sandboxID}/timeout']!.post.requestBody.required, true);
       const limit = paths['/v2/sandboxes']!.get.parameters.find((p: any) => p.name === 'limit');
       assert.equal(limit.required, false);
-      assert.deepEqual(r.json.components.securitySchemes.apiKey, { type: 'apiKey', in: 'header', name: 'X-API-Key' });
+      assert.deepEqual(r.json.components.securitySchemes.apiKey, {
+        type: 'apiKey', in: 'header', name: 'X-API-Key', description: "A team's API key (e2b_…)",
+      });
     });
   });
 });

@@ -257,7 +257,7 @@ forEachDatabase('usage and key routes', (t) => {
 });
 
 test('without a database the usage and key routes are not served', async () => {
-  const app = buildApiServer({ lifecycle: new FakeLifecycle(), authenticate: async () => ({ teamId: 't' }), envdVersion: '0.6.4' });
+  const app = buildApiServer({ lifecycle: new FakeLifecycle(), authenticate: async () => ({ kind: 'team', teamId: 't' }), envdVersion: '0.6.4' });
   const res = await app.inject({ method: 'GET', url: '/usage', headers: { 'x-api-key': 'k' } });
   assert.equal(res.statusCode, 404);
   await app.close();

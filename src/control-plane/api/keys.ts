@@ -15,7 +15,7 @@ const NullableDateTime = Type.Union([DateTime, Type.Null()]);
 export const ApiKeyListed = Type.Object({
   id: Type.String(),
   name: Type.String(),
-  mask: Type.String({ description: 'The key with its middle elided, e.g. e2b_01…cdef' }),
+  mask: Type.String({ description: 'The key with its middle elided, e.g. e2b_01…cdef or nestbox_admin_01…cdef' }),
   createdAt: DateTime,
   lastUsedAt: NullableDateTime,
   revokedAt: NullableDateTime,
@@ -38,7 +38,8 @@ export const KeyIdParams = Type.Object({ id: Type.String({ minLength: 1, maxLeng
 const errors = { '4xx': ErrorBody, '5xx': ErrorBody } as const;
 const security = [{ apiKey: [] }];
 
-function render(k: ApiKeyInfo): ApiKeyListed {
+/** A key as listed: never the key itself (team and admin keys alike). */
+export function renderApiKey(k: Omit<ApiKeyInfo, 'teamId'>): ApiKeyListed {
   return {
     id: k.id,
     name: k.name,
@@ -64,7 +65,7 @@ export const keyRoutes: FastifyPluginAsyncTypebox<KeyRoutesOptions> = async (app
         response: { 200: Type.Array(ApiKeyListed), ...errors },
       },
     },
-    async (req) => (await listApiKeys(db, teamOf(req), { includeRevoked: true })).map(render),
+    async (req) => (await listApiKeys(db, teamOf(req), { includeRevoked: true })).map(renderApiKey),
   );
 
   app.post(

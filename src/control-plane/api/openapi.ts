@@ -52,7 +52,10 @@ export function registerOpenApi(app: FastifyInstance, version: string) {
         version,
       },
       components: {
-        securitySchemes: { apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' } },
+        securitySchemes: {
+          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: "A team's API key (e2b_…)" },
+          adminKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'An admin key (nestbox_admin_…)' },
+        },
       },
     },
     transform: ({ schema, url }) => ({ schema: withoutDefaultedRequired(schema) as typeof schema, url }),

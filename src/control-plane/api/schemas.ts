@@ -4,7 +4,7 @@ import { Type, type Static, type TSchema } from 'typebox';
 // (field names, defaults and bounds). Unknown request fields are ignored, as E2B's server does,
 // so that newer SDKs keep working; every known field is bounded.
 
-const MAX_TIMEOUT_S = 86_400; // 24 h, E2B's largest team limit
+export const MAX_TIMEOUT_S = 86_400; // 24 h, E2B's largest team limit
 const MAX_REFRESH_S = 3_600;
 
 export const ErrorBody = Type.Object(

@@ -2,6 +2,8 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { LifecycleApi } from '../lifecycle-types.ts';
 import type { Database } from '../../store/database.ts';
+import { adminKeyRoutes } from './admin-keys.ts';
+import { adminTeamRoutes } from './admin-teams.ts';
 import { installAuth, type Authenticate } from './auth.ts';
 import { frameworkErrorHandler, installErrorHandling } from './errors.ts';
 import { registerOpenApi, serveOpenApi } from './openapi.ts';
@@ -24,7 +26,10 @@ export interface ApiServerOptions {
   /** Version shown in the OpenAPI document. */
   apiVersion?: string;
   now?: () => Date;
-  /** The store: when given, the usage report (GET /usage) and key management (/nestbox/v1/keys) are served. */
+  /**
+   * The store: when given, the usage report (GET /usage), key and webhook management, the event
+   * stream and the admin routes (/nestbox/v1/admin/…) are served.
+   */
   db?: Database;
 }
 
@@ -73,6 +78,8 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     void app.register(keyRoutes, { db: opts.db });
     void app.register(webhookRoutes, { db: opts.db });
     void app.register(eventRoutes, { db: opts.db });
+    void app.register(adminTeamRoutes, { db: opts.db });
+    void app.register(adminKeyRoutes, { db: opts.db });
   }
 
   return app;
