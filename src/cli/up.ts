@@ -1,5 +1,6 @@
 import { Agent, HostNotReadyError } from '../agent/agent.ts';
 import type { DrainPolicy } from '../agent/shutdown.ts';
+import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
 
 export interface UpOptions {
@@ -13,7 +14,6 @@ export interface UpOptions {
  * host, the control plane on PGlite in the data directory (or Postgres via DATABASE_URL).
  */
 export async function up(opts: UpOptions) {
-  const home = process.env.NESTBOX_HOME ?? '/var/lib/nestbox';
   const logger = { level: process.env.NESTBOX_LOG_LEVEL ?? 'warn' };
   drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
   const agent = new Agent({ host: '127.0.0.1', port: Number(opts.agentPort), logger });
@@ -29,12 +29,13 @@ export async function up(opts: UpOptions) {
   }
   const cp = new ControlPlane({
     databaseUrl: process.env.DATABASE_URL,
-    dataDir: process.env.NESTBOX_CONTROL_DIR ?? `${home}/control`,
+    dataDir: controlDirFromEnv(),
     host: opts.host,
     port: Number(opts.port),
     domain: process.env.NESTBOX_DOMAIN ?? null,
     nodes: [{ id: process.env.NESTBOX_NODE_ID ?? 'local', url: agentUrl, token: agent.nodeToken }],
     bootstrapApiKey: process.env.NESTBOX_API_KEY,
+    bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
     logger,
   });
   const started = await cp.start();
@@ -47,9 +48,13 @@ export async function up(opts: UpOptions) {
     started.createdApiKey
       ? `E2B_API_KEY=${started.createdApiKey}`
       : '# E2B_API_KEY: the key printed at the first start (or create one: nestbox keys create)',
+    started.createdAdminKey
+      ? `NESTBOX_ADMIN_KEY=${started.createdAdminKey}   # manages teams (nestbox teams); shown once${started.adminKeyFile ? `, kept in ${started.adminKeyFile} (root only)` : ''}`
+      : `# NESTBOX_ADMIN_KEY: printed at the first start, kept in ${adminKeyFilePath(controlDirFromEnv())} on the host that made it`,
     '',
   ];
   process.stdout.write(lines.join('\n') + '\n');
+  if (started.adminKeyFileError) process.stderr.write(`warning: ${started.adminKeyFileError}\n`);
   // SIGTERM: the node drains while the control plane still runs (it pauses the sandboxes and
   // records their events), then the control plane stops. A second signal stops at once.
   let stopping = false;

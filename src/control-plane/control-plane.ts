@@ -4,7 +4,10 @@ import type { FastifyInstance } from 'fastify';
 import { openDatabase, redactUrl, type Database } from '../store/database.ts';
 import { migrate } from '../store/migrate.ts';
 import { upsertNode } from '../store/nodes.ts';
-import { authenticateApiKey, ensureBootstrapTeam } from '../store/teams.ts';
+import { ensureBootstrapAdminKey } from '../store/admin-keys.ts';
+import { authenticateKey } from '../store/credentials.ts';
+import { ensureBootstrapTeam } from '../store/teams.ts';
+import { adminKeyFilePath, keepAdminKey } from './admin-key-file.ts';
 import { buildApiServer } from './api/server.ts';
 import { LifecycleService, type Clock } from './lifecycle.ts';
 import { Evictor } from './loops/evictor.ts';
@@ -39,6 +42,10 @@ export interface ControlPlaneOptions {
   nodeClients?: NodeClient[];
   /** Becomes the first team's key when the database is empty. */
   bootstrapApiKey?: string;
+  /** Becomes the first admin key when the database has none (NESTBOX_ADMIN_KEY). */
+  bootstrapAdminKey?: string;
+  /** Where a new admin key is written (mode 0600); default `<dataDir>/admin-key`; null: nowhere. */
+  adminKeyFile?: string | null;
   clock?: Clock;
   logger?: boolean | object;
   /** Background loops (evictor, kill sweeper); tests may tick them by hand instead. */
@@ -88,6 +95,11 @@ export interface StartedControlPlane {
   /** The first team's key, only on the start that created it. */
   createdApiKey: string | null;
   teamId: string;
+  /** The first admin key, only on the start that created it (or registered NESTBOX_ADMIN_KEY). */
+  createdAdminKey: string | null;
+  /** Where that key was written; null when it was not (see adminKeyFileError). */
+  adminKeyFile: string | null;
+  adminKeyFileError: string | null;
   /** The sandbox proxy's URL; null when it is off. */
   proxyUrl: string | null;
 }
@@ -122,6 +134,10 @@ export class ControlPlane {
     }
     await migrate(this.db);
     const boot = await ensureBootstrapTeam(this.db, { apiKey: this.opts.bootstrapApiKey });
+    const admin = await ensureBootstrapAdminKey(this.db, { adminKey: this.opts.bootstrapAdminKey });
+    const kept = admin.adminKey
+      ? await keepAdminKey(this.opts.adminKeyFile === undefined ? adminKeyFilePath(this.opts.dataDir) : this.opts.adminKeyFile, admin.adminKey)
+      : { file: null, error: null };
     const pool = new NodePool();
     for (const n of this.opts.nodes ?? []) {
       await upsertNode(this.db, n);
@@ -158,10 +174,7 @@ export class ControlPlane {
     this.api = buildApiServer({
       lifecycle: this.lifecycle,
       db: this.db,
-      authenticate: async (key) => {
-        const r = await authenticateApiKey(this.db, key);
-        return r ? { teamId: r.teamId } : null;
-      },
+      authenticate: (key) => authenticateKey(this.db, key),
       envdVersion: ENVD_VERSION,
       domain: this.opts.domain ?? null,
       logger: this.opts.logger ?? false,
@@ -177,7 +190,10 @@ export class ControlPlane {
       });
     }
     for (const l of this.loops) l.start();
-    return { url, createdApiKey: boot.apiKey, teamId: boot.teamId, proxyUrl };
+    return {
+      url, createdApiKey: boot.apiKey, teamId: boot.teamId, proxyUrl,
+      createdAdminKey: admin.adminKey, adminKeyFile: kept.file, adminKeyFileError: kept.error,
+    };
   }
 
   /** Stops taking requests, lets loops and transitions in flight finish, closes the store. */

@@ -11,6 +11,7 @@ const cp = new ControlPlane({
   port: Number(process.env.PORT ?? 0),
   proxyPort: null,
   bootstrapApiKey: process.env.NESTBOX_API_KEY,
+  adminKeyFile: null, // no control directory here
   nodes: [{ id: process.env.NODE_ID ?? 'fake-http-node', url: process.env.NODE_URL!, token: process.env.NODE_TOKEN! }],
   timings: JSON.parse(process.env.CHAOS_TIMINGS ?? '{}') as Partial<LoopTimings>,
   injectNodeTimeouts: Number(process.env.CHAOS_NODE_TIMEOUTS ?? 0),
