@@ -37,6 +37,14 @@ export interface ApiOptionValues {
 
 /** Flags first, then E2B_API_URL / E2B_API_KEY (or NESTBOX_API_KEY), then the default URL. */
 export function resolveConfig(flags: ApiOptionValues, env: NodeJS.ProcessEnv = process.env): ApiConfig {
+  const apiUrl = resolveApiUrl(flags, env);
+  const apiKey = flags.apiKey || env.E2B_API_KEY || env.NESTBOX_API_KEY;
+  if (!apiKey) throw new CliError('no API key: set E2B_API_KEY (or NESTBOX_API_KEY), or pass --api-key');
+  return { apiUrl, apiKey };
+}
+
+/** --api-url, then E2B_API_URL, then the default; checked to be an http(s) URL. */
+export function resolveApiUrl(flags: { apiUrl?: string }, env: NodeJS.ProcessEnv = process.env): string {
   const apiUrl = (flags.apiUrl || env.E2B_API_URL || DEFAULT_API_URL).replace(/\/+$/, '');
   let parsed: URL;
   try {
@@ -47,9 +55,7 @@ export function resolveConfig(flags: ApiOptionValues, env: NodeJS.ProcessEnv = p
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
     throw new CliError(`invalid API URL "${apiUrl}": only http and https are supported`);
   }
-  const apiKey = flags.apiKey || env.E2B_API_KEY || env.NESTBOX_API_KEY;
-  if (!apiKey) throw new CliError('no API key: set E2B_API_KEY (or NESTBOX_API_KEY), or pass --api-key');
-  return { apiUrl, apiKey };
+  return apiUrl;
 }
 
 const NETWORK_ERRORS: Record<string, string> = {

@@ -1,8 +1,10 @@
 import { Command } from 'commander';
+import { registerAdminKeysCommands } from './commands/admin-keys.ts';
 import { registerExecCommands } from './commands/exec.ts';
 import { registerFilesCommands } from './commands/files.ts';
 import { registerKeysCommands } from './commands/keys.ts';
 import { registerSandboxCommands } from './commands/sandbox.ts';
+import { registerTeamsCommands } from './commands/teams.ts';
 import { registerUsageCommand } from './commands/usage.ts';
 import { registerEventsCommand } from './commands/events.ts';
 import { registerWebhooksCommands } from './commands/webhooks.ts';
@@ -69,5 +71,7 @@ registerKeysCommands(program);
 registerUsageCommand(program);
 registerEventsCommand(program);
 registerWebhooksCommands(program);
+registerTeamsCommands(program);
+registerAdminKeysCommands(program);
 
 await program.parseAsync();

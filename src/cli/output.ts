@@ -3,7 +3,8 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import Table from 'cli-table3';
 import ora from 'ora';
-import { ApiClient, CliError, resolveConfig } from './api-client.ts';
+import { resolveAdminConfig, type AdminOptionValues } from './admin-key.ts';
+import { ApiClient, CliError, resolveConfig, type ApiConfig } from './api-client.ts';
 
 export interface CommonOptions {
   apiUrl?: string;
@@ -19,6 +20,14 @@ export function withApiOptions(cmd: Command): Command {
     .option('--json', 'print the raw JSON answer, for scripts');
 }
 
+/** Adds --api-url, --admin-key and --json to an operator command. */
+export function withAdminOptions(cmd: Command): Command {
+  return cmd
+    .option('--api-url <url>', 'Nestbox API address (env E2B_API_URL; default http://127.0.0.1:3000)')
+    .option('--admin-key <key>', 'admin key (env NESTBOX_ADMIN_KEY; default: the admin-key file in the control directory)')
+    .option('--json', 'print the raw JSON answer, for scripts');
+}
+
 export interface Context {
   client: ApiClient;
   json: boolean;
@@ -27,8 +36,16 @@ export interface Context {
 }
 
 export function contextFrom(opts: CommonOptions): Context {
-  const json = opts.json === true;
-  const client = new ApiClient(resolveConfig(opts));
+  return contextWith(resolveConfig(opts), opts.json === true);
+}
+
+/** The context of an operator command: the admin key instead of a team's API key. */
+export function adminContextFrom(opts: AdminOptionValues & { json?: boolean }): Context {
+  return contextWith(resolveAdminConfig(opts), opts.json === true);
+}
+
+function contextWith(config: ApiConfig, json: boolean): Context {
+  const client = new ApiClient(config);
   return {
     client,
     json,
