@@ -2,6 +2,7 @@ import { Agent, HostNotReadyError } from '../agent/agent.ts';
 import type { DrainPolicy } from '../agent/shutdown.ts';
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
+import { upBanner } from './up-banner.ts';
 
 export interface UpOptions {
   host: string;
@@ -39,20 +40,9 @@ export async function up(opts: UpOptions) {
     logger,
   });
   const started = await cp.start();
-  const apiUrl = started.url.replace('0.0.0.0', '127.0.0.1');
-  const lines = [
-    `Nestbox is up (store: ${cp.describeDatabase()}; node agent: ${agentUrl}).`,
-    '',
-    `E2B_API_URL=${apiUrl}`,
-    `E2B_SANDBOX_URL=${started.proxyUrl ?? '(sandbox proxy disabled)'}`,
-    started.createdApiKey
-      ? `E2B_API_KEY=${started.createdApiKey}`
-      : '# E2B_API_KEY: the key printed at the first start (or create one: nestbox keys create)',
-    started.createdAdminKey
-      ? `NESTBOX_ADMIN_KEY=${started.createdAdminKey}   # manages teams (nestbox teams); shown once${started.adminKeyFile ? `, kept in ${started.adminKeyFile} (root only)` : ''}`
-      : `# NESTBOX_ADMIN_KEY: printed at the first start, kept in ${adminKeyFilePath(controlDirFromEnv())} on the host that made it`,
-    '',
-  ];
+  const lines = upBanner(started, {
+    store: cp.describeDatabase(), agentUrl, adminKeyFile: adminKeyFilePath(controlDirFromEnv()),
+  });
   process.stdout.write(lines.join('\n') + '\n');
   if (started.adminKeyFileError) process.stderr.write(`warning: ${started.adminKeyFileError}\n`);
   // SIGTERM: the node drains while the control plane still runs (it pauses the sandboxes and
