@@ -165,7 +165,7 @@ export class LifecycleService implements LifecycleApi {
       for (;;) {
         try {
           await node.create({
-            sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, envVars: p.envVars,
+            sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
             metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
           });
           break;
@@ -330,6 +330,7 @@ export class LifecycleService implements LifecycleApi {
   }
 
   private async resumeOrExtend(teamId: string, id: string, timeoutMs: number, legacy: boolean, autoPause?: boolean) {
+    await this.checkTimeout(teamId, timeoutMs); // the team's own maximum, as on create
     const deadline = this.deadline();
     let joined = false;
     let killed = false;
