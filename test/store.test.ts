@@ -17,6 +17,11 @@ import {
   revokeApiKey,
 } from '../src/store/teams.ts';
 import { getNode, listNodes, setNodeState, touchNode, upsertNode } from '../src/store/nodes.ts';
+import {
+  ADMIN_KEY_PATTERN, authenticateAdminKey, createAdminKey, ensureBootstrapAdminKey, listAdminKeys, revokeAdminKeyKeepingOne,
+} from '../src/store/admin-keys.ts';
+import { authenticateKey } from '../src/store/credentials.ts';
+import { createTeamWithKey, getTeamSummary, listTeamSummaries } from '../src/store/teams.ts';
 import { forEachDatabase, tempPgliteDataDir } from './helpers/databases.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -455,6 +460,135 @@ forEachDatabase('store', (t) => {
       assert.equal(new Set(raced.map((r) => r.teamId)).size, 1);
       assert.equal(raced.filter((r) => r.apiKey !== null).length, 1);
     }
+  });
+
+  // ---------------------------------------------------------------------------------------------
+  // Teams made by the admin API, admin keys
+
+  test('a team with its first key, in one go; names unique ignoring case; limits kept', async () => {
+    const db = await t.fresh({ migrate: true });
+    const { team, apiKey } = await createTeamWithKey(db, { name: ' Acme ', maxRunning: 3, maxTimeoutS: 120, keyName: 'ci' });
+    assert.deepEqual([team.name, team.maxRunning, team.maxTimeoutS], ['Acme', 3, 120]);
+    assert.match(apiKey.key, API_KEY_PATTERN);
+    assert.deepEqual(await authenticateKey(db, apiKey.key), { kind: 'team', teamId: team.id, keyId: apiKey.id });
+    assert.deepEqual((await listApiKeys(db, team.id)).map((k) => k.name), ['ci']);
+    const defaults = await createTeamWithKey(db, { name: 'plain' });
+    assert.deepEqual([defaults.team.maxRunning, defaults.team.maxTimeoutS], [20, 86400]);
+    assert.equal((await listApiKeys(db, defaults.team.id))[0]!.name, 'default');
+
+    await rejectsWithCode(createTeamWithKey(db, { name: 'ACME' }), 'conflict', new RegExp(`"ACME" exists already \\(${team.id}\\)`));
+    await rejectsWithCode(createTeamWithKey(db, { name: 'tab\there' }), 'invalid', /control characters/);
+    await rejectsWithCode(createTeamWithKey(db, { name: 'x'.repeat(129) }), 'invalid', /at most 128/);
+    await rejectsWithCode(createTeamWithKey(db, { name: 'zero', maxRunning: 0 }), 'invalid', /maxRunning/);
+    assert.equal((await listTeams(db)).length, 2, 'a refused team leaves nothing behind');
+    assert.equal((await db.query('SELECT 1 FROM api_keys')).length, 2);
+
+    // Created together: the same name from racing callers gives one team.
+    const raced = await Promise.allSettled(Array.from({ length: 4 }, () => createTeamWithKey(db, { name: 'racer' })));
+    assert.equal(raced.filter((r) => r.status === 'fulfilled').length, 1);
+    assert.equal((await listTeams(db)).filter((x) => x.name === 'racer').length, 1);
+  });
+
+  test('team summaries count active keys and the sandboxes under max_running', async () => {
+    const db = await t.fresh({ migrate: true });
+    const { team, apiKey } = await createTeamWithKey(db, { name: 'counted' });
+    const other = await createTeamWithKey(db, { name: 'other' });
+    await createApiKey(db, team.id);
+    await revokeApiKey(db, team.id, apiKey.id);
+    const insert = (id: string, teamId: string, state: string) =>
+      db.query(
+        `INSERT INTO sandboxes (id, team_id, template_id, state, cpu_count, memory_mb, disk_mb, envd_access_token, timeout_ms,
+           started_at, state_changed_at, last_reason)
+         VALUES ($1, $2, 'base', $3, 1, 512, 1024, 't', 1000, now(), now(), 'requested')`,
+        [id, teamId, state],
+      );
+    for (const [i, state] of ['starting', 'running', 'pausing', 'paused', 'resuming', 'killed'].entries()) {
+      await insert(`sbx${i}`, team.id, state);
+    }
+    await insert('theirs', other.team.id, 'running');
+    const summary = await getTeamSummary(db, team.id);
+    assert.deepEqual([summary!.activeKeys, summary!.activeSandboxes], [1, 4]);
+    assert.equal(await getTeamSummary(db, 'no-such-team'), null);
+    const all = await listTeamSummaries(db);
+    assert.deepEqual(all.map((x) => [x.name, x.activeKeys, x.activeSandboxes]), [['counted', 1, 4], ['other', 1, 1]]);
+  });
+
+  test('admin keys: their own format, stored as sha256 and mask only, never accepted as team keys', async () => {
+    const db = await t.fresh({ migrate: true });
+    const created = await createAdminKey(db, { name: 'ops' });
+    assert.match(created.key, ADMIN_KEY_PATTERN);
+    assert.match(created.key, /^nestbox_admin_[0-9a-f]{40}$/);
+    assert.equal(created.mask, `${created.key.slice(0, 16)}…${created.key.slice(-4)}`);
+    const [row] = await db.query<Record<string, unknown>>('SELECT * FROM admin_keys WHERE id = $1', [created.id]);
+    assert.equal(row!.key_hash, sha256(created.key));
+    assert.ok(!JSON.stringify(row).includes(created.key.slice(14)), 'the key itself must not be stored');
+
+    assert.deepEqual(await authenticateKey(db, created.key), { kind: 'admin', adminKeyId: created.id });
+    const team = await createTeamWithKey(db, { name: 'team' });
+    assert.equal((await authenticateKey(db, team.apiKey.key))?.kind, 'team');
+    assert.equal(await authenticateAdminKey(db, team.apiKey.key), null, 'a team key is no admin key');
+    assert.equal(await authenticateApiKey(db, created.key), null, 'an admin key is no team key');
+    // Even with the hash planted in the other table, the prefix decides which table is asked.
+    await db.query(`INSERT INTO api_keys (id, team_id, key_hash, key_mask) VALUES ('planted', $1, $2, 'x')`, [team.team.id, sha256(created.key)]);
+    assert.deepEqual(await authenticateKey(db, created.key), { kind: 'admin', adminKeyId: created.id });
+    for (const bad of ['', created.key.toUpperCase(), `${created.key}0`, created.key.slice(0, -1), `e2b_${created.key.slice(14)}`]) {
+      assert.equal(await authenticateKey(db, bad), null, JSON.stringify(bad));
+    }
+    await rejectsWithCode(createAdminKey(db, { key: 'nestbox_admin_short' }), 'invalid', /nestbox_admin_\[0-9a-f\]\{40\}/);
+    await rejectsWithCode(createAdminKey(db, { key: created.key }), 'conflict');
+  });
+
+  test('admin keys: revoked ones are refused; the last active one cannot be revoked', async () => {
+    const db = await t.fresh({ migrate: true });
+    const first = await createAdminKey(db);
+    const second = await createAdminKey(db);
+    await revokeAdminKeyKeepingOne(db, second.id);
+    assert.equal(await authenticateKey(db, second.key), null);
+    await revokeAdminKeyKeepingOne(db, second.id); // idempotent
+    await rejectsWithCode(revokeAdminKeyKeepingOne(db, first.id), 'conflict', /last active admin key/);
+    await rejectsWithCode(revokeAdminKeyKeepingOne(db, 'no-such-key'), 'not_found');
+    assert.deepEqual((await listAdminKeys(db)).map((k) => k.id), [first.id]);
+    assert.equal((await listAdminKeys(db, { includeRevoked: true })).length, 2);
+    // Two concurrent revocations of the last two: one wins.
+    const third = await createAdminKey(db);
+    const results = await Promise.allSettled([revokeAdminKeyKeepingOne(db, first.id), revokeAdminKeyKeepingOne(db, third.id)]);
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    assert.equal((await listAdminKeys(db)).length, 1);
+  });
+
+  test('admin key bootstrap: generated, or NESTBOX_ADMIN_KEY; once; an unseen key later is added, a revoked one stays revoked', async () => {
+    const db = await t.fresh({ migrate: true });
+    const generated = await ensureBootstrapAdminKey(db);
+    assert.match(generated.adminKey!, ADMIN_KEY_PATTERN);
+    assert.deepEqual(await ensureBootstrapAdminKey(db), { adminKey: null });
+
+    const chosen = `nestbox_admin_${'0123456789'.repeat(4)}`;
+    const fresh = await t.fresh({ migrate: true });
+    await rejectsWithCode(ensureBootstrapAdminKey(fresh, { adminKey: 'e2b_' + 'a'.repeat(40) }), 'invalid', /NESTBOX_ADMIN_KEY must be "nestbox_admin_"/);
+    assert.deepEqual(await ensureBootstrapAdminKey(fresh, { adminKey: chosen }), { adminKey: chosen });
+    assert.equal((await authenticateKey(fresh, chosen))?.kind, 'admin');
+    assert.deepEqual(await ensureBootstrapAdminKey(fresh, { adminKey: chosen }), { adminKey: null });
+    const later = `nestbox_admin_${'f'.repeat(40)}`;
+    assert.deepEqual(await ensureBootstrapAdminKey(fresh, { adminKey: later }), { adminKey: later });
+    const laterId = (await authenticateAdminKey(fresh, later))!.adminKeyId;
+    await revokeAdminKeyKeepingOne(fresh, laterId);
+    assert.deepEqual(await ensureBootstrapAdminKey(fresh, { adminKey: later }), { adminKey: null });
+    assert.equal(await authenticateKey(fresh, later), null);
+
+    // Replicas starting together on one database make one key.
+    const racing = await t.fresh({ migrate: true });
+    const results = await Promise.all(Array.from({ length: 4 }, () => ensureBootstrapAdminKey(racing)));
+    assert.equal(results.filter((r) => r.adminKey !== null).length, 1);
+    assert.equal((await listAdminKeys(racing)).length, 1);
+  });
+
+  test('migration 003 on a database from before admin keys: teams and keys kept, the admin key made on start', async () => {
+    const db = await t.fresh({ migrate: false });
+    await migrate(db, MIGRATIONS.filter((m) => m.version < 3));
+    const boot = await ensureBootstrapTeam(db);
+    assert.deepEqual((await migrate(db)).applied, [3]);
+    assert.equal((await authenticateKey(db, boot.apiKey!))?.kind, 'team');
+    assert.match((await ensureBootstrapAdminKey(db)).adminKey!, ADMIN_KEY_PATTERN);
   });
 
   // ---------------------------------------------------------------------------------------------
