@@ -25,9 +25,8 @@ export async function writeAdminKeyFile(file: string, key: string): Promise<void
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
   await rm(tmp, { force: true });
-  const fh = await open(tmp, 'wx', 0o600);
+  const fh = await open(tmp, 'wx', 0o600); // a umask only takes bits away
   try {
-    await fh.chmod(0o600); // whatever the umask
     await fh.writeFile(`${key}\n`);
     await fh.sync();
   } finally {
