@@ -160,8 +160,8 @@ test('admin routes live under /nestbox/v1/admin/ and only there: anything else f
     });
     return app;
   };
-  await assert.rejects(build('/nestbox/v1/admin/forgotten', false).ready(), /need config\.admin/);
-  await assert.rejects(build('/nestbox/v1/elsewhere', true).ready(), /need config\.admin/);
+  await assert.rejects(async () => build('/nestbox/v1/admin/forgotten', false).ready(), /need config\.admin/);
+  await assert.rejects(async () => build('/nestbox/v1/elsewhere', true).ready(), /need config\.admin/);
   const fine = build('/nestbox/v1/admin/ok', true);
   await fine.ready();
   await fine.close();

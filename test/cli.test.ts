@@ -2,6 +2,8 @@
 // 127.0.0.1 with an in-memory lifecycle and a real PGlite store (keys, usage).
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -10,7 +12,9 @@ import type { FastifyInstance } from 'fastify';
 import { buildApiServer } from '../src/control-plane/api/server.ts';
 import { openDatabase, type Database } from '../src/store/database.ts';
 import { migrate } from '../src/store/migrate.ts';
-import { authenticateApiKey, ensureBootstrapTeam } from '../src/store/teams.ts';
+import { ensureBootstrapAdminKey } from '../src/store/admin-keys.ts';
+import { authenticateKey } from '../src/store/credentials.ts';
+import { ensureBootstrapTeam } from '../src/store/teams.ts';
 import { tempPgliteDataDir } from './helpers/databases.ts';
 import { FakeLifecycle } from './helpers/fake-lifecycle.ts';
 
@@ -24,6 +28,9 @@ let fake: FakeLifecycle;
 let apiUrl: string;
 let teamId: string;
 let apiKey: string;
+let adminKey: string;
+/** An empty control directory, so that no admin-key file of this host is picked up. */
+let controlDir: string;
 
 interface Run {
   code: number;
@@ -31,11 +38,16 @@ interface Run {
   stderr: string;
 }
 
-/** Runs `bin/nestbox args` with E2B_API_URL and E2B_API_KEY set (unless `env` overrides them). */
+/**
+ * Runs `bin/nestbox args` with E2B_API_URL and E2B_API_KEY set, and an empty control directory
+ * (unless `env` overrides them).
+ */
 function nestbox(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
   const base: Record<string, string | undefined> = { ...process.env };
-  for (const k of ['E2B_API_URL', 'E2B_API_KEY', 'NESTBOX_API_KEY', 'E2B_DOMAIN']) delete base[k];
-  const full: Record<string, string | undefined> = { ...base, E2B_API_URL: apiUrl, E2B_API_KEY: apiKey, ...env };
+  for (const k of ['E2B_API_URL', 'E2B_API_KEY', 'NESTBOX_API_KEY', 'E2B_DOMAIN', 'NESTBOX_ADMIN_KEY', 'NESTBOX_HOME']) delete base[k];
+  const full: Record<string, string | undefined> = {
+    ...base, E2B_API_URL: apiUrl, E2B_API_KEY: apiKey, NESTBOX_CONTROL_DIR: controlDir, ...env,
+  };
   for (const [k, v] of Object.entries(full)) if (v === undefined) delete full[k];
   return new Promise((resolve) => {
     execFile(BIN, args, { env: full as NodeJS.ProcessEnv, timeout: 30_000 }, (err, stdout, stderr) => {
@@ -70,10 +82,12 @@ before(async () => {
   const boot = await ensureBootstrapTeam(db);
   teamId = boot.teamId;
   apiKey = boot.apiKey!;
+  adminKey = (await ensureBootstrapAdminKey(db)).adminKey!;
+  controlDir = await mkdtemp(path.join(tmpdir(), 'nestbox-cli-control-'));
   fake = new FakeLifecycle();
   app = buildApiServer({
     lifecycle: fake,
-    authenticate: (k) => authenticateApiKey(db, k),
+    authenticate: (k) => authenticateKey(db, k),
     envdVersion: '0.6.4',
     db,
     now: () => NOW,
@@ -86,6 +100,7 @@ after(async () => {
   await app?.close();
   await db?.close();
   await removeDataDir?.();
+  if (controlDir) await rm(controlDir, { recursive: true, force: true });
 });
 
 describe('nestbox sandbox', () => {
@@ -319,5 +334,135 @@ describe('configuration and errors', () => {
     fails(badUrl, /^error: invalid API URL "not a url"/);
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
+  });
+});
+
+describe('nestbox teams (operator)', () => {
+  const asAdmin = { NESTBOX_ADMIN_KEY: '' } as Record<string, string | undefined>;
+  before(() => {
+    asAdmin.NESTBOX_ADMIN_KEY = adminKey;
+  });
+
+  test('create: the team and its first key, shown once; limits from flags; --json', async () => {
+    const created = ok(await nestbox(['teams', 'create', 'acme'], asAdmin));
+    const lines = created.stdout.trimEnd().split('\n');
+    assert.equal(lines.length, 3, created.stdout);
+    const m = /^Created team acme \(([0-9a-f-]{36})\): at most 20 running sandboxes, timeouts up to 86400 s\.$/.exec(lines[0]!);
+    assert.ok(m, lines[0]);
+    assert.match(lines[1]!, /^Its first API key \([0-9a-f-]{36}\); store it now, it is not shown again:$/);
+    assert.match(lines[2]!, /^e2b_[0-9a-f]{40}$/);
+    // The new team's key is a team key of that team (and sees none of the first team's keys).
+    const theirs = json(await nestbox(['keys', 'list', '--json'], { E2B_API_KEY: lines[2]! }));
+    assert.deepEqual(theirs.map((k: any) => k.name), ['default']);
+
+    const small = json(await nestbox(['teams', 'create', 'small', '--max-running', '2', '--max-timeout', '60', '--key-name', 'ci', '--json'], asAdmin));
+    assert.deepEqual(Object.keys(small).sort(), ['apiKey', 'team']);
+    assert.deepEqual([small.team.name, small.team.maxRunning, small.team.maxTimeoutS], ['small', 2, 60]);
+    assert.match(small.apiKey.key, /^e2b_[0-9a-f]{40}$/);
+  });
+
+  test('create: bad flags are refused before any request; server refusals are one line', async () => {
+    const [zero, tooLong, words, noName, taken, blank] = await Promise.all([
+      nestbox(['teams', 'create', 'x', '--max-running', '0'], asAdmin),
+      nestbox(['teams', 'create', 'x', '--max-timeout', '86401'], asAdmin),
+      nestbox(['teams', 'create', 'x', '--max-running', 'many'], asAdmin),
+      nestbox(['teams', 'create'], asAdmin),
+      nestbox(['teams', 'create', 'ACME'], asAdmin),
+      nestbox(['teams', 'create', '   '], asAdmin),
+    ]);
+    fails(zero, /--max-running.*expected a whole number from 1 to 100000/);
+    fails(tooLong, /--max-timeout.*expected a whole number from 1 to 86400/);
+    fails(words, /--max-running.*expected a whole number/);
+    fails(noName, /missing required argument 'name'/);
+    fails(taken, /^error: a team named "ACME" exists already \(.+\): choose another name \(HTTP 409\)$/);
+    fails(blank, /^error: a team needs a name \(HTTP 400\)$/);
+    const names = json(await nestbox(['teams', 'list', '--json'], asAdmin)).map((t: any) => t.name);
+    assert.ok(!names.includes('x'));
+  });
+
+  test('list and show: tables and --json; an unknown team is one line', async () => {
+    const table = ok(await nestbox(['teams', 'list'], asAdmin)).stdout;
+    for (const h of ['ID', 'NAME', 'ACTIVE SANDBOXES', 'MAX RUNNING', 'MAX TIMEOUT', 'KEYS', 'CREATED']) assert.ok(table.includes(h), h);
+    assert.match(table, /acme/);
+    assert.match(table, /default/);
+    const listed = json(await nestbox(['teams', 'ls', '--json'], asAdmin));
+    const acme = listed.find((t: any) => t.name === 'acme');
+    assert.deepEqual([acme.maxRunning, acme.maxTimeoutS, acme.activeKeys, acme.activeSandboxes], [20, 86400, 1, 0]);
+
+    const shown = ok(await nestbox(['teams', 'show', acme.id], asAdmin)).stdout;
+    assert.match(shown, new RegExp(`id\\s*│\\s*${acme.id}`));
+    assert.match(shown, /active sandboxes\s*│\s*0 of at most 20/);
+    assert.match(shown, /max timeout\s*│\s*86400 s/);
+    for (const h of ['KEY ID', 'NAME', 'KEY', 'CREATED', 'LAST USED', 'REVOKED']) assert.ok(shown.includes(h), h);
+    assert.match(shown, /e2b_[0-9a-f]{2}…[0-9a-f]{4}/);
+    assert.doesNotMatch(shown, /e2b_[0-9a-f]{40}/, 'never a whole key');
+    const detail = json(await nestbox(['teams', 'show', acme.id, '--json'], asAdmin));
+    assert.equal(detail.keys.length, 1);
+    fails(await nestbox(['teams', 'show', 'no-such-team'], asAdmin), /^error: team "no-such-team" not found \(HTTP 404\)$/);
+    fails(await nestbox(['teams', 'show', '../keys'], asAdmin), /not found \(HTTP 404\)$/);
+  });
+
+  test("keys create: another key for a team, shown once; it is that team's", async () => {
+    const acme = json(await nestbox(['teams', 'list', '--json'], asAdmin)).find((t: any) => t.name === 'acme');
+    const created = ok(await nestbox(['teams', 'keys', 'create', acme.id, '--name', 'deploy'], asAdmin));
+    const lines = created.stdout.trimEnd().split('\n');
+    assert.match(lines[0]!, new RegExp(`^Created API key [0-9a-f-]{36} \\(deploy\\) for team ${acme.id}\\. Store it now: it is not shown again\\.$`));
+    assert.match(lines[1]!, /^e2b_[0-9a-f]{40}$/);
+    assert.deepEqual(
+      json(await nestbox(['keys', 'list', '--json'], { E2B_API_KEY: lines[1]! })).map((k: any) => k.name),
+      ['default', 'deploy'],
+    );
+    const raw = json(await nestbox(['teams', 'keys', 'create', acme.id, '--json'], asAdmin));
+    assert.deepEqual(Object.keys(raw).sort(), ['id', 'key', 'mask', 'teamId']);
+    fails(await nestbox(['teams', 'keys', 'create', randomUUID()], asAdmin), /^error: team ".+" not found \(HTTP 404\)$/);
+  });
+
+  test('the admin key: --admin-key, NESTBOX_ADMIN_KEY, or the control directory; the wrong kind is a one-line 403', async () => {
+    const keyDir = await mkdtemp(path.join(tmpdir(), 'nestbox-cli-key-'));
+    try {
+      await writeFile(path.join(keyDir, 'admin-key'), `${adminKey}\n`, { mode: 0o600 });
+      const home = await mkdtemp(path.join(tmpdir(), 'nestbox-cli-home-'));
+      await mkdir(path.join(home, 'control'));
+      await writeFile(path.join(home, 'control', 'admin-key'), `${adminKey}\n`, { mode: 0o600 });
+      const [none, fromFile, fromHome, fromFlag, teamKey, adminAsTeam, notAFile] = await Promise.all([
+        nestbox(['teams', 'list']),
+        nestbox(['teams', 'list', '--json'], { NESTBOX_CONTROL_DIR: keyDir }),
+        nestbox(['teams', 'list', '--json'], { NESTBOX_CONTROL_DIR: undefined, NESTBOX_HOME: home }),
+        nestbox(['teams', 'list', '--json', '--admin-key', adminKey], { NESTBOX_ADMIN_KEY: 'nestbox_admin_' + '0'.repeat(40) }),
+        nestbox(['teams', 'list'], { NESTBOX_ADMIN_KEY: apiKey }),
+        nestbox(['keys', 'list'], { E2B_API_KEY: adminKey }),
+        nestbox(['teams', 'list'], { NESTBOX_CONTROL_DIR: path.join(keyDir, 'admin-key', 'x') }),
+      ]);
+      fails(none, new RegExp(`^error: no admin key: set NESTBOX_ADMIN_KEY or pass --admin-key \\(on the Nestbox host, the first start wrote it to ${controlDir}/admin-key\\)$`));
+      assert.ok(Array.isArray(json(fromFile)));
+      assert.ok(Array.isArray(json(fromHome)));
+      assert.ok(Array.isArray(json(fromFlag)));
+      fails(teamKey, /^error: this route needs an admin key \(nestbox_admin_…\), not a team API key: .*\(HTTP 403\)$/);
+      fails(adminAsTeam, /^error: this route needs a team API key \(e2b_…\), not an admin key: .*nestbox teams keys create <teamId>\) \(HTTP 403\)$/);
+      fails(notAFile, /^error: cannot read the admin key file .*admin-key\/x\/admin-key: .*; run as root, or set NESTBOX_ADMIN_KEY$/);
+      await rm(home, { recursive: true, force: true });
+    } finally {
+      await rm(keyDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('nestbox admin-keys (operator)', () => {
+  test('create (shown once), list, revoke; the last one is kept', async () => {
+    const env = { NESTBOX_ADMIN_KEY: adminKey };
+    const created = ok(await nestbox(['admin-keys', 'create', '--name', 'rotation'], env));
+    const lines = created.stdout.trimEnd().split('\n');
+    assert.match(lines[0]!, /^Created admin key [0-9a-f-]{36} \(rotation\)\. Store it now: it is not shown again\.$/);
+    assert.match(lines[1]!, /^nestbox_admin_[0-9a-f]{40}$/);
+    const id = /key ([0-9a-f-]{36})/.exec(lines[0]!)![1]!;
+    const table = ok(await nestbox(['admin-keys', 'list'], { NESTBOX_ADMIN_KEY: lines[1]! })).stdout;
+    for (const h of ['ID', 'NAME', 'KEY', 'CREATED', 'LAST USED', 'REVOKED']) assert.ok(table.includes(h), h);
+    assert.ok(table.includes(id) && table.includes('rotation'));
+    assert.ok(!table.includes(lines[1]!), 'never the whole key');
+    assert.equal(ok(await nestbox(['admin-keys', 'revoke', id], env)).stdout, `Revoked admin key ${id}.\n`);
+    fails(await nestbox(['teams', 'list'], { NESTBOX_ADMIN_KEY: lines[1]! }), /^error: invalid admin key \(HTTP 401\)$/);
+    const active = json(await nestbox(['admin-keys', 'list', '--json'], env)).filter((k: any) => k.revokedAt === null);
+    assert.equal(active.length, 1);
+    fails(await nestbox(['admin-keys', 'revoke', active[0].id], env), /last active admin key.*\(HTTP 409\)$/);
   });
 });
