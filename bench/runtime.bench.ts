@@ -7,7 +7,7 @@ import { handOverImages } from '../src/runtime/criu-images.ts';
 import { isMountPoint, unmount } from '../src/runtime/fs-util.ts';
 import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { Runc } from '../src/runtime/runc.ts';
-import { templateRootfs } from '../src/runtime/layout.ts';
+import { sandboxPaths, templateRootfs } from '../src/runtime/layout.ts';
 import { InitClient } from '../src/runtime/init-client.ts';
 import { createSandbox, exec, startTestAgent, TEST_ROOT, type TestAgent } from '../test/helpers/agent-harness.ts';
 import { printTable, row, timed, type Row } from './stats.ts';
@@ -25,11 +25,13 @@ async function rawContainer(a: TestAgent, id: string, args: string[]) {
   await mkdir(path.join(dir, 'work'), { recursive: true });
   await mkdir(path.join(dir, 'rootfs'), { recursive: true });
   await mkdir(path.join(dir, 'run'), { recursive: true });
+  await mkdir(path.join(dir, 'etc'), { recursive: true });
+  for (const f of ['hosts', 'hostname', 'resolv.conf']) await writeFile(path.join(dir, 'etc', f), '');
   await run(['chown', `${cfg.uidShift}:${cfg.uidShift}`, path.join(dir, 'upper'), path.join(dir, 'run')]);
   await run(['mount', '-t', 'overlay', 'overlay', '-o',
     `lowerdir=${templateRootfs(cfg, 'base')},upperdir=${dir}/upper,workdir=${dir}/work`, `${dir}/rootfs`]);
   const spec = buildOciSpec({
-    sandboxId: id, rootfs: `${dir}/rootfs`, initBinary: cfg.initBinary, socketDir: `${dir}/run`,
+    sandboxId: id, rootfs: `${dir}/rootfs`, initBinary: cfg.initBinary, socketDir: `${dir}/run`, etcDir: `${dir}/etc`,
     networkHook: { path: '/bin/true', args: ['true'], timeout: 10 },
     resources: { cpuCount: 2, memoryMB: 1024, pidsLimit: 512 }, uidShift: cfg.uidShift, uidRange: cfg.uidRange,
   }) as any;
@@ -104,7 +106,7 @@ async function main() {
     const rawExec: number[] = [];
     const apiExec: number[] = [];
     const socketExec: number[] = [];
-    const client = new InitClient(path.join(cfg.dataDir, 'sandboxes', id, 'run', 'init.sock'));
+    const client = new InitClient(sandboxPaths(cfg, id).socket, { socketOwner: cfg.uidShift });
     for (let i = 0; i < N * 2; i++) {
       rawExec.push((await timed(() => run(['nsenter', '-t', String(pid), '-U', '-m', '-p', '-n', '-i', '-u', '--preserve-credentials', '/bin/true'])))[0]);
       apiExec.push((await timed(() => exec(a, id, 'true').then(() => undefined)))[0]);

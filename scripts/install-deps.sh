@@ -3,7 +3,7 @@
 #
 #   scripts/install-deps.sh
 #
-# * apt packages (installed only when missing): runc iptables iproute2
+# * apt packages (installed only when missing): runc iptables iproute2 e2fsprogs mount
 #   debootstrap ca-certificates xz-utils debian-archive-keyring python3,
 #   plus rustc+cargo when no cargo is found.
 # * CRIU >= 4.2 from Debian forky (testing), unpacked into a private prefix
@@ -40,7 +40,7 @@ pkg_installed() {
 }
 
 step_begin "apt packages"
-WANT=(runc iptables iproute2 debootstrap ca-certificates xz-utils debian-archive-keyring python3)
+WANT=(runc iptables iproute2 e2fsprogs mount debootstrap ca-certificates xz-utils debian-archive-keyring python3)
 if [ -x "${HOME:-/root}/.cargo/bin/cargo" ] && ! command -v cargo >/dev/null; then
   export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 fi

@@ -39,8 +39,20 @@ export async function preflight(cfg: RuntimeConfig, templates: string[] = ['base
   } else if (!/Looks good/.test(check.stdout + check.stderr)) {
     problems.push({ what: `\`criu check\` fails: ${(check.stderr || check.stdout).trim().split('\n').slice(-2).join(' ')}`, fix: 'pause with memory needs a kernel CRIU supports; run `make setup` again, or use a newer kernel' });
   }
-  const ipt = await run(['iptables', '--version'], { allowFailure: true }).catch(() => null);
-  if (ipt?.code !== 0) problems.push({ what: 'iptables is not installed', fix: 'run `make setup` (or `apt-get install iptables`)' });
+  for (const tool of ['iptables', 'ip6tables']) {
+    const r = await run([tool, '--version'], { allowFailure: true }).catch(() => null);
+    if (r?.code !== 0) problems.push({ what: `${tool} is not installed`, fix: 'run `make setup` (or `apt-get install iptables`)' });
+  }
+  // Every sandbox's disk is an ext4 image on a loop device.
+  if ((await run(['mkfs.ext4', '-V'], { allowFailure: true }).catch(() => null))?.code !== 0) {
+    problems.push({ what: 'mkfs.ext4 is not installed (sandbox disks are ext4 images)', fix: 'run `make setup` (or `apt-get install e2fsprogs`)' });
+  }
+  if (!/ext4/.test(filesystems)) {
+    problems.push({ what: 'the kernel has no ext4 file system (sandbox disks are ext4 images)', fix: 'load it with `modprobe ext4`' });
+  }
+  if (!(await access('/dev/loop-control').then(() => true, () => false))) {
+    problems.push({ what: 'there is no /dev/loop-control (sandbox disks are loop-mounted images)', fix: 'load the loop module (`modprobe loop`); in a container, give the node agent access to loop devices' });
+  }
   if (!(await access(cfg.initBinary).then(() => true, () => false))) {
     problems.push({ what: `the sandbox init is not built (${cfg.initBinary})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
   }

@@ -19,6 +19,7 @@ export const CreateSandboxBody = Type.Object(
     cpuCount: Type.Number({ minimum: 0.1, maximum: 64, default: 1 }),
     memoryMB: Type.Integer({ minimum: 32, maximum: 262144, default: 512 }),
     pidsLimit: Type.Integer({ minimum: 16, maximum: 65536, default: 512 }),
+    diskMB: Type.Integer({ minimum: 32, maximum: 1024 * 1024, default: 2048 }),
     envVars: StringMap(256),
     metadata: StringMap(64),
     allowInternetAccess: Type.Boolean({ default: true }),

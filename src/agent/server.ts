@@ -88,7 +88,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
       runtime.create({
         sandboxId: b.sandboxId,
         template: b.template,
-        resources: { cpuCount: b.cpuCount, memoryMB: b.memoryMB, pidsLimit: b.pidsLimit },
+        resources: { cpuCount: b.cpuCount, memoryMB: b.memoryMB, pidsLimit: b.pidsLimit, diskMB: b.diskMB },
         envVars: b.envVars,
         metadata: b.metadata,
         allowInternetAccess: b.allowInternetAccess,

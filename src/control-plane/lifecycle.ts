@@ -165,7 +165,7 @@ export class LifecycleService implements LifecycleApi {
       for (;;) {
         try {
           await node.create({
-            sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, envVars: p.envVars,
+            sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
             metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
           });
           break;

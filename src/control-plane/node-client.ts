@@ -5,6 +5,8 @@ export interface NodeCreateRequest {
   template: string;
   cpuCount: number;
   memoryMB: number;
+  /** The sandbox's disk: everything it writes, capped at this size. */
+  diskMB: number;
   envVars: Record<string, string>;
   metadata: Record<string, string>;
   allowInternetAccess: boolean;

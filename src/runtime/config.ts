@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseCidrList } from './egress-policy.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -20,6 +21,10 @@ export interface RuntimeConfig {
   uidRange: number;
   /** Sandbox addresses: a /16 whose .0.1 is the host side of every sandbox link. */
   subnetPrefix: string; // e.g. "10.88"
+  /** IPv4 ranges sandboxes with internet access may reach although the egress floor refuses them. */
+  egressAllow?: string[];
+  /** IPv4 ranges refused to every sandbox beyond the floor. */
+  egressDeny?: string[];
   /** Fault injection for chaos testing: probability that a checkpoint or restore fails. */
   faults?: RuntimeFaults;
 }
@@ -54,6 +59,8 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     uidShift: 100000,
     uidRange: 65536,
     subnetPrefix: env.NESTBOX_SUBNET_PREFIX ?? '10.88',
+    egressAllow: parseCidrList(env.NESTBOX_EGRESS_ALLOW, 'NESTBOX_EGRESS_ALLOW'),
+    egressDeny: parseCidrList(env.NESTBOX_EGRESS_DENY, 'NESTBOX_EGRESS_DENY'),
     faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
   };
 }

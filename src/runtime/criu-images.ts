@@ -1,6 +1,6 @@
-import { chmod, readdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { chmod, chown, lstat, open, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { chownTree } from './fs-util.ts';
 
 /**
  * Restore opens the images as the sandbox's mapped root, so they are handed over to it and
@@ -8,11 +8,24 @@ import { chownTree } from './fs-util.ts';
  * namespace image from a child that may not have its uid mapping yet (seen failing about one
  * restore in thirty with EACCES), so that image - clock offsets only - is world-readable and
  * the directory traversable, not listable.
+ *
+ * CRIU writes the images itself, but they describe what the sandbox did: every entry is
+ * changed through a descriptor opened without following links, and anything that is not a
+ * plain file is refused rather than handed over.
  */
 export async function handOverImages(dir: string, uid: number): Promise<void> {
-  await chownTree(dir, uid, uid);
+  const st = await lstat(dir);
+  if (!st.isDirectory()) throw new Error(`checkpoint images: ${dir} is not a directory`);
+  await chown(dir, uid, uid);
   await chmod(dir, 0o711);
   for (const name of await readdir(dir)) {
-    await chmod(path.join(dir, name), name.startsWith('timens-') ? 0o644 : 0o600);
+    const f = await open(path.join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      if (!(await f.stat()).isFile()) throw new Error(`checkpoint images: ${name} is not a plain file`);
+      await f.chown(uid, uid);
+      await f.chmod(name.startsWith('timens-') ? 0o644 : 0o600);
+    } finally {
+      await f.close();
+    }
   }
 }

@@ -1,5 +1,4 @@
-import { chown, lstat, readdir, rename, rm } from 'node:fs/promises';
-import path from 'node:path';
+import { lstat, rename } from 'node:fs/promises';
 import { run } from './command.ts';
 
 /** Moves a directory tree, across file systems when it must. */
@@ -10,16 +9,6 @@ export async function moveTree(from: string, to: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
     await run(['cp', '-a', '--', from, to]);
     await removeTree(from);
-  }
-}
-
-export async function chownTree(root: string, uid: number, gid: number): Promise<void> {
-  await chown(root, uid, gid);
-  for (const name of await readdir(root)) {
-    const p = path.join(root, name);
-    const st = await lstat(p);
-    if (st.isDirectory()) await chownTree(p, uid, gid);
-    else await chown(p, uid, gid);
   }
 }
 

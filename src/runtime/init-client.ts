@@ -2,6 +2,8 @@
 // untrusted: every frame is size-checked, every answer is shape-checked, and a misbehaving init
 // can only make the call it answers fail (with InitError 'protocol').
 import { EventEmitter } from 'node:events';
+import { constants as fsConstants } from 'node:fs';
+import { open as openFile, type FileHandle } from 'node:fs/promises';
 import net from 'node:net';
 import { Readable } from 'node:stream';
 
@@ -86,7 +88,19 @@ export interface InitClientOptions {
   connectTimeoutMs?: number;
   /** Time allowed for the answer of a unary request (and for the first frame of a stream). */
   requestTimeoutMs?: number;
+  /**
+   * While a call waits longer than this for the init, a ping on a fresh connection checks that
+   * the init still answers; if it does not within `pingTimeoutMs`, the call fails at once as
+   * "not responding" instead of waiting out its whole timeout.
+   */
+  livenessMs?: number;
+  pingTimeoutMs?: number;
+  /** Host uid the socket must belong to (the sandbox's mapped root); any other is refused. */
+  socketOwner?: number;
 }
+
+/** Not exported by node:fs: open(2)'s O_PATH, a descriptor that names an inode without opening it. */
+const O_PATH = 0o10000000;
 
 // ---------------------------------------------------------------------------------------------
 // Validation of untrusted answers
@@ -292,6 +306,8 @@ class Conn {
   private readonly decoder = new FrameDecoder();
   private closed = false;
   handlers: ConnHandlers | null = null;
+  /** Set while something waits on this connection: frames count as signs of life. */
+  liveness: LivenessWaiter | null = null;
 
   constructor(
     readonly socket: net.Socket,
@@ -306,6 +322,7 @@ class Conn {
 
   private onData(chunk: Buffer) {
     if (this.closed) return;
+    this.liveness?.progress();
     const { frames, error } = this.decoder.push(chunk);
     for (const f of frames) {
       if (this.closed) return;
@@ -331,6 +348,8 @@ class Conn {
   private finish(err: InitError | null) {
     if (this.closed) return;
     this.closed = true;
+    this.liveness?.stop();
+    this.liveness = null;
     this.owner.delete(this);
     this.socket.destroy();
     const h = this.handlers;
@@ -519,6 +538,68 @@ export interface FileRead {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Liveness
+
+interface LivenessWaiter {
+  progress(): void;
+  stop(): void;
+}
+
+/**
+ * One per client. While calls or streams wait on the init, each `intervalMs` in which some of
+ * them heard nothing, one ping on a fresh connection checks that the init still answers; when
+ * it does not, every waiter that heard nothing fails at once. A stopped init (ptrace, a frozen
+ * cgroup) thus fails calls and streams within seconds, and a long silent stream of a live
+ * process costs one ping per interval and sandbox, not per stream.
+ */
+class LivenessMonitor {
+  private readonly waiters = new Set<{ progressed: boolean; dead: (e: InitError) => void }>();
+  private timer: NodeJS.Timeout | null = null;
+  private pinging = false;
+
+  constructor(
+    private readonly ping: () => Promise<unknown>,
+    private readonly intervalMs: number,
+    private readonly pingTimeoutMs: number,
+  ) {}
+
+  watch(dead: (e: InitError) => void): LivenessWaiter {
+    const w = { progressed: false, dead };
+    this.waiters.add(w);
+    if (!this.timer) {
+      this.timer = setInterval(() => this.tick(), this.intervalMs);
+      this.timer.unref();
+    }
+    return {
+      progress: () => (w.progressed = true),
+      stop: () => {
+        this.waiters.delete(w);
+        if (this.waiters.size === 0 && this.timer) {
+          clearInterval(this.timer);
+          this.timer = null;
+        }
+      },
+    };
+  }
+
+  private tick() {
+    const silent = [...this.waiters].filter((w) => !w.progressed);
+    for (const w of this.waiters) w.progressed = false;
+    if (silent.length === 0 || this.pinging) return;
+    this.pinging = true;
+    this.ping().then(
+      () => (this.pinging = false),
+      (e: unknown) => {
+        this.pinging = false;
+        const why = e instanceof Error ? e.message : String(e);
+        const err = new InitError('unavailable', `the sandbox is not responding: its init did not answer a ping within ${this.pingTimeoutMs} ms (${why})`);
+        for (const w of silent) if (this.waiters.has(w)) w.dead(err);
+      },
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The client
 
 const CHANNELS: Record<number, Channel> = { 1: 'stdout', 2: 'stderr', 3: 'pty' };
@@ -527,13 +608,17 @@ export class InitClient {
   private readonly conns = new Set<Conn>();
   private readonly connectTimeoutMs: number;
   private readonly requestTimeoutMs: number;
+  private readonly pingTimeoutMs: number;
+  private readonly monitor: LivenessMonitor;
 
   constructor(
     readonly socketPath: string,
-    opts: InitClientOptions = {},
+    private readonly opts: InitClientOptions = {},
   ) {
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 3000;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+    this.pingTimeoutMs = opts.pingTimeoutMs ?? 3000;
+    this.monitor = new LivenessMonitor(() => this.ping(), opts.livenessMs ?? 2000, this.pingTimeoutMs);
   }
 
   /** Destroys every open connection of this client (streams end, pending calls fail). */
@@ -545,45 +630,87 @@ export class InitClient {
     return this.conns.size;
   }
 
-  private connect(): Promise<Conn> {
-    return new Promise((resolve, reject) => {
-      const socket = net.createConnection({ path: this.socketPath });
-      let settled = false;
-      const timer = setTimeout(() => {
-        if (settled) return;
-        settled = true;
-        socket.destroy();
-        reject(new InitError('unavailable', `init socket ${this.socketPath}: connect timed out`));
-      }, this.connectTimeoutMs);
-      socket.once('connect', () => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        resolve(new Conn(socket, this.conns));
+  /**
+   * The socket lives in a directory the sandbox writes (root inside can put anything there), so
+   * it is never reached by path: the last component is opened with O_PATH|O_NOFOLLOW (a link
+   * the sandbox planted is opened as the link itself, not followed), the inode is checked to be
+   * a socket of the sandbox's own root, and the connection goes through that descriptor
+   * (/proc/self/fd/N names exactly the inode that was checked). Only sockets bound inside this
+   * sandbox can be at that path, so nothing reached this way is another sandbox or the host.
+   */
+  private async openSocket(): Promise<FileHandle> {
+    let fh: FileHandle;
+    try {
+      fh = await openFile(this.socketPath, O_PATH | fsConstants.O_NOFOLLOW);
+    } catch (e) {
+      throw new InitError('unavailable', `the sandbox's init is not listening (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isSocket()) {
+        throw new InitError('unavailable', "the sandbox's init socket was replaced from inside the sandbox by something that is not a socket; refusing to follow it");
+      }
+      if (this.opts.socketOwner !== undefined && st.uid !== this.opts.socketOwner) {
+        throw new InitError('unavailable', "the sandbox's init socket does not belong to the sandbox's root; refusing to use it");
+      }
+      return fh;
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  private async connect(): Promise<Conn> {
+    const fh = await this.openSocket();
+    try {
+      return await new Promise<Conn>((resolve, reject) => {
+        const socket = net.createConnection({ path: `/proc/self/fd/${fh.fd}` });
+        let settled = false;
+        const timer = setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          socket.destroy();
+          reject(new InitError('unavailable', "the sandbox's init did not accept a connection: connect timed out"));
+        }, this.connectTimeoutMs);
+        socket.once('connect', () => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          socket.removeAllListeners('error');
+          resolve(new Conn(socket, this.conns));
+        });
+        socket.on('error', (e: NodeJS.ErrnoException) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          socket.destroy();
+          reject(new InitError('unavailable', `the sandbox's init refused the connection (${e.code ?? e.message})`));
+        });
       });
-      socket.on('error', (e: NodeJS.ErrnoException) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        socket.destroy();
-        reject(new InitError('unavailable', `init socket ${this.socketPath}: ${e.code ?? e.message}`));
-      });
-    });
+    } finally {
+      await fh.close();
+    }
   }
 
   /**
    * Opens a connection, sends `req` and resolves with `parse` of the first answer frame; the
    * connection is then closed unless `keep` is set (the caller then owns it).
    */
-  private async request<T>(req: Json, parse: (o: Json, conn: Conn) => T, opts: { keep?: boolean } = {}): Promise<T> {
+  private async request<T>(
+    req: Json,
+    parse: (o: Json, conn: Conn) => T,
+    opts: { keep?: boolean; timeoutMs?: number; unwatched?: boolean } = {},
+  ): Promise<T> {
     const frame = encodeJson(req);
     const conn = await this.connect();
+    const timeoutMs = opts.timeoutMs ?? this.requestTimeoutMs;
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(() => {
-        settle(new InitError('unavailable', `init did not answer ${String(req.op)} within ${this.requestTimeoutMs} ms`));
-      }, this.requestTimeoutMs);
+        settle(new InitError('unavailable', `the sandbox's init did not answer ${String(req.op)} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      // A stream keeps its watch after the answer: its init may stop at any time.
+      if (!opts.unwatched) conn.liveness = this.monitor.watch((e) => conn.fail(e));
       const settle = (err: Error | null, value?: T) => {
         if (settled) return;
         settled = true;
@@ -620,10 +747,14 @@ export class InitClient {
   }
 
   async ping(): Promise<{ version: string; pid: number }> {
-    return this.request({ op: 'ping' }, (o) => {
-      expectType(o, 'pong');
-      return { version: str(o, 'version'), pid: int(o, 'pid', 1) };
-    });
+    return this.request(
+      { op: 'ping' },
+      (o) => {
+        expectType(o, 'pong');
+        return { version: str(o, 'version'), pid: int(o, 'pid', 1) };
+      },
+      { timeoutMs: this.pingTimeoutMs, unwatched: true },
+    );
   }
 
   // --- processes ---------------------------------------------------------------------------
@@ -778,6 +909,7 @@ export class InitClient {
       let timer: NodeJS.Timeout | null = null;
       let stallTimer: NodeJS.Timeout | null = null;
       let drainWaiter: (() => void) | null = null;
+      conn.liveness = this.monitor.watch((e) => conn.fail(e));
       const settle = (err: Error | null, entry?: Entry) => {
         if (settled) return;
         settled = true;
@@ -809,6 +941,7 @@ export class InitClient {
         close: (err) => settle(err ?? protocol('connection closed before the answer to write_file')),
       };
       conn.socket.on('drain', () => {
+        conn.liveness?.progress();
         const w = drainWaiter;
         drainWaiter = null;
         w?.();
@@ -818,7 +951,7 @@ export class InitClient {
         if (conn.send(buf) || settled) return;
         // An init that stops reading the upload must not hang the call forever.
         stallTimer = setTimeout(
-          () => settle(new InitError('unavailable', `init stopped reading the write_file upload for ${this.requestTimeoutMs} ms`)),
+          () => settle(new InitError('unavailable', `the sandbox's init stopped reading the upload for ${this.requestTimeoutMs} ms`)),
           this.requestTimeoutMs,
         );
         await new Promise<void>((r) => (drainWaiter = r));
@@ -840,7 +973,7 @@ export class InitClient {
         await send(encodeJson({ op: 'end' }));
         if (!settled) {
           timer = setTimeout(
-            () => settle(new InitError('unavailable', `init did not answer write_file within ${this.requestTimeoutMs} ms`)),
+            () => settle(new InitError('unavailable', `the sandbox's init did not answer write_file within ${this.requestTimeoutMs} ms`)),
             this.requestTimeoutMs,
           );
         }

@@ -14,11 +14,19 @@ pid=${pid%%[!0-9]*}
 [ -n "$pid" ] || { echo "network hook: no pid in the container state" >&2; exit 1; }
 # (a link left by an earlier attempt was removed by the agent before this run)
 ip link add "$host_if" type veth peer name eth0 netns "/proc/$pid/ns/net"
+# No IPv6 on the link, on either side, before it comes up: a link-local address on the host
+# side would be a way to the host's services that IPv4's rules do not see.
+echo 1 > "/proc/sys/net/ipv6/conf/$host_if/disable_ipv6"
 ip -batch - <<BATCH
 addr add $gateway/32 dev $host_if
 link set $host_if up
 route replace $address/32 dev $host_if
 BATCH
+# Inside: /proc/sys/net is the namespace of whoever writes it, hence nsenter. Loopback keeps ::1.
+nsenter -t "$pid" -n sh -c '
+  echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
+  echo "0 2147483647" > /proc/sys/net/ipv4/ping_group_range
+'
 nsenter -t "$pid" -n ip -batch - <<BATCH
 link set lo up
 addr add $address/32 dev eth0

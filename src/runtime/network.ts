@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './command.ts';
+import { egressPolicy, egressRules, nameServersOf, networkOf, type EgressPolicy } from './egress-policy.ts';
 
 const HOOK_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), 'network-hook.sh');
 const CLAIMS_DIR = '/run/nestbox/addresses';
@@ -10,20 +11,42 @@ const CLAIMS_DIR = '/run/nestbox/addresses';
 /**
  * Sandbox networking: each sandbox has its own network namespace (made by runc inside the
  * sandbox's user namespace) and a routed veth pair: container eth0 = <prefix>.a.b/32, host
- * side = <prefix>.0.1/32.
- * Routed links rather than a bridge put every sandbox-to-sandbox and sandbox-to-host packet
- * through the host's iptables, where the NESTBOX-* chains drop them.
+ * side = <prefix>.0.1/32. IPv4 only: the link has no IPv6 on either side.
+ *
+ * Routed links rather than a bridge put every packet of a sandbox through the host's
+ * firewall:
+ * - raw PREROUTING drops a packet whose source is not the address routed to the link it came
+ *   in on (reverse-path check): no forged sources, neither a neighbour's nor the internet's;
+ * - NESTBOX-INPUT: a sandbox opens nothing on the host (answers to the host's own connections,
+ *   into the sandbox, pass);
+ * - NESTBOX-FORWARD: first the egress floor (NESTBOX-EGRESS: no host networks, LAN, link-local
+ *   or special ranges), then no sandbox-to-sandbox, then internet access per sandbox
+ *   (NESTBOX-INTERNET: one ACCEPT per sandbox that has it), then drop;
+ * - IPv6 from or to a sandbox link is dropped, whatever a sandbox does to its own side.
  */
 
 const HOST_IF_PREFIX = 'nbh';
+const SANDBOX_IFS = `${HOST_IF_PREFIX}+`;
 const CHAIN_INPUT = 'NESTBOX-INPUT';
 const CHAIN_FORWARD_OUT = 'NESTBOX-FORWARD';
 const CHAIN_FORWARD_IN = 'NESTBOX-FORWARD-IN';
+const CHAIN_EGRESS = 'NESTBOX-EGRESS';
+const CHAIN_INTERNET = 'NESTBOX-INTERNET';
+const CHAIN_SOURCES = 'NESTBOX-SOURCES';
+const CHAIN_INPUT6 = 'NESTBOX-INPUT6';
 
 export interface SandboxNetwork {
   hostIf: string;
   address: string;
   allowInternet: boolean;
+}
+
+export interface NetworkOptions {
+  subnetPrefix: string; // e.g. "10.88"
+  /** Ranges the operator lets sandboxes with internet access reach although the floor refuses them. */
+  egressAllow?: string[];
+  /** Ranges refused beyond the floor. */
+  egressDeny?: string[];
 }
 
 function hostIfFor(sandboxId: string) {
@@ -34,37 +57,76 @@ async function iptables(args: string[], allowFailure = false) {
   return run(['iptables', '-w', '5', ...args], { allowFailure });
 }
 
-async function ensureChain(table: string, chain: string) {
-  await iptables(['-t', table, '-N', chain], true);
+async function ensureChain(table: string, chain: string, cmd = 'iptables') {
+  await run([cmd, '-w', '5', '-t', table, '-N', chain], { allowFailure: true });
 }
 
-async function ensureRule(table: string, chain: string, rule: string[], position: 'I' | 'A' = 'A') {
-  const check = await iptables(['-t', table, '-C', chain, ...rule], true);
-  if (check.code !== 0) await iptables(['-t', table, position === 'I' ? '-I' : '-A', chain, ...(position === 'I' ? ['1'] : []), ...rule]);
+async function ensureRule(table: string, chain: string, rule: string[], position: 'I' | 'A' = 'A', cmd = 'iptables') {
+  const check = await run([cmd, '-w', '5', '-t', table, '-C', chain, ...rule], { allowFailure: true });
+  if (check.code !== 0) await run([cmd, '-w', '5', '-t', table, position === 'I' ? '-I' : '-A', chain, ...(position === 'I' ? ['1'] : []), ...rule]);
+}
+
+/**
+ * Replaces the contents of whole chains in one transaction (iptables-restore --noflush): a
+ * packet sees the old rules or the new ones, never an empty chain.
+ */
+async function replaceChains(table: string, chains: Record<string, string[][]>, cmd = 'iptables') {
+  const lines = [`*${table}`];
+  for (const name of Object.keys(chains)) lines.push(`:${name} - [0:0]`);
+  for (const [name, rules] of Object.entries(chains)) {
+    for (const rule of rules) lines.push(['-A', name, ...rule].join(' '));
+  }
+  lines.push('COMMIT', '');
+  await run([`${cmd}-restore`, '-w', '5', '--noflush'], { input: lines.join('\n') });
 }
 
 export class NetworkManager {
-  constructor(private readonly subnetPrefix: string) {}
+  private readonly subnetPrefix: string;
+  private policy: EgressPolicy | null = null;
 
-  /** Host-wide setup, idempotent: forwarding, NAT for sandboxes with internet, isolation chains. */
+  constructor(private readonly opts: NetworkOptions) {
+    this.subnetPrefix = opts.subnetPrefix;
+  }
+
+  /** Host-wide setup, idempotent: forwarding, NAT, source checks and the isolation chains. */
   async setupHost(): Promise<void> {
     await writeFile('/proc/sys/net/ipv4/ip_forward', '1');
     const subnet = `${this.subnetPrefix}.0.0/16`;
-    const sandboxIfs = `${HOST_IF_PREFIX}+`;
-    for (const chain of [CHAIN_INPUT, CHAIN_FORWARD_OUT, CHAIN_FORWARD_IN]) await ensureChain('filter', chain);
-    // Sandbox -> host: only answers to connections the host opened (proxying into the sandbox).
-    await ensureRule('filter', CHAIN_INPUT, ['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT']);
-    await ensureRule('filter', CHAIN_INPUT, ['-j', 'DROP']);
-    await ensureRule('filter', 'INPUT', ['-i', sandboxIfs, '-j', CHAIN_INPUT], 'I');
-    // Sandbox -> elsewhere: never another sandbox; the internet only with a per-sandbox ACCEPT
-    // inserted at the top of this chain by attach().
-    await ensureRule('filter', CHAIN_FORWARD_OUT, ['-o', sandboxIfs, '-j', 'DROP']);
-    await ensureRule('filter', CHAIN_FORWARD_OUT, ['-j', 'DROP']);
-    await ensureRule('filter', CHAIN_FORWARD_IN, ['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT']);
-    await ensureRule('filter', CHAIN_FORWARD_IN, ['-j', 'DROP']);
-    await ensureRule('filter', 'FORWARD', ['-i', sandboxIfs, '-j', CHAIN_FORWARD_OUT], 'I');
-    await ensureRule('filter', 'FORWARD', ['-o', sandboxIfs, '-j', CHAIN_FORWARD_IN], 'I');
-    await ensureRule('nat', 'POSTROUTING', ['-s', subnet, '!', '-o', sandboxIfs, '-j', 'MASQUERADE']);
+    this.policy = egressPolicy({
+      allow: this.opts.egressAllow ?? [],
+      deny: this.opts.egressDeny ?? [],
+      hostNetworks: await hostNetworks(),
+      nameServers: nameServersOf(await readFile('/etc/resolv.conf', 'utf8').catch(() => '')),
+    });
+    for (const chain of [CHAIN_INPUT, CHAIN_FORWARD_OUT, CHAIN_FORWARD_IN, CHAIN_EGRESS, CHAIN_INTERNET]) await ensureChain('filter', chain);
+    await ensureChain('raw', CHAIN_SOURCES);
+    await this.moveOldInternetRules();
+    await replaceChains('filter', {
+      // Sandbox -> host: only answers to connections the host opened (proxying into the sandbox).
+      [CHAIN_INPUT]: [['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'], ['-j', 'DROP']],
+      [CHAIN_EGRESS]: egressRules(this.policy),
+      [CHAIN_FORWARD_OUT]: [['-j', CHAIN_EGRESS], ['-o', SANDBOX_IFS, '-j', 'DROP'], ['-j', CHAIN_INTERNET], ['-j', 'DROP']],
+      [CHAIN_FORWARD_IN]: [['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'], ['-j', 'DROP']],
+    });
+    // A packet from a sandbox must come from the address routed to its link (reverse path),
+    // checked before connection tracking sees it.
+    await replaceChains('raw', { [CHAIN_SOURCES]: [['-m', 'rpfilter', '--invert', '-j', 'DROP']] });
+    await ensureRule('raw', 'PREROUTING', ['-i', SANDBOX_IFS, '-j', CHAIN_SOURCES], 'I');
+    await ensureRule('filter', 'INPUT', ['-i', SANDBOX_IFS, '-j', CHAIN_INPUT], 'I');
+    await ensureRule('filter', 'FORWARD', ['-i', SANDBOX_IFS, '-j', CHAIN_FORWARD_OUT], 'I');
+    await ensureRule('filter', 'FORWARD', ['-o', SANDBOX_IFS, '-j', CHAIN_FORWARD_IN], 'I');
+    await ensureRule('nat', 'POSTROUTING', ['-s', subnet, '!', '-o', SANDBOX_IFS, '-j', 'MASQUERADE']);
+    // IPv6: the links have none; should a sandbox bring it up on its side, nothing passes.
+    await ensureChain('filter', CHAIN_INPUT6, 'ip6tables');
+    await replaceChains('filter', { [CHAIN_INPUT6]: [['-j', 'DROP']] }, 'ip6tables');
+    await ensureRule('filter', 'INPUT', ['-i', SANDBOX_IFS, '-j', CHAIN_INPUT6], 'I', 'ip6tables');
+    await ensureRule('filter', 'FORWARD', ['-i', SANDBOX_IFS, '-j', CHAIN_INPUT6], 'I', 'ip6tables');
+    await ensureRule('filter', 'FORWARD', ['-o', SANDBOX_IFS, '-j', CHAIN_INPUT6], 'I', 'ip6tables');
+  }
+
+  /** The egress floor in force (after setupHost). */
+  get egress(): EgressPolicy | null {
+    return this.policy;
   }
 
   get gateway() {
@@ -83,8 +145,7 @@ export class NetworkManager {
     const address = await this.claimAddress(sandboxId, preferredAddress);
     try {
       if (allowInternet) {
-        await iptables(['-I', CHAIN_FORWARD_OUT, '1', '-i', hostIf, '!', '-o', `${HOST_IF_PREFIX}+`,
-          '-m', 'comment', '--comment', `nestbox:${sandboxId}`, '-j', 'ACCEPT']);
+        await iptables(['-A', CHAIN_INTERNET, '-i', hostIf, '-m', 'comment', '--comment', `nestbox:${sandboxId}`, '-j', 'ACCEPT']);
       }
     } catch (e) {
       await this.release(sandboxId);
@@ -120,20 +181,33 @@ export class NetworkManager {
   /** Removes everything prepare() and the hook made; safe for a sandbox that has nothing left. */
   async release(sandboxId: string): Promise<void> {
     await run(['ip', 'link', 'del', hostIfFor(sandboxId)], { allowFailure: true });
-    await this.removeRules(sandboxId);
+    await this.removeRules(sandboxId, CHAIN_INTERNET);
     for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
       const owner = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
       if (owner === sandboxId) await rm(path.join(CLAIMS_DIR, address), { force: true });
     }
   }
 
-  private async removeRules(sandboxId: string) {
-    const listing = await iptables(['-S', CHAIN_FORWARD_OUT], true);
-    for (const line of listing.stdout.split('\n')) {
-      if (!line.includes(`nestbox:${sandboxId}`) || !line.startsWith('-A ')) continue;
-      // -S prints the rule as it was added; replay it with -D. Its fields contain no spaces.
-      const rule = line.slice(3).split(' ').map((f) => f.replace(/^"|"$/g, ''));
-      await iptables(['-D', ...rule], true);
+  private async removeRules(sandboxId: string, chain: string) {
+    for (const rule of await this.rulesIn(chain, sandboxId)) await iptables(['-D', ...rule], true);
+  }
+
+  /** The rules of one sandbox in a chain, as `-S` prints them minus the leading -A (fields have no spaces). */
+  private async rulesIn(chain: string, sandboxId?: string): Promise<string[][]> {
+    const listing = await iptables(['-S', chain], true);
+    return listing.stdout
+      .split('\n')
+      .filter((line) => line.startsWith('-A ') && line.includes(sandboxId ? `nestbox:${sandboxId}` : 'nestbox:'))
+      .map((line) => line.slice(3).split(' ').map((f) => f.replace(/^"|"$/g, '')));
+  }
+
+  /** Earlier versions kept the per-sandbox ACCEPTs in NESTBOX-FORWARD: they move to their own chain. */
+  private async moveOldInternetRules() {
+    for (const rule of await this.rulesIn(CHAIN_FORWARD_OUT)) {
+      const [, ...rest] = rule;
+      const iface = rest[rest.indexOf('-i') + 1];
+      const comment = rest[rest.indexOf('--comment') + 1];
+      if (iface && comment) await iptables(['-A', CHAIN_INTERNET, '-i', iface, '-m', 'comment', '--comment', comment, '-j', 'ACCEPT']);
     }
   }
 
@@ -141,4 +215,20 @@ export class NetworkManager {
     const listing = await iptables(['-S'], true);
     return listing.stdout.split('\n').filter((l) => l.includes(`nestbox:${sandboxId}`));
   }
+}
+
+/** The IPv4 networks the host's own interfaces are on (sandbox links left out). */
+async function hostNetworks(): Promise<string[]> {
+  const r = await run(['ip', '-j', '-4', 'addr', 'show'], { allowFailure: true });
+  if (r.code !== 0) return [];
+  const links = JSON.parse(r.stdout || '[]') as Array<{ ifname: string; addr_info?: Array<{ local: string; prefixlen: number; scope: string }> }>;
+  const out: string[] = [];
+  for (const link of links) {
+    if (link.ifname.startsWith(HOST_IF_PREFIX)) continue;
+    for (const a of link.addr_info ?? []) {
+      if (a.scope === 'host') continue;
+      out.push(`${networkOf(a.local, a.prefixlen)}/${a.prefixlen}`);
+    }
+  }
+  return out;
 }

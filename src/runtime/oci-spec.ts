@@ -9,19 +9,32 @@ export const SOCKET_NAME = 'init.sock';
 export interface SpecInput {
   sandboxId: string;
   rootfs: string; // the overlay mount point
-  initBinary: string; // host path
-  socketDir: string; // host path, bind-mounted at SOCKET_DIR_IN_SANDBOX
+  initBinary: string; // host path (on the sandbox's disk), bound read-only at INIT_PATH_IN_SANDBOX
+  socketDir: string; // host path (on the sandbox's disk), bound at SOCKET_DIR_IN_SANDBOX
+  etcDir: string; // host path holding hosts, hostname and resolv.conf, each bound over /etc's
   networkHook: { path: string; args: string[]; timeout: number };
   resources: SandboxResources;
   uidShift: number;
   uidRange: number;
 }
 
+/**
+ * Container engines' default set, without CAP_NET_RAW: with it, root inside could forge packets
+ * (ping works without it, through unprivileged ICMP sockets: the network hook allows them).
+ */
 const CAPABILITIES = [
-  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW',
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD',
   'CAP_SETGID', 'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE',
   'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
 ];
+
+/** What the sandbox must not read: host details and kernel side channels (as container engines mask). */
+const MASKED_PATHS = [
+  '/proc/acpi', '/proc/asound', '/proc/config.gz', '/proc/interrupts', '/proc/kcore', '/proc/keys',
+  '/proc/latency_stats', '/proc/sched_debug', '/proc/scsi', '/proc/timer_list', '/proc/timer_stats',
+  '/sys/devices/virtual/powercap', '/sys/firmware',
+];
+const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
 const CPU_PERIOD_US = 100_000;
 
@@ -81,6 +94,12 @@ export function buildOciSpec(input: SpecInput) {
         source: input.socketDir,
         options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'],
       },
+      ...(['hosts', 'hostname', 'resolv.conf'] as const).map((name) => ({
+        destination: `/etc/${name}`,
+        type: 'bind',
+        source: `${input.etcDir}/${name}`,
+        options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'],
+      })),
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: input.uidShift, size: input.uidRange }],
@@ -91,6 +110,8 @@ export function buildOciSpec(input: SpecInput) {
         { type: 'uts' },
         { type: 'mount' },
         { type: 'user' },
+        // /proc/self/cgroup says `/`, not where the sandbox sits in the host's hierarchy.
+        { type: 'cgroup' },
         // runc creates it inside the user namespace (CRIU cannot checkpoint a namespace owned by
         // the host's); the createRuntime hook wires it up at run and again at restore.
         { type: 'network' },
@@ -103,11 +124,8 @@ export function buildOciSpec(input: SpecInput) {
         pids: { limit: resources.pidsLimit },
       },
       seccomp: seccompProfile(),
-      maskedPaths: [
-        '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
-        '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware',
-      ],
-      readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'],
+      maskedPaths: MASKED_PATHS,
+      readonlyPaths: READONLY_PATHS,
     },
   };
 }

@@ -1,21 +1,23 @@
-import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile, rename } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
-import type { SandboxResources } from '../core/runtime-state.ts';
+import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
+import { createDisk, diskUsage, mountDisk, unmountDisk } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init-client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { sandboxPaths, snapshotPaths, templateRootfs } from './layout.ts';
+import { sandboxPaths, snapshotPaths, templateRootfs, type SandboxPaths } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
 import { Runc, type ContainerStats } from './runc.ts';
+import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 
 export interface CreateSandboxRequest {
   sandboxId: string;
@@ -32,6 +34,13 @@ export interface SandboxRecord extends CreateSandboxRequest {
   createdAt: string;
   /** When its container last started (create or restore) on this node. */
   startedAt?: string;
+  /** What the node last wrote into /etc/hosts, hostname, resolv.conf (a file the sandbox changed is kept). */
+  fileHashes?: SandboxFileHashes;
+}
+
+export interface SandboxMetrics extends ContainerStats {
+  diskUsedBytes: number;
+  diskTotalBytes: number;
 }
 
 export interface SnapshotRecord {
@@ -70,7 +79,7 @@ export class SandboxRuntime {
   readonly journal: NodeJournal;
 
   constructor(readonly cfg: RuntimeConfig) {
-    this.network = new NetworkManager(cfg.subnetPrefix);
+    this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
   }
@@ -90,7 +99,7 @@ export class SandboxRuntime {
   init(sandboxId: string): InitClient {
     let client = this.clients.get(sandboxId);
     if (!client) {
-      client = new InitClient(sandboxPaths(this.cfg, sandboxId).socket);
+      client = new InitClient(sandboxPaths(this.cfg, sandboxId).socket, { socketOwner: this.cfg.uidShift });
       this.clients.set(sandboxId, client);
     }
     return client;
@@ -115,11 +124,14 @@ export class SandboxRuntime {
       if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
       if (await exists(snapshotPaths(this.cfg, req.sandboxId).dir)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
       try {
-        await this.prepareDirs(req.sandboxId, true);
+        await this.prepareDirs(p, lower);
+        await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
+        await mountDisk(p.diskImage, p.disk);
+        await this.prepareDisk(p, { fresh: true, freshBoot: true });
         const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
         const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
-        await this.writeSandboxFiles(record);
-        await this.mountAndConfigure(record, lower);
+        record.fileHashes = await this.writeSandboxFiles(p, record);
+        await this.mountAndConfigure(record);
         await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
         await this.waitForInit(req.sandboxId, false);
         return await this.started(record, 'create');
@@ -172,9 +184,8 @@ export class SandboxRuntime {
         throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
       }
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
-      await this.runc.destroy(sandboxId);
-      await unmount(p.rootfs);
-      await moveTree(p.upper, staging.upper);
+      await this.releaseDisk(p);
+      await moveTree(p.diskImage, staging.diskImage);
       const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString() };
       await writeFile(staging.meta, JSON.stringify(snapshot));
       await rename(staging.dir, snapshotPaths(this.cfg, sandboxId).dir);
@@ -205,15 +216,19 @@ export class SandboxRuntime {
       if (await exists(p.dir)) throw conflict(`sandbox ${sandboxId} is already on this node`);
       const lower = templateRootfs(this.cfg, snap.sandbox.template);
       if (!(await exists(lower))) throw notFound(`template "${snap.sandbox.template}" is not on this node`);
-      let upperMoved = false;
+      if (!(await exists(s.diskImage))) await this.convertLegacySnapshot(sandboxId, snap);
+      let diskMoved = false;
       try {
-        await this.prepareDirs(sandboxId, false);
+        await this.prepareDirs(p, lower);
+        await moveTree(s.diskImage, p.diskImage);
+        diskMoved = true;
+        await mountDisk(p.diskImage, p.disk);
+        // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
+        await this.prepareDisk(p, { fresh: false, freshBoot: !snap.memory });
         const net = await this.network.prepare(sandboxId, snap.sandbox.allowInternetAccess, snap.sandbox.address);
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
-        await moveTree(s.upper, p.upper);
-        upperMoved = true;
-        await this.writeSandboxFiles(record);
-        await this.mountAndConfigure(record, lower);
+        record.fileHashes = await this.writeSandboxFiles(p, record, snap.sandbox.fileHashes);
+        await this.mountAndConfigure(record);
         this.inject('restore');
         if (snap.memory) {
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
@@ -226,13 +241,40 @@ export class SandboxRuntime {
         return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
-        await this.runc.destroy(sandboxId).catch(() => undefined);
-        await unmount(p.rootfs).catch(() => undefined);
-        if (upperMoved) await moveTree(p.upper, s.upper);
+        if (diskMoved) {
+          await this.releaseDisk(p);
+          await moveTree(p.diskImage, s.diskImage);
+        }
         await this.teardown(sandboxId);
         throw wrap(e, 'resume');
       }
     });
+  }
+
+  /**
+   * Snapshots made before sandboxes had their own disk hold the upper layer as a directory: it
+   * is copied onto a new disk inside the snapshot (the disk appears whole, by rename, before the
+   * directory goes), so a resume cut short finds one or the other, never neither.
+   */
+  private async convertLegacySnapshot(sandboxId: string, snap: SnapshotRecord) {
+    const s = snapshotPaths(this.cfg, sandboxId);
+    if (!(await exists(s.legacyUpper))) throw new NestboxError('internal', `the snapshot of ${sandboxId} has no disk`);
+    const staging = `${s.diskImage}.partial`;
+    const mountPoint = path.join(s.dir, 'disk.partial');
+    await rm(staging, { force: true });
+    await unmountDisk(mountPoint);
+    await createDisk(staging, snap.sandbox.resources.diskMB ?? DEFAULT_DISK_MB);
+    await mkdir(mountPoint, { recursive: true, mode: 0o700 });
+    await mountDisk(staging, mountPoint);
+    try {
+      // cp -a copies links as links and never follows one; the target is a fresh file system.
+      await run(['cp', '-a', '--', s.legacyUpper, path.join(mountPoint, 'upper')]);
+    } finally {
+      await unmountDisk(mountPoint);
+    }
+    await rm(mountPoint, { recursive: true, force: true });
+    await rename(staging, s.diskImage);
+    await removeTree(s.legacyUpper);
   }
 
   /** Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked). */
@@ -314,14 +356,14 @@ export class SandboxRuntime {
   }
 
   /**
-   * A resume cut short moved the snapshot's upper layer into the sandbox directory. If the
-   * container never came up, the layer goes back and the snapshot is whole again; if it came
-   * up, the snapshot was consumed and is removed.
+   * A resume cut short moved the snapshot's disk into the sandbox directory. If the container
+   * never came up, the disk goes back and the snapshot is whole again; if it came up, the
+   * snapshot was consumed and is removed.
    */
   private async repairSnapshot(sandboxId: string): Promise<string | null> {
     const s = snapshotPaths(this.cfg, sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
-    if (!(await exists(s.meta)) || (await exists(s.upper)) || !(await exists(p.upper))) return null;
+    if (!(await exists(s.meta)) || (await exists(s.diskImage)) || (await exists(s.legacyUpper)) || !(await exists(p.diskImage))) return null;
     const state = await this.containerState(sandboxId);
     if (state?.status === 'running') {
       await rm(s.dir, { recursive: true, force: true });
@@ -331,8 +373,8 @@ export class SandboxRuntime {
       return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
     }
     await this.releaseLayer(sandboxId);
-    await moveTree(p.upper, s.upper);
-    return `${sandboxId}: resume was cut short; its layer went back to the snapshot`;
+    await moveTree(p.diskImage, s.diskImage);
+    return `${sandboxId}: resume was cut short; its disk went back to the snapshot`;
   }
 
   /**
@@ -349,13 +391,13 @@ export class SandboxRuntime {
     const record = await this.record(sandboxId).catch(() => null);
     if (state?.status === 'paused' && !dumped) await this.runc.thaw(sandboxId); // abandoned mid-dump
     const now = await this.containerState(sandboxId);
-    if (now?.status === 'running' || !dumped || !record || (await exists(final.dir)) || !(await exists(p.upper))) {
+    if (now?.status === 'running' || !dumped || !record || (await exists(final.dir)) || !(await exists(p.diskImage))) {
       await rm(staging.dir, { recursive: true, force: true });
       if (now?.status === 'running') await this.cancelStop(sandboxId);
       return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
     }
     await this.releaseLayer(sandboxId);
-    await moveTree(p.upper, staging.upper);
+    await moveTree(p.diskImage, staging.diskImage);
     await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
     await rename(staging.dir, final.dir);
     await this.teardown(sandboxId);
@@ -399,11 +441,12 @@ export class SandboxRuntime {
     return out;
   }
 
-  async metrics(sandboxId: string): Promise<ContainerStats> {
+  async metrics(sandboxId: string): Promise<SandboxMetrics> {
     assertId(sandboxId);
     const stats = await this.runc.stats(sandboxId);
     if (!stats) throw notFound(`sandbox ${sandboxId} is not running on this node`);
-    return stats;
+    const disk = await diskUsage(sandboxPaths(this.cfg, sandboxId).disk).catch(() => ({ usedBytes: 0, totalBytes: 0 }));
+    return { ...stats, diskUsedBytes: disk.usedBytes, diskTotalBytes: disk.totalBytes };
   }
 
   /** runc's view of the container, except that a zombie init counts as stopped. */
@@ -433,14 +476,18 @@ export class SandboxRuntime {
   }
 
   /**
-   * Before a sandbox's upper layer moves: its container is gone and no overlay uses the layer
-   * any more (its rootfs, or CRIU's mount of it); otherwise the move is refused.
+   * Before a sandbox's disk moves: its container is gone, no overlay uses the disk any more (its
+   * rootfs, or CRIU's mount of it) and the disk itself is unmounted; otherwise the move is refused.
    */
   private async releaseLayer(sandboxId: string) {
-    const p = sandboxPaths(this.cfg, sandboxId);
-    await this.runc.destroy(sandboxId);
+    await this.releaseDisk(sandboxPaths(this.cfg, sandboxId));
+  }
+
+  private async releaseDisk(p: SandboxPaths) {
+    await this.runc.destroy(path.basename(p.dir));
     await unmount(p.rootfs);
-    if (await isMountPoint(p.rootfs)) throw new Error(`${p.rootfs} is still mounted; the layer of ${sandboxId} stays where it is`);
+    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system of ${path.basename(p.dir)} is still mounted; its disk stays where it is`);
+    await unmountDisk(p.disk);
   }
 
   /** The sandbox kept running after a stop was journaled: a start at the same instant cancels it. */
@@ -453,49 +500,60 @@ export class SandboxRuntime {
     await this.journal.append({ sandboxId, event: 'stop', at: at.toISOString(), cause });
   }
 
-  private async prepareDirs(sandboxId: string, withUpper: boolean) {
-    const p = sandboxPaths(this.cfg, sandboxId);
-    const shift = this.cfg.uidShift;
-    // The sandbox's root (host uid `shift`) must be able to reach its rootfs and socket dir.
+  /** The sandbox's directory (the bundle), its rootfs mount point, and the name of its lower layer. */
+  private async prepareDirs(p: SandboxPaths, lower: string) {
+    // The sandbox's root (host uid `shift`) must be able to reach its rootfs and bind sources.
     await mkdir(p.dir, { recursive: true, mode: 0o711 });
-    await mkdir(path.dirname(p.upper), { recursive: true, mode: 0o711 });
-    if (withUpper) {
+    await mkdir(p.rootfs, { mode: 0o755 });
+    await mkdir(p.disk, { mode: 0o711 });
+    // The overlay names its lower layer by this link, so mountinfo shows "lower", not a host path.
+    await symlink(lower, p.lowerLink);
+  }
+
+  /**
+   * Lays out a mounted disk. The directories that name sandbox-writable ones (the disk's root,
+   * etc/, init/) are host root's, so nothing inside can replace what the agent opens; the socket
+   * directory starts empty at every start (a restored init binds its socket again).
+   */
+  private async prepareDisk(p: SandboxPaths, o: { fresh: boolean; freshBoot: boolean }) {
+    const shift = this.cfg.uidShift;
+    await chmod(p.disk, 0o711);
+    if (o.fresh) {
       await mkdir(p.upper, { mode: 0o755 });
       await chown(p.upper, shift, shift);
+      await mkdir(p.work, { mode: 0o700 });
     }
-    await mkdir(p.work, { mode: 0o700 });
-    await mkdir(p.rootfs, { mode: 0o755 });
+    await removeTree(p.socketDir);
     await mkdir(p.socketDir, { mode: 0o700 });
     await chown(p.socketDir, shift, shift);
-  }
-
-  /** Files the node provides inside the sandbox: written into the upper layer, owned by its root. */
-  private async writeSandboxFiles(record: SandboxRecord) {
-    const p = sandboxPaths(this.cfg, record.sandboxId);
-    const shift = this.cfg.uidShift;
-    const etc = path.join(p.upper, 'etc');
-    if (!(await exists(etc))) {
-      await mkdir(etc, { mode: 0o755 });
-      await chown(etc, shift, shift);
-    }
-    const hosts = `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${record.address}\tnestbox\n`;
-    const resolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
-    const resolvInSandbox = resolv.split('\n').filter((l) => !/^nameserver\s+(127\.|::1)/.test(l)).join('\n');
-    for (const [name, content] of [['hosts', hosts], ['resolv.conf', resolvInSandbox], ['hostname', 'nestbox\n']] as const) {
-      const f = path.join(etc, name);
-      await writeFile(f, content, { mode: 0o644 });
-      await chown(f, shift, shift);
+    await mkdir(p.initDir, { recursive: true, mode: 0o755 });
+    if (o.freshBoot || !(await exists(p.initBinary))) {
+      const staged = `${p.initBinary}.new`;
+      await copyFile(this.cfg.initBinary, staged);
+      await chmod(staged, 0o555);
+      await rename(staged, p.initBinary);
     }
   }
 
-  private async mountAndConfigure(record: SandboxRecord, lower: string) {
+  /** /etc/hosts, hostname and resolv.conf of the sandbox (see sandbox-files.ts). */
+  private async writeSandboxFiles(p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
+    return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), this.cfg.uidShift, previous);
+  }
+
+  private async mountAndConfigure(record: SandboxRecord) {
     const p = sandboxPaths(this.cfg, record.sandboxId);
-    await run(['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${p.upper},workdir=${p.work}`, p.rootfs]);
+    // Relative names (from the bundle directory): the sandbox's mountinfo tells nothing of the host.
+    const rel = (to: string) => path.relative(p.dir, to);
+    await run(
+      ['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${rel(p.lowerLink)},upperdir=${rel(p.upper)},workdir=${rel(p.work)}`, rel(p.rootfs)],
+      { cwd: p.dir },
+    );
     const spec = buildOciSpec({
       sandboxId: record.sandboxId,
       rootfs: p.rootfs,
-      initBinary: this.cfg.initBinary,
+      initBinary: p.initBinary,
       socketDir: p.socketDir,
+      etcDir: p.etcDir,
       networkHook: this.network.hook(record.sandboxId, record.address),
       resources: record.resources,
       uidShift: this.cfg.uidShift,
@@ -542,8 +600,7 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, sandboxId);
     this.clients.get(sandboxId)?.closeAll();
     this.clients.delete(sandboxId);
-    await this.runc.destroy(sandboxId);
-    await unmount(p.rootfs);
+    await this.releaseDisk(p);
     await this.network.release(sandboxId);
     await removeTree(p.dir);
   }

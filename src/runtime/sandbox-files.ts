@@ -1,0 +1,94 @@
+import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, readFile } from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * The files the node provides inside a sandbox: /etc/hosts, /etc/hostname, /etc/resolv.conf.
+ * As container engines do, they are the node's own files, in a directory of host root's on the
+ * sandbox's disk, bound over the sandbox's paths: the sandbox may edit their contents, but never
+ * replace them with a link, and the agent opens them with O_NOFOLLOW all the same.
+ *
+ * On a resume the files are brought up to date (a new address, another node's name servers)
+ * unless the sandbox changed them: then its version stays, as Docker does.
+ */
+
+export const SANDBOX_FILES = ['hosts', 'hostname', 'resolv.conf'] as const;
+export type SandboxFileName = (typeof SANDBOX_FILES)[number];
+/** sha256 of what the node last wrote into each file. */
+export type SandboxFileHashes = Partial<Record<SandboxFileName, string>>;
+
+/** Contents larger than this were not written by the node. */
+const MAX_NODE_FILE = 64 * 1024;
+
+export const HOSTNAME = 'nestbox';
+
+export function sandboxFileContents(address: string, hostResolvConf: string): Record<SandboxFileName, string> {
+  return {
+    hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address}\t${HOSTNAME}\n`,
+    hostname: `${HOSTNAME}\n`,
+    // The host's loopback resolvers are unreachable from a sandbox.
+    'resolv.conf': hostResolvConf.split('\n').filter((l) => !/^nameserver\s+(127\.|::1)/.test(l)).join('\n'),
+  };
+}
+
+export async function hostResolvConf(): Promise<string> {
+  return readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+}
+
+const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+
+/**
+ * Writes the files into `etcDir` (a directory of host root's), owned by the sandbox's root.
+ * With `previous` (the hashes of the last write), a file whose contents differ from what the
+ * node wrote is left as the sandbox made it. Returns the hashes of what is there now.
+ */
+export async function writeSandboxFiles(
+  etcDir: string,
+  contents: Record<SandboxFileName, string>,
+  owner: number,
+  previous?: SandboxFileHashes,
+): Promise<SandboxFileHashes> {
+  await mkdir(etcDir, { recursive: true, mode: 0o755 });
+  const hashes: SandboxFileHashes = {};
+  for (const name of SANDBOX_FILES) {
+    const file = path.join(etcDir, name);
+    const before = previous?.[name];
+    if (before !== undefined) {
+      const current = await readNodeFile(file);
+      if (current === 'foreign' || (current !== 'missing' && sha256(current) !== before)) {
+        hashes[name] = before; // the sandbox's own version stays; what the node wrote is still `before`
+        continue;
+      }
+    }
+    const f = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
+    try {
+      await f.writeFile(contents[name]);
+      await f.chown(owner, owner);
+      await f.chmod(0o644);
+    } finally {
+      await f.close();
+    }
+    hashes[name] = sha256(contents[name]);
+  }
+  return hashes;
+}
+
+/** The file's contents; 'foreign' when it cannot be what the node wrote (too large, not a file). */
+async function readNodeFile(file: string): Promise<Buffer | 'missing' | 'foreign'> {
+  let f;
+  try {
+    f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : 'foreign';
+  }
+  try {
+    const st = await f.stat();
+    if (!st.isFile() || st.size > MAX_NODE_FILE) return 'foreign';
+    const buf = Buffer.alloc(MAX_NODE_FILE + 1);
+    const { bytesRead } = await f.read(buf, 0, buf.length, 0);
+    return bytesRead > MAX_NODE_FILE ? 'foreign' : buf.subarray(0, bytesRead);
+  } finally {
+    await f.close();
+  }
+}
