@@ -70,25 +70,27 @@ async function startTestAgentOn(prev: TestAgent): Promise<TestAgent> {
   };
 }
 
-test('a resume cut short by a crash is repaired: the layer goes back and the snapshot resumes with its memory', async () => {
+test('a resume cut short by a crash is repaired: the disk goes back and the snapshot resumes with its memory', async () => {
   const id = await createSandbox(a);
   await exec(a, id, counter);
   await exec(a, id, 'echo kept > /home/user/file');
   await sleep(300);
   const before = await readCount(a, id);
   await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
-  // What a resume leaves when the agent dies right after moving the layer out of the snapshot.
+  // What a resume leaves when the agent dies right after moving the disk out of the snapshot
+  // and mounting it.
   const cfg = a.agent.runtime.cfg;
   const p = sandboxPaths(cfg, id);
   const s = snapshotPaths(cfg, id);
-  await mkdir(path.dirname(p.upper), { recursive: true });
-  await rename(s.upper, p.upper);
+  await mkdir(p.disk, { recursive: true });
+  await rename(s.diskImage, p.diskImage);
+  await run(['mount', '-o', 'loop', p.diskImage, p.disk]);
   const notes = await a.agent.runtime.recover();
   assert.ok(notes.some((n) => n.startsWith(id) && /resume was cut short/.test(n)), notes.join('\n'));
-  assert.ok((await readdir(s.dir)).includes('upper'), 'the snapshot is whole again');
+  assert.ok((await readdir(s.dir)).includes('disk.img'), 'the snapshot is whole again');
   // What is left of the sandbox directory is removed by a kill, which keeps the snapshot.
   await a.agent.runtime.kill(id);
-  assert.ok((await readdir(s.dir)).includes('upper'));
+  assert.ok((await readdir(s.dir)).includes('disk.img'));
   await a.json('POST', `/v1/sandboxes/${id}/resume`);
   assert.equal((await exec(a, id, 'cat /home/user/file')).stdout, 'kept\n');
   const after = await readCount(a, id);

@@ -254,7 +254,7 @@ forEachDatabase('reconciler', (t) => {
     await rowOf(b);
     const rowAt = w.clock.t;
     w.clock.advance(2_000);
-    await w.node.create({ sandboxId: a, template: 'base', cpuCount: 1, memoryMB: 256, envVars: {}, metadata: {}, allowInternetAccess: true });
+    await w.node.create({ sandboxId: a, template: 'base', cpuCount: 1, memoryMB: 256, diskMB: 512, envVars: {}, metadata: {}, allowInternetAccess: true });
     const startedOnNode = w.clock.t;
     w.clock.advance(GRACE);
     const report = await w.reconciler.tick();

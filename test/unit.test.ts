@@ -47,22 +47,53 @@ describe('KeyedMutex', () => {
 });
 
 describe('OCI spec', () => {
-  test('a sandbox gets every namespace, its limits, seccomp, no new privileges and masked /proc', () => {
-    const spec = buildOciSpec({
-      sandboxId: 'a'.repeat(20), rootfs: '/r', initBinary: '/i', socketDir: '/s',
-      networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 },
-      resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
-    });
-    assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['ipc', 'mount', 'network', 'pid', 'user', 'uts']);
+  const spec = buildOciSpec({
+    sandboxId: 'a'.repeat(20), rootfs: '/r', initBinary: '/i', socketDir: '/s', etcDir: '/e',
+    networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 },
+    resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
+  });
+
+  test('a sandbox gets every namespace, its limits, no new privileges and masked /proc', () => {
+    assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'user', 'uts']);
     assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
     assert.equal(spec.linux.uidMappings[0]!.hostID, 100000);
     assert.equal(spec.linux.resources.memory.limit, 256 * 1024 * 1024);
     assert.equal(spec.linux.resources.cpu.quota, 50_000);
     assert.equal(spec.linux.resources.pids.limit, 100);
     assert.equal(spec.process.noNewPrivileges, true);
-    assert.ok(spec.linux.maskedPaths.includes('/proc/kcore'));
-    assert.ok(spec.linux.seccomp.syscalls[0]!.names.includes('kexec_load'));
-    assert.ok(!spec.process.capabilities.bounding.includes('CAP_SYS_ADMIN'));
+    for (const p of ['/proc/kcore', '/proc/config.gz', '/proc/keys']) assert.ok(spec.linux.maskedPaths.includes(p), p);
+    for (const cap of ['CAP_SYS_ADMIN', 'CAP_NET_RAW', 'CAP_NET_ADMIN', 'CAP_SYS_PTRACE']) {
+      assert.ok(!spec.process.capabilities.bounding.includes(cap), cap);
+    }
+  });
+
+  test("the node's files are bound from its own directory, the socket directory from the sandbox's disk", () => {
+    const binds = Object.fromEntries(spec.mounts.filter((m) => m.type === 'bind').map((m) => [m.destination, m.source]));
+    assert.deepEqual(binds, {
+      '/.nestbox/init': '/i', '/run/nestbox': '/s', '/etc/hosts': '/e/hosts', '/etc/hostname': '/e/hostname', '/etc/resolv.conf': '/e/resolv.conf',
+    });
+  });
+
+  test('seccomp is an allow-list: what it does not name is refused; namespaces and vsock are refused', () => {
+    const profile = spec.linux.seccomp;
+    assert.equal(profile.defaultAction, 'SCMP_ACT_ERRNO');
+    const unconditional = new Set(profile.syscalls.filter((r) => r.action === 'SCMP_ACT_ALLOW' && !r.args).flatMap((r) => r.names));
+    for (const denied of ['mount', 'umount2', 'setns', 'unshare', 'clone', 'clone3', 'bpf', 'perf_event_open', 'kexec_load', 'init_module',
+      'keyctl', 'add_key', 'userfaultfd', 'io_uring_setup', 'open_by_handle_at', 'pivot_root', 'fsopen', 'move_mount', 'socket', 'personality', 'syslog']) {
+      assert.ok(!unconditional.has(denied), `${denied} is not allowed unconditionally`);
+    }
+    for (const allowed of ['read', 'execve', 'openat', 'futex', 'epoll_wait', 'ptrace', 'setfsuid', 'inotify_add_watch', 'statx', 'getrandom']) {
+      assert.ok(unconditional.has(allowed), `${allowed} is allowed`);
+    }
+    const rule = (name: string) => profile.syscalls.filter((r) => r.names.includes(name));
+    const NEWUSER = 0x10000000;
+    for (const name of ['clone', 'unshare']) {
+      const [r] = rule(name);
+      assert.equal(r!.args![0]!.op, 'SCMP_CMP_MASKED_EQ');
+      assert.ok((r!.args![0]!.value & NEWUSER) !== 0 && r!.args![0]!.valueTwo === 0, `${name} with CLONE_NEWUSER is not allowed`);
+    }
+    assert.equal(rule('clone3')[0]!.errnoRet, 38, 'clone3 says ENOSYS, so C libraries fall back to clone');
+    assert.deepEqual(rule('socket')[0]!.args, [{ index: 0, value: 40, op: 'SCMP_CMP_NE' }], 'every socket family but AF_VSOCK');
   });
 });
 

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
-import { runtimeConfigFromEnv } from '../../src/runtime/config.ts';
+import { runtimeConfigFromEnv, type RuntimeConfig } from '../../src/runtime/config.ts';
 import { newSandboxId } from '../../src/core/ids.ts';
 
 export const TEST_ROOT = process.env.NESTBOX_TEST_ROOT ?? '/var/lib/nestbox/test';
@@ -39,12 +39,12 @@ export function agentClient(url: string, token: string): Pick<TestAgent, 'api' |
 }
 
 /** A real node agent on a private data dir (and, unless given, a private snapshot store). */
-export async function startTestAgent(opts: { snapshotDir?: string; host?: string } = {}): Promise<TestAgent> {
+export async function startTestAgent(opts: { snapshotDir?: string; host?: string; config?: Partial<RuntimeConfig> } = {}): Promise<TestAgent> {
   const base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
   const dataDir = path.join(base, 'node');
   const snapshotDir = opts.snapshotDir ?? path.join(base, 'snapshots');
   await mkdir(dataDir, { recursive: true });
-  const config = { ...runtimeConfigFromEnv(), dataDir, snapshotDir };
+  const config = { ...runtimeConfigFromEnv(), ...opts.config, dataDir, snapshotDir };
   const agent = new Agent({ config, port: 0, host: opts.host ?? '127.0.0.1' });
   const url = await agent.start();
   const { api, json } = agentClient(url, agent.nodeToken);

@@ -1,0 +1,446 @@
+// Attacks by root inside a sandbox, performed for real against real containers. Each test does
+// what an attacker would do and asserts that it gets nowhere: not into a neighbour, not onto the
+// host, not onto the host's networks, not past its own limits.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { networkInterfaces } from 'node:os';
+import path from 'node:path';
+import { run } from '../src/runtime/command.ts';
+import { createSandbox, eventually, exec, readProcessStream, startTestAgent, type ExecResult, type TestAgent } from './helpers/agent-harness.ts';
+import { startPeer, type NetPeer } from './helpers/net-peer.ts';
+
+let a: TestAgent;
+before(async () => {
+  a = await startTestAgent();
+});
+after(async () => {
+  await a?.stop();
+});
+
+const rand = () => randomBytes(4).toString('hex');
+const root = (id: string, cmd: string) => exec(a, id, cmd, { user: 'root' });
+const py = (id: string, script: string, user = 'root') =>
+  a.api('POST', `/v1/sandboxes/${id}/processes`, { argv: ['python3', '-c', script], user }).then(readProcessStream);
+
+/** What a call into the sandbox gets now: the output of `cat /tmp/who`, or the error. */
+async function whoAnswers(id: string): Promise<{ status: number; text: string }> {
+  const res = await a.api('POST', `/v1/sandboxes/${id}/processes`, { argv: ['cat', '/tmp/who'] });
+  if (res.status !== 200) return { status: res.status, text: (await res.json()).message };
+  const r = await readProcessStream(res);
+  return { status: 200, text: r.stdout.trim() };
+}
+
+async function marked(name: string, extra: Record<string, unknown> = {}) {
+  const id = await createSandbox(a, extra);
+  await root(id, `echo ${name} > /tmp/who`);
+  return id;
+}
+
+const pause = (id: string, memory = true) => a.json('POST', `/v1/sandboxes/${id}/pause`, { memory });
+const resume = (id: string) => a.json('POST', `/v1/sandboxes/${id}/resume`);
+const kill = (id: string) => a.api('DELETE', `/v1/sandboxes/${id}`).then((r) => r.text());
+
+describe('the channel to the init', () => {
+  test("root cannot point its init socket at a neighbour's: the agent never follows it", async () => {
+    const x = await marked('sandbox-x');
+    const y = await marked('sandbox-y');
+    try {
+      const ySocket = a.agent.runtime.init(y).socketPath;
+      await root(x, `ln -sfn ${ySocket} /run/nestbox/evil && mv -fT /run/nestbox/evil /run/nestbox/init.sock`);
+      const answer = await whoAnswers(x);
+      assert.notEqual(answer.text, 'sandbox-y', "a call for x must never run in y");
+      assert.equal(answer.status, 503, JSON.stringify(answer));
+      assert.match(answer.text, /replaced|refusing/);
+      const file = await a.api('GET', `/v1/sandboxes/${x}/files?path=/tmp/who&user=root`);
+      assert.notEqual((await file.text()).trim(), 'sandbox-y');
+      assert.deepEqual(await whoAnswers(y), { status: 200, text: 'sandbox-y' }, 'the neighbour is untouched');
+    } finally {
+      await kill(x);
+      await kill(y);
+    }
+  });
+
+  test('root cannot point its init socket at a host socket: the agent never connects to it', async () => {
+    const hostSocket = `/tmp/nestbox-host-${rand()}.sock`;
+    let connections = 0;
+    const server = net.createServer((c) => {
+      connections++;
+      c.destroy();
+    });
+    await new Promise<void>((r) => server.listen(hostSocket, r));
+    const x = await marked('sandbox-x');
+    try {
+      await root(x, `ln -sfn ${hostSocket} /run/nestbox/evil && mv -fT /run/nestbox/evil /run/nestbox/init.sock`);
+      for (const p of [`/v1/sandboxes/${x}/processes`, `/v1/sandboxes/${x}/files?path=/etc/passwd`]) {
+        const res = await a.api('GET', p);
+        assert.equal(res.status, 503, `${p}: ${await res.text()}`);
+      }
+      assert.equal(connections, 0, 'the host socket was never connected to');
+    } finally {
+      server.close();
+      await rm(hostSocket, { force: true });
+      await kill(x);
+    }
+  });
+
+  test('a socket directory full of links survives pause and resume: the sandbox gets its own init back', async () => {
+    const x = await marked('sandbox-x');
+    const y = await marked('sandbox-y');
+    try {
+      const ySocket = a.agent.runtime.init(y).socketPath;
+      await root(x, `ln -sfn ${ySocket} /run/nestbox/init.sock.y; ln -sfn / /run/nestbox/root; ln /etc/passwd /run/nestbox/hard 2>/dev/null; true`);
+      await pause(x);
+      await resume(x);
+      assert.deepEqual(await whoAnswers(x), { status: 200, text: 'sandbox-x' });
+      // Now replace the socket with something that is not one, and pause/resume again.
+      await root(x, 'rm -f /run/nestbox/init.sock.y; mkdir -p /run/nestbox/d && mv -fT /run/nestbox/d /run/nestbox/init.sock || true');
+      await pause(x, false);
+      await resume(x);
+      assert.deepEqual(await whoAnswers(x), { status: 200, text: 'sandbox-x' });
+      assert.deepEqual(await whoAnswers(y), { status: 200, text: 'sandbox-y' });
+    } finally {
+      await kill(x);
+      await kill(y);
+    }
+  });
+
+  test('an init stopped by root inside (ptrace) makes calls fail within seconds as not responding', { timeout: 120_000 }, async () => {
+    const x = await marked('sandbox-x');
+    const y = await marked('sandbox-y');
+    try {
+      // Seize every thread of PID 1 and stop it; the tracer stays alive in the background.
+      const stopper = [
+        'import ctypes, os, time',
+        'libc = ctypes.CDLL(None, use_errno=True)',
+        'PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207',
+        'for tid in os.listdir("/proc/1/task"):',
+        '    t = int(tid)',
+        '    if libc.ptrace(PTRACE_SEIZE, t, 0, 0) != 0: raise SystemExit("seize %d: errno %d" % (t, ctypes.get_errno()))',
+        '    libc.ptrace(PTRACE_INTERRUPT, t, 0, 0)',
+        'open("/tmp/stopped", "w").write("yes")',
+        'time.sleep(3600)',
+      ].join('\n');
+      const started = await a.api('POST', `/v1/sandboxes/${x}/processes`, { argv: ['python3', '-c', stopper], user: 'root' });
+      assert.equal(started.status, 200);
+      void started.body?.cancel();
+      // Calls made while the stopper works may still succeed; once the init is stopped, a call
+      // (or a stream it had started) fails as not responding, and so does every later one.
+      const attempt = async (): Promise<string | null> => {
+        const res = await a.api('POST', `/v1/sandboxes/${x}/processes`, { argv: ['true'] });
+        if (res.status !== 200) return `${res.status} ${(await res.json()).message}`;
+        try {
+          await readProcessStream(res);
+          return null;
+        } catch (e) {
+          return (e as Error).message;
+        }
+      };
+      let failure: string | null = null;
+      for (let i = 0; i < 100 && failure === null; i++) failure = await attempt();
+      assert.match(failure ?? 'no failure', /not responding/);
+      assert.match((await attempt()) ?? 'no failure', /^503 .*not responding/);
+      // The node and the other sandbox are fine, and the stopped sandbox can still be killed.
+      assert.deepEqual(await whoAnswers(y), { status: 200, text: 'sandbox-y' });
+    } finally {
+      await kill(x);
+      await kill(y);
+    }
+    assert.equal((await a.api('GET', `/v1/sandboxes/${x}`)).status, 404);
+  });
+});
+
+describe('files the node writes', () => {
+  test('/etc/hosts, /etc/resolv.conf and /etc/hostname cannot be turned into links to host files', async () => {
+    const victim = `/tmp/nestbox-victim-${rand()}`;
+    const absent = `/tmp/nestbox-absent-${rand()}`;
+    await writeFile(victim, 'host file\n');
+    const x = await marked('sandbox-x');
+    try {
+      await root(x, `for f in hosts resolv.conf; do ln -sf ${victim} /etc/$f; done; ln -sf ${absent} /etc/hostname; true`);
+      for (const memory of [true, false]) {
+        await pause(x, memory);
+        await resume(x);
+      }
+      assert.equal(await readFile(victim, 'utf8'), 'host file\n', 'the host file is untouched');
+      assert.equal((await stat(victim)).uid, 0, 'and still host root\'s');
+      await assert.rejects(stat(absent), 'no host file was created');
+      const hosts = await root(x, 'cat /etc/hosts; cat /etc/hostname');
+      assert.match(hosts.stdout, /\tnestbox\n/, "the sandbox has the node's files");
+    } finally {
+      await rm(victim, { force: true });
+      await rm(absent, { force: true });
+      await kill(x);
+    }
+  });
+
+  test('with /etc itself moved aside and rebuilt from links, a pause and resume write nothing on the host', async () => {
+    const victim = `/tmp/nestbox-victim-${rand()}`;
+    await writeFile(victim, 'host file\n');
+    const x = await marked('sandbox-x');
+    try {
+      await root(x, `mkdir /etc.new && cp -a /etc/passwd /etc/group /etc/shadow /etc.new/ && for f in hosts hostname resolv.conf; do ln -s ${victim} /etc.new/$f; done; mv /etc /etc.old && mv /etc.new /etc; true`);
+      // The sandbox may well have broken itself; what matters is the host.
+      await pause(x).catch(() => undefined);
+      await resume(x).catch(() => undefined);
+      assert.equal(await readFile(victim, 'utf8'), 'host file\n');
+      assert.equal((await stat(victim)).uid, 0);
+    } finally {
+      await rm(victim, { force: true });
+      await kill(x);
+    }
+  });
+
+  test("a user's own edits of /etc/hosts survive pause and resume", async () => {
+    const x = await marked('sandbox-x');
+    try {
+      await root(x, 'echo "10.1.2.3 mine.internal" >> /etc/hosts');
+      await pause(x, false);
+      await resume(x);
+      assert.match((await root(x, 'cat /etc/hosts')).stdout, /mine\.internal/);
+    } finally {
+      await kill(x);
+    }
+  });
+});
+
+describe('the disk', () => {
+  test('a sandbox filling its disk gets ENOSPC at its own limit, kept across pause and resume', async () => {
+    const x = await createSandbox(a, { diskMB: 64 });
+    try {
+      const hostBefore = await statfs(a.dataDir);
+      const fill = await exec(a, x, 'dd if=/dev/zero of=/home/user/fill bs=1M count=512 2>&1; echo exit=$?');
+      assert.match(fill.stdout, /No space left on device/);
+      assert.match(fill.stdout, /exit=1/);
+      const written = Number((await exec(a, x, 'stat -c %s /home/user/fill')).stdout);
+      assert.ok(written < 64 * 1024 * 1024, `the sandbox wrote ${written} bytes, less than its 64 MiB`);
+      const hostAfter = await statfs(a.dataDir);
+      const hostUsed = (hostBefore.bavail - hostAfter.bavail) * hostAfter.bsize;
+      assert.ok(hostUsed < 80 * 1024 * 1024, `the host lost ${hostUsed} bytes, not more than the sandbox's disk`);
+      const errno = await py(x, 'import errno\ntry:\n  open("/home/user/more","wb").write(b"x"*(8<<20))\nexcept OSError as e:\n  print(errno.errorcode[e.errno])', 'user');
+      assert.equal(errno.stdout.trim(), 'ENOSPC', 'a program sees the error it expects');
+
+      await pause(x);
+      await resume(x);
+      const again = await exec(a, x, 'dd if=/dev/zero of=/home/user/fill2 bs=1M count=64 2>&1; echo exit=$?');
+      assert.match(again.stdout, /No space left on device/, 'the limit holds after a resume');
+      await exec(a, x, 'rm -f /home/user/fill /home/user/fill2 /home/user/more');
+      const room = await exec(a, x, 'dd if=/dev/zero of=/home/user/ok bs=1M count=32 2>&1; echo exit=$?');
+      assert.match(room.stdout, /exit=0/, 'deleting frees the space again');
+    } finally {
+      await kill(x);
+    }
+  });
+
+  test("the disk's size moves with the sandbox to another node", async () => {
+    const other = await startTestAgent({ snapshotDir: a.snapshotDir });
+    const x = await createSandbox(a, { diskMB: 96 });
+    try {
+      await exec(a, x, 'echo kept > /home/user/note');
+      await pause(x);
+      await other.json('POST', `/v1/sandboxes/${x}/resume`);
+      const df = await exec(other, x, 'df -m --output=size / | tail -1; cat /home/user/note');
+      const [size, note] = df.stdout.trim().split('\n');
+      assert.ok(Number(size) <= 96 && Number(size) > 64, `disk of ${size} MiB`);
+      assert.equal(note, 'kept');
+    } finally {
+      await other.api('DELETE', `/v1/sandboxes/${x}?deleteSnapshot=true`);
+      await other.stop();
+      await kill(x);
+    }
+  });
+});
+
+describe('the kernel surface', () => {
+  test('no new user namespace, as user or as root: no second set of capabilities inside', async () => {
+    const x = await createSandbox(a);
+    try {
+      for (const user of ['user', 'root']) {
+        const r = await exec(a, x, 'unshare -Ur sh -c "id -u; unshare -n true && echo netns" 2>&1; echo exit=$?', { user });
+        assert.match(r.stdout, /Operation not permitted/, `${user}: ${r.stdout}`);
+        assert.doesNotMatch(r.stdout, /netns/);
+        const c = await py(x, 'import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.unshare(0x10000000), ctypes.get_errno())', user);
+        assert.equal(c.stdout.trim(), '-1 1', `${user}: unshare(CLONE_NEWUSER) is EPERM`);
+      }
+      // Ordinary things still work: threads, fork and exec, a compiler-like workload.
+      const ok = await py(x, 'import threading, subprocess\nt = threading.Thread(target=lambda: None); t.start(); t.join()\nprint(subprocess.run(["sh", "-c", "echo ok"], capture_output=True, text=True).stdout.strip())', 'user');
+      assert.equal(ok.stdout.trim(), 'ok');
+    } finally {
+      await kill(x);
+    }
+  });
+
+  test('no vsock (not namespaced: it would reach the hypervisor), no raw sockets, no mounts', async () => {
+    const x = await createSandbox(a);
+    try {
+      const r = await py(x, [
+        'import socket, ctypes',
+        'def attempt(f):',
+        '    try:',
+        '        f(); return "allowed"',
+        '    except OSError as e:',
+        '        return "refused"',
+        'print(attempt(lambda: socket.socket(40, socket.SOCK_STREAM)))',
+        'print(attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)))',
+        'libc = ctypes.CDLL(None, use_errno=True)',
+        'print("refused" if libc.mount(b"none", b"/mnt", b"tmpfs", 0, None) != 0 else "allowed")',
+      ].join('\n'));
+      assert.deepEqual(r.stdout.trim().split('\n'), ['refused', 'refused', 'refused']);
+      // ping still works, over an unprivileged ICMP socket
+      const ping = await py(x, 'import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\nprint("icmp socket ok")', 'user');
+      assert.equal(ping.stdout.trim(), 'icmp socket ok');
+    } finally {
+      await kill(x);
+    }
+  });
+
+  test('nothing inside names a host path: mountinfo, cgroup, kernel config', async () => {
+    const x = await createSandbox(a);
+    try {
+      const cfg = a.agent.runtime.cfg;
+      const r = await root(x, 'cat /proc/self/mountinfo /proc/1/mountinfo /proc/self/cgroup; zcat /proc/config.gz 2>/dev/null | head -3');
+      const repo = path.resolve(import.meta.dirname, '..');
+      for (const hostPath of [cfg.dataDir, cfg.templatesDir, cfg.snapshotDir, repo, '/var/lib/nestbox', a.dataDir]) {
+        assert.ok(!r.stdout.includes(hostPath), `${hostPath} appears inside:\n${r.stdout}`);
+      }
+      assert.doesNotMatch(r.stdout, /CONFIG_/, 'the kernel configuration is masked');
+      assert.doesNotMatch(r.stdout, new RegExp(x), "the sandbox's own cgroup path is not shown");
+    } finally {
+      await kill(x);
+    }
+  });
+});
+
+describe('the network', () => {
+  let internet: NetPeer;
+  before(async () => {
+    // A server "on the internet", reached through the node like any other.
+    internet = await startPeer({ address: '198.51.100.2', hostAddress: '203.0.113.1' });
+  });
+  after(async () => {
+    await internet?.close();
+  });
+
+  test('root cannot forge source addresses: no raw sockets, and forged packets never leave the node', async () => {
+    const log = await internet.listen(9000);
+    const x = await createSandbox(a, { allowInternetAccess: true });
+    const y = await createSandbox(a, { allowInternetAccess: true });
+    try {
+      const xAddress = (await a.json('GET', `/v1/sandboxes/${x}`)).address;
+      const yAddress = (await a.json('GET', `/v1/sandboxes/${y}`)).address;
+      // Root inside has no raw sockets (no CAP_NET_RAW) ...
+      const inside = await py(x, 'import socket\ntry:\n  socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); print("raw allowed")\nexcept OSError as e:\n  print("raw refused", e.errno)');
+      assert.equal(inside.stdout.trim(), 'raw refused 1');
+      // ... and should it ever get them back, the node still drops every packet whose source is
+      // not the sandbox's own address. Host root sends them from inside x's network namespace.
+      const sender = [
+        'import socket, struct, sys',
+        'def send(src, payload):',
+        '    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
+        '    udp = struct.pack("!HHHH", 40000, 9000, 8 + len(payload), 0) + payload',
+        '    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton("198.51.100.2"))',
+        '    s.sendto(ip + udp, ("198.51.100.2", 0))',
+        `send(${JSON.stringify(xAddress)}, b"legit")`,
+        'send("1.2.3.4", b"spoof-internet")',
+        `send(${JSON.stringify(yAddress)}, b"spoof-neighbour")`,
+        'send("10.88.0.1", b"spoof-gateway")',
+      ].join('\n');
+      const pid = (await a.agent.runtime.containerState(x))!.pid;
+      await run(['nsenter', '-t', String(pid), '-n', 'python3', '-c', sender]);
+      let lines: string[] = [];
+      for (let i = 0; i < 200 && !lines.some((l) => l.includes('legit')); i++) {
+        lines = await log.lines();
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      assert.ok(lines.includes('udp 203.0.113.1 legit'), `the honest packet arrives, from the node's address: ${lines.join(' | ')}`);
+      // The forged ones were sent after it, on the same path: had they passed, they would be here.
+      await new Promise((res) => setTimeout(res, 1000));
+      lines = await log.lines();
+      assert.deepEqual(lines.filter((l) => l.includes('spoof')), [], 'no forged packet left the node');
+    } finally {
+      await kill(x);
+      await kill(y);
+    }
+  });
+
+  test('no IPv6 to the host: a listener on [::] is unreachable from inside', async () => {
+    const server = net.createServer((c) => c.end('host secret\n'));
+    await new Promise<void>((r) => server.listen({ host: '::', port: 0, ipv6Only: true }, r));
+    const port = (server.address() as net.AddressInfo).port;
+    const x = await createSandbox(a);
+    try {
+      const hostIf = `nbh${x.slice(0, 12)}`;
+      const linkLocal = (await run(['ip', '-6', '-o', 'addr', 'show', 'dev', hostIf], { allowFailure: true })).stdout.match(/inet6 (\S+)\//)?.[1];
+      const globals = Object.values(networkInterfaces()).flat()
+        .filter((i) => i && i.family === 'IPv6' && !i.internal && !i.address.startsWith('fe80')).map((i) => i!.address);
+      if (linkLocal) {
+        // Link-local addresses are usable once duplicate address detection is over, on both sides.
+        await eventually(async () => (await run(['ip', '-6', 'addr', 'show', 'dev', hostIf])).stdout, (o) => !/tentative/.test(o), 'host side DAD');
+        await eventually(async () => (await root(x, 'ip -6 addr show dev eth0')).stdout, (o) => !/tentative/.test(o), 'sandbox side DAD');
+      }
+      const targets = [...globals, ...(linkLocal ? [`${linkLocal}%eth0`] : []), 'fe80::1%eth0', 'ff02::1%eth0'];
+      const script = [
+        'import socket',
+        `for t in ${JSON.stringify(targets)}:`,
+        '    try:',
+        `        c = socket.create_connection((t, ${port}), timeout=2)`,
+        '        print("open", t, c.recv(100))',
+        '    except OSError as e:',
+        '        print("closed", t)',
+      ].join('\n');
+      const r = await py(x, script);
+      assert.doesNotMatch(r.stdout, /open/, r.stdout);
+      assert.equal(linkLocal, undefined, 'the host side of the link has no IPv6 address');
+      const inside = await root(x, 'ip -6 addr show dev eth0');
+      assert.doesNotMatch(inside.stdout, /inet6/, 'nor the sandbox side');
+    } finally {
+      server.close();
+      await kill(x);
+    }
+  });
+
+  test('with internet access: no cloud metadata, no LAN, unless the operator allows a range', async () => {
+    const metadata = await startPeer({ address: '169.254.169.254', hostAddress: '203.0.113.3' });
+    const lan = await startPeer({ address: '192.168.213.2', hostAddress: '192.168.213.1', hostPrefix: 24 });
+    const allowedLan = await startPeer({ address: '192.168.214.2', hostAddress: '192.168.214.1', hostPrefix: 24 });
+    // A second agent with the operator's allowance (the egress floor is host-wide: it applies to
+    // both agents from its start on).
+    const operator = await startTestAgent({ config: { egressAllow: ['192.168.214.0/24'] } });
+    try {
+      for (const p of [internet, metadata, lan, allowedLan]) await p.listen(80);
+      const x = await createSandbox(operator, { allowInternetAccess: true });
+      const probe = (target: string) =>
+        `timeout 5 bash -c 'exec 3<>/dev/tcp/${target}/80 && head -1 <&3' 2>&1 | head -1 | grep -q hello && echo "open ${target}" || echo "closed ${target}"`;
+      const r = await exec(operator, x, ['198.51.100.2', '169.254.169.254', '192.168.213.2', '192.168.214.2'].map(probe).join('; '));
+      assert.deepEqual(r.stdout.trim().split('\n'), [
+        'open 198.51.100.2', 'closed 169.254.169.254', 'closed 192.168.213.2', 'open 192.168.214.2',
+      ]);
+      // Refused at once (no route to host), not left to time out.
+      const refused = await exec(operator, x, 'curl -sS -m 5 http://169.254.169.254/ 2>&1; true');
+      assert.match(refused.stdout, /No route to host|Couldn't connect/);
+    } finally {
+      await operator.stop();
+      for (const p of [metadata, lan, allowedLan]) await p.close();
+      // The floor as this file's agent set it up, for the tests after this one.
+      await a.agent.runtime.network.setupHost();
+    }
+  });
+
+  test('the node itself stays unreachable, on every address and port, with internet access too', async () => {
+    const server = net.createServer((c) => c.end('host\n'));
+    await new Promise<void>((r) => server.listen({ host: '0.0.0.0', port: 0 }, r));
+    const port = (server.address() as net.AddressInfo).port;
+    const x = await createSandbox(a, { allowInternetAccess: true });
+    try {
+      const addresses = [a.agent.runtime.network.gateway, '203.0.113.1',
+        ...Object.values(networkInterfaces()).flat().filter((i) => i && i.family === 'IPv4').map((i) => i!.address)];
+      const r = await exec(a, x, addresses.map((t) => `timeout 3 bash -c "exec 3<>/dev/tcp/${t}/${port}" 2>/dev/null && echo "open ${t}" || echo "closed ${t}"`).join('; '));
+      assert.doesNotMatch(r.stdout, /open/, r.stdout);
+    } finally {
+      server.close();
+      await kill(x);
+    }
+  });
+});
