@@ -47,7 +47,7 @@ export async function preflight(cfg: RuntimeConfig, templates: string[] = ['base
   if ((await run(['mkfs.ext4', '-V'], { allowFailure: true }).catch(() => null))?.code !== 0) {
     problems.push({ what: 'mkfs.ext4 is not installed (sandbox disks are ext4 images)', fix: 'run `make setup` (or `apt-get install e2fsprogs`)' });
   }
-  if (!/ext4/.test(filesystems)) {
+  if (!/\bext4\b/.test(filesystems)) {
     problems.push({ what: 'the kernel has no ext4 file system (sandbox disks are ext4 images)', fix: 'load it with `modprobe ext4`' });
   }
   if (!(await access('/dev/loop-control').then(() => true, () => false))) {
