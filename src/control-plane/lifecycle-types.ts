@@ -40,6 +40,12 @@ export interface ListSandboxesParams {
   metadata?: Record<string, string>; // all pairs must match
   limit: number;
   nextToken?: string;
+  /** By start time; default desc (newest first), as E2B. */
+  order?: 'asc' | 'desc';
+  /** Only sandboxes started at or after this time. */
+  startedAfter?: Date;
+  /** Only sandboxes of this template (ID or alias). */
+  template?: string;
 }
 
 export interface SandboxMetrics {

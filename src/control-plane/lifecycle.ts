@@ -3,9 +3,9 @@ import { EventEmitter } from 'node:events';
 import { conflict, invalid, NestboxError, notFound } from '../core/errors.ts';
 import { newSandboxId } from '../core/ids.ts';
 import { canTransition, isTerminal, isTransitional, type EventReason, type SandboxState } from '../core/states.ts';
-import type { Database } from '../store/database.ts';
+import type { Database, Sql } from '../store/database.ts';
 import {
-  countActive, getSandbox, insertSandbox, listSandboxes, writeEndAt, writeTransition, type SandboxRow, type TransitionPatch,
+  getSandbox, insertSandbox, listSandboxes, lockTeamQuota, writeEndAt, writeTransition, type SandboxRow, type TransitionPatch,
 } from '../store/sandboxes.ts';
 import type {
   CreateSandboxParams, LifecycleApi, ListSandboxesParams, SandboxMetrics, SandboxView,
@@ -76,9 +76,17 @@ export class LifecycleService implements LifecycleApi {
       runningSince = new Date(Math.min(at.getTime(), Math.max(row.stateChangedAt.getTime(), startedAt.getTime())));
     }
     // One statement: the row, its event and the ledger entry commit together or not at all.
-    const written = await writeTransition(this.db, {
+    const write = (db: Sql) => writeTransition(db, {
       sandboxId: row.sandboxId, from: row.state, to, generation: row.generation, reason, at, patch, runningSince,
     });
+    // Leaving paused makes the sandbox count toward max_running again: checked under the team
+    // row lock, as a create is, so that concurrent resumes and creates cannot overshoot it.
+    const written = row.state === 'paused' && to === 'resuming'
+      ? await this.db.transaction(async (tx) => {
+        await assertRoom(tx, row.teamId);
+        return write(tx);
+      })
+      : await write(this.db);
     if (!written) throw new StaleWrite(`${row.sandboxId} changed under ${row.state} -> ${to}`);
     this.changes.emit(row.sandboxId);
     return written.row;
@@ -146,12 +154,7 @@ export class LifecycleService implements LifecycleApi {
     const refused = new Set<string>();
     let node = this.nodes.pick(refused);
     const inserted = await this.db.transaction(async (tx) => {
-      // The team row lock serialises quota checks of one team across control-plane replicas.
-      const locked = await tx.query<{ max_running: number }>('SELECT max_running FROM teams WHERE id = $1 FOR UPDATE', [p.teamId]);
-      const active = await countActive(tx, p.teamId);
-      if (active >= locked[0]!.max_running) {
-        throw new NestboxError('limit', `team has reached its limit of ${locked[0]!.max_running} concurrent sandboxes`);
-      }
+      await assertRoom(tx, p.teamId);
       return insertSandbox(tx, {
         sandboxId, teamId: p.teamId, templateId: p.templateId, nodeId: node.nodeId, cpuCount: this.opts.defaultCpuCount ?? 2, memoryMB: this.opts.defaultMemoryMB ?? 512,
         diskSizeMB: this.opts.defaultDiskMB ?? 2048, metadata: p.metadata, envVars: p.envVars,
@@ -216,10 +219,13 @@ export class LifecycleService implements LifecycleApi {
   }
 
   async list(teamId: string, p: ListSandboxesParams) {
-    let after: { createdAt: Date; id: string } | undefined;
+    let after: { startedAt: Date; id: string } | undefined;
     if (p.nextToken) after = decodeToken(p.nextToken);
     const states = p.states?.length ? p.states : ALIVE;
-    const rows = await listSandboxes(this.db, { teamId, states, metadata: p.metadata, limit: p.limit, after });
+    const rows = await listSandboxes(this.db, {
+      teamId, states, metadata: p.metadata, limit: p.limit, after, order: p.order, startedAfter: p.startedAfter,
+      templateId: p.template,
+    });
     const page = rows.slice(0, p.limit);
     const nextToken = rows.length > p.limit ? encodeToken(page[page.length - 1]!) : null;
     const totalRunning = (await this.db.query<{ n: number }>(
@@ -493,16 +499,25 @@ function unsettled(row: SandboxRow, cause: unknown): NestboxError {
   );
 }
 
-function encodeToken(row: SandboxRow): string {
-  return Buffer.from(JSON.stringify([row.createdAt.toISOString(), row.sandboxId])).toString('base64url');
+/** Refuses (429) when the team has no room for one more sandbox counting toward max_running. Inside a transaction. */
+async function assertRoom(tx: Sql, teamId: string): Promise<void> {
+  const quota = await lockTeamQuota(tx, teamId);
+  if (!quota) throw notFound('team not found');
+  if (quota.active >= quota.maxRunning) {
+    throw new NestboxError('limit', `team has reached its limit of ${quota.maxRunning} concurrent sandboxes`);
+  }
 }
 
-function decodeToken(token: string): { createdAt: Date; id: string } {
+function encodeToken(row: SandboxRow): string {
+  return Buffer.from(JSON.stringify([row.startedAt.toISOString(), row.sandboxId])).toString('base64url');
+}
+
+function decodeToken(token: string): { startedAt: Date; id: string } {
   try {
     const [at, id] = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [string, string];
-    const createdAt = new Date(at);
-    if (typeof id !== 'string' || Number.isNaN(createdAt.getTime())) throw new Error();
-    return { createdAt, id };
+    const startedAt = new Date(at);
+    if (typeof id !== 'string' || Number.isNaN(startedAt.getTime())) throw new Error();
+    return { startedAt, id };
   } catch {
     throw invalid('invalid nextToken');
   }

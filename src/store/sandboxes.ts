@@ -159,6 +159,17 @@ export async function writeEndAt(db: Sql, id: string, state: SandboxState, gener
 /** The states that count toward a team's max_running. */
 export const QUOTA_STATES: readonly SandboxState[] = ['starting', 'running', 'resuming', 'pausing'];
 
+/**
+ * Locks the team's row (serialising the quota checks of one team across control-plane
+ * replicas: call inside a transaction) and returns its max_running and what counts toward it
+ * now; null for an unknown team.
+ */
+export async function lockTeamQuota(tx: Sql, teamId: string): Promise<{ maxRunning: number; active: number } | null> {
+  const locked = await tx.query<{ max_running: number }>('SELECT max_running FROM teams WHERE id = $1 FOR UPDATE', [teamId]);
+  if (!locked[0]) return null;
+  return { maxRunning: locked[0].max_running, active: await countActive(tx, teamId) };
+}
+
 export async function countActive(db: Sql, teamId: string): Promise<number> {
   const rows = await db.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state = ANY($2::text[])`,
@@ -172,22 +183,39 @@ export interface ListQuery {
   states: SandboxState[];
   metadata?: Record<string, string>;
   limit: number;
-  after?: { createdAt: Date; id: string };
+  /** By start time, ties broken by id; default desc. */
+  order?: 'asc' | 'desc';
+  startedAfter?: Date;
+  /** A template id (templates have no separate aliases: the id is the alias). */
+  templateId?: string;
+  /** Keyset cursor: the last row of the previous page. */
+  after?: { startedAt: Date; id: string };
 }
 
-/** Newest first; keyset pagination on (created_at, id). */
+/** Keyset pagination on (started_at, id), in the requested direction. */
 export async function listSandboxes(db: Sql, q: ListQuery): Promise<SandboxRow[]> {
   const params: unknown[] = [q.teamId, q.states, q.limit + 1];
+  const dir = q.order === 'asc' ? 'ASC' : 'DESC';
   let where = 'team_id = $1 AND state = ANY($2::text[])';
   if (q.metadata && Object.keys(q.metadata).length) {
     params.push(JSON.stringify(q.metadata));
     where += ` AND metadata @> $${params.length}::jsonb`;
   }
-  if (q.after) {
-    params.push(q.after.createdAt, q.after.id);
-    where += ` AND (created_at, id) < ($${params.length - 1}::timestamptz, $${params.length})`;
+  if (q.startedAfter) {
+    params.push(q.startedAfter);
+    where += ` AND started_at >= $${params.length}::timestamptz`;
   }
-  const rows = await db.query<DbRow>(`SELECT * FROM sandboxes WHERE ${where} ORDER BY created_at DESC, id DESC LIMIT $3`, params);
+  if (q.templateId !== undefined) {
+    params.push(q.templateId);
+    where += ` AND template_id = $${params.length}`;
+  }
+  if (q.after) {
+    params.push(q.after.startedAt, q.after.id);
+    where += ` AND (started_at, id) ${dir === 'ASC' ? '>' : '<'} ($${params.length - 1}::timestamptz, $${params.length})`;
+  }
+  const rows = await db.query<DbRow>(
+    `SELECT * FROM sandboxes WHERE ${where} ORDER BY started_at ${dir}, id ${dir} LIMIT $3`, params,
+  );
   return rows.map(fromDb);
 }
 

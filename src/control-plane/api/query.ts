@@ -48,3 +48,12 @@ export function sandboxIdFrom(raw: string): string {
 }
 
 const WITH_CLIENT_ID = /^([^-]*)(?:-[a-z0-9]{1,32})?$/;
+
+/** order, startedAfter and template of E2B's list, as the lifecycle takes them (the schema has checked each). */
+export function listFilters(q: { order?: 'asc' | 'desc'; startedAfter?: string; template?: string }) {
+  return {
+    order: q.order ?? 'desc',
+    ...(q.startedAfter !== undefined ? { startedAfter: new Date(q.startedAfter) } : {}),
+    ...(q.template !== undefined ? { template: q.template } : {}),
+  } as const;
+}

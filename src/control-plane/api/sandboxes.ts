@@ -5,7 +5,7 @@ import type { LifecycleApi, SandboxView } from '../lifecycle-types.ts';
 import { teamOf } from './auth.ts';
 import { createParams } from './create-params.ts';
 import { notImplemented, sandboxNotFound } from './errors.ts';
-import { parseMetadataFilter, parseStates, sandboxIdFrom } from './query.ts';
+import { listFilters, parseMetadataFilter, parseStates, sandboxIdFrom } from './query.ts';
 import {
   ConnectBody, ConnectBodyV2, ErrorBody, LegacyListQuery, ListedSandbox, ListQuery, MetricsQuery, NewSandbox,
   NewSandboxV2, PauseBody, RefreshBody, ResumeBody, SandboxCreated, SandboxDetail, SandboxIdParams, SandboxMetric,
@@ -97,6 +97,7 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = as
         metadata: parseMetadataFilter(q.metadata),
         limit: q.limit,
         nextToken: q.nextToken,
+        ...listFilters(q),
       });
       if (page.nextToken) reply.header('X-Next-Token', page.nextToken);
       reply.header('X-Total-Running', String(page.totalRunning));
@@ -119,10 +120,11 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = as
       const teamId = teamOf(req);
       const metadata = parseMetadataFilter(req.query.metadata);
       const states = storedStates(['running']);
+      const filters = listFilters(req.query);
       const out: SandboxView[] = [];
       let nextToken: string | undefined;
       for (let i = 0; i < LEGACY_LIST_MAX_PAGES; i++) {
-        const page = await lifecycle.list(teamId, { states, metadata, limit: 100, nextToken });
+        const page = await lifecycle.list(teamId, { states, metadata, limit: 100, nextToken, ...filters });
         out.push(...page.sandboxes);
         if (!page.nextToken) break;
         nextToken = page.nextToken;

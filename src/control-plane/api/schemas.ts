@@ -98,6 +98,18 @@ const States = Type.Array(Type.String({ pattern: '^(running|paused)(,(running|pa
   description: 'Comma-separated (or repeated) states: running, paused',
 });
 
+/** E2B's list filters beside state and metadata (names and meaning from its OpenAPI spec). */
+const ListFilters = {
+  order: Type.Union([Type.Literal('asc'), Type.Literal('desc')], {
+    default: 'desc',
+    description: 'Sort direction by sandbox start time; desc (newest first) by default',
+  }),
+  startedAfter: Type.Optional(
+    Type.String({ format: 'date-time', description: 'Only sandboxes started at or after this time (RFC 3339)' }),
+  ),
+  template: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'A template ID or alias' })),
+};
+
 export const ListQuery = Type.Object({
   metadata: Type.Optional(
     Type.String({ maxLength: 16_384, description: 'URL-encoded key=value pairs, each key and value URI-encoded' }),
@@ -105,11 +117,14 @@ export const ListQuery = Type.Object({
   state: Type.Optional(States),
   limit: Type.Integer({ minimum: 1, maximum: 100, default: 100 }),
   nextToken: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+  ...ListFilters,
 });
 export type ListQuery = Static<typeof ListQuery>;
 
+/** E2B defines only `metadata` here; the other filters of the v2 list are accepted as well. */
 export const LegacyListQuery = Type.Object({
   metadata: Type.Optional(Type.String({ maxLength: 16_384 })),
+  ...ListFilters,
 });
 export type LegacyListQuery = Static<typeof LegacyListQuery>;
 

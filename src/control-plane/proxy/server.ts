@@ -127,6 +127,8 @@ export class SandboxProxy {
         nodeId = await this.resume(row.teamId, sandboxId, row.timeoutMs);
       } catch (e) {
         if (e instanceof NestboxError && (e.code === 'not_found' || e.code === 'conflict')) throw notFound(sandboxId);
+        // The team is at its max_running: the client may retry once another sandbox has stopped.
+        if (e instanceof NestboxError && e.code === 'limit') throw new ProxyError(429, e.message, sandboxId);
         this.opts.log?.warn({ err: e, sandboxId }, 'sandbox proxy: auto-resume failed');
         throw new ProxyError(502, `The sandbox could not be resumed: ${(e as Error).message}`, sandboxId);
       }
