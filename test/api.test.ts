@@ -2,7 +2,7 @@
 // an in-memory LifecycleApi, through Fastify's inject and through the real `e2b` SDK.
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { Sandbox } from 'e2b';
 import fc from 'fast-check';
@@ -673,5 +673,33 @@ describe('e2b SDK against the API', () => {
     await assert.rejects(Sandbox.create('base', opts), (e: Error) => e.name === 'ServiceBusyError' && /no capacity/.test(e.message));
     fake.failNext = new NestboxError('limit', 'concurrent sandbox limit reached');
     await assert.rejects(Sandbox.create('base', opts), (e: Error) => e.name === 'RateLimitError');
+  });
+});
+
+describe('a client that aborts mid-body', () => {
+  test('is a client error (400, logged as such), never "database unavailable"', async () => {
+    const lines: string[] = [];
+    const statuses: number[] = [];
+    const server = buildApiServer({
+      lifecycle: new FakeLifecycle(), authenticate, envdVersion: ENVD_VERSION,
+      logger: { level: 'info', stream: { write: (l: string) => void lines.push(l) } },
+    });
+    server.addHook('onResponse', async (_req, reply) => void statuses.push(reply.statusCode));
+    await server.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const { port } = server.server.address() as AddressInfo;
+      const socket = net.connect(port, '127.0.0.1');
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(`POST /v2/sandboxes HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY_A}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"templateID":`);
+      await new Promise((r) => setTimeout(r, 150));
+      socket.destroy();
+      for (let i = 0; i < 50 && !lines.some((l) => /client closed|database unavailable/.test(l)); i++) await new Promise((r) => setTimeout(r, 20));
+      const log = lines.join('');
+      assert.doesNotMatch(log, /database unavailable/);
+      assert.match(log, /client closed the request before sending all of it/);
+      assert.ok(!statuses.some((s) => s >= 500), `statuses ${statuses}`);
+    } finally {
+      await server.close();
+    }
   });
 });

@@ -54,6 +54,11 @@ export function replyWithError(err: unknown, req: FastifyRequest, reply: Fastify
   if (typeof e.code === 'string' && e.code.startsWith('FST_') && e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
     return send(reply, e.statusCode, e.message ?? 'bad request');
   }
+  // Checked before the database: a socket reset while reading the body is the client's own.
+  if (isClientAbort(err, req)) {
+    req.log.info({ err: (err as Error).message }, 'client closed the request before sending all of it');
+    return send(reply, 400, 'the request was aborted by the client before its body was complete');
+  }
   if (isDatabaseUnavailable(err)) {
     // The store dropped the connection or is restarting: a retry is safe (the reconciler settles
     // whatever a transition cut short had started on a node).
@@ -63,6 +68,12 @@ export function replyWithError(err: unknown, req: FastifyRequest, reply: Fastify
   }
   req.log.error({ err }, 'internal error');
   return send(reply, 500, 'internal error');
+}
+
+/** Node's "aborted" (ECONNRESET) from the request stream, or a request whose stream the client cut. */
+function isClientAbort(err: unknown, req: FastifyRequest): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return (e.code === 'ECONNRESET' && e.message === 'aborted') || req.raw.readableAborted === true;
 }
 
 // SQLSTATE class 08 (connection exception) and 57P01-57P03 (the server shut the session down).
