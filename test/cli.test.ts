@@ -181,6 +181,8 @@ describe('nestbox sandbox', () => {
     const detail = json(await nestbox(['sandbox', 'info', s.sandboxId, '--json']));
     assert.equal(detail.sandboxID, s.sandboxId);
     assert.deepEqual(detail.lifecycle, { autoResume: false, onTimeout: 'pause' });
+    assert.deepEqual([detail.state, detail.nodeId], ['running', 'node-1'], 'info --json has the state and the node');
+    assert.match(info, /node\s*│\s*node-1/);
 
     assert.equal(ok(await nestbox(['sandbox', 'pause', s.sandboxId])).stdout, `Paused sandbox ${s.sandboxId}.\n`);
     assert.deepEqual(fake.lastCall('pause')!.args, [teamId, s.sandboxId, { memory: true }]);

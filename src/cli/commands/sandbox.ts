@@ -33,6 +33,8 @@ interface SandboxDetail extends ListedSandbox {
   domain: string | null;
   allowInternetAccess: boolean | null;
   lifecycle: { autoResume: boolean; onTimeout: 'kill' | 'pause' };
+  /** Nestbox's own field; absent from E2B's answer. */
+  nodeId?: string | null;
 }
 
 function statesArg(raw: string): string {
@@ -145,11 +147,12 @@ export function registerSandboxCommands(program: Command) {
     action(async (id: string, opts: CommonOptions) => {
       const ctx = contextFrom(opts);
       const { body: s } = await ctx.client.get<SandboxDetail>(`/sandboxes/${seg(id)}`);
-      if (ctx.json) return printJson(s);
+      if (ctx.json) return printJson({ ...s, nodeId: s.nodeId ?? null });
       printFields([
         ['id', s.sandboxID],
         ['template', s.templateID],
         ['state', s.state],
+        ['node', s.nodeId ?? '-'],
         ['started', formatTime(s.startedAt)],
         ['ends', s.state === 'paused' ? '- (paused: the clock is stopped)' : formatTime(s.endAt)],
         ['on timeout', s.lifecycle.onTimeout],

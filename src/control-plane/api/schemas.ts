@@ -181,6 +181,7 @@ export const SandboxDetail = Type.Object(
       autoResume: Type.Boolean(),
       onTimeout: Type.Union([Type.Literal('kill'), Type.Literal('pause')]),
     }),
+    nodeId: Nullable(Type.String({ description: 'Nestbox: the node that runs it (or last ran it, when paused)' })),
   },
 );
 export type SandboxDetail = Static<typeof SandboxDetail>;

@@ -75,6 +75,7 @@ export function renderDetail(v: SandboxView, ctx: RenderContext): SandboxDetail 
     domain: ctx.domain,
     allowInternetAccess: v.allowInternetAccess,
     lifecycle: { autoResume: v.autoResume, onTimeout: v.autoPause ? 'pause' : 'kill' },
+    nodeId: v.nodeId,
   };
 }
 
