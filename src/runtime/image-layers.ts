@@ -1,0 +1,299 @@
+// Applying an image's layers onto a new root filesystem. The layers are hostile: every entry's
+// name is checked (no absolute path, no `..`), its parent is resolved one component at a time
+// with lstat inside the new root (a symbolic link on the way is refused, never followed), and
+// the entry itself is created with O_EXCL|O_NOFOLLOW after whatever was there is removed. So no
+// write ever lands outside the new root, whatever links earlier entries or layers made.
+import { constants, createReadStream } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
+import path from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { invalid, NestboxError } from '../core/errors.ts';
+
+export interface LayerApplyOptions {
+  /** Host uid/gid of id 0 inside sandboxes, and how many ids are mapped. */
+  uidShift: number;
+  uidRange: number;
+  /** Called with the layer's (compressed) bytes read so far. */
+  onBytes?: (bytes: number) => void;
+}
+
+export interface LayerStats {
+  entries: number;
+  bytesWritten: number;
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+
+/** A layer entry's name as path components; refused when absolute or when it climbs. */
+export function entryComponents(name: string, what = 'entry'): string[] {
+  if (name.includes('\0')) throw invalid(`${what} ${JSON.stringify(name)}: NUL in its name`);
+  if (name.startsWith('/')) throw invalid(`${what} ${JSON.stringify(name)}: absolute path`);
+  const out: string[] = [];
+  for (const part of name.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') throw invalid(`${what} ${JSON.stringify(name)}: ".." in its path`);
+    out.push(part);
+  }
+  return out;
+}
+
+/** The first bytes of a file: gzip (1f 8b), zstd (28 b5 2f fd), or plain tar. */
+async function sniff(file: string): Promise<'gzip' | 'zstd' | 'tar'> {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(buf, 0, 4, 0);
+    if (bytesRead >= 2 && buf[0] === 0x1f && buf[1] === 0x8b) return 'gzip';
+    if (bytesRead >= 4 && buf.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+    return 'tar';
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Applies one layer (a tar, possibly gzip-compressed) onto `root`, an existing directory of
+ * ours. `label` names the layer in errors.
+ */
+export async function applyLayer(root: string, file: string, label: string, opts: LayerApplyOptions): Promise<LayerStats> {
+  const kind = await sniff(file);
+  if (kind === 'zstd') throw invalid(`${label} is zstd-compressed, which is not supported (use gzip or an uncompressed layer)`);
+  const applier = new LayerApplier(root, label, opts);
+  const source = createReadStream(file, { highWaterMark: 256 * 1024 });
+  let read = 0;
+  source.on('data', (c: Buffer | string) => {
+    read += c.length;
+    opts.onBytes?.(read);
+  });
+  const extract = tar.extract();
+  const feeding =
+    kind === 'gzip' ? pipeline(source, createGunzip(), extract) : pipeline(source, new PassThrough({ highWaterMark: 256 * 1024 }), extract);
+  let failure: unknown = null;
+  feeding.catch((e) => {
+    failure ??= e;
+  });
+  let current = '';
+  try {
+    for await (const entry of extract) {
+      current = entry.header.name;
+      await applier.apply(entry.header, entry as unknown as Readable);
+      current = '';
+    }
+    await feeding;
+  } catch (e) {
+    if (e instanceof NestboxError) throw e;
+    const m = e instanceof Error ? e.message : String(e);
+    const what = kind === 'gzip' ? 'gzip-compressed tar' : 'tar';
+    // A file-system error while writing an entry names the entry; anything else is the stream.
+    if (current && (e as NodeJS.ErrnoException)?.syscall) throw invalid(`${label}, entry ${JSON.stringify(current)}: ${m}`);
+    throw invalid(`${label} is not a valid ${what} (${m})${current ? `, in entry ${JSON.stringify(current)}` : ''}`);
+  }
+  return { entries: applier.entries, bytesWritten: applier.bytesWritten };
+}
+
+type Header = tar.Header;
+
+class LayerApplier {
+  entries = 0;
+  bytesWritten = 0;
+  /** Paths (relative, "/"-joined) that this layer put in place: an opaque marker spares them. */
+  private readonly created = new Set<string>();
+  /** Directories already checked to be real directories (reset whenever one is removed). */
+  private readonly knownDirs = new Set<string>();
+
+  constructor(
+    private readonly root: string,
+    private readonly label: string,
+    private readonly opts: LayerApplyOptions,
+  ) {}
+
+  private fail(name: string, why: string): never {
+    throw invalid(`${this.label}, entry ${JSON.stringify(name)}: ${why}`);
+  }
+
+  private owner(h: Header): { uid: number; gid: number } {
+    const uid = h.uid ?? 0;
+    const gid = h.gid ?? 0;
+    for (const [kind, id] of [['uid', uid], ['gid', gid]] as const) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.opts.uidRange) {
+        this.fail(h.name, `owner ${kind} ${id} is outside the ids a sandbox has (0-${this.opts.uidRange - 1})`);
+      }
+    }
+    return { uid: uid + this.opts.uidShift, gid: gid + this.opts.uidShift };
+  }
+
+  /**
+   * The host path of the directory holding `parts`' last component, every component on the way
+   * checked with lstat to be a real directory; missing ones are made (root-owned in the sandbox,
+   * 0755) when `create`, else refused.
+   */
+  private async parentDir(name: string, parts: string[], create: boolean): Promise<string> {
+    let dir = this.root;
+    let rel = '';
+    for (const part of parts.slice(0, -1)) {
+      rel = rel ? `${rel}/${part}` : part;
+      dir = path.join(dir, part);
+      if (this.knownDirs.has(rel)) continue;
+      const st = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return null;
+        throw e;
+      });
+      if (!st) {
+        if (!create) this.fail(name, `"${rel}" does not exist`);
+        await mkdir(dir, { mode: 0o755 });
+        await lchown(dir, this.opts.uidShift, this.opts.uidShift);
+        await chmod(dir, 0o755);
+        this.created.add(rel);
+      } else if (st.isSymbolicLink()) {
+        this.fail(name, `"${rel}" is a symbolic link: nothing is written through a link`);
+      } else if (!st.isDirectory()) {
+        this.fail(name, `"${rel}" is not a directory`);
+      }
+      this.knownDirs.add(rel);
+    }
+    return dir;
+  }
+
+  /** Removes whatever is at `full` (never following a link); true when something was there. */
+  private async clear(full: string, rel: string): Promise<boolean> {
+    const st = await lstat(full).catch(() => null);
+    if (!st) return false;
+    if (st.isDirectory()) {
+      await rm(full, { recursive: true, force: true });
+      this.forgetDirs(rel);
+    } else {
+      await rm(full, { force: true });
+    }
+    return true;
+  }
+
+  private forgetDirs(rel: string) {
+    for (const d of this.knownDirs) if (d === rel || d.startsWith(rel + '/')) this.knownDirs.delete(d);
+  }
+
+  async apply(h: Header, body: Readable): Promise<void> {
+    this.entries++;
+    try {
+      await this.applyEntry(h, body);
+    } finally {
+      body.resume(); // whatever was not read is skipped
+    }
+  }
+
+  private async applyEntry(h: Header, body: Readable): Promise<void> {
+    const name = h.name;
+    let parts: string[];
+    try {
+      parts = entryComponents(name);
+    } catch {
+      this.fail(name, name.startsWith('/') ? 'absolute path' : name.includes('\0') ? 'NUL in its name' : '".." in its path');
+    }
+    if (parts.length === 0) return; // the root itself: ours stays as it is
+    const base = parts[parts.length - 1]!;
+    const rel = parts.join('/');
+
+    if (base === OPAQUE) {
+      const dirParts = parts.slice(0, -1);
+      // Every directory on the way, the marked one included, is checked (and made if missing).
+      const dir = dirParts.length ? await this.parentDir(name, parts, true) : this.root;
+      const dirRel = dirParts.join('/');
+      for (const child of await readdir(dir)) {
+        const childRel = dirRel ? `${dirRel}/${child}` : child;
+        if (!this.created.has(childRel)) await this.clear(path.join(dir, child), childRel);
+      }
+      return;
+    }
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      const hidden = base.slice(WHITEOUT_PREFIX.length);
+      if (hidden === '' || hidden === '.' || hidden === '..') this.fail(name, 'malformed whiteout');
+      const target = [...parts.slice(0, -1), hidden];
+      // A whiteout under a directory that does not exist hides nothing.
+      const parentOk = await this.parentDir(name, target, false).then(
+        (d) => d,
+        (e) => {
+          if (e instanceof NestboxError && / does not exist$/.test(e.message)) return null;
+          throw e;
+        },
+      );
+      if (parentOk) await this.clear(path.join(parentOk, hidden), target.join('/'));
+      return;
+    }
+
+    const type = h.type ?? 'file';
+    if (type === 'character-device' || type === 'block-device') this.fail(name, `device nodes are not allowed (${type})`);
+    if (type === 'fifo') this.fail(name, 'FIFOs are not allowed');
+    if (!['file', 'contiguous-file', 'directory', 'symlink', 'link'].includes(type)) this.fail(name, `unsupported entry type ${type}`);
+    const { uid, gid } = this.owner(h);
+    const mode = (h.mode ?? (type === 'directory' ? 0o755 : 0o644)) & 0o7777;
+    const dir = await this.parentDir(name, parts, true);
+    const full = path.join(dir, base);
+    const mtime = h.mtime ?? new Date(0);
+
+    if (type === 'directory') {
+      const st = await lstat(full).catch(() => null);
+      if (st && !st.isDirectory()) await this.clear(full, rel);
+      if (!st || !st.isDirectory()) await mkdir(full, { mode: 0o700 });
+      await lchown(full, uid, gid);
+      await chmod(full, mode); // after chown, which may clear setgid
+      this.knownDirs.add(rel);
+      this.created.add(rel);
+      return;
+    }
+
+    await this.clear(full, rel);
+    this.created.add(rel);
+    if (type === 'symlink') {
+      const target = h.linkname ?? '';
+      if (!target || target.includes('\0')) this.fail(name, 'symbolic link without a valid target');
+      // Any target is fine as a link: it is only ever resolved inside the sandbox.
+      await symlink(target, full);
+      await lchown(full, uid, gid);
+      await lutimes(full, mtime, mtime).catch(() => undefined);
+      return;
+    }
+    if (type === 'link') {
+      const targetName = h.linkname ?? '';
+      let targetParts: string[];
+      try {
+        targetParts = entryComponents(targetName, 'hard link target');
+      } catch {
+        this.fail(name, `hard link to ${JSON.stringify(targetName)}, outside the image`);
+      }
+      if (targetParts.length === 0) this.fail(name, 'hard link to the root directory');
+      const tdir = await this.parentDir(name, targetParts, false).catch((e: unknown) => {
+        if (e instanceof NestboxError && / does not exist$/.test(e.message)) {
+          this.fail(name, `hard link to ${JSON.stringify(targetName)}, which is not in the image (yet)`);
+        }
+        throw e;
+      });
+      const target = path.join(tdir, targetParts[targetParts.length - 1]!);
+      const st = await lstat(target).catch(() => null);
+      if (!st) this.fail(name, `hard link to ${JSON.stringify(targetName)}, which is not in the image (yet)`);
+      if (st.isDirectory()) this.fail(name, `hard link to the directory ${JSON.stringify(targetName)}`);
+      await link(target, full);
+      return;
+    }
+    // A regular file: created new, never through a link (O_EXCL|O_NOFOLLOW), owner and mode
+    // set on the descriptor after the content (chown clears setuid; chmod comes last).
+    const fh = await open(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        let off = 0;
+        while (off < chunk.length) {
+          const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+          off += bytesWritten;
+        }
+        this.bytesWritten += chunk.length;
+      }
+      await fh.chown(uid, gid);
+      await fh.chmod(mode);
+      await fh.utimes(mtime, mtime);
+    } finally {
+      await fh.close();
+    }
+  }
+}

@@ -1,0 +1,233 @@
+// The templates of a node: root filesystems under <templatesDir>/<name>/rootfs, and, for imported
+// images, their defaults in <templatesDir>/<name>/template.json. An import is built in a staging
+// directory beside them and renamed into place only when complete; a failed one leaves nothing.
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, lstat, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { conflict, invalid, NestboxError, notFound } from '../core/errors.ts';
+import { TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
+import type { RuntimeConfig } from './config.ts';
+import { exists, removeTree } from './fs-util.ts';
+import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
+import { applyLayer } from './image-layers.ts';
+
+export const BUILTIN_TEMPLATE = 'base';
+
+/** template.json: what an import learnt of the image. */
+export interface TemplateMeta extends ImageConfigDefaults {
+  name: string;
+  source: 'docker' | 'oci';
+  importedAt: string;
+  layers: number;
+  /** Uncompressed bytes of the files written. */
+  sizeBytes: number;
+  configDigest: string | null;
+  repoTags: string[];
+  /** The team that imported it (control plane's notion; the node only keeps it). */
+  owner: string | null;
+}
+
+export interface TemplateInfo {
+  name: string;
+  builtin: boolean;
+  meta: TemplateMeta | null;
+}
+
+export type ImportEvent =
+  | { type: 'receiving'; bytes: number }
+  | { type: 'received'; bytes: number; layers: number; format: 'docker' | 'oci' }
+  | { type: 'layer'; layer: number; layers: number; name: string; bytes: number; bytesDone: number }
+  | { type: 'layer_done'; layer: number; layers: number; entries: number };
+
+/** The defaults processes of a template's sandboxes get: env, working directory, user. */
+export interface ProcessDefaults {
+  env: Record<string, string>;
+  cwd: string | undefined;
+  user: string | undefined;
+}
+
+const NO_DEFAULTS: ProcessDefaults = { env: {}, cwd: undefined, user: undefined };
+
+export function templateDir(cfg: Pick<RuntimeConfig, 'templatesDir'>, name: string) {
+  return path.join(cfg.templatesDir, name);
+}
+export function templateMetaPath(cfg: Pick<RuntimeConfig, 'templatesDir'>, name: string) {
+  return path.join(cfg.templatesDir, name, 'template.json');
+}
+
+function assertName(name: string) {
+  if (!TEMPLATE_NAME_PATTERN.test(name)) throw invalid(`invalid template name "${name}" (lower-case letters, digits, ".", "_", "-"; at most 63)`);
+}
+
+/**
+ * The image's user as the sandbox init takes it: a name or a uid ("1000:1000" and "app:staff"
+ * keep their user part; the init resolves it in the sandbox's /etc/passwd).
+ */
+export function imageUser(user: string | null): string | undefined {
+  if (!user) return 'root';
+  const u = user.split(':')[0]!.trim();
+  return u || 'root';
+}
+
+const defaultsCache = new Map<string, { mtimeMs: number; defaults: ProcessDefaults }>();
+
+/**
+ * The process defaults of a template (none for `base` or any template without template.json).
+ * Read from template.json, cached on its mtime.
+ */
+export async function templateProcessDefaults(cfg: Pick<RuntimeConfig, 'templatesDir'>, name: string | null | undefined): Promise<ProcessDefaults> {
+  if (!name || !TEMPLATE_NAME_PATTERN.test(name)) return NO_DEFAULTS;
+  const file = templateMetaPath(cfg, name);
+  const st = await stat(file).catch(() => null);
+  if (!st) return NO_DEFAULTS;
+  const hit = defaultsCache.get(file);
+  if (hit && hit.mtimeMs === st.mtimeMs) return hit.defaults;
+  let defaults = NO_DEFAULTS;
+  try {
+    const meta = JSON.parse(await readFile(file, 'utf8')) as TemplateMeta;
+    defaults = { env: meta.env ?? {}, cwd: meta.workdir ?? undefined, user: imageUser(meta.user) };
+  } catch {
+    /* unreadable: no defaults */
+  }
+  defaultsCache.set(file, { mtimeMs: st.mtimeMs, defaults });
+  return defaults;
+}
+
+export class TemplateStore {
+  private readonly busy = new Set<string>();
+
+  constructor(private readonly cfg: RuntimeConfig) {}
+
+  async list(): Promise<TemplateInfo[]> {
+    const out: TemplateInfo[] = [];
+    for (const name of (await readdir(this.cfg.templatesDir).catch(() => [] as string[])).sort()) {
+      if (!TEMPLATE_NAME_PATTERN.test(name)) continue; // staging directories start with "."
+      if (!(await exists(path.join(this.cfg.templatesDir, name, 'rootfs')))) continue;
+      out.push(await this.info(name));
+    }
+    return out;
+  }
+
+  async get(name: string): Promise<TemplateInfo> {
+    assertName(name);
+    if (!(await exists(path.join(this.cfg.templatesDir, name, 'rootfs')))) throw notFound(`template "${name}" is not on this node`);
+    return this.info(name);
+  }
+
+  private async info(name: string): Promise<TemplateInfo> {
+    let meta: TemplateMeta | null = null;
+    try {
+      meta = JSON.parse(await readFile(templateMetaPath(this.cfg, name), 'utf8')) as TemplateMeta;
+    } catch {
+      meta = null;
+    }
+    return { name, builtin: name === BUILTIN_TEMPLATE, meta };
+  }
+
+  /** Refused when the name is taken or an import of it is in progress (checked before the body is read). */
+  async checkImportable(name: string): Promise<void> {
+    assertName(name);
+    if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in`);
+    if (this.busy.has(name)) throw conflict(`template "${name}" is being imported or deleted`);
+    if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
+  }
+
+  /**
+   * Imports an image archive (docker save or OCI layout tarball, streamed) as template `name`.
+   * Nothing is visible under the name until the whole image is in place.
+   */
+  async import(name: string, source: Readable, opts: { owner?: string | null; onEvent?: (e: ImportEvent) => void } = {}): Promise<TemplateInfo> {
+    await this.checkImportable(name);
+    this.busy.add(name);
+    const staging = path.join(this.cfg.templatesDir, `.import-${name}-${randomBytes(4).toString('hex')}`);
+    const emit = opts.onEvent ?? (() => undefined);
+    try {
+      await mkdir(this.cfg.templatesDir, { recursive: true, mode: 0o755 });
+      await mkdir(staging, { mode: 0o700 });
+      const spool = path.join(staging, 'archive');
+      const rootfs = path.join(staging, 'rootfs');
+      await mkdir(spool, { mode: 0o700 });
+      await mkdir(rootfs, { mode: 0o755 });
+      await chown(rootfs, this.cfg.uidShift, this.cfg.uidShift);
+      await chmod(rootfs, 0o755);
+
+      const archive = new SpooledArchive(spool);
+      let lastTick = 0;
+      let total = 0;
+      await archive.receive(source, (bytes) => {
+        total = bytes;
+        const now = Date.now();
+        if (now - lastTick >= 250) {
+          lastTick = now;
+          emit({ type: 'receiving', bytes });
+        }
+      });
+      const image = await archive.describe();
+      emit({ type: 'received', bytes: total, layers: image.layers.length, format: image.format });
+
+      let sizeBytes = 0;
+      for (const [i, layer] of image.layers.entries()) {
+        const label = `layer ${i + 1} of ${image.layers.length} (${layer.name})`;
+        let tick = 0;
+        emit({ type: 'layer', layer: i + 1, layers: image.layers.length, name: layer.name, bytes: layer.size, bytesDone: 0 });
+        const stats = await applyLayer(rootfs, layer.file, label, {
+          uidShift: this.cfg.uidShift,
+          uidRange: this.cfg.uidRange,
+          onBytes: (done) => {
+            const now = Date.now();
+            if (now - tick >= 250) {
+              tick = now;
+              emit({ type: 'layer', layer: i + 1, layers: image.layers.length, name: layer.name, bytes: layer.size, bytesDone: done });
+            }
+          },
+        });
+        sizeBytes += stats.bytesWritten;
+        emit({ type: 'layer_done', layer: i + 1, layers: image.layers.length, entries: stats.entries });
+      }
+
+      const meta: TemplateMeta = {
+        name, source: image.format, importedAt: new Date().toISOString(), layers: image.layers.length, sizeBytes,
+        configDigest: image.configDigest, repoTags: image.repoTags, owner: opts.owner ?? null, ...image.config,
+      };
+      await removeTree(spool);
+      await writeFile(path.join(staging, 'template.json'), JSON.stringify(meta, null, 2) + '\n', { mode: 0o644 });
+      await chmod(staging, 0o755); // the sandboxes' mapped root must reach rootfs
+      if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
+      await rename(staging, templateDir(this.cfg, name));
+      return { name, builtin: false, meta };
+    } catch (e) {
+      await removeTree(staging).catch(() => undefined);
+      if (e instanceof NestboxError) throw e;
+      throw new NestboxError('internal', `import of template "${name}" failed: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  /**
+   * Deletes an imported template. `inUse` lists the sandboxes (running or paused) that use it:
+   * any at all refuses the delete. The directory is renamed away first, so a create that races
+   * with it finds either the whole template or none.
+   */
+  async delete(name: string, inUse: () => Promise<string[]>): Promise<void> {
+    assertName(name);
+    if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in and cannot be deleted`);
+    if (this.busy.has(name)) throw conflict(`template "${name}" is being imported or deleted`);
+    const dir = templateDir(this.cfg, name);
+    if (!(await lstat(dir).catch(() => null))) throw notFound(`template "${name}" is not on this node`);
+    this.busy.add(name);
+    try {
+      const users = await inUse();
+      if (users.length) {
+        throw conflict(`template "${name}" is in use by ${users.length} sandbox${users.length === 1 ? '' : 'es'} (${users.slice(0, 5).join(', ')}${users.length > 5 ? ', ...' : ''})`);
+      }
+      const trash = path.join(this.cfg.templatesDir, `.delete-${name}-${randomBytes(4).toString('hex')}`);
+      await rename(dir, trash);
+      defaultsCache.delete(templateMetaPath(this.cfg, name));
+      await removeTree(trash);
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+}

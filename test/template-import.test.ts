@@ -1,0 +1,210 @@
+// The image importer on its own (no containers): layers, whiteouts, opaque directories,
+// ownership, metadata, and hostile archives refused with nothing left behind.
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { lstat, mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { TemplateStore, templateProcessDefaults } from '../src/runtime/templates.ts';
+import { runtimeConfigFromEnv, type RuntimeConfig } from '../src/runtime/config.ts';
+import { dockerSaveArchive, gzip, ociLayoutArchive, tarOf, type LayerEntry } from './helpers/image-archive.ts';
+
+let dir: string;
+let cfg: RuntimeConfig;
+let store: TemplateStore;
+const SHIFT = 100000;
+
+before(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'nestbox-templates-'));
+  cfg = { ...runtimeConfigFromEnv(), templatesDir: dir };
+  store = new TemplateStore(cfg);
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const fromBuffer = (b: Buffer) => Readable.from([b]);
+
+/** Three layers: a file later whited out, a directory made opaque, a file owned by 1000, a setuid file. */
+export async function sampleLayers(): Promise<Buffer[]> {
+  const l1: LayerEntry[] = [
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n' },
+    { name: 'etc/group', content: 'root:x:0:\napp:x:1000:\n' },
+    { name: 'old/', type: 'directory' },
+    { name: 'old/gone.txt', content: 'lower' },
+    { name: 'old/kept.txt', content: 'kept' },
+    { name: 'opq/', type: 'directory' },
+    { name: 'opq/lower-a', content: 'a' },
+    { name: 'opq/sub/', type: 'directory' },
+    { name: 'opq/sub/lower-b', content: 'b' },
+    { name: 'home/', type: 'directory' },
+    { name: 'home/app/', type: 'directory', uid: 1000, gid: 1000, mode: 0o750 },
+  ];
+  const l2: LayerEntry[] = [
+    { name: 'old/', type: 'directory' },
+    { name: 'old/.wh.gone.txt' },
+    { name: 'opq/', type: 'directory' },
+    { name: 'opq/.wh..wh..opq' },
+    { name: 'opq/upper', content: 'upper' },
+    { name: 'home/app/owned', content: 'mine', uid: 1000, gid: 1000, mode: 0o640 },
+    { name: 'usr/', type: 'directory' },
+    { name: 'usr/bin/', type: 'directory' },
+    { name: 'usr/bin/su-like', content: '#!/bin/sh\n', mode: 0o4755 },
+    { name: 'usr/bin/alias', type: 'link', linkname: 'usr/bin/su-like' },
+    { name: 'bin', type: 'symlink', linkname: 'usr/bin' },
+    { name: 'escape', type: 'symlink', linkname: '/etc/shadow' },
+  ];
+  const l3: LayerEntry[] = [{ name: 'srv/', type: 'directory' }, { name: 'srv/data/', type: 'directory', uid: 1000, gid: 1000 }, { name: 'srv/data/hello', content: 'hi' }];
+  return [await tarOf(l1), gzip(await tarOf(l2)), await tarOf(l3)];
+}
+
+export const SAMPLE_CONFIG = {
+  env: ['PATH=/usr/local/bin:/usr/bin:/bin', 'GREETING=hello from the image'],
+  user: 'app',
+  workdir: '/srv/data',
+  cmd: ['/bin/sh'],
+};
+
+describe('template import', () => {
+  test('docker save archive: layers in order, whiteouts, opaque directories, ownership, modes, links, metadata', async () => {
+    const events: string[] = [];
+    const archive = await dockerSaveArchive({ layers: await sampleLayers(), ...SAMPLE_CONFIG });
+    const info = await store.import('dock', fromBuffer(archive), { onEvent: (e) => events.push(e.type) });
+    const root = path.join(dir, 'dock', 'rootfs');
+    assert.equal(existsSync(path.join(root, 'old/gone.txt')), false, 'whiteout removed the lower file');
+    assert.equal(await readFile(path.join(root, 'old/kept.txt'), 'utf8'), 'kept');
+    assert.deepEqual((await readdir(path.join(root, 'opq'))).sort(), ['upper'], 'opaque dir hides the lower contents');
+    const owned = await stat(path.join(root, 'home/app/owned'));
+    assert.equal(owned.uid, SHIFT + 1000);
+    assert.equal(owned.gid, SHIFT + 1000);
+    assert.equal(owned.mode & 0o7777, 0o640);
+    const suid = await stat(path.join(root, 'usr/bin/su-like'));
+    assert.equal(suid.mode & 0o7777, 0o4755, 'setuid kept');
+    assert.equal(suid.uid, SHIFT);
+    assert.equal((await stat(path.join(root, 'usr/bin/alias'))).ino, suid.ino, 'hard link within the image');
+    assert.equal(await readlink(path.join(root, 'bin')), 'usr/bin');
+    assert.equal(await readlink(path.join(root, 'escape')), '/etc/shadow', 'a link out of the root stays a link');
+    assert.equal((await lstat(path.join(root, 'home/app'))).mode & 0o7777, 0o750);
+    assert.equal((await stat(root)).uid, SHIFT);
+    assert.equal(info.meta?.user, 'app');
+    assert.equal(info.meta?.workdir, '/srv/data');
+    assert.equal(info.meta?.env.GREETING, 'hello from the image');
+    assert.deepEqual(info.meta?.cmd, ['/bin/sh']);
+    assert.equal(info.meta?.layers, 3);
+    assert.ok(events.includes('received') && events.includes('layer_done'));
+    const meta = JSON.parse(await readFile(path.join(dir, 'dock', 'template.json'), 'utf8'));
+    assert.equal(meta.source, 'docker');
+    const d = await templateProcessDefaults(cfg, 'dock');
+    assert.deepEqual(d, { env: { PATH: '/usr/local/bin:/usr/bin:/bin', GREETING: 'hello from the image' }, cwd: '/srv/data', user: 'app' });
+    assert.deepEqual((await store.list()).map((t) => t.name), ['dock']);
+    assert.equal(await leftovers(), 0);
+  });
+
+  test('OCI layout tarball (gzip layers, digests checked)', async () => {
+    const archive = await ociLayoutArchive({ layers: (await sampleLayers()).map((l) => (l[0] === 0x1f ? l : gzip(l))), ...SAMPLE_CONFIG, user: '1000:1000' });
+    const info = await store.import('oci', fromBuffer(archive));
+    const root = path.join(dir, 'oci', 'rootfs');
+    assert.equal(info.meta?.source, 'oci');
+    assert.equal(existsSync(path.join(root, 'old/gone.txt')), false);
+    assert.deepEqual(await readdir(path.join(root, 'opq')), ['upper']);
+    assert.equal((await stat(path.join(root, 'srv/data'))).uid, SHIFT + 1000);
+    assert.equal((await templateProcessDefaults(cfg, 'oci')).user, '1000');
+  });
+
+  test('a name that exists, or base, is refused before anything is read', async () => {
+    await assert.rejects(store.import('dock', fromBuffer(Buffer.alloc(0))), /already exists/);
+    await assert.rejects(store.import('base', fromBuffer(Buffer.alloc(0))), /built in/);
+    await assert.rejects(store.import('../x', fromBuffer(Buffer.alloc(0))), /invalid template name/);
+  });
+
+  test('delete: refused while in use, then removed', async () => {
+    await assert.rejects(store.delete('oci', async () => ['abc']), /in use by 1 sandbox/);
+    await store.delete('oci', async () => []);
+    assert.equal(existsSync(path.join(dir, 'oci')), false);
+    await assert.rejects(store.delete('oci', async () => []), /not on this node/);
+    await assert.rejects(store.delete('base', async () => []), /built in/);
+  });
+
+  describe('hostile archives are refused, naming the entry, with nothing left behind', () => {
+    const hostile = async (name: string, layers: Buffer[], pattern: RegExp, archiveOpts: { omitLayer?: number } = {}) => {
+      const archive = await dockerSaveArchive({ layers }, archiveOpts);
+      await assert.rejects(store.import(name, fromBuffer(archive)), (e: Error) => {
+        assert.match(e.message, pattern);
+        return true;
+      });
+      assert.equal(existsSync(path.join(dir, name)), false, 'no template under the name');
+      assert.equal(await leftovers(), 0, 'no staging directory left');
+    };
+
+    test('../ path', async () => {
+      await hostile('h1', [await tarOf([{ name: '../../../../tmp/nestbox-pwned-dotdot', content: 'x' }])], /entry "..\/..\/..\/..\/tmp\/nestbox-pwned-dotdot": ".." in its path/);
+      assert.equal(existsSync('/tmp/nestbox-pwned-dotdot'), false);
+    });
+
+    test('absolute path', async () => {
+      await hostile('h2', [await tarOf([{ name: '/tmp/nestbox-pwned-abs', content: 'x' }])], /entry "\/tmp\/nestbox-pwned-abs": absolute path/);
+      assert.equal(existsSync('/tmp/nestbox-pwned-abs'), false);
+    });
+
+    test('a symlink to /tmp, then a file written through it (same layer and next layer)', async () => {
+      await rm('/tmp/pwned', { force: true });
+      await hostile('h3', [await tarOf([{ name: 'evil', type: 'symlink', linkname: '/tmp' }, { name: 'evil/pwned', content: 'x' }])],
+        /entry "evil\/pwned": "evil" is a symbolic link/);
+      await hostile('h3b', [await tarOf([{ name: 'evil', type: 'symlink', linkname: '/tmp' }]), await tarOf([{ name: 'evil/pwned', content: 'x' }])],
+        /layer 2 .*entry "evil\/pwned": "evil" is a symbolic link/);
+      // A relative link that climbs, and a directory replaced by a link in a later layer.
+      await hostile('h3c', [await tarOf([{ name: 'd/', type: 'directory' }]), await tarOf([{ name: 'd', type: 'symlink', linkname: '../../../../tmp' }, { name: 'd/pwned', content: 'x' }])],
+        /"d" is a symbolic link/);
+      assert.equal(existsSync('/tmp/pwned'), false);
+    });
+
+    test('a hard link to /etc/shadow, or to a file not extracted yet', async () => {
+      const before = await stat('/etc/shadow');
+      await hostile('h4', [await tarOf([{ name: 'shadow', type: 'link', linkname: '/etc/shadow' }])], /entry "shadow": hard link to "\/etc\/shadow", outside the image/);
+      await hostile('h4b', [await tarOf([{ name: 'shadow', type: 'link', linkname: '../../../../etc/shadow' }])], /outside the image/);
+      await hostile('h4c', [await tarOf([{ name: 'a', type: 'link', linkname: 'later' }, { name: 'later', content: 'x' }])], /not in the image \(yet\)/);
+      await hostile('h4d', [await tarOf([{ name: 'l', type: 'symlink', linkname: '/etc' }, { name: 'shadow', type: 'link', linkname: 'l/shadow' }])], /"l" is a symbolic link/);
+      const afterSt = await stat('/etc/shadow');
+      assert.equal(afterSt.nlink, before.nlink, '/etc/shadow got no new link');
+      assert.equal(afterSt.mtimeMs, before.mtimeMs);
+    });
+
+    test('device nodes and FIFOs', async () => {
+      await hostile('h5', [await tarOf([{ name: 'dev/', type: 'directory' }, { name: 'dev/mem', type: 'character-device' }])], /entry "dev\/mem": device nodes are not allowed/);
+      await hostile('h5b', [await tarOf([{ name: 'sda', type: 'block-device' }])], /device nodes are not allowed/);
+      await hostile('h5c', [await tarOf([{ name: 'pipe', type: 'fifo' }])], /FIFOs are not allowed/);
+    });
+
+    test('owner ids outside the mapped range', async () => {
+      await hostile('h6', [await tarOf([{ name: 'f', content: 'x', uid: 65536 }])], /entry "f": owner uid 65536 is outside/);
+    });
+
+    test('a truncated or corrupt gzip layer', async () => {
+      const good = gzip(await tarOf([{ name: 'big', content: randomBytes(200_000) }]));
+      await hostile('h7', [good.subarray(0, good.length - 100)], /layer 1 of 1 .* is not a valid gzip-compressed tar/);
+      const corrupt = Buffer.from(good);
+      corrupt.fill(0x55, 40, 400);
+      await hostile('h7b', [corrupt], /layer 1 of 1 .* (is not a valid gzip-compressed tar|entry)/);
+      await hostile('h7c', [Buffer.from('this is not a tar file at all, just text that goes on'.repeat(20))], /layer 1 of 1 .* is not a valid tar/);
+    });
+
+    test('a manifest naming a missing layer', async () => {
+      await hostile('h8', [await tarOf([{ name: 'a', content: 'x' }]), await tarOf([{ name: 'b', content: 'y' }])], /layer 2 ".*layer\.tar" named by manifest\.json is missing/, { omitLayer: 1 });
+    });
+
+    test('not an image, and a truncated archive', async () => {
+      await assert.rejects(store.import('h9', fromBuffer(await tarOf([{ name: 'hello', content: 'x' }]))), /not an image archive/);
+      const archive = await dockerSaveArchive({ layers: [await tarOf([{ name: 'a', content: 'x'.repeat(10000) }])] });
+      await assert.rejects(store.import('h9b', fromBuffer(archive.subarray(0, 5000))), /not a valid tar stream|not an image archive/);
+      assert.equal(await leftovers(), 0);
+    });
+  });
+});
+
+async function leftovers() {
+  return (await readdir(dir)).filter((n) => n.startsWith('.')).length;
+}
