@@ -71,3 +71,14 @@ export const WatchQuery = Type.Object(
 );
 export const MoveBody = Type.Object({ from: FilePath, to: FilePath, user: User }, { additionalProperties: false });
 export const PathBody = Type.Object({ path: FilePath, user: User }, { additionalProperties: false });
+
+// --- templates ----------------------------------------------------------------------------------
+export const TemplateNameParam = Type.Object({ name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }) });
+export const TemplateImportQuery = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
+    /** The team importing it, kept in template.json (the control plane decides who sees it). */
+    owner: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  },
+  { additionalProperties: false },
+);

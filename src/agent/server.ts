@@ -9,6 +9,8 @@ import type { DrainGate } from './drain-gate.ts';
 import type { DrainPlan } from './shutdown.ts';
 import { registerEnvd } from './envd/index.ts';
 import { registerPortForward } from './port-forward.ts';
+import { registerTemplateRoutes } from './templates.ts';
+import { templateProcessDefaults } from '../runtime/templates.ts';
 import {
   CreateSandboxBody, FileQuery, InputBody, KillQuery, ListDirQuery, MoveBody, PathBody, PauseBody, PidParam,
   ResizeBody, SandboxIdParam, SignalBody, StartProcessBody, WatchQuery,
@@ -133,11 +135,13 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   app.post('/v1/sandboxes/:id/processes', { schema: { params: SandboxIdParam, body: StartProcessBody } }, async (req, reply) => {
     const record = await runtime.record(req.params.id);
     const b = req.body;
+    // An imported image's env, working directory and user are defaults; the request's win.
+    const defaults = await templateProcessDefaults(runtime.cfg, record.template);
     const stream = await runtime.init(req.params.id).start({
       argv: b.argv,
-      env: { ...record.envVars, ...(b.env ?? {}) },
-      cwd: b.cwd,
-      user: b.user ?? 'user',
+      env: { ...defaults.env, ...record.envVars, ...(b.env ?? {}) },
+      cwd: b.cwd ?? defaults.cwd,
+      user: b.user ?? defaults.user ?? 'user',
       pty: b.pty ?? null,
       stdin: b.stdin ?? false,
       tag: b.tag,
@@ -220,6 +224,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   });
 
   registerPortForward(app, { runtime, nodeToken: opts.nodeToken });
+  registerTemplateRoutes(app, { runtime });
   // --- envd protocol (E2B's in-sandbox API) -----------------------------------------------------
   registerEnvd(app, { runtime });
 

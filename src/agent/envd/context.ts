@@ -11,6 +11,8 @@ export interface EnvdRequestContext {
   envVars: Record<string, string>;
   /** From `Authorization: Basic base64("<user>:")`, else `user`. */
   user: string;
+  /** The template's working directory (an imported image's), for processes that name none. */
+  cwd?: string;
   init: InitClient;
   runtime: SandboxRuntime;
 }

@@ -9,7 +9,8 @@ import {
   compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse,
 } from '@connectrpc/connect-node';
 import type { SandboxRuntime } from '../../runtime/sandbox-runtime.ts';
-import { envdContextKey, requestUser, type EnvdRequestContext } from './context.ts';
+import { basicAuthUser, clientAuthorization, envdContextKey, requestUser, type EnvdRequestContext } from './context.ts';
+import { templateProcessDefaults, type ProcessDefaults } from '../../runtime/templates.ts';
 import { getFile, postFile, sendHttpError } from './files.ts';
 import { filesystemService } from './filesystem-service.ts';
 import { processService } from './process-service.ts';
@@ -100,8 +101,12 @@ export function registerEnvd(app: FastifyInstance, opts: EnvdOptions) {
       const sandboxId = (req.params as { id: string }).id;
       const sub = '/' + ((req.params as Record<string, string>)['*'] ?? '');
       let envVars: Record<string, string>;
+      let defaults: ProcessDefaults;
       try {
-        envVars = (await runtime.record(sandboxId)).envVars ?? {};
+        const record = await runtime.record(sandboxId);
+        // An imported image's env, working directory and user are defaults; the request's win.
+        defaults = await templateProcessDefaults(runtime.cfg, record.template);
+        envVars = { ...defaults.env, ...(record.envVars ?? {}) };
       } catch {
         req.raw.resume();
         return sandboxNotFound(reply, sandboxId);
@@ -109,7 +114,8 @@ export function registerEnvd(app: FastifyInstance, opts: EnvdOptions) {
       const rc: EnvdRequestContext = {
         sandboxId,
         envVars,
-        user: requestUser(req.headers),
+        user: basicAuthUser(clientAuthorization(req.headers)) ?? defaults.user ?? requestUser(req.headers),
+        cwd: defaults.cwd,
         init: runtime.init(sandboxId),
         runtime,
       };

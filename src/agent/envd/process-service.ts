@@ -88,7 +88,7 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
       stream = await rc.init.start({
         argv: [cfg.cmd, ...cfg.args],
         env: { ...rc.envVars, ...cfg.envs },
-        cwd: cfg.cwd ? expandPath(cfg.cwd) : null,
+        cwd: cfg.cwd ? expandPath(cfg.cwd) : (rc.cwd ?? null),
         user: rc.user,
         pty: req.pty ? { cols: req.pty.size?.cols || 80, rows: req.pty.size?.rows || 24 } : null,
         // envd keeps stdin open unless the client says `stdin: false` (SDK >= envd 0.3.0).

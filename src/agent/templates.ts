@@ -1,0 +1,58 @@
+// The node API's template routes: import an image archive (the body, streamed), list, delete.
+// An import answers NDJSON: progress lines while it runs, then `done` with the template or
+// `error` with its code and message (the status line is sent before the outcome is known;
+// refusals decided before the body is read get their own status).
+import { PassThrough, Readable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { NestboxError } from '../core/errors.ts';
+import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
+import { TemplateStore } from '../runtime/templates.ts';
+import { TemplateImportQuery, TemplateNameParam } from './schemas.ts';
+
+export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: SandboxRuntime }) {
+  const { runtime } = opts;
+  const templates = new TemplateStore(runtime.cfg);
+  const typed = app.withTypeProvider<TypeBoxTypeProvider>();
+
+  typed.get('/v1/templates', async () => ({ templates: await templates.list() }));
+  typed.get('/v1/templates/:name', { schema: { params: TemplateNameParam } }, async (req) => templates.get(req.params.name));
+
+  typed.delete('/v1/templates/:name', { schema: { params: TemplateNameParam } }, async (req, reply) => {
+    const name = req.params.name;
+    await templates.delete(name, async () => {
+      // Running sandboxes and paused ones (their resume needs the template) hold it.
+      const live = (await runtime.inventory()).filter((s) => s.template === name).map((s) => s.sandboxId);
+      const paused = (await runtime.snapshots()).filter((s) => s.sandbox.template === name).map((s) => s.sandbox.sandboxId);
+      return [...new Set([...live, ...paused])];
+    });
+    return reply.code(204).send();
+  });
+
+  typed.post('/v1/templates', { schema: { querystring: TemplateImportQuery } }, async (req, reply) => {
+    const { name, owner } = req.query;
+    const body = req.body as Readable | Buffer | undefined;
+    const source = body instanceof Readable ? body : Readable.from([Buffer.isBuffer(body) ? body : Buffer.alloc(0)]);
+    try {
+      await templates.checkImportable(name);
+    } catch (e) {
+      source.resume();
+      throw e;
+    }
+    const out = new PassThrough();
+    const line = (o: object) => out.write(JSON.stringify(o) + '\n');
+    void (async () => {
+      try {
+        const info = await templates.import(name, source, { owner: owner ?? null, onEvent: line });
+        line({ type: 'done', template: info });
+      } catch (e) {
+        source.resume(); // drain what the client still sends
+        const code = e instanceof NestboxError ? e.code : 'internal';
+        line({ type: 'error', code, message: e instanceof Error ? e.message : String(e) });
+      }
+      out.end();
+    })();
+    reply.header('content-type', 'application/x-ndjson');
+    return reply.send(out);
+  });
+}
