@@ -67,19 +67,27 @@ after(async () => {
 
 describe('nestbox sandbox exec', () => {
   test('streams stdout and stderr, exits 0', async () => {
-    const r = ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--', 'echo', 'out;', 'echo', 'err', '>&2']));
+    const r = ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '-c', 'echo out; echo err >&2']));
     assert.equal(r.stdout, 'out\n');
     assert.equal(r.stderr, 'err\n');
   });
 
+  test('after --: argv as argv, no shell; --shell: a command string', async () => {
+    const r = ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--', 'echo', 'a b', 'c;d', '$HOME']));
+    assert.equal(r.stdout, 'a b c;d $HOME\n');
+    const py = ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--', 'python3', '-c', 'import sys; print(sys.argv[1:])', "it's", '*']));
+    assert.equal(py.stdout, `["it's", '*']\n`);
+    assert.equal(ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--shell', 'echo $HOME']))).stdout, '/home/user\n');
+  });
+
   test("exits with the command's exit code, output kept", async () => {
-    const r = await nestbox(['sandbox', 'exec', sbx.sandboxId, '--', 'echo before; exit 7']);
+    const r = await nestbox(['sandbox', 'exec', sbx.sandboxId, '-c', 'echo before; exit 7']);
     assert.equal(r.code, 7, r.stderr);
     assert.equal(r.stdout, 'before\n');
   });
 
   test('--json prints {stdout, stderr, exitCode} at the end, with the exit code', async () => {
-    const r = await nestbox(['sandbox', 'exec', '--json', sbx.sandboxId, '--', 'echo a; echo b >&2; exit 3']);
+    const r = await nestbox(['sandbox', 'exec', '--json', sbx.sandboxId, '-c', 'echo a; echo b >&2; exit 3']);
     assert.equal(r.code, 3, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), { stdout: 'a\n', stderr: 'b\n', exitCode: 3 });
     assert.equal(r.stderr, '');
@@ -91,7 +99,7 @@ describe('nestbox sandbox exec', () => {
     const r = ok(
       await nestbox([
         'sandbox', 'exec', sbx.sandboxId, '--env', 'A=1', '--env', 'B=two words', '--user', 'root', '--cwd', '/tmp',
-        '--', 'echo "$A|$B|$(whoami)|$(pwd)"',
+        '-c', 'echo "$A|$B|$(whoami)|$(pwd)"',
       ]),
     );
     assert.equal(r.stdout, '1|two words|root|/tmp\n');

@@ -1,6 +1,7 @@
 // The `nestbox` CLI, run for real (bin/nestbox as a child process) against a real API server on
 // 127.0.0.1 with an in-memory lifecycle and a real PGlite store (keys, usage).
 import { execFile } from 'node:child_process';
+import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -466,5 +467,69 @@ describe('nestbox admin-keys (operator)', () => {
     const active = json(await nestbox(['admin-keys', 'list', '--json'], env)).filter((k: any) => k.revokedAt === null);
     assert.equal(active.length, 1);
     fails(await nestbox(['admin-keys', 'revoke', active[0].id], env), /last active admin key.*\(HTTP 409\)$/);
+  });
+});
+
+/**
+ * A stand-in for envd behind the sandbox proxy: answers process.Process/Start (Connect JSON
+ * streaming) with start, one stdout chunk and end exit 0, and keeps each Start request.
+ */
+function startFakeEnvd(): Promise<{ url: string; starts: any[]; close: () => Promise<void> }> {
+  const starts: any[] = [];
+  const frame = (flags: number, msg: unknown) => {
+    const body = Buffer.from(JSON.stringify(msg));
+    const head = Buffer.alloc(5);
+    head.writeUInt8(flags, 0);
+    head.writeUInt32BE(body.length, 1);
+    return Buffer.concat([head, body]);
+  };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (req.url !== '/process.Process/Start') return void res.writeHead(404).end();
+      const raw = Buffer.concat(chunks);
+      starts.push(JSON.parse(raw.subarray(5, 5 + raw.readUInt32BE(1)).toString()));
+      res.writeHead(200, { 'content-type': 'application/connect+json' });
+      res.write(frame(0, { event: { start: { pid: 7 } } }));
+      res.write(frame(0, { event: { data: { stdout: Buffer.from('ran\n').toString('base64') } } }));
+      res.write(frame(0, { event: { end: { exitCode: 0, exited: true, status: 'exit status 0' } } }));
+      res.end(frame(2, {}));
+    });
+  });
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () =>
+      resolve({
+        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        starts,
+        close: () => new Promise((r) => server.close(() => r())),
+      }),
+    ),
+  );
+}
+
+describe('nestbox sandbox exec', () => {
+  test('the program and its arguments are passed as argv (no shell); --shell / -c runs a string through bash -l -c', async () => {
+    const envd = await startFakeEnvd();
+    try {
+      const s = fake.seed({ teamId });
+      const env = { E2B_SANDBOX_URL: envd.url };
+      const argv = ok(await nestbox(['sandbox', 'exec', s.sandboxId, '--', 'echo', 'a b', 'c;d', '$HOME', '-c'], env));
+      assert.equal(argv.stdout, 'ran\n');
+      assert.deepEqual([envd.starts[0].process.cmd, envd.starts[0].process.args], ['echo', ['a b', 'c;d', '$HOME', '-c']]);
+
+      ok(await nestbox(['sandbox', 'exec', s.sandboxId, '--shell', 'echo $HOME | wc -c'], env));
+      ok(await nestbox(['sandbox', 'exec', s.sandboxId, '-c', 'true; true'], env));
+      assert.deepEqual(envd.starts.slice(1).map((x) => [x.process.cmd, x.process.args]), [
+        ['/bin/bash', ['-l', '-c', 'echo $HOME | wc -c']],
+        ['/bin/bash', ['-l', '-c', 'true; true']],
+      ]);
+
+      fails(await nestbox(['sandbox', 'exec', s.sandboxId, '-c', 'true', '--', 'echo'], env), /either a command string.*not both/);
+      fails(await nestbox(['sandbox', 'exec', s.sandboxId], env), /no command/);
+      assert.equal(envd.starts.length, 3, 'refused invocations start nothing');
+    } finally {
+      await envd.close();
+    }
   });
 });

@@ -100,13 +100,44 @@ interface ExecOptions extends EnvdOptions {
   user?: string;
   cwd?: string;
   env?: Record<string, string>;
+  /** A command string for the login shell (`bash -l -c`), instead of an argv. */
+  shell?: string;
 }
 
-async function exec(id: string, command: string[], opts: ExecOptions): Promise<void> {
+type ProcessStart = { process: { cmd: string; args: string[] } & Record<string, unknown> } & Record<string, unknown>;
+type ProcessRpc = { start: (req: ProcessStart, opts: unknown) => unknown };
+
+/**
+ * Makes the next commands.run() start `argv` itself, no shell in between. The SDK only starts
+ * `/bin/bash -l -c <string>`; envd's Start takes any program and arguments, so the request the
+ * SDK builds is rewritten in its (pinned) process client, and everything else (streaming, exit
+ * codes, kill) stays the SDK's.
+ */
+export function startArgvOnce(sbx: Sandbox, argv: string[]): void {
+  const commands = sbx.commands as unknown as { rpc?: ProcessRpc };
+  const rpc = commands.rpc;
+  if (!rpc || typeof rpc.start !== 'function') throw new CliError('this version of the e2b SDK cannot start a command without a shell: use --shell');
+  const [cmd, ...args] = argv;
+  commands.rpc = new Proxy(rpc, {
+    get(target, key, receiver) {
+      if (key !== 'start') return Reflect.get(target, key, receiver);
+      return (req: ProcessStart, o: unknown) => {
+        commands.rpc = rpc;
+        return target.start({ ...req, process: { ...req.process, cmd: cmd!, args } }, o);
+      };
+    },
+  });
+}
+
+async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void> {
+  if (opts.shell !== undefined && argv.length > 0) {
+    throw new CliError('give either a command string with --shell (-c) or a command and its arguments after --, not both');
+  }
+  if (opts.shell === undefined && argv.length === 0) throw new CliError('no command: give one after -- (or a string with --shell)');
   const { ctx, sbx } = await connectSandbox(id, opts);
-  const cmd = command.join(' ');
+  if (opts.shell === undefined) startArgvOnce(sbx, argv);
   const stream = !ctx.json;
-  const handle = await sbx.commands.run(cmd, {
+  const handle = await sbx.commands.run(opts.shell ?? argv.join(' '), {
     background: true,
     timeoutMs: 0,
     ...(opts.user ? { user: opts.user } : {}),
@@ -196,10 +227,14 @@ export function registerExecCommands(program: Command) {
   common(
     sandbox
       .command('exec')
-      .description('run a command in a sandbox (through bash -l -c) and exit with its exit code')
+      .description(
+        'run a command in a sandbox and exit with its exit code: the program and its arguments as given ' +
+          '(no shell), or with --shell a command string run by bash -l -c',
+      )
       .argument('<id>', 'sandbox id')
-      .argument('<command...>', 'the command; put it after -- when it has options of its own')
-      .usage('[options] <id> -- <command...>'),
+      .argument('[command...]', 'the program and its arguments, passed as they are; put them after --')
+      .option('-c, --shell <command>', 'a command string for the login shell (bash -l -c): pipes, ;, $VARS')
+      .usage('[options] <id> -- <program> [args...]  |  [options] <id> --shell <command>'),
   ).action(wrap(exec));
 
   common(
