@@ -1,0 +1,104 @@
+// Image import end to end on a real node agent: archives built here are imported through the
+// agent's API, sandboxes started from them (real containers), and what runs inside is checked.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { createSandbox, exec, startTestAgent, TEST_ROOT, type TestAgent } from './helpers/agent-harness.ts';
+import { dockerSaveArchive, ociLayoutArchive, tarOf } from './helpers/image-archive.ts';
+import { RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
+
+let a: TestAgent;
+let templatesDir: string;
+
+before(async () => {
+  templatesDir = path.join(TEST_ROOT, `templates-${randomBytes(4).toString('hex')}`);
+  await mkdir(templatesDir, { recursive: true });
+  await chmod(TEST_ROOT, 0o711);
+  await chmod(templatesDir, 0o755); // the sandboxes' mapped root walks to <name>/rootfs
+  // The agent's preflight wants `base`: the host's own, by a link.
+  await symlink(path.join(runtimeConfigFromEnv().templatesDir, 'base'), path.join(templatesDir, 'base'));
+  a = await startTestAgent({ config: { templatesDir } });
+});
+after(async () => {
+  await a?.stop();
+  await rm(templatesDir, { recursive: true, force: true });
+});
+
+/** POST /v1/templates with the archive as the body; the NDJSON lines it answered. */
+async function importVia(name: string, archive: Buffer): Promise<any[]> {
+  const res = await a.api('POST', `/v1/templates?name=${name}`, new Uint8Array(archive), { 'content-type': 'application/octet-stream' });
+  const text = await res.text();
+  if (!res.ok) return [{ type: 'error', status: res.status, ...JSON.parse(text) }];
+  return text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+describe('imported templates run', () => {
+  test('docker save: files, ownership, env, user and workdir inside a sandbox', async () => {
+    const archive = await dockerSaveArchive({ layers: await runnableLayers(), ...RUNNABLE_CONFIG });
+    const lines = await importVia('imgdock', archive);
+    const done = lines.at(-1);
+    assert.equal(done.type, 'done', JSON.stringify(done));
+    assert.equal(done.template.meta.user, 'app');
+    assert.ok(lines.some((l) => l.type === 'layer_done' && l.layer === 3));
+
+    const id = await createSandbox(a, { template: 'imgdock' });
+    // The image's defaults: user app (1000), working directory /srv/data, its env.
+    const who = await exec(a, id, 'echo "$(id -un) $(id -u) $(pwd) $GREETING"');
+    assert.equal(who.exitCode, 0, who.stderr);
+    assert.equal(who.stdout.trim(), 'app 1000 /srv/data hello from the image');
+    // The request's values win.
+    const root = await exec(a, id, 'echo "$(id -u) $GREETING"', { user: 'root', env: { GREETING: 'mine' } });
+    assert.equal(root.stdout.trim(), '0 mine');
+    const cwd = await a.api('POST', `/v1/sandboxes/${id}/processes`, { argv: ['/bin/pwd'], cwd: '/tmp' }).then((r) => r.text());
+    assert.match(cwd, /"exit"/);
+    assert.ok(cwd.includes(Buffer.from('/tmp\n').toString('base64')), cwd);
+
+    // Files: the whiteout removed the lower file, the opaque directory hides the lower contents.
+    const files = await exec(a, id, 'ls /old; echo --; ls -A /opq; echo --; cat /srv/data/hello', { user: 'root' });
+    assert.equal(files.stdout, 'kept.txt\n--\nupper\n--\nhi');
+    // Ownership and modes as in the image, seen from inside.
+    const own = await exec(a, id, 'stat -c "%u:%g %a %n" /home/app/owned /usr/bin/su-like /srv/data /', { user: 'root' });
+    assert.equal(own.stdout, '1000:1000 640 /home/app/owned\n0:0 4755 /usr/bin/su-like\n1000:1000 755 /srv/data\n0:0 755 /\n');
+    // The file owned by 1000 is app's: app reads it, and writes in its own directories.
+    const mine = await exec(a, id, 'cat /home/app/owned && echo new > /srv/data/x && stat -c %U /srv/data/x');
+    assert.equal(mine.stdout, 'mineapp\n', mine.stderr);
+
+    // In use: not deleted. Killed: deleted.
+    const refused = await a.api('DELETE', '/v1/templates/imgdock');
+    assert.equal(refused.status, 409);
+    assert.match((await refused.json()).message, /in use by 1 sandbox/);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+    assert.equal((await a.api('DELETE', '/v1/templates/imgdock')).status, 204);
+    assert.equal(existsSync(path.join(templatesDir, 'imgdock')), false);
+  });
+
+  test('OCI layout tarball, numeric user', async () => {
+    const archive = await ociLayoutArchive({ layers: await runnableLayers(), ...RUNNABLE_CONFIG, user: '1000:1000', workdir: '/home/app' });
+    const lines = await importVia('imgoci', archive);
+    assert.equal(lines.at(-1).type, 'done', JSON.stringify(lines.at(-1)));
+    const list = await a.json('GET', '/v1/templates');
+    assert.ok(list.templates.some((t: any) => t.name === 'imgoci' && t.meta.source === 'oci'));
+    const id = await createSandbox(a, { template: 'imgoci' });
+    const who = await exec(a, id, 'echo "$(id -un) $(pwd)"; ls -A /opq');
+    assert.equal(who.stdout, 'app /home/app\nupper\n', who.stderr);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('hostile archive through the API: refused with the entry named, nothing left, host untouched', async () => {
+    await rm('/tmp/pwned', { force: true });
+    const archive = await dockerSaveArchive({ layers: [await tarOf([{ name: 'evil', type: 'symlink', linkname: '/tmp' }, { name: 'evil/pwned', content: 'x' }])] });
+    const lines = await importVia('imgevil', archive);
+    const last = lines.at(-1);
+    assert.equal(last.type, 'error');
+    assert.equal(last.code, 'invalid');
+    assert.match(last.message, /entry "evil\/pwned": "evil" is a symbolic link/);
+    assert.equal(existsSync('/tmp/pwned'), false);
+    assert.deepEqual((await readdir(templatesDir)).filter((n) => n.includes('imgevil')), []);
+    // A name taken is refused before the body is read.
+    await importVia('imgoci', await tarOf([{ name: 'x', content: 'y' }])).then((l) => assert.equal(l[0].status, 409));
+  });
+});
