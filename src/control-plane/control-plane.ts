@@ -174,6 +174,7 @@ export class ControlPlane {
     this.api = buildApiServer({
       lifecycle: this.lifecycle,
       db: this.db,
+      nodes: pool,
       authenticate: (key) => authenticateKey(this.db, key),
       envdVersion: ENVD_VERSION,
       domain: this.opts.domain ?? null,

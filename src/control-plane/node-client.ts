@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { NestboxError, type ErrorCode } from '../core/errors.ts';
 
 export interface NodeCreateRequest {
@@ -52,6 +53,29 @@ export interface NodeStatus {
   draining: boolean;
   drain: { policy: 'pause' | 'wait'; deadline: string } | null;
 }
+
+/** A template as a node describes it (GET /v1/templates); `meta` is null for built-in ones. */
+export interface NodeTemplate {
+  name: string;
+  builtin: boolean;
+  meta: {
+    source: 'docker' | 'oci';
+    importedAt: string;
+    layers: number;
+    sizeBytes: number;
+    configDigest: string | null;
+    repoTags: string[];
+    owner: string | null;
+    env: Record<string, string>;
+    workdir: string | null;
+    user: string | null;
+    entrypoint: string[] | null;
+    cmd: string[] | null;
+  } | null;
+}
+
+/** A progress line of a template import (the node's NDJSON). */
+export type TemplateImportEvent = { type: string; [k: string]: unknown };
 
 /** What the control plane needs from a node agent. */
 export interface NodeClient {
@@ -141,5 +165,64 @@ export class HttpNodeClient implements NodeClient {
   }
   async status() {
     return (await this.call('GET', '/v1/node')) as NodeStatus;
+  }
+
+  // --- templates (not part of NodeClient: only nodes reached over HTTP import images) --------
+  async listTemplates() {
+    return ((await this.call('GET', '/v1/templates')) as { templates: NodeTemplate[] }).templates;
+  }
+  async getTemplate(name: string) {
+    return (await this.call('GET', `/v1/templates/${encodeURIComponent(name)}`)) as NodeTemplate;
+  }
+  async deleteTemplate(name: string) {
+    await this.call('DELETE', `/v1/templates/${encodeURIComponent(name)}`);
+  }
+
+  /**
+   * Streams an image archive to the node, which imports it as template `name`; progress lines
+   * go to `onEvent`. No overall timeout: a large image takes as long as it takes.
+   */
+  async importTemplate(name: string, archive: Readable, opts: { owner?: string; onEvent?: (e: TemplateImportEvent) => void } = {}): Promise<NodeTemplate> {
+    const q = new URLSearchParams({ name, ...(opts.owner ? { owner: opts.owner } : {}) });
+    let res: Response;
+    try {
+      res = await fetch(`${this.baseUrl}/v1/templates?${q}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/octet-stream' },
+        body: archive as unknown as BodyInit,
+        duplex: 'half',
+      } as RequestInit);
+    } catch (e) {
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not take the archive: ${(e as Error).message}`, false, true);
+    }
+    if (!res.ok || !res.body) {
+      const text = await res.text().catch(() => '');
+      let message = text;
+      try {
+        message = (JSON.parse(text) as { message?: string }).message ?? text;
+      } catch {
+        /* not JSON */
+      }
+      throw new NodeCallError(CODES[res.status] ?? 'internal', `node ${this.nodeId}: ${message}`, false);
+    }
+    let buffered = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffered += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (!line.trim()) continue;
+        const ev = JSON.parse(line) as TemplateImportEvent;
+        if (ev.type === 'done') return ev.template as NodeTemplate;
+        if (ev.type === 'error') {
+          const code = (typeof ev.code === 'string' ? ev.code : 'internal') as ErrorCode;
+          throw new NodeCallError(code, String(ev.message ?? 'import failed'), false);
+        }
+        opts.onEvent?.(ev);
+      }
+    }
+    throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, true);
   }
 }

@@ -13,6 +13,8 @@ import { sandboxRoutes } from './sandboxes.ts';
 import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
+import { templateRoutes } from './templates.ts';
+import type { NodePool } from '../scheduler.ts';
 import { validatorCompiler } from './validation.ts';
 
 export interface ApiServerOptions {
@@ -31,6 +33,8 @@ export interface ApiServerOptions {
    * stream and the admin routes (/nestbox/v1/admin/…) are served.
    */
   db?: Database;
+  /** The nodes: when given, the template routes (/nestbox/v1/templates) are served. */
+  nodes?: NodePool;
 }
 
 export const BODY_LIMIT = 1024 * 1024;
@@ -73,6 +77,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     lifecycle: opts.lifecycle,
     render: { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) },
   });
+  if (opts.nodes) void app.register(templateRoutes, { nodes: opts.nodes, db: opts.db });
   if (opts.db) {
     void app.register(usageRoutes, { db: opts.db, now: opts.now });
     void app.register(keyRoutes, { db: opts.db });
