@@ -37,7 +37,7 @@ interface Sbx {
   token: string;
 }
 
-type Auth = 'public' | 'team' | 'admin';
+type Auth = 'public' | 'team' | 'admin' | 'node';
 
 interface RouteCase {
   auth: Auth;
@@ -391,6 +391,32 @@ forEachDatabase('tenancy', (t) => {
       'GET /nestbox/v1/admin/keys': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/admin/keys' }) },
       'POST /nestbox/v1/admin/keys': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/admin/keys', body: {} }) },
       'DELETE /nestbox/v1/admin/keys/:id': { auth: 'admin', sample: () => ({ url: `/nestbox/v1/admin/keys/${randomUUID()}` }) },
+      'GET /nestbox/v1/nodes': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes' }) },
+      'POST /nestbox/v1/nodes/:id/drain': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes/nope/drain' }) },
+      'POST /nestbox/v1/nodes/:id/undrain': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes/nope/undrain' }) },
+      'DELETE /nestbox/v1/nodes/:id': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes/nope' }) },
+      'POST /nestbox/v1/nodes/join-tokens': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes/join-tokens', body: {} }) },
+      'GET /nestbox/v1/nodes/join-tokens': { auth: 'admin', sample: () => ({ url: '/nestbox/v1/nodes/join-tokens' }) },
+      'DELETE /nestbox/v1/nodes/join-tokens/:id': { auth: 'admin', sample: () => ({ url: `/nestbox/v1/nodes/join-tokens/${randomUUID()}` }) },
+
+      // --- nodes: their own tokens (a join token, a node credential); no API key opens them -------
+      'POST /nestbox/v1/nodes/join': {
+        auth: 'node',
+        sample: () => ({
+          url: '/nestbox/v1/nodes/join',
+          body: {
+            joinToken: `nbjoin_${'0'.repeat(40)}`, nodeId: 'n1', nodeToken: 'x'.repeat(32), url: 'http://127.0.0.1:1',
+            cpuCount: 1, memoryMB: 1, diskMB: 1, maxSandboxes: 1, templates: [], version: 'x',
+          },
+        }),
+      },
+      'POST /nestbox/v1/nodes/:id/heartbeat': {
+        auth: 'node',
+        sample: () => ({
+          url: '/nestbox/v1/nodes/n1/heartbeat',
+          body: { url: 'http://127.0.0.1:1', cpuCount: 1, memoryMB: 1, diskMB: 1, maxSandboxes: 1, templates: [], version: 'x' },
+        }),
+      },
     };
   }
 
@@ -415,7 +441,7 @@ forEachDatabase('tenancy', (t) => {
     }
     // What each route needs is what it documents.
     for (const [route, c] of Object.entries(table)) {
-      if (c.auth === 'public') continue;
+      if (c.auth === 'public' || c.auth === 'node') continue; // their own tokens: see test/fleet.test.ts
       const [m, u] = [methodOf(route).toLowerCase(), route.slice(route.indexOf(' ') + 1).replace(/:(\w+)/g, '{$1}')];
       const security = doc.paths[u]?.[m]?.security;
       assert.deepEqual(security, [{ [c.auth === 'admin' ? 'adminKey' : 'apiKey']: [] }], `${route} documents its key kind`);
@@ -443,6 +469,11 @@ forEachDatabase('tenancy', (t) => {
       const { url, body } = c.sample();
       if (c.auth === 'public') {
         assert.equal((await call(method, url, null)).status, 200, route);
+        continue;
+      }
+      if (c.auth === 'node') {
+        // Only a valid join token or node credential opens these; an API key of any kind does not.
+        for (const key of [null, a.key, adminKey]) assert.equal((await call(method, url, key, body)).status, 401, `${route} with ${key ?? 'no key'}`);
         continue;
       }
       const none = await call(method, url, null, body);

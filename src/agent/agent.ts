@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { runtimeConfigFromEnv, type RuntimeConfig } from '../runtime/config.ts';
 import { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { DrainGate } from './drain-gate.ts';
+import { defaultAdvertiseUrl, FleetMembership } from './fleet-membership.ts';
 import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
 import { drainNode, type DrainPlan, type DrainPolicy, type ShutdownReport } from './shutdown.ts';
@@ -16,7 +17,17 @@ export interface AgentOptions {
   nodeToken?: string;
   nodeId?: string;
   logger?: boolean | object;
+  /** Join a control plane (`nestbox agent --join`): heartbeats with capacity and templates. */
+  join?: { controlPlaneUrl: string; joinToken?: string; advertiseUrl?: string; maxSandboxes?: number };
 }
+
+const VERSION = (() => {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+})();
 
 export class HostNotReadyError extends Error {}
 
@@ -43,6 +54,7 @@ export class Agent {
   /** Set once a drain has begun: what the control plane should do with the live sandboxes. */
   drainPlan: DrainPlan | null = null;
   private server?: FastifyInstance;
+  membership?: FleetMembership;
   url = '';
 
   constructor(private readonly opts: AgentOptions = {}) {
@@ -64,7 +76,28 @@ export class Agent {
       drainPlan: () => this.drainPlan,
       logger: this.opts.logger,
     });
-    this.url = await this.server.listen({ host: this.opts.host ?? '127.0.0.1', port: this.opts.port ?? 3001 });
+    const host = this.opts.host ?? '127.0.0.1';
+    this.url = await this.server.listen({ host, port: this.opts.port ?? 3001 });
+    if (this.opts.join) {
+      const port = Number(new URL(this.url).port);
+      this.membership = new FleetMembership({
+        controlPlaneUrl: this.opts.join.controlPlaneUrl,
+        joinToken: this.opts.join.joinToken,
+        nodeId: this.opts.nodeId ?? 'local',
+        nodeToken: this.nodeToken,
+        advertiseUrl: this.opts.join.advertiseUrl ?? defaultAdvertiseUrl(host, port),
+        config: this.runtime.cfg,
+        maxSandboxes: this.opts.join.maxSandboxes ?? 200,
+        version: VERSION,
+        log: (m) => process.stderr.write(`nestbox agent: ${m}\n`),
+      });
+      try {
+        await this.membership.start();
+      } catch (e) {
+        await this.server.close();
+        throw e;
+      }
+    }
     return this.url;
   }
 
@@ -75,6 +108,7 @@ export class Agent {
   async shutdown(opts: { deadlineMs: number; policy: DrainPolicy; handoverMs?: number; log?: (msg: string) => void }): Promise<ShutdownReport> {
     this.drainPlan = { policy: opts.policy, deadline: new Date(Date.now() + opts.deadlineMs) };
     const report = await drainNode(this.runtime, this.drain, this.drainPlan, opts);
+    this.membership?.stop();
     await this.server?.close();
     return report;
   }
@@ -82,6 +116,7 @@ export class Agent {
   /** Stops serving once admitted starts finish; sandboxes keep running (tests, restarts). */
   async stop(): Promise<void> {
     await this.drain.drain();
+    this.membership?.stop();
     await this.server?.close();
   }
 }

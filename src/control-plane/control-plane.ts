@@ -15,6 +15,7 @@ import { KillSweeper } from './loops/kill-sweeper.ts';
 import { Loop } from './loops/loop.ts';
 import { Reconciler } from './loops/reconciler.ts';
 import { NodeDrainer } from './loops/node-drainer.ts';
+import { NodeRegistry } from './loops/node-registry.ts';
 import { WebhookDispatcher } from './webhooks/dispatcher.ts';
 import { FaultyNodeClient } from './faulty-node.ts';
 import { HttpNodeClient, type NodeClient } from './node-client.ts';
@@ -76,6 +77,12 @@ export interface LoopTimings {
   webhookMs: number;
   /** How long a call to a node agent may take before its outcome counts as unknown. */
   nodeCallTimeoutMs: number;
+  /** How often the node list is read again (nodes that joined or left through any replica). */
+  registryMs: number;
+  /** Heartbeat period asked of joined nodes. */
+  heartbeatMs: number;
+  /** A joined node silent this long is unhealthy: no placements. */
+  unhealthyAfterMs: number;
 }
 
 export const DEFAULT_TIMINGS: LoopTimings = {
@@ -88,6 +95,9 @@ export const DEFAULT_TIMINGS: LoopTimings = {
   drainWatchMs: 1_000,
   webhookMs: 1_000,
   nodeCallTimeoutMs: 120_000,
+  registryMs: 1_000,
+  heartbeatMs: 2_000,
+  unhealthyAfterMs: 10_000,
 };
 
 export interface StartedControlPlane {
@@ -116,6 +126,7 @@ export class ControlPlane {
   reconciler!: Reconciler;
   webhooks!: WebhookDispatcher;
   drainer!: NodeDrainer;
+  registry!: NodeRegistry;
   readonly timings: LoopTimings;
   private api?: FastifyInstance;
   private proxy?: SandboxProxy;
@@ -149,6 +160,10 @@ export class ControlPlane {
       pool.add(c);
     }
     this.lifecycle = new LifecycleService({ db: this.db, nodes: pool, clock: this.opts.clock });
+    this.registry = new NodeRegistry(this.db, pool, {
+      clock: this.lifecycle.clock, unhealthyAfterMs: this.timings.unhealthyAfterMs, nodeCallTimeoutMs: this.timings.nodeCallTimeoutMs,
+    });
+    await this.registry.tick(); // the nodes that joined before this replica started
     this.evictor = new Evictor(this.db, this.lifecycle);
     this.sweeper = new KillSweeper(this.db, this.lifecycle, this.timings.sweepGraceMs);
     this.reconciler = new Reconciler(this.db, this.lifecycle, pool, {
@@ -170,6 +185,11 @@ export class ControlPlane {
         for (const f of r.failed) this.api?.log.error({ drain: f }, `drain of ${f.sandboxId} failed: ${f.error}`);
       }, t.drainWatchMs, log));
       this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), t.webhookMs, log));
+      this.loops.push(new Loop('node-registry', async () => {
+        const r = await this.registry.tick();
+        for (const id of r.joined) this.api?.log.info(`node ${id} joined`);
+        for (const id of r.left) this.api?.log.info(`node ${id} left`);
+      }, t.registryMs, log));
     }
     this.api = buildApiServer({
       lifecycle: this.lifecycle,
@@ -180,6 +200,7 @@ export class ControlPlane {
       domain: this.opts.domain ?? null,
       logger: this.opts.logger ?? false,
       now: this.opts.clock ? () => this.opts.clock!.now() : undefined,
+      fleet: { heartbeatMs: this.timings.heartbeatMs, unhealthyAfterMs: this.timings.unhealthyAfterMs },
     });
     const url = await this.api.listen({ host: this.opts.host ?? '127.0.0.1', port: this.opts.port ?? 3000 });
     let proxyUrl: string | null = null;

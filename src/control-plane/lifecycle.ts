@@ -152,7 +152,8 @@ export class LifecycleService implements LifecycleApi {
     if (p.timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
     const sandboxId = newSandboxId();
     const refused = new Set<string>();
-    let node = this.nodes.pick(refused);
+    const want = { template: p.templateId, cpuCount: this.opts.defaultCpuCount ?? 2, memoryMB: this.opts.defaultMemoryMB ?? 512 };
+    let node = this.nodes.pick(refused, want);
     const inserted = await this.db.transaction(async (tx) => {
       await assertRoom(tx, p.teamId);
       return insertSandbox(tx, {
@@ -161,6 +162,9 @@ export class LifecycleService implements LifecycleApi {
         envdAccessToken: randomBytes(32).toString('hex'), allowInternetAccess: p.allowInternetAccess, secure: p.secure,
         autoPause: p.autoPause, autoPauseMemory: p.autoPauseMemory, autoResume: p.autoResume, timeoutMs: p.timeoutMs,
       }, this.clock.now());
+    }).catch((e: unknown) => {
+      this.nodes.done(node.nodeId); // the start never reached the node
+      throw e;
     });
     this.changes.emit(sandboxId);
     let row = inserted.row;
@@ -170,14 +174,14 @@ export class LifecycleService implements LifecycleApi {
           await node.create({
             sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
             metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
-          });
+          }).finally(() => this.nodes.done(node.nodeId));
           break;
         } catch (e) {
           // A draining node refuses before doing anything: place the start elsewhere.
           if (e instanceof NodeCallError && e.retryable && !e.uncertain) {
             refused.add(node.nodeId);
             try {
-              node = this.nodes.pick(refused);
+              node = this.nodes.pick(refused, want);
               continue;
             } catch (noNode) {
               await this.transition(row, 'failed', 'create_failed', { nodeId: null });
@@ -368,9 +372,9 @@ export class LifecycleService implements LifecycleApi {
     return this.track((async () => {
       const refused = new Set<string>();
       for (;;) {
-        const node = this.nodes.pick(refused);
+        const node = this.nodes.pick(refused, { template: resuming.templateId, cpuCount: resuming.cpuCount, memoryMB: resuming.memoryMB });
         try {
-          await node.resume(resuming.sandboxId);
+          await node.resume(resuming.sandboxId).finally(() => this.nodes.done(node.nodeId));
           const endAt = new Date(this.clock.now().getTime() + Math.max(resuming.remainingMs ?? 0, timeoutMs));
           return await this.transition(resuming, 'running', 'resumed', {
             nodeId: node.nodeId, endAt, remainingMs: null, ...(autoPause === undefined ? {} : { autoPause }),

@@ -22,6 +22,9 @@ declare module 'fastify' {
 }
 
 export const ADMIN_PREFIX = '/nestbox/v1/admin/';
+/** Operator routes: teams and admin keys, and the fleet's nodes (join and heartbeat excepted: they are public, with their own token). */
+const ADMIN_PREFIXES = [ADMIN_PREFIX, '/nestbox/v1/nodes'];
+export const isAdminPath = (url: string) => ADMIN_PREFIXES.some((p) => url.startsWith(p));
 const MAX_KEY_LENGTH = 512;
 const principals = new WeakMap<FastifyRequest, Principal>();
 
@@ -39,9 +42,10 @@ const NEEDS_TEAM =
  */
 export function installAuth(app: FastifyInstance, authenticate: Authenticate) {
   app.addHook('onRoute', (route) => {
-    const admin = (route.config as RouteAuthConfig | undefined)?.admin === true;
-    if (admin !== route.url.startsWith(ADMIN_PREFIX)) {
-      throw new Error(`route ${route.method} ${route.url}: routes under ${ADMIN_PREFIX}, and only they, need config.admin`);
+    const config = route.config as RouteAuthConfig | undefined;
+    if (config?.public) return;
+    if ((config?.admin === true) !== isAdminPath(route.url)) {
+      throw new Error(`route ${route.method} ${route.url}: routes under ${ADMIN_PREFIXES.join(' or ')}, and only they, need config.admin`);
     }
   });
   app.addHook('onRequest', async (req) => {

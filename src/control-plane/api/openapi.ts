@@ -55,6 +55,7 @@ export function registerOpenApi(app: FastifyInstance, version: string) {
         securitySchemes: {
           apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: "A team's API key (e2b_…)" },
           adminKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'An admin key (nestbox_admin_…)' },
+          nodeCredential: { type: 'http', scheme: 'bearer', description: "A joined node's own credential (nbnode_…), for its heartbeats" },
         },
       },
     },

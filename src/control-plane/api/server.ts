@@ -15,6 +15,7 @@ import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
 import { templateRoutes } from './templates.ts';
 import type { NodePool } from '../scheduler.ts';
+import { nodeRoutes } from './nodes.ts';
 import { validatorCompiler } from './validation.ts';
 
 export interface ApiServerOptions {
@@ -35,7 +36,11 @@ export interface ApiServerOptions {
   db?: Database;
   /** The nodes: when given, the template routes (/nestbox/v1/templates) are served. */
   nodes?: NodePool;
+  /** Heartbeat period asked of joined nodes, and the silence after which one is unhealthy. */
+  fleet?: { heartbeatMs: number; unhealthyAfterMs: number };
 }
+
+export const DEFAULT_FLEET = { heartbeatMs: 2_000, unhealthyAfterMs: 10_000 };
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -85,6 +90,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     void app.register(eventRoutes, { db: opts.db });
     void app.register(adminTeamRoutes, { db: opts.db });
     void app.register(adminKeyRoutes, { db: opts.db });
+    void app.register(nodeRoutes, { db: opts.db, now: opts.now ?? (() => new Date()), ...(opts.fleet ?? DEFAULT_FLEET) });
   }
 
   return app;

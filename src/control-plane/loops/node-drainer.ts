@@ -2,21 +2,26 @@ import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
 import { getSandbox } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
+import type { NodeStatus } from '../node-client.ts';
 import type { NodePool } from '../scheduler.ts';
 
 export interface DrainTickReport {
   draining: string[];
   paused: string[];
+  /** Paused on the draining node and resumed on another, memory and all. */
+  moved: string[];
   killed: string[];
   failed: Array<{ sandboxId: string; error: string }>;
 }
 
 /**
- * Watches the nodes' own word on draining (design section 2, "Drain"). A draining node gets
- * no new placements; its running sandboxes are paused through the lifecycle service (events
- * with reason `drain`, memory kept, resumable on any node) when its policy says so, and at its
+ * Drains nodes (design section 2, "Drain"): those whose agent says it is draining (SIGTERM) and
+ * those the operator drained (`nestbox nodes drain`: no deadline). A draining node gets no new
+ * placements; its running sandboxes are paused through the lifecycle service (reason `drain`,
+ * memory kept) when its policy says so and, when another node can take them, resumed there at
+ * once (reason `drain` again): their users see a short pause, not a stop. At an agent's
  * deadline whatever still runs is killed (reason `drain`). A node that stops draining (it was
- * restarted) takes sandboxes again.
+ * restarted, or undrained) takes sandboxes again.
  */
 export class NodeDrainer {
   constructor(
@@ -27,27 +32,31 @@ export class NodeDrainer {
   ) {}
 
   async tick(): Promise<DrainTickReport> {
-    const report: DrainTickReport = { draining: [], paused: [], killed: [], failed: [] };
+    const report: DrainTickReport = { draining: [], paused: [], moved: [], killed: [], failed: [] };
     for (const node of this.nodes.all()) {
-      let status;
+      const recorded = await getNode(this.db, node.nodeId);
+      const cordoned = recorded?.cordoned ?? false;
+      let status: NodeStatus | null = null;
       try {
         status = await node.status();
       } catch {
-        continue; // silent: the reconciler deals with nodes that are gone
+        if (!cordoned) continue; // silent: the reconciler deals with nodes that are gone
       }
-      const recorded = (await getNode(this.db, node.nodeId))?.state;
-      if (!status.draining) {
+      const agentDraining = status?.draining ?? false;
+      if (!agentDraining && !cordoned) {
         this.nodes.setDraining(node.nodeId, false);
-        if (recorded === 'draining' || recorded === 'down') await setNodeState(this.db, node.nodeId, 'ready');
+        if (recorded?.state === 'draining' || recorded?.state === 'down') await setNodeState(this.db, node.nodeId, 'ready');
         continue;
       }
       this.nodes.setDraining(node.nodeId, true);
-      if (recorded !== 'draining') await setNodeState(this.db, node.nodeId, 'draining');
+      if (agentDraining && recorded?.state !== 'draining') await setNodeState(this.db, node.nodeId, 'draining');
       report.draining.push(node.nodeId);
-      if (!status.drain) continue; // still letting admitted starts finish
+      // The agent's plan once its admitted starts are done; the operator's drain moves everything, no deadline.
+      const plan = agentDraining ? status!.drain : { policy: 'pause' as const, deadline: null };
+      if (!plan) continue; // still letting admitted starts finish
       const rows = await this.db.query<{ id: string }>(
         "SELECT id FROM sandboxes WHERE node_id = $1 AND state = 'running' ORDER BY state_changed_at", [node.nodeId]);
-      const pastDeadline = this.lifecycle.clock.now().getTime() >= Date.parse(status.drain.deadline);
+      const pastDeadline = plan.deadline !== null && this.lifecycle.clock.now().getTime() >= Date.parse(plan.deadline);
       await pool(rows.map((r) => r.id), this.concurrency, async (id) => {
         const row = await getSandbox(this.db, id);
         if (row?.state !== 'running' || row.nodeId !== node.nodeId) return;
@@ -55,9 +64,10 @@ export class NodeDrainer {
           if (pastDeadline) {
             await this.lifecycle.killFrom(row, 'drain');
             report.killed.push(id);
-          } else if (status.drain!.policy === 'pause') {
+          } else if (plan.policy === 'pause') {
             await this.lifecycle.pauseFrom(row, 'drain', true);
             report.paused.push(id);
+            await this.moveAway(id, node.nodeId, report);
           }
         } catch (e) {
           if (e instanceof StaleWrite) return; // another replica or request acted first
@@ -66,6 +76,16 @@ export class NodeDrainer {
       });
     }
     return report;
+  }
+
+  /** Resumes a sandbox the drain just paused on another node, if any can take it now. */
+  private async moveAway(id: string, from: string, report: DrainTickReport) {
+    const paused = await getSandbox(this.db, id);
+    if (paused?.state !== 'paused') return;
+    const want = { template: paused.templateId, cpuCount: paused.cpuCount, memoryMB: paused.memoryMB };
+    if (this.nodes.eligible(want, new Set([from])).length === 0) return; // it waits, paused, for a node
+    await this.lifecycle.resumeFrom(paused, 'drain', 0);
+    report.moved.push(id);
   }
 }
 
