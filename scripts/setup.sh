@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot host setup for Nestbox (idempotent; a few seconds when everything is cached):
 #   1. scripts/install-deps.sh        apt packages, CRIU >= 4.2 in a private prefix
+#      scripts/install-s3-server.sh   a local S3 server (radosgw) in a private prefix, for tests
 #   2. scripts/build-template.sh base  the base sandbox template
 #   3. cargo build --release           in sandbox-init/ (when sandbox-init/Cargo.toml exists)
 #   4. npm ci / npm install            when node_modules is missing or stale
@@ -15,6 +16,7 @@ require_root_linux_cgroups "$@"
 T_START=$(date +%s.%N)
 
 "$SCRIPT_DIR/install-deps.sh"
+"$SCRIPT_DIR/install-s3-server.sh"
 "$SCRIPT_DIR/build-template.sh" base
 
 # --- sandbox-init (Rust, std only) --------------------------------------------
