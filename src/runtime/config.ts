@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseCidrList } from './egress-policy.ts';
+import type { S3StoreConfig } from './s3-snapshot-store.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -10,8 +11,14 @@ export interface RuntimeConfig {
   dataDir: string;
   /** Template root filesystems (shared by agents on one host). */
   templatesDir: string;
-  /** Snapshot store: checkpoints and upper layers of paused sandboxes (may be shared by nodes). */
+  /**
+   * Snapshot store: checkpoints and disks of paused sandboxes (may be shared by nodes). With
+   * `s3` set, snapshots live in the object store and this is only the node's local staging and
+   * download directory.
+   */
   snapshotDir: string;
+  /** Snapshots in an S3-compatible object store instead of `snapshotDir` (NESTBOX_S3_*). */
+  s3?: S3StoreConfig;
   /** The static sandbox init binary, bind-mounted read-only into every sandbox. */
   initBinary: string;
   /** Directory holding the `criu` wrapper, put first on PATH when runc checkpoints/restores. */
@@ -62,5 +69,24 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     egressAllow: parseCidrList(env.NESTBOX_EGRESS_ALLOW, 'NESTBOX_EGRESS_ALLOW'),
     egressDeny: parseCidrList(env.NESTBOX_EGRESS_DENY, 'NESTBOX_EGRESS_DENY'),
     faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
+    s3: s3ConfigFromEnv(env),
+  };
+}
+
+/** NESTBOX_S3_ENDPOINT or NESTBOX_S3_BUCKET set: the S3 snapshot store (the bucket is required). */
+export function s3ConfigFromEnv(env: NodeJS.ProcessEnv = process.env): S3StoreConfig | undefined {
+  if (!env.NESTBOX_S3_ENDPOINT && !env.NESTBOX_S3_BUCKET) return undefined;
+  if (!env.NESTBOX_S3_BUCKET) throw new Error('NESTBOX_S3_ENDPOINT is set but NESTBOX_S3_BUCKET is not');
+  let prefix = env.NESTBOX_S3_PREFIX ?? '';
+  if (prefix && !prefix.endsWith('/')) prefix += '/';
+  return {
+    endpoint: env.NESTBOX_S3_ENDPOINT || undefined,
+    bucket: env.NESTBOX_S3_BUCKET,
+    region: env.NESTBOX_S3_REGION ?? 'us-east-1',
+    accessKeyId: env.NESTBOX_S3_ACCESS_KEY_ID,
+    secretAccessKey: env.NESTBOX_S3_SECRET_ACCESS_KEY,
+    prefix,
+    // A custom endpoint is a local or self-hosted server: path-style (no bucket DNS names).
+    forcePathStyle: !!env.NESTBOX_S3_ENDPOINT,
   };
 }

@@ -16,6 +16,7 @@ import { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths, snapshotPaths, templateRootfs, type SandboxPaths } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
+import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { Runc, type ContainerStats } from './runc.ts';
 import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 
@@ -77,8 +78,11 @@ export class SandboxRuntime {
   private readonly locks = new KeyedMutex();
   private readonly clients = new Map<string, InitClient>();
   readonly journal: NodeJournal;
+  /** Where snapshots are kept; `cfg.snapshotDir` is where pause stages and resume restores from. */
+  readonly store: SnapshotStore;
 
   constructor(readonly cfg: RuntimeConfig) {
+    this.store = createSnapshotStore(cfg);
     this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
@@ -92,6 +96,7 @@ export class SandboxRuntime {
       await chmod(dir, 0o711);
     }
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
+    await this.store.prepare();
     await this.network.setupHost();
   }
 
@@ -122,7 +127,7 @@ export class SandboxRuntime {
     return this.locks.run(req.sandboxId, async () => {
       const p = sandboxPaths(this.cfg, req.sandboxId);
       if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
-      if (await exists(snapshotPaths(this.cfg, req.sandboxId).dir)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
+      if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
       try {
         await this.prepareDirs(p, lower);
         await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
@@ -188,7 +193,7 @@ export class SandboxRuntime {
       await moveTree(p.diskImage, staging.diskImage);
       const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString() };
       await writeFile(staging.meta, JSON.stringify(snapshot));
-      await rename(staging.dir, snapshotPaths(this.cfg, sandboxId).dir);
+      await this.store.put(sandboxId, staging.dir); // complete and durable, manifest last
       await this.teardown(sandboxId);
       return snapshot;
     });
@@ -196,11 +201,9 @@ export class SandboxRuntime {
 
   async snapshot(sandboxId: string): Promise<SnapshotRecord> {
     assertId(sandboxId);
-    try {
-      return JSON.parse(await readFile(snapshotPaths(this.cfg, sandboxId).meta, 'utf8')) as SnapshotRecord;
-    } catch {
-      throw notFound(`no snapshot of sandbox ${sandboxId}`);
-    }
+    const snap = (await this.store.meta(sandboxId)) as SnapshotRecord | null;
+    if (!snap) throw notFound(`no snapshot of sandbox ${sandboxId}`);
+    return snap;
   }
 
   /**
@@ -216,6 +219,7 @@ export class SandboxRuntime {
       if (await exists(p.dir)) throw conflict(`sandbox ${sandboxId} is already on this node`);
       const lower = templateRootfs(this.cfg, snap.sandbox.template);
       if (!(await exists(lower))) throw notFound(`template "${snap.sandbox.template}" is not on this node`);
+      await this.store.open(sandboxId, s.dir).catch((e) => Promise.reject(wrap(e, 'resume')));
       if (!(await exists(s.diskImage))) await this.convertLegacySnapshot(sandboxId, snap);
       let diskMoved = false;
       try {
@@ -237,7 +241,7 @@ export class SandboxRuntime {
           await this.runc.runDetached(sandboxId, p.dir, p.runcLog);
         }
         await this.waitForInit(sandboxId, snap.memory);
-        await rm(s.dir, { recursive: true, force: true });
+        await this.dropSnapshot(sandboxId);
         return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
@@ -245,6 +249,7 @@ export class SandboxRuntime {
           await this.releaseDisk(p);
           await moveTree(p.diskImage, s.diskImage);
         }
+        await this.store.close(sandboxId, s.dir);
         await this.teardown(sandboxId);
         throw wrap(e, 'resume');
       }
@@ -285,13 +290,19 @@ export class SandboxRuntime {
       const state = await this.containerState(sandboxId);
       if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', new Date());
       await this.teardown(sandboxId);
-      if (opts.deleteSnapshot) await rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true });
+      if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
     });
   }
 
   async deleteSnapshot(sandboxId: string): Promise<void> {
     assertId(sandboxId);
-    await this.locks.run(sandboxId, () => rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true }));
+    await this.locks.run(sandboxId, () => this.dropSnapshot(sandboxId));
+  }
+
+  /** Deletes a snapshot from the store, and whatever copy of it is in the local directory. */
+  private async dropSnapshot(sandboxId: string) {
+    await this.store.delete(sandboxId);
+    await rm(snapshotPaths(this.cfg, sandboxId).dir, { recursive: true, force: true });
   }
 
   async inventory(): Promise<InventoryEntry[]> {
@@ -352,6 +363,7 @@ export class SandboxRuntime {
       const note = await this.locks.run(m[1]!, () => this.finishCutPause(m[1]!, name));
       notes.push(note);
     }
+    notes.push(...(await this.store.cleanLocal(this.cfg.snapshotDir, (id) => exists(sandboxPaths(this.cfg, id).dir))));
     return notes;
   }
 
@@ -366,7 +378,7 @@ export class SandboxRuntime {
     if (!(await exists(s.meta)) || (await exists(s.diskImage)) || (await exists(s.legacyUpper)) || !(await exists(p.diskImage))) return null;
     const state = await this.containerState(sandboxId);
     if (state?.status === 'running') {
-      await rm(s.dir, { recursive: true, force: true });
+      await this.dropSnapshot(sandboxId);
       // Its start was not journaled: the record, written just before the restore, dates it.
       const startedAt = (await stat(p.record).catch(() => null))?.mtime ?? new Date();
       await this.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
@@ -374,6 +386,7 @@ export class SandboxRuntime {
     }
     await this.releaseLayer(sandboxId);
     await moveTree(p.diskImage, s.diskImage);
+    await this.store.close(sandboxId, s.dir);
     return `${sandboxId}: resume was cut short; its disk went back to the snapshot`;
   }
 
@@ -385,13 +398,18 @@ export class SandboxRuntime {
   private async finishCutPause(sandboxId: string, stagingName: string): Promise<string> {
     const staging = snapshotPaths(this.cfg, sandboxId, stagingName);
     const p = sandboxPaths(this.cfg, sandboxId);
-    const final = snapshotPaths(this.cfg, sandboxId);
     const state = await this.containerState(sandboxId);
+    // Cut short while storing it: the staging is whole (snapshot.json is written last).
+    if (state?.status !== 'running' && (await exists(staging.meta)) && (await exists(staging.diskImage)) && !(await this.store.exists(sandboxId))) {
+      await this.store.put(sandboxId, staging.dir);
+      await this.teardown(sandboxId);
+      return `${sandboxId}: pause was cut short while its snapshot was stored; the snapshot was completed`;
+    }
     const dumped = await exists(path.join(staging.images, 'stats-dump'));
     const record = await this.record(sandboxId).catch(() => null);
     if (state?.status === 'paused' && !dumped) await this.runc.thaw(sandboxId); // abandoned mid-dump
     const now = await this.containerState(sandboxId);
-    if (now?.status === 'running' || !dumped || !record || (await exists(final.dir)) || !(await exists(p.diskImage))) {
+    if (now?.status === 'running' || !dumped || !record || (await this.store.exists(sandboxId)) || !(await exists(p.diskImage))) {
       await rm(staging.dir, { recursive: true, force: true });
       if (now?.status === 'running') await this.cancelStop(sandboxId);
       return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
@@ -399,7 +417,7 @@ export class SandboxRuntime {
     await this.releaseLayer(sandboxId);
     await moveTree(p.diskImage, staging.diskImage);
     await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
-    await rename(staging.dir, final.dir);
+    await this.store.put(sandboxId, staging.dir);
     await this.teardown(sandboxId);
     return `${sandboxId}: pause was cut short after its dump; the snapshot was completed`;
   }
@@ -425,16 +443,12 @@ export class SandboxRuntime {
 
   /** Ids of the complete snapshots in the snapshot store (staging directories are not). */
   async snapshotIds(): Promise<string[]> {
-    const names = await readdir(this.cfg.snapshotDir).catch(() => [] as string[]);
-    const out: string[] = [];
-    for (const name of names) if (isSandboxId(name) && (await exists(snapshotPaths(this.cfg, name).meta))) out.push(name);
-    return out;
+    return this.store.list();
   }
 
   async snapshots(): Promise<SnapshotRecord[]> {
     const out: SnapshotRecord[] = [];
-    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
-      if (!isSandboxId(name)) continue;
+    for (const name of await this.store.list()) {
       const snap = await this.snapshot(name).catch(() => null);
       if (snap) out.push(snap);
     }

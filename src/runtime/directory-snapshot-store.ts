@@ -1,0 +1,156 @@
+import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { isSandboxId } from '../core/ids.ts';
+import { run } from './command.ts';
+import { exists, moveTree } from './fs-util.ts';
+import {
+  ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
+  type Manifest, type SnapshotStore,
+} from './snapshot-store.ts';
+
+/**
+ * Snapshots as directories under one root (`NESTBOX_SNAPSHOT_DIR`), shared by the nodes that
+ * share that file system: `<root>/<id>/` holds snapshot.json, checkpoint/, disk.img as pause
+ * staged them, plus manifest.json (the sha256 of each object's canonical stream, see
+ * snapshot-store.ts). A put writes the manifest into the staging directory and renames it into
+ * place, so a snapshot appears whole or not at all; resume restores from the directory in
+ * place (no copy), and a copy out (`get`) is verified.
+ */
+export class DirectorySnapshotStore implements SnapshotStore {
+  readonly description: string;
+
+  constructor(readonly root: string) {
+    this.description = `directory ${root}`;
+  }
+
+  dir(id: string): string {
+    if (!isSandboxId(id)) throw new Error(`invalid snapshot id "${id}"`);
+    return path.join(this.root, id);
+  }
+
+  /** Snapshots written before manifests existed (a final name, a snapshot.json) are sealed. */
+  async prepare(): Promise<void> {
+    await mkdir(this.root, { recursive: true, mode: 0o711 });
+    for (const name of await this.names()) {
+      const l = localSnapshot(path.join(this.root, name));
+      if (!(await exists(l.manifest)) && (await exists(l.meta))) await this.seal(name, l.dir);
+    }
+  }
+
+  async put(id: string, staging: string): Promise<void> {
+    const final = this.dir(id);
+    if (await exists(final)) throw new Error(`snapshot ${id} already exists`);
+    await this.seal(id, staging);
+    await moveTree(staging, final);
+    await fsyncDir(this.root);
+  }
+
+  async get(id: string, into: string): Promise<void> {
+    const src = this.dir(id);
+    const manifest = await this.manifest(id);
+    if (!manifest) throw new Error(`no complete snapshot ${id}`);
+    await this.verify(id, src, manifest);
+    const tmp = `${into}.partial-${randomBytes(4).toString('hex')}`;
+    try {
+      // cp keeps the holes of the disk (it seeks over them) and the images' owners and modes.
+      await run(['cp', '-a', '--sparse=always', '--', src, tmp]);
+      await rename(tmp, into);
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  async open(id: string, local: string): Promise<void> {
+    if (path.resolve(local) !== path.resolve(this.dir(id))) throw new Error(`the directory store restores ${id} in place, not at ${local}`);
+    if (!(await this.exists(id))) throw new Error(`no complete snapshot ${id}`);
+  }
+
+  /** The disk was mounted by the resume that gave it back: its bytes changed, so it is sealed anew. */
+  async close(id: string, local: string): Promise<void> {
+    if (path.resolve(local) !== path.resolve(this.dir(id))) return;
+    if (await exists(localSnapshot(local).meta)) await this.seal(id, local);
+  }
+
+  async meta(id: string): Promise<unknown | null> {
+    if (!(await this.exists(id))) return null;
+    try {
+      return JSON.parse(await readFile(localSnapshot(this.dir(id)).meta, 'utf8'));
+    } catch {
+      return null;
+    }
+  }
+
+  async exists(id: string): Promise<boolean> {
+    return isSandboxId(id) && exists(path.join(this.dir(id), MANIFEST));
+  }
+
+  async list(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await this.names()) if (await exists(path.join(this.root, name, MANIFEST))) out.push(name);
+    return out;
+  }
+
+  async listIncomplete(): Promise<string[]> {
+    const out: string[] = [];
+    for (const name of await this.names()) if (!(await exists(path.join(this.root, name, MANIFEST)))) out.push(name);
+    return out;
+  }
+
+  async delete(id: string): Promise<void> {
+    const dir = this.dir(id);
+    await rm(path.join(dir, MANIFEST), { force: true });
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  /** The store is the local snapshot directory: its staging is the runtime's to repair. */
+  async cleanLocal(): Promise<string[]> {
+    return [];
+  }
+
+  /** The manifest of a complete snapshot, or null. */
+  async manifest(id: string): Promise<Manifest | null> {
+    const text = await readFile(path.join(this.dir(id), MANIFEST), 'utf8').catch(() => null);
+    return text === null ? null : parseManifest(text, id);
+  }
+
+  /** Every object of the manifest, hashed again from the directory. */
+  async verify(id: string, dir: string, manifest: Manifest): Promise<void> {
+    for (const want of manifest.objects) {
+      const got = await hashObject(dir, want.name).catch(() => ({ sha256: 'missing', size: -1 }));
+      if (got.sha256 !== want.sha256 || got.size !== want.size) throw new ChecksumError(id, want.name, want.sha256, got.sha256);
+    }
+  }
+
+  /** Writes the manifest of a local snapshot directory (atomically, durably). */
+  private async seal(id: string, dir: string): Promise<void> {
+    const objects = [];
+    for (const name of await objectsOf(dir)) objects.push(await hashObject(dir, name));
+    const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
+    const tmp = path.join(dir, `.${MANIFEST}.tmp`);
+    const f = await open(tmp, 'w', 0o600);
+    try {
+      await f.writeFile(JSON.stringify(manifest));
+      await f.sync();
+    } finally {
+      await f.close();
+    }
+    await rename(tmp, path.join(dir, MANIFEST));
+    await chmod(dir, 0o711).catch(() => undefined);
+    await fsyncDir(dir);
+  }
+
+  private async names(): Promise<string[]> {
+    return (await readdir(this.root).catch(() => [] as string[])).filter(isSandboxId);
+  }
+}
+
+async function fsyncDir(dir: string) {
+  const f = await open(dir, 'r');
+  try {
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+}

@@ -1,0 +1,193 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import path from 'node:path';
+import { run } from './command.ts';
+import { exists } from './fs-util.ts';
+// Implementations (they import this file's helpers; nothing of theirs runs at load time).
+import { DirectorySnapshotStore } from './directory-snapshot-store.ts';
+import { S3SnapshotStore, type S3StoreConfig } from './s3-snapshot-store.ts';
+
+/**
+ * Where paused sandboxes are kept. A snapshot is what pause staged in a local directory:
+ *
+ *   snapshot.json     the SnapshotRecord (the sandbox's record, memory or not, when)
+ *   checkpoint/       CRIU's images (only with memory), owned by the sandbox's mapped root
+ *   disk.img          the sandbox's disk, a sparse ext4 image
+ *
+ * and is stored as (at most) three objects: `snapshot.json`, `checkpoint.tar` and `disk.tar`,
+ * the last two being the canonical tar streams of the directory and of the image (GNU tar,
+ * names sorted, mtimes zeroed, numeric owners, the disk `--sparse`: its holes are not
+ * stored). A snapshot is complete only once its manifest (the sha256 and size of every
+ * object) is written, and it is written last; readers ignore snapshots without one, and a
+ * download checks every object against it before it is unpacked.
+ *
+ * Two implementations: the directory store (directory-snapshot-store.ts; a directory, shared
+ * between nodes when they share a file system; the runtime restores from it in place) and the
+ * S3 store (s3-snapshot-store.ts; any S3-compatible object store; the runtime downloads a
+ * snapshot into its local snapshot directory to restore it).
+ */
+export interface SnapshotStore {
+  /** For logs: where snapshots go. */
+  readonly description: string;
+  /** At agent start: the bucket exists (S3); snapshots older than manifests get one (directory). */
+  prepare(): Promise<void>;
+  /**
+   * Stores the snapshot staged in the local directory `staging` under `id`, manifest last, and
+   * consumes the staging directory. When this resolves the snapshot is complete and durable;
+   * when it rejects no complete snapshot of `id` was made (the staging directory stays).
+   */
+  put(id: string, staging: string): Promise<void>;
+  /** Copies (downloads) a complete snapshot into the new local directory `into`, verified. */
+  get(id: string, into: string): Promise<void>;
+  /**
+   * Resume's view: makes the snapshot whole and readable at `local` (the runtime's
+   * `<snapshotDir>/<id>`): the directory store restores from its own directory in place, the
+   * S3 store downloads it there (verified).
+   */
+  open(id: string, local: string): Promise<void>;
+  /**
+   * A resume that opened the snapshot did not consume it and `local` holds it whole again: the
+   * directory store records its (remounted) disk in a new manifest, the S3 store drops the
+   * download (the stored snapshot never changed).
+   */
+  close(id: string, local: string): Promise<void>;
+  /** The snapshot.json of a complete snapshot, or null. */
+  meta(id: string): Promise<unknown | null>;
+  exists(id: string): Promise<boolean>;
+  /** Ids of complete snapshots. */
+  list(): Promise<string[]>;
+  /** Ids with stored objects but no manifest: pauses cut short or deletes half done, to collect. */
+  listIncomplete(): Promise<string[]>;
+  /** Removes a snapshot, manifest first (so it is never seen complete with objects missing). */
+  delete(id: string): Promise<void>;
+  /**
+   * At agent start, after the runtime's own repairs: what is left in the local snapshot
+   * directory that no store holds any more (S3: downloads and staging of this node). Returns
+   * one line per removal.
+   */
+  cleanLocal(localRoot: string, isLive: (id: string) => Promise<boolean>): Promise<string[]>;
+}
+
+export const MANIFEST = 'manifest.json';
+export const OBJECT_NAMES = ['snapshot.json', 'checkpoint.tar', 'disk.tar'] as const;
+export type ObjectName = (typeof OBJECT_NAMES)[number];
+
+export interface ManifestEntry {
+  name: ObjectName;
+  sha256: string;
+  size: number;
+}
+
+export interface Manifest {
+  version: 1;
+  id: string;
+  createdAt: string;
+  objects: ManifestEntry[];
+}
+
+export function parseManifest(text: string, id: string): Manifest {
+  const m = JSON.parse(text) as Manifest;
+  if (m?.version !== 1 || m.id !== id || !Array.isArray(m.objects)) throw new Error(`snapshot ${id}: malformed manifest`);
+  for (const o of m.objects) {
+    if (!OBJECT_NAMES.includes(o.name) || !/^[0-9a-f]{64}$/.test(o.sha256) || !Number.isSafeInteger(o.size)) {
+      throw new Error(`snapshot ${id}: malformed manifest entry ${JSON.stringify(o)}`);
+    }
+  }
+  if (!m.objects.some((o) => o.name === 'snapshot.json')) throw new Error(`snapshot ${id}: manifest without snapshot.json`);
+  return m;
+}
+
+export class ChecksumError extends Error {
+  constructor(id: string, name: string, want: string, got: string) {
+    super(`snapshot ${id}: ${name} fails its checksum (manifest ${want.slice(0, 12)}…, stored ${got.slice(0, 12)}…)`);
+    this.name = 'ChecksumError';
+  }
+}
+
+/** The local pieces of a staged or downloaded snapshot. */
+export function localSnapshot(dir: string) {
+  return {
+    dir,
+    meta: path.join(dir, 'snapshot.json'),
+    images: path.join(dir, 'checkpoint'),
+    diskImage: path.join(dir, 'disk.img'),
+    manifest: path.join(dir, MANIFEST),
+  };
+}
+
+/** The objects a local snapshot directory makes (the checkpoint only when it has one). */
+export async function objectsOf(dir: string): Promise<ObjectName[]> {
+  const l = localSnapshot(dir);
+  const out: ObjectName[] = ['snapshot.json'];
+  if (await exists(l.images)) out.push('checkpoint.tar');
+  if (await exists(l.diskImage)) out.push('disk.tar');
+  return out;
+}
+
+/**
+ * The canonical byte stream of one object of a local snapshot: snapshot.json as it is, the
+ * checkpoint directory and the disk as tar streams (the disk sparse: a 2 GiB image holding a
+ * few MiB packs to a few MiB, and tar finds the holes with SEEK_HOLE instead of reading them).
+ * Deterministic, so that the directory store can check a snapshot it keeps unpacked.
+ */
+export function objectStream(dir: string, name: ObjectName): { stream: Readable; done: Promise<void> } {
+  if (name === 'snapshot.json') {
+    const stream = createReadStream(path.join(dir, 'snapshot.json'));
+    return { stream, done: Promise.resolve() };
+  }
+  const member = name === 'checkpoint.tar' ? 'checkpoint' : 'disk.img';
+  const args = ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk.tar' ? ['--sparse'] : []), '-cf', '-', '--', member];
+  const child = spawn('tar', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`tar of ${member} failed (${code}): ${stderr.trim()}`))));
+  });
+  done.catch(() => undefined); // observed by whoever awaits it
+  return { stream: child.stdout, done };
+}
+
+/** A pass-through that hashes and counts what goes through it. */
+export function hashing(): Transform & { digest: () => { sha256: string; size: number } } {
+  const h = createHash('sha256');
+  let size = 0;
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      h.update(chunk);
+      size += chunk.length;
+      cb(null, chunk);
+    },
+  }) as Transform & { digest: () => { sha256: string; size: number } };
+  let hex: string | undefined;
+  t.digest = () => ({ sha256: (hex ??= h.digest('hex')), size });
+  return t;
+}
+
+/** The manifest entry of one object of a local snapshot, computed from its canonical stream. */
+export async function hashObject(dir: string, name: ObjectName): Promise<ManifestEntry> {
+  const { stream, done } = objectStream(dir, name);
+  const h = hashing();
+  await pipeline(stream, h, async function* (source) {
+    for await (const _ of source) { /* discard */ }
+  });
+  await done;
+  return { name, ...h.digest() };
+}
+
+/** Unpacks a verified object file into a local snapshot directory. */
+export async function unpackObject(file: string, name: ObjectName, into: string): Promise<void> {
+  if (name === 'snapshot.json') throw new Error('snapshot.json is not unpacked');
+  // Only the one member the object is made of; owners and modes as stored (the images belong
+  // to the sandbox's mapped root, 0600).
+  const member = name === 'checkpoint.tar' ? 'checkpoint' : 'disk.img';
+  await run(['tar', '-C', into, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file, '--', member]);
+}
+
+/** The store a node's configuration names: S3 when `cfg.s3` is set, else the directory. */
+export function createSnapshotStore(cfg: { snapshotDir: string; s3?: S3StoreConfig }): SnapshotStore {
+  return cfg.s3 ? new S3SnapshotStore(cfg.s3) : new DirectorySnapshotStore(cfg.snapshotDir);
+}

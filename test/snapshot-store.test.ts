@@ -1,0 +1,217 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { newSandboxId } from '../src/core/ids.ts';
+import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
+import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
+import { ChecksumError, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
+import { TEST_ROOT } from './helpers/agent-harness.ts';
+import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
+
+// The store contract, run against both implementations: the directory store and the S3 store
+// on a real S3 server (radosgw, installed by scripts/setup.sh).
+
+const DISK_BYTES = 4 * 1024 ** 3; // a 4 GiB sparse disk image...
+const DATA = [0, 1024 ** 2 * 37, 3 * 1024 ** 3 + 4096]; // ...holding 3 x 256 KiB of data
+const CHUNK = 256 * 1024;
+const UID = 100000;
+
+let base: string;
+let s3: TestS3Server;
+
+before(async () => {
+  base = path.join(TEST_ROOT, `store-${randomBytes(4).toString('hex')}`);
+  await mkdir(base, { recursive: true });
+  s3 = await startS3Server();
+});
+
+after(async () => {
+  await s3?.stop();
+  await rm(base, { recursive: true, force: true });
+});
+
+/** What pause stages: snapshot.json, checkpoint/ (the mapped root's, private), a sparse disk. */
+async function stage(id: string): Promise<{ dir: string; record: unknown; chunks: Buffer[] }> {
+  const dir = path.join(base, `.${id}.partial-${randomBytes(4).toString('hex')}`);
+  await mkdir(path.join(dir, 'checkpoint'), { recursive: true });
+  const record = { sandbox: { sandboxId: id, template: 'base' }, memory: true, pausedAt: new Date().toISOString() };
+  await writeFile(path.join(dir, 'snapshot.json'), JSON.stringify(record));
+  for (const name of ['pages-1.img', 'core-1.img', 'stats-dump']) {
+    const f = path.join(dir, 'checkpoint', name);
+    await writeFile(f, randomBytes(name.startsWith('pages') ? 2 * 1024 * 1024 : 300));
+    await chown(f, UID, UID);
+    await chmod(f, 0o600);
+  }
+  await chown(path.join(dir, 'checkpoint'), UID, UID);
+  await chmod(path.join(dir, 'checkpoint'), 0o711);
+  const f = await open(path.join(dir, 'disk.img'), 'w', 0o600);
+  const chunks: Buffer[] = [];
+  try {
+    await f.truncate(DISK_BYTES);
+    for (const at of DATA) {
+      const b = randomBytes(CHUNK);
+      chunks.push(b);
+      await f.write(b, 0, b.length, at);
+    }
+  } finally {
+    await f.close();
+  }
+  return { dir, record, chunks };
+}
+
+async function readAt(file: string, at: number, length: number): Promise<Buffer> {
+  const f = await open(file, 'r');
+  try {
+    const b = Buffer.alloc(length);
+    await f.read(b, 0, length, at);
+    return b;
+  } finally {
+    await f.close();
+  }
+}
+
+interface Impl {
+  name: string;
+  make: () => SnapshotStore;
+  /** Removes the manifest the way a pause cut short before it would leave things. */
+  dropManifest: (store: SnapshotStore, id: string) => Promise<void>;
+  /** Replaces one stored object's bytes. */
+  corrupt: (store: SnapshotStore, id: string) => Promise<void>;
+  /** Bytes stored for a snapshot (what an upload sent). */
+  storedBytes: (store: SnapshotStore, id: string) => Promise<number>;
+}
+
+const impls: Impl[] = [
+  {
+    name: 'directory store',
+    make: () => new DirectorySnapshotStore(path.join(base, `dir-${randomBytes(3).toString('hex')}`)),
+    dropManifest: (store, id) => rm(path.join((store as DirectorySnapshotStore).dir(id), MANIFEST)),
+    corrupt: async (store, id) => {
+      const f = await open(path.join((store as DirectorySnapshotStore).dir(id), 'disk.img'), 'r+');
+      await f.write(Buffer.from('corrupt'), 0, 7, DATA[1]! + 100);
+      await f.close();
+    },
+    storedBytes: async (store, id) => {
+      const dir = (store as DirectorySnapshotStore).dir(id);
+      const du = async (p: string): Promise<number> => {
+        const st = await stat(p);
+        if (!st.isDirectory()) return st.blocks * 512;
+        let n = 0;
+        for (const e of await readdir(p)) n += await du(path.join(p, e));
+        return n;
+      };
+      return du(dir);
+    },
+  },
+  {
+    name: 'S3 store',
+    make: () => new S3SnapshotStore(s3.storeConfig(`contract-${randomBytes(3).toString('hex')}`, 'snapshots/')),
+    dropManifest: async (store, id) => {
+      const s = store as S3SnapshotStore;
+      await s.client.send(new DeleteObjectCommand({ Bucket: s.cfg.bucket, Key: `${s.cfg.prefix}${id}/${MANIFEST}` }));
+    },
+    corrupt: async (store, id) => {
+      const s = store as S3SnapshotStore;
+      await s.client.send(new PutObjectCommand({ Bucket: s.cfg.bucket, Key: `${s.cfg.prefix}${id}/checkpoint.tar`, Body: randomBytes(4096) }));
+    },
+    storedBytes: async (store, id) => {
+      const s = store as S3SnapshotStore;
+      const page = await s.client.send(new ListObjectsV2Command({ Bucket: s.cfg.bucket, Prefix: `${s.cfg.prefix}${id}/` }));
+      return (page.Contents ?? []).reduce((n, o) => n + (o.Size ?? 0), 0);
+    },
+  },
+];
+
+for (const impl of impls) {
+  describe(`snapshot store contract: ${impl.name}`, () => {
+    let store: SnapshotStore;
+    before(async () => {
+      store = impl.make();
+      await store.prepare();
+    });
+
+    test('put then get: a 4 GiB sparse disk and the images come back whole; the store holds little', async () => {
+      const id = newSandboxId();
+      const { dir, record, chunks } = await stage(id);
+      const want = await hashObject(dir, 'disk.tar');
+      let t = Date.now();
+      await store.put(id, dir);
+      const putMs = Date.now() - t;
+      await assert.rejects(stat(dir), 'the staging directory is consumed');
+      assert.ok(await store.exists(id));
+      assert.deepEqual(await store.list(), [id]);
+      assert.deepEqual(await store.listIncomplete(), []);
+      assert.deepEqual(await store.meta(id), record);
+      const stored = await impl.storedBytes(store, id);
+      assert.ok(stored < 16 * 1024 ** 2, `a 4 GiB sparse disk with 768 KiB of data stores ${stored} bytes`);
+
+      const into = path.join(base, `got-${id}`);
+      t = Date.now();
+      await store.get(id, into);
+      const getMs = Date.now() - t;
+      const disk = path.join(into, 'disk.img');
+      const st = await stat(disk);
+      assert.equal(st.size, DISK_BYTES);
+      assert.ok(st.blocks * 512 < 16 * 1024 ** 2, `the disk comes back sparse (${st.blocks * 512} bytes allocated)`);
+      for (const [i, at] of DATA.entries()) assert.ok((await readAt(disk, at, CHUNK)).equals(chunks[i]!), `data at ${at}`);
+      assert.ok((await readAt(disk, 2 * 1024 ** 3, 4096)).equals(Buffer.alloc(4096)), 'a hole reads as zeros');
+      assert.equal((await hashObject(into, 'disk.tar')).sha256, want.sha256);
+      const images = path.join(into, 'checkpoint');
+      assert.deepEqual((await readdir(images)).sort(), ['core-1.img', 'pages-1.img', 'stats-dump']);
+      const img = await stat(path.join(images, 'pages-1.img'));
+      assert.equal(img.uid, UID, 'the images stay the mapped root\'s');
+      assert.equal(img.mode & 0o777, 0o600, 'and private');
+      assert.equal((await stat(images)).mode & 0o777, 0o711);
+      assert.deepEqual(JSON.parse(await readFile(path.join(into, 'snapshot.json'), 'utf8')), record);
+      process.stdout.write(`# ${impl.name}: put ${putMs} ms, get ${getMs} ms, stored ${(stored / 1024 ** 2).toFixed(2)} MiB for a 4 GiB sparse disk + 2 MiB of images\n`);
+      await store.delete(id);
+      await rm(into, { recursive: true, force: true });
+    });
+
+    test('a snapshot without its manifest is not complete, and is listed as incomplete', async () => {
+      const id = newSandboxId();
+      await store.put(id, (await stage(id)).dir);
+      await impl.dropManifest(store, id);
+      assert.equal(await store.exists(id), false);
+      assert.ok(!(await store.list()).includes(id));
+      assert.ok((await store.listIncomplete()).includes(id));
+      assert.equal(await store.meta(id), null);
+      const into = path.join(base, `got-${id}`);
+      await assert.rejects(store.get(id, into));
+      await assert.rejects(stat(into), 'nothing is left where it would have gone');
+      await store.delete(id);
+      assert.ok(!(await store.listIncomplete()).includes(id), 'delete collects it');
+    });
+
+    test('a corrupted object fails its checksum and nothing is unpacked', async () => {
+      const id = newSandboxId();
+      await store.put(id, (await stage(id)).dir);
+      await impl.corrupt(store, id);
+      const into = path.join(base, `got-${id}`);
+      await assert.rejects(store.get(id, into), (e: unknown) => e instanceof ChecksumError && /checksum/.test((e as Error).message));
+      await assert.rejects(stat(into));
+      assert.ok(!(await readdir(base)).some((n) => n.includes(`got-${id}`)), 'no temporary download is left');
+      await store.delete(id);
+    });
+
+    test('delete removes the snapshot whole; list names complete snapshots only', async () => {
+      const [a, b, c] = [newSandboxId(), newSandboxId(), newSandboxId()];
+      for (const id of [a, b, c]) await store.put(id, (await stage(id)).dir);
+      await impl.dropManifest(store, c);
+      assert.deepEqual((await store.list()).sort(), [a, b].sort());
+      assert.deepEqual(await store.listIncomplete(), [c]);
+      await store.delete(a);
+      assert.equal(await store.exists(a), false);
+      assert.equal(await store.meta(a), null);
+      assert.equal(await impl.storedBytes(store, a).catch(() => 0), 0, 'no object of it is left');
+      assert.deepEqual(await store.list(), [b]);
+      await store.delete(a); // idempotent
+      for (const id of [b, c]) await store.delete(id);
+      assert.deepEqual(await store.list(), []);
+      assert.deepEqual(await store.listIncomplete(), []);
+    });
+  });
+}
