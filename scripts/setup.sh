@@ -61,6 +61,11 @@ if [ -f package.json ]; then
   fi
 fi
 
+# The CLI's build (bin/nestbox falls back to the sources through tsx while it is missing or stale).
+if [ -f "$REPO_DIR/scripts/build-cli.mjs" ] && [ -d "$REPO_DIR/node_modules/esbuild" ]; then
+  node "$REPO_DIR/scripts/build-cli.mjs" --if-stale || die "building the CLI (scripts/build-cli.mjs) failed"
+fi
+
 log "setup complete in $(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1fs", b-a}'):"
 log "  NESTBOX_HOME       $NESTBOX_HOME"
 log "  criu wrapper       $NESTBOX_BIN_DIR/criu  (put $NESTBOX_BIN_DIR first on PATH for runc)"
