@@ -11,17 +11,33 @@ import { registerWebhooksCommands } from './commands/webhooks.ts';
 import { registerTemplateCommands } from './commands/templates.ts';
 // `up` and `agent` load the server side on demand, so that the API commands start quickly.
 import type { UpOptions } from './up.ts';
+import type { ServerOptions } from './server.ts';
+import { registerNodesCommands } from './commands/nodes.ts';
 
 const program = new Command();
 program.name('nestbox').description('Self-hosted sandboxes: runc containers with memory-preserving pause and resume');
 
-async function runAgent(opts: { host: string; port: string; nodeId?: string }) {
+interface AgentCliOptions {
+  host?: string;
+  port: string;
+  nodeId?: string;
+  join?: string;
+  joinToken?: string;
+  advertiseUrl?: string;
+}
+
+async function runAgent(opts: AgentCliOptions) {
   const { Agent, HostNotReadyError } = await import('../agent/agent.ts');
   const { drainSettingsFromEnv } = await import('./up.ts');
   drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
+  const joinToken = opts.joinToken ?? process.env.NESTBOX_JOIN_TOKEN;
+  if (joinToken && !opts.join) throw new Error('--join-token goes with --join <control plane URL>');
   const agent = new Agent({
-    host: opts.host, port: Number(opts.port), nodeId: opts.nodeId ?? process.env.NESTBOX_NODE_ID,
+    // A node that joins a control plane on another host listens beyond loopback.
+    host: opts.host ?? (opts.join ? '0.0.0.0' : '127.0.0.1'), port: Number(opts.port),
+    nodeId: opts.nodeId ?? process.env.NESTBOX_NODE_ID,
     logger: { level: process.env.NESTBOX_LOG_LEVEL ?? 'info' },
+    join: opts.join ? { controlPlaneUrl: opts.join, joinToken, advertiseUrl: opts.advertiseUrl ?? process.env.NESTBOX_ADVERTISE_URL } : undefined,
   });
   try {
     const url = await agent.start();
@@ -59,11 +75,23 @@ program
 
 program
   .command('agent')
-  .description('run only the node agent of this host')
-  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .description('run only the node agent of this host (with --join: a node of a fleet)')
+  .option('--host <host>', 'address to listen on (default 127.0.0.1; 0.0.0.0 with --join)')
   .option('--port <port>', 'port of the node agent API', '3001')
   .option('--node-id <id>', 'name of this node (default: $NESTBOX_NODE_ID or "local")')
+  .option('--join <url>', 'the control plane to join (its API URL)')
+  .option('--join-token <token>', 'a join token from `nestbox nodes join-token` (or $NESTBOX_JOIN_TOKEN)')
+  .option('--advertise-url <url>', 'where the control plane reaches this agent (default: this host\'s address and --port)')
   .action(runAgent);
+
+program
+  .command('server')
+  .description('run the control plane alone (API, sandbox proxy, loops); nodes join it with `nestbox agent --join`')
+  .option('--host <host>', 'address of the API', '0.0.0.0')
+  .option('--port <port>', 'port of the API', '3000')
+  .option('--proxy-host <host>', 'address of the sandbox proxy', '0.0.0.0')
+  .option('--proxy-port <port>', 'port of the sandbox proxy', '3002')
+  .action(async (opts: ServerOptions) => (await import('./server.ts')).server(opts));
 
 registerSandboxCommands(program);
 registerExecCommands(program);
@@ -75,5 +103,6 @@ registerWebhooksCommands(program);
 registerTemplateCommands(program);
 registerTeamsCommands(program);
 registerAdminKeysCommands(program);
+registerNodesCommands(program);
 
 await program.parseAsync();
