@@ -60,6 +60,20 @@ async function main() {
       await copyFile(docker, path.join(work, 'copy.tar'));
       await rm(path.join(work, 'copy.tar'));
     });
+    // The floor of extraction: GNU tar unpacking the same layers (no checks, no spooling).
+    const { execFileSync } = await import('node:child_process');
+    const { mkdir } = await import('node:fs/promises');
+    const layerFiles: string[] = [];
+    for (const [i, l] of ls.entries()) {
+      layerFiles.push(path.join(work, `layer${i}.tar`));
+      await writeFile(layerFiles[i]!, l);
+    }
+    await measure('GNU tar -x of the layers (floor)', docker, async () => {
+      const dest = path.join(work, 'tar-floor');
+      await mkdir(dest);
+      for (const f of layerFiles) execFileSync('tar', ['-xf', f, '-C', dest, '--numeric-owner']);
+      await rm(dest, { recursive: true, force: true });
+    });
     await measure('importer, docker save', docker, () => store.import('bench-docker', createReadStream(docker)));
     await measure('importer, OCI layout', oci, () => store.import('bench-oci', createReadStream(oci)));
 

@@ -3,8 +3,8 @@
 // with lstat inside the new root (a symbolic link on the way is refused, never followed), and
 // the entry itself is created with O_EXCL|O_NOFOLLOW after whatever was there is removed. So no
 // write ever lands outside the new root, whatever links earlier entries or layers made.
-import { constants, createReadStream } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
+import fs, { constants, createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -96,6 +96,19 @@ export async function applyLayer(root: string, file: string, label: string, opts
 }
 
 type Header = tar.Header;
+
+// The file-system calls of an import are many and tiny (a few per entry): made synchronously
+// they cost microseconds each, where the thread pool's round trip costs far more. Each stays
+// one short call, so the agent's other requests still run between entries.
+const lstat = async (p: string) => fs.lstatSync(p);
+const mkdir = async (p: string, o: { mode: number }) => void fs.mkdirSync(p, o);
+const lchown = async (p: string, uid: number, gid: number) => fs.lchownSync(p, uid, gid);
+const chmod = async (p: string, mode: number) => fs.chmodSync(p, mode);
+const rm = async (p: string, o: { recursive?: boolean; force: boolean }) => fs.rmSync(p, o);
+const readdir = async (p: string) => fs.readdirSync(p);
+const symlink = async (target: string, p: string) => fs.symlinkSync(target, p);
+const lutimes = async (p: string, a: Date, m: Date) => fs.lutimesSync(p, a, m);
+const link = async (from: string, to: string) => fs.linkSync(from, to);
 
 class LayerApplier {
   entries = 0;
@@ -279,21 +292,18 @@ class LayerApplier {
     }
     // A regular file: created new, never through a link (O_EXCL|O_NOFOLLOW), owner and mode
     // set on the descriptor after the content (chown clears setuid; chmod comes last).
-    const fh = await open(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const fd = fs.openSync(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         let off = 0;
-        while (off < chunk.length) {
-          const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-          off += bytesWritten;
-        }
+        while (off < chunk.length) off += fs.writeSync(fd, chunk, off, chunk.length - off);
         this.bytesWritten += chunk.length;
       }
-      await fh.chown(uid, gid);
-      await fh.chmod(mode);
-      await fh.utimes(mtime, mtime);
+      fs.fchownSync(fd, uid, gid);
+      fs.fchmodSync(fd, mode);
+      fs.futimesSync(fd, mtime, mtime);
     } finally {
-      await fh.close();
+      fs.closeSync(fd);
     }
   }
 }
