@@ -6,10 +6,12 @@
 # Result: $NESTBOX_TEMPLATES_DIR/NAME/{rootfs/,template.json,.complete}
 #   NESTBOX_TEMPLATES_DIR defaults to /var/lib/nestbox/templates.
 # The rootfs is a Debian bookworm minbase with bash, coreutils, python3, git,
-# curl, ca-certificates, procps and iproute2, a user "user" (1000:1000), an
-# empty /run/nestbox mount point, and every file owned by uid/gid +100000
-# (container root = host uid 100000, range 65536).
-# Cached: does nothing when NAME/.complete exists (remove the directory to rebuild).
+# curl, ca-certificates, procps, iproute2 and sudo, a user "user" (1000:1000)
+# with password-less sudo (as in E2B's base template), an empty /run/nestbox
+# mount point, and every file owned by uid/gid +100000 (container root = host
+# uid 100000, range 65536).
+# Cached: does nothing when NAME/.complete holds this build's key (the recipe
+# version, suite and packages); a template built by an older recipe is rebuilt.
 # Extra packages: NESTBOX_TEMPLATE_EXTRA_PACKAGES="pkg1,pkg2".
 set -euo pipefail
 
@@ -25,17 +27,23 @@ esac
 require_root_linux_cgroups "$@"
 
 SUITE="${NESTBOX_TEMPLATE_SUITE:-bookworm}"
-PACKAGES="bash,coreutils,python3,git,curl,ca-certificates,procps,iproute2"
+PACKAGES="bash,coreutils,python3,git,curl,ca-certificates,procps,iproute2,sudo"
 if [ -n "${NESTBOX_TEMPLATE_EXTRA_PACKAGES:-}" ]; then
   PACKAGES="$PACKAGES,$NESTBOX_TEMPLATE_EXTRA_PACKAGES"
 fi
+# Bump RECIPE when this script changes what a template holds: machines rebuild on their next setup.
+RECIPE=2
+BUILD_KEY="recipe=$RECIPE suite=$SUITE packages=$PACKAGES"
 SHIFT="$NESTBOX_UID_SHIFT"
 DEST="$NESTBOX_TEMPLATES_DIR/$NAME"
 DEB_CACHE="$NESTBOX_HOME/cache/debootstrap-$SUITE"
 
-if [ -f "$DEST/.complete" ]; then
+if [ -f "$DEST/.complete" ] && [ "$(cat "$DEST/.complete")" = "$BUILD_KEY" ]; then
   step_cached "template $NAME" "$DEST"
   exit 0
+fi
+if [ -f "$DEST/.complete" ]; then
+  log "template $NAME was built by an older recipe ($(cat "$DEST/.complete" | head -c 200)); rebuilding"
 fi
 
 command -v debootstrap >/dev/null || die "debootstrap is not installed; run scripts/install-deps.sh first"
@@ -43,7 +51,7 @@ command -v python3 >/dev/null || die "python3 is required on the host"
 
 mkdir -p "$NESTBOX_TEMPLATES_DIR" "$DEB_CACHE"
 # Remove leftovers of interrupted builds of this template.
-for stale in "$NESTBOX_TEMPLATES_DIR"/.build-"$NAME".*; do
+for stale in "$NESTBOX_TEMPLATES_DIR"/.build-"$NAME".* "$NESTBOX_TEMPLATES_DIR"/.old-"$NAME".*; do
   [ -e "$stale" ] || continue
   log "removing stale build directory $stale"
   rm -rf --one-file-system "$stale"
@@ -80,7 +88,7 @@ rm -f "$LOGFILE"
 step_done "debootstrap"
 
 # --- 2. user, mount points, hostname -----------------------------------------
-step_begin "configure rootfs (user 'user', /run/nestbox, hostname)"
+step_begin "configure rootfs (user 'user' with sudo, /run/nestbox, hostname)"
 add_line() { # file regex line
   grep -qE "$2" "$ROOTFS/$1" 2>/dev/null || printf '%s\n' "$3" >>"$ROOTFS/$1"
 }
@@ -95,6 +103,12 @@ mkdir -p "$ROOTFS/home/user"
 if [ -d "$ROOTFS/etc/skel" ]; then cp -a "$ROOTFS/etc/skel/." "$ROOTFS/home/user/"; fi
 chown -R 1000:1000 "$ROOTFS/home/user"
 chmod 0755 "$ROOTFS/home/user"
+# Password-less sudo for user, as E2B's base has it (root in a sandbox is what an envd token
+# gives anyway). sudo refuses a sudoers file that is not root's and mode 0440.
+mkdir -p "$ROOTFS/etc/sudoers.d"
+printf 'user ALL=(ALL:ALL) NOPASSWD: ALL\n' >"$ROOTFS/etc/sudoers.d/user"
+chown 0:0 "$ROOTFS/etc/sudoers.d/user"
+chmod 0440 "$ROOTFS/etc/sudoers.d/user"
 mkdir -p "$ROOTFS/run/nestbox"
 chmod 0755 "$ROOTFS/run/nestbox"
 echo "nestbox" >"$ROOTFS/etc/hostname"
@@ -133,16 +147,22 @@ python3 - "$BUILD/template.json" "$NAME" "$SHIFT" "$NESTBOX_UID_RANGE" "$BUILT_A
 import json, sys
 path, name, shift, rng, built, suite, pkgs = sys.argv[1:]
 with open(path, "w") as f:
+    # user: processes run as "user" unless a request names another (E2B's default user)
     json.dump({"name": name, "uidShift": int(shift), "uidRange": int(rng),
                "builtAt": built, "suite": suite, "packages": pkgs.split(","),
-               "rootfs": "rootfs"}, f, indent=2)
+               "rootfs": "rootfs", "user": "user"}, f, indent=2)
     f.write("\n")
 EOF
-touch "$BUILD/.complete"
+printf '%s' "$BUILD_KEY" >"$BUILD/.complete"
 if [ -e "$DEST" ]; then
-  log "removing incomplete previous $DEST"
-  rm -rf --one-file-system "$DEST"
+  # Renamed first, so the new template is in place at once; then removed.
+  OLD="$(mktemp -d "$NESTBOX_TEMPLATES_DIR/.old-$NAME.XXXXXX")"
+  mv -T "$DEST" "$OLD/t"
+  mv -T "$BUILD" "$DEST"
+  log "removing the previous $NAME"
+  rm -rf --one-file-system "$OLD"
+else
+  mv -T "$BUILD" "$DEST"
 fi
-mv -T "$BUILD" "$DEST"
 trap - EXIT
 log "template $NAME built in $(( $(date +%s) - T_START ))s: $DEST/rootfs"

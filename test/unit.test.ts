@@ -53,14 +53,16 @@ describe('OCI spec', () => {
     resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
   });
 
-  test('a sandbox gets every namespace, its limits, no new privileges and masked /proc', () => {
+  test('a sandbox gets every namespace, its limits, a seccomp filter, setuid allowed (sudo) and masked /proc', () => {
     assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'user', 'uts']);
     assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
     assert.equal(spec.linux.uidMappings[0]!.hostID, 100000);
     assert.equal(spec.linux.resources.memory.limit, 256 * 1024 * 1024);
     assert.equal(spec.linux.resources.cpu.quota, 50_000);
     assert.equal(spec.linux.resources.pids.limit, 100);
-    assert.equal(spec.process.noNewPrivileges, true);
+    // setuid (sudo) works; the seccomp filter holds across it (see isolation-attacks.e2e)
+    assert.equal(spec.process.noNewPrivileges, false);
+    assert.ok(spec.linux.seccomp, 'a seccomp filter');
     for (const p of ['/proc/kcore', '/proc/config.gz', '/proc/keys']) assert.ok(spec.linux.maskedPaths.includes(p), p);
     for (const cap of ['CAP_SYS_ADMIN', 'CAP_NET_RAW', 'CAP_NET_ADMIN', 'CAP_SYS_PTRACE']) {
       assert.ok(!spec.process.capabilities.bounding.includes(cap), cap);

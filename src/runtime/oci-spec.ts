@@ -55,7 +55,11 @@ export function buildOciSpec(input: SpecInput) {
         effective: CAPABILITIES,
         permitted: CAPABILITIES,
       },
-      noNewPrivileges: true,
+      // Off so that setuid programs work (`sudo` for `user`, as in E2B's base template). Safe:
+      // container root is an unprivileged host uid in the sandbox's own user namespace, so a
+      // setuid binary reaches nothing beyond that root, which an envd token grants anyway; and
+      // the seccomp filter is inherited across execve and cannot be dropped, setuid or not.
+      noNewPrivileges: false,
     },
     root: { path: input.rootfs, readonly: false },
     hooks: { createRuntime: [input.networkHook] },
