@@ -165,6 +165,54 @@ describe('the e2b SDK against a live Nestbox', () => {
     assert.equal(await again.files.read('before-pause.txt'), 'kept');
   });
 
+  test('sudo: password-less for user, as in E2B; the seccomp filter still holds after it', async () => {
+    assert.equal((await sbx.commands.run('sudo -n true && sudo -n id -u')).stdout, '0\n');
+    assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n', 'commands still run as user by default');
+    // A new user namespace would give a second set of capabilities: refused by seccomp, root or not.
+    const r = await sbx.commands.run('sudo -n unshare -U true 2>&1; echo "rc=$?"');
+    assert.match(r.stdout, /unshare failed: Operation not permitted\nrc=1\n$/);
+    const status = await sbx.commands.run('sudo -n grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status');
+    assert.match(status.stdout, /Seccomp:\s+2/, 'filter mode after setuid');
+  });
+
+  test('files: several files at once into new directories; remove of a missing path; symlink targets resolved', async () => {
+    const written = await sbx.files.write([
+      { path: 'batch/one/a.txt', data: 'a' },
+      { path: '/home/user/batch/two/deeper/b.txt', data: 'b' },
+      { path: 'batch/one/c.txt', data: 'c' },
+      { path: '/tmp/batch-new/d.txt', data: 'd' },
+    ]);
+    assert.deepEqual(written.map((w) => w.path), [
+      '/home/user/batch/one/a.txt', '/home/user/batch/two/deeper/b.txt', '/home/user/batch/one/c.txt', '/tmp/batch-new/d.txt',
+    ]);
+    assert.equal(await sbx.files.read('batch/two/deeper/b.txt'), 'b');
+    const owners = await sbx.commands.run('stat -c %U /home/user/batch/two /home/user/batch/two/deeper/b.txt');
+    assert.equal(owners.stdout, 'user\nuser\n');
+
+    await sbx.files.remove('batch/nothing-here'); // as E2B: done, not an error
+    await sbx.files.remove('/tmp/no/such/dir');
+
+    await sbx.commands.run('mkdir -p links/real && echo hi > links/real/f && ln -s real links/dir && ln -s dir/f links/viadir && ln -s /home/user/links/viadir links/abs && ln -s missing links/dangling');
+    assert.equal((await sbx.files.getInfo('links/viadir')).symlinkTarget, '/home/user/links/real/f');
+    assert.equal((await sbx.files.getInfo('links/abs')).symlinkTarget, '/home/user/links/real/f');
+    assert.equal((await sbx.files.getInfo('links/dangling')).symlinkTarget, '/home/user/links/missing');
+    const listed = Object.fromEntries((await sbx.files.list('links')).map((e) => [e.name, e.symlinkTarget]));
+    assert.equal(listed.dir, '/home/user/links/real');
+    assert.equal(listed.real, undefined);
+  });
+
+  test('a command running while its sandbox is killed: "killed or reached its end of life"', async () => {
+    const doomed = await Sandbox.create('base', { ...opts, timeoutMs: 120_000 });
+    // Its answer may come before kill() returns: caught from the start.
+    const outcome = doomed.commands.run('sleep 60', { timeoutMs: 0 }).then(() => null, (e: Error) => e);
+    await sleep(500);
+    await doomed.kill();
+    const e = await outcome;
+    assert.ok(e, 'the command did not end with an error');
+    assert.equal(e.name, 'TimeoutError', `${e.name}: ${e.message}`);
+    assert.match(e.message, /The sandbox was killed or reached its end of life while the request was in flight/);
+  });
+
   test('an unknown sandbox is a clear error, a killed one too', async () => {
     const other = await Sandbox.create('base', opts);
     assert.equal(await other.isRunning(), true);

@@ -3,9 +3,10 @@ import path from 'node:path/posix';
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
-import type { Entry, FsEvent, InitClient, WatchHandle } from '../../runtime/init-client.ts';
+import { InitError, type Entry, type FsEvent, type InitClient, type WatchHandle } from '../../runtime/init-client.ts';
 import { expandPath, keepaliveIntervalMs } from './context.ts';
-import { toConnectError } from './errors.ts';
+import { isUnknownUser, toConnectError } from './errors.ts';
+import { withResolvedTarget } from './symlinks.ts';
 import { withKeepalive } from './keepalive.ts';
 import { requestContext } from './process-service.ts';
 import { PolledWatcher, type WatcherRegistry } from './watchers.ts';
@@ -80,7 +81,8 @@ export function filesystemService(watchers: WatcherRegistry): Partial<ServiceImp
     async stat(req, ctx) {
       const rc = requestContext(ctx);
       const p = requirePath(req.path);
-      return { entry: toEntryInfo(await call(() => rc.init.stat(p, rc.user))) };
+      const entry = await call(() => rc.init.stat(p, rc.user));
+      return { entry: toEntryInfo(await withResolvedTarget(rc.init, rc.user, entry)) };
     },
 
     async makeDir(req, ctx) {
@@ -95,20 +97,28 @@ export function filesystemService(watchers: WatcherRegistry): Partial<ServiceImp
       const rc = requestContext(ctx);
       const from = requirePath(req.source, 'source');
       const to = requirePath(req.destination, 'destination');
-      return { entry: toEntryInfo(await call(() => rc.init.move(from, to, rc.user))) };
+      const entry = await call(() => rc.init.move(from, to, rc.user));
+      return { entry: toEntryInfo(await withResolvedTarget(rc.init, rc.user, entry)) };
     },
 
     async listDir(req, ctx) {
       const rc = requestContext(ctx);
       const p = requirePath(req.path);
       const entries = await call(() => rc.init.listDir(p, Math.max(1, req.depth), rc.user));
-      return { entries: entries.map(toEntryInfo) };
+      const resolved = await Promise.all(entries.map((e) => withResolvedTarget(rc.init, rc.user, e)));
+      return { entries: resolved.map(toEntryInfo) };
     },
 
     async remove(req, ctx) {
       const rc = requestContext(ctx);
       const p = requirePath(req.path);
-      await call(() => rc.init.remove(p, rc.user));
+      try {
+        await rc.init.remove(p, rc.user);
+      } catch (e) {
+        // As envd (os.RemoveAll): a path that is not there is removed already.
+        if (e instanceof InitError && e.code === 'not_found' && !isUnknownUser(e)) return {};
+        throw toConnectError(e);
+      }
       return {};
     },
 

@@ -1,7 +1,7 @@
 // process.Process over the sandbox init: every RPC maps onto one InitClient call.
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import type { ExitStatus, InitClient, ProcessStream } from '../../runtime/init-client.ts';
+import { InitError, type ExitStatus, type InitClient, type ProcessStream } from '../../runtime/init-client.ts';
 import { envdContextKey, expandPath, keepaliveIntervalMs, type EnvdRequestContext } from './context.ts';
 import { toConnectError } from './errors.ts';
 import { withKeepalive } from './keepalive.ts';
@@ -71,6 +71,12 @@ async function* relay(stream: ProcessStream, ctx: HandlerContext): AsyncGenerato
     yield { event: endEvent(await stream.exited) };
   } catch (e) {
     if (ctx.signal.aborted) throw toConnectError(ctx.signal.reason);
+    // The init went away mid-stream (the sandbox was killed or stopped): answer as a dropped
+    // connection (unknown, "terminated"), on which the SDK probes the sandbox's health and, when
+    // it is gone, reports that it "was killed or reached its end of life".
+    if (e instanceof InitError && e.code === 'unavailable') {
+      throw new ConnectError(`terminated: ${e.message}`, Code.Unknown);
+    }
     throw toConnectError(e);
   } finally {
     ctx.signal.removeEventListener('abort', detach);
