@@ -89,6 +89,20 @@ describe('template import', () => {
     await assert.rejects(store.delete('base', async () => []), /built in/);
   });
 
+  test('staging left by a dead agent is removed; a live one is not', async () => {
+    const { mkdir, writeFile } = await import('node:fs/promises');
+    const dead = path.join(dir, '.import-x-dead');
+    const live = path.join(dir, '.import-y-live');
+    for (const [d, pid] of [[dead, 2 ** 22 + 1], [live, process.pid]] as const) {
+      await mkdir(path.join(d, 'rootfs'), { recursive: true });
+      await writeFile(path.join(d, '.nestbox-owner.json'), JSON.stringify({ host: os.hostname(), pid }));
+    }
+    assert.deepEqual(await store.removeAbandoned(), ['.import-x-dead']);
+    assert.equal(existsSync(dead), false);
+    assert.equal(existsSync(live), true);
+    await rm(live, { recursive: true });
+  });
+
   describe('hostile archives are refused, naming the entry, with nothing left behind', () => {
     const hostile = async (name: string, layers: Buffer[], pattern: RegExp, archiveOpts: { omitLayer?: number } = {}) => {
       const archive = await dockerSaveArchive({ layers }, archiveOpts);

@@ -14,6 +14,11 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
   const { runtime } = opts;
   const templates = new TemplateStore(runtime.cfg);
   const typed = app.withTypeProvider<TypeBoxTypeProvider>();
+  // What an agent that died mid-import left behind goes now.
+  app.addHook('onReady', async () => {
+    const removed = await templates.removeAbandoned().catch(() => [] as string[]);
+    for (const name of removed) app.log.warn(`removed ${name}, left by an import or delete that was cut short`);
+  });
 
   typed.get('/v1/templates', async () => ({ templates: await templates.list() }));
   typed.get('/v1/templates/:name', { schema: { params: TemplateNameParam } }, async (req) => templates.get(req.params.name));

@@ -2,7 +2,8 @@
 // images, their defaults in <templatesDir>/<name>/template.json. An import is built in a staging
 // directory beside them and renamed into place only when complete; a failed one leaves nothing.
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, lstat, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { conflict, invalid, NestboxError, notFound } from '../core/errors.ts';
@@ -94,10 +95,37 @@ export async function templateProcessDefaults(cfg: Pick<RuntimeConfig, 'template
   return defaults;
 }
 
+/** Written into staging and trash directories: who works on them (see removeAbandoned). */
+const OWNER_FILE = '.nestbox-owner.json';
+
 export class TemplateStore {
   private readonly busy = new Set<string>();
 
   constructor(private readonly cfg: RuntimeConfig) {}
+
+  /**
+   * Removes the staging and trash directories of imports and deletes whose process (on this
+   * host) is gone: an agent that died mid-import leaves nothing for good. Directories of live
+   * processes, or of other hosts sharing the directory, are left alone. Returns their names.
+   */
+  async removeAbandoned(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await readdir(this.cfg.templatesDir).catch(() => [] as string[])) {
+      if (!/^\.(import|delete)-/.test(name)) continue;
+      const dir = path.join(this.cfg.templatesDir, name);
+      let owner: { host?: string; pid?: number } = {};
+      try {
+        owner = JSON.parse(await readFile(path.join(dir, OWNER_FILE), 'utf8'));
+      } catch {
+        // no owner file: an import just starting (it writes one at once), or one that finished its spool
+        continue;
+      }
+      if (owner.host !== os.hostname() || typeof owner.pid !== 'number' || processAlive(owner.pid)) continue;
+      await removeTree(dir);
+      removed.push(name);
+    }
+    return removed;
+  }
 
   async list(): Promise<TemplateInfo[]> {
     const out: TemplateInfo[] = [];
@@ -145,6 +173,7 @@ export class TemplateStore {
     try {
       await mkdir(this.cfg.templatesDir, { recursive: true, mode: 0o755 });
       await mkdir(staging, { mode: 0o700 });
+      await writeFile(path.join(staging, OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
       const spool = path.join(staging, 'archive');
       const rootfs = path.join(staging, 'rootfs');
       await mkdir(spool, { mode: 0o700 });
@@ -195,6 +224,7 @@ export class TemplateStore {
       await chmod(staging, 0o755); // the sandboxes' mapped root must reach rootfs
       if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
       await rename(staging, templateDir(this.cfg, name));
+      await rm(path.join(templateDir(this.cfg, name), OWNER_FILE), { force: true });
       return { name, builtin: false, meta };
     } catch (e) {
       await removeTree(staging).catch(() => undefined);
@@ -224,10 +254,20 @@ export class TemplateStore {
       }
       const trash = path.join(this.cfg.templatesDir, `.delete-${name}-${randomBytes(4).toString('hex')}`);
       await rename(dir, trash);
+      await writeFile(path.join(trash, OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
       defaultsCache.delete(templateMetaPath(this.cfg, name));
       await removeTree(trash);
     } finally {
       this.busy.delete(name);
     }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
