@@ -2,6 +2,7 @@ import { Agent, HostNotReadyError } from '../agent/agent.ts';
 import type { DrainPolicy } from '../agent/shutdown.ts';
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
+import { DEFAULT_PROXY_PORT, loopbackSandboxDomain } from '../control-plane/proxy/routing.ts';
 import { upBanner } from './up-banner.ts';
 
 export interface UpOptions {
@@ -33,7 +34,8 @@ export async function up(opts: UpOptions) {
     dataDir: controlDirFromEnv(),
     host: opts.host,
     port: Number(opts.port),
-    domain: process.env.NESTBOX_DOMAIN ?? null,
+    proxyPort: DEFAULT_PROXY_PORT,
+    domain: upSandboxDomain(process.env, DEFAULT_PROXY_PORT),
     nodes: [{ id: process.env.NESTBOX_NODE_ID ?? 'local', url: agentUrl, token: agent.nodeToken }],
     bootstrapApiKey: process.env.NESTBOX_API_KEY,
     bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
@@ -71,6 +73,11 @@ export async function up(opts: UpOptions) {
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/** NESTBOX_DOMAIN, else the local proxy: getHost(port) is then <port>-<id>.localhost:<proxy port>. */
+export function upSandboxDomain(env: NodeJS.ProcessEnv, proxyPort: number): string {
+  return env.NESTBOX_DOMAIN || loopbackSandboxDomain(proxyPort);
 }
 
 /** NESTBOX_DRAIN_POLICY (pause | wait, default pause) and NESTBOX_DRAIN_TIMEOUT_S (default 60). */

@@ -61,6 +61,19 @@ export function routeRequest(headers: Record<string, string | string[] | undefin
   return { ok: true, sandboxId: id, port, by: 'host' };
 }
 
+/** The sandbox proxy's port when nothing else is configured (E2B_SANDBOX_URL of `nestbox up`). */
+export const DEFAULT_PROXY_PORT = 3002;
+
+/**
+ * The domain to give clients when none is configured (NESTBOX_DOMAIN): `localhost:<proxy port>`.
+ * The SDK's getHost(port) is `<port>-<id>.<domain>` and adds no port of its own, so the proxy's
+ * port rides in the domain; browsers and most resolvers send `*.localhost` to loopback, where
+ * the proxy routes by that host name. Production sets NESTBOX_DOMAIN (wildcard DNS, TLS).
+ */
+export function loopbackSandboxDomain(proxyPort: number): string {
+  return `localhost:${proxyPort}`;
+}
+
 export interface RequestTarget {
   /** Path as received, always starting with `/`. */
   path: string;
