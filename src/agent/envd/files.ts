@@ -6,7 +6,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import busboy from 'busboy';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { InitError, type Entry } from '../../runtime/init-client.ts';
-import { expandPath, requestUser, type EnvdRequestContext } from './context.ts';
+import { expandPath, type EnvdRequestContext } from './context.ts';
 import { HttpError, toHttpError } from './errors.ts';
 
 interface FileQuery {
@@ -26,9 +26,12 @@ function query(req: FastifyRequest): FileQuery {
   return { path: s(q.path), username: s(q.username) };
 }
 
-/** `username` query first, then Basic auth, then the default user (envd >= 0.4.0). */
-function fileUser(req: FastifyRequest, q: FileQuery): string {
-  return q.username || requestUser(req.headers);
+/**
+ * `username` query first, then Basic auth, then the default user (envd >= 0.4.0): the request
+ * context's user is already Basic auth's, else the template's (an imported image's), else `user`.
+ */
+function fileUser(rc: EnvdRequestContext, q: FileQuery): string {
+  return q.username || rc.user;
 }
 
 export function sendHttpError(reply: FastifyReply, e: unknown) {
@@ -50,7 +53,7 @@ export async function getFile(req: FastifyRequest, reply: FastifyReply, rc: Envd
   if (!q.path) return sendHttpError(reply, new HttpError(400, 'path is required'));
   let file;
   try {
-    file = await rc.init.readFile(expandPath(q.path), fileUser(req, q));
+    file = await rc.init.readFile(expandPath(q.path), fileUser(rc, q));
   } catch (e) {
     return sendHttpError(reply, e);
   }
@@ -103,7 +106,7 @@ const uploaded = (e: Entry): UploadedFile => ({ name: e.name, type: 'file', path
 
 export async function postFile(req: FastifyRequest, reply: FastifyReply, rc: EnvdRequestContext) {
   const q = query(req);
-  const user = fileUser(req, q);
+  const user = fileUser(rc, q);
   const mediaType = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   try {
     let files: UploadedFile[];
