@@ -75,6 +75,24 @@ describe('template import', () => {
     assert.equal((await templateProcessDefaults(cfg, 'oci')).user, '1000');
   });
 
+  test('an entry over a link replaces the link, never writes through it', async () => {
+    await rm('/tmp/nestbox-link-target', { recursive: true, force: true });
+    const archive = await dockerSaveArchive({
+      layers: [
+        await tarOf([{ name: 'f', type: 'symlink', linkname: '/tmp/nestbox-link-target' }, { name: 'd', type: 'symlink', linkname: '/tmp' }]),
+        await tarOf([{ name: 'f', content: 'inside' }, { name: 'd/', type: 'directory' }, { name: 'd/x', content: 'x' }]),
+      ],
+    });
+    await store.import('relink', fromBuffer(archive));
+    const root = path.join(dir, 'relink', 'rootfs');
+    assert.equal(await readFile(path.join(root, 'f'), 'utf8'), 'inside');
+    assert.ok((await lstat(path.join(root, 'd'))).isDirectory());
+    assert.equal(await readFile(path.join(root, 'd/x'), 'utf8'), 'x');
+    assert.equal(existsSync('/tmp/nestbox-link-target'), false);
+    assert.equal(existsSync('/tmp/x'), false);
+    await store.delete('relink', async () => []);
+  });
+
   test('a name that exists, or base, is refused before anything is read', async () => {
     await assert.rejects(store.import('dock', fromBuffer(Buffer.alloc(0))), /already exists/);
     await assert.rejects(store.import('base', fromBuffer(Buffer.alloc(0))), /built in/);
@@ -145,6 +163,19 @@ describe('template import', () => {
       const afterSt = await stat('/etc/shadow');
       assert.equal(afterSt.nlink, before.nlink, '/etc/shadow got no new link');
       assert.equal(afterSt.mtimeMs, before.mtimeMs);
+    });
+
+    test('a whiteout or an opaque marker through a link never removes anything outside', async () => {
+      const { mkdtemp, writeFile } = await import('node:fs/promises');
+      const outside = await mkdtemp(path.join(os.tmpdir(), 'nestbox-canary-'));
+      await writeFile(path.join(outside, 'canary'), 'alive');
+      try {
+        await hostile('h10', [await tarOf([{ name: 'l', type: 'symlink', linkname: outside }, { name: 'l/.wh.canary' }])], /entry "l\/.wh.canary": "l" is a symbolic link/);
+        await hostile('h10b', [await tarOf([{ name: 'l', type: 'symlink', linkname: outside }]), await tarOf([{ name: 'l/.wh..wh..opq' }])], /entry "l\/.wh..wh..opq": "l" is a symbolic link/);
+        assert.equal(await readFile(path.join(outside, 'canary'), 'utf8'), 'alive');
+      } finally {
+        await rm(outside, { recursive: true, force: true });
+      }
     });
 
     test('device nodes and FIFOs', async () => {
