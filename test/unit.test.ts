@@ -1,6 +1,7 @@
 // Pure pieces: no host access.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import fc from 'fast-check';
 import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
 import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
@@ -60,7 +61,7 @@ describe('OCI spec', () => {
     assert.equal(spec.linux.resources.memory.limit, 256 * 1024 * 1024);
     assert.equal(spec.linux.resources.cpu.quota, 50_000);
     assert.equal(spec.linux.resources.pids.limit, 100);
-    // setuid (sudo) works; the seccomp filter holds across it (see isolation-attacks.e2e)
+    // setuid (sudo) works; the seccomp filter holds across it (see e2b-compat.e2e)
     assert.equal(spec.process.noNewPrivileges, false);
     assert.ok(spec.linux.seccomp, 'a seccomp filter');
     for (const p of ['/proc/kcore', '/proc/config.gz', '/proc/keys']) assert.ok(spec.linux.maskedPaths.includes(p), p);
@@ -133,6 +134,25 @@ describe('host preflight', () => {
     // and a host that has everything has nothing to say
     assert.deepEqual(await preflight(runtimeConfigFromEnv()), []);
   });
+
+  test("a data directory the sandboxes' root cannot traverse (a 0700 parent, as mktemp -d makes) is found at start", async () => {
+    const { preflight, formatProblems } = await import('../src/agent/preflight.ts');
+    const { runtimeConfigFromEnv } = await import('../src/runtime/config.ts');
+    const { mkdtemp, mkdir, rm, stat } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const closed = await mkdtemp(path.join(tmpdir(), 'nestbox-0700-'));
+    try {
+      assert.equal((await stat(closed)).mode & 0o777, 0o700);
+      await mkdir(path.join(closed, 'node'));
+      const text = formatProblems(await preflight({ ...runtimeConfigFromEnv(), dataDir: path.join(closed, 'node', 'not-yet') }));
+      assert.match(text, new RegExp(`the data directory ${closed}/node/not-yet is out of reach of the sandboxes' root \\(host uid 100000\\): ${closed} is mode 0700`));
+      assert.match(text, new RegExp(`chmod o\\+x ${closed}\`\\), or set NESTBOX_DATA_DIR`));
+      await import('node:fs/promises').then((fs) => fs.chmod(closed, 0o711));
+      assert.deepEqual(await preflight({ ...runtimeConfigFromEnv(), dataDir: path.join(closed, 'node') }), []);
+    } finally {
+      await rm(closed, { recursive: true, force: true });
+    }
+  });
 });
 
 test('API errors: a dropped database connection is a retryable 503, anything unknown a bare 500', async () => {
@@ -158,6 +178,32 @@ test('API errors: a dropped database connection is a retryable 503, anything unk
   const bug = await app.inject({ url: '/bug' });
   assert.equal(bug.statusCode, 500);
   assert.deepEqual(bug.json(), { code: 500, message: 'internal error' });
+  await app.close();
+});
+
+test("a create that fails on the node: the API client gets the node's cause in E2B's shape, not 'internal error'", async () => {
+  const { default: Fastify } = await import('fastify');
+  const { installErrorHandling } = await import('../src/control-plane/api/errors.ts');
+  const { NodeCallError } = await import('../src/control-plane/node-client.ts');
+  const { buildAgentServer } = await import('../src/agent/server.ts');
+  // The node: whatever its runtime throws, its answer names the cause.
+  const runtime = { create: async () => { throw new Error("EACCES: permission denied, mkdir '/data/node/sandboxes/x'"); } };
+  const agent = buildAgentServer({ runtime: runtime as never, nodeToken: 'tok', nodeId: 'n1', drain: new DrainGate() });
+  const body = { sandboxId: 'abcdefghij0123456789', template: 'base', cpuCount: 1, memoryMB: 256, diskMB: 512, envVars: {}, metadata: {}, allowInternetAccess: false };
+  const fromNode = await agent.inject({ method: 'POST', url: '/v1/sandboxes', headers: { authorization: 'Bearer tok' }, payload: body });
+  assert.equal(fromNode.statusCode, 500);
+  assert.match(fromNode.json().message, /^create failed: EACCES: permission denied/);
+  await agent.close();
+  // The control plane: a node's failure is passed on with its cause.
+  const app = Fastify();
+  installErrorHandling(app);
+  app.post('/v2/sandboxes', async () => {
+    throw new NodeCallError('internal', `node n1: ${fromNode.json().message}`, false);
+  });
+  const res = await app.inject({ method: 'POST', url: '/v2/sandboxes' });
+  assert.equal(res.statusCode, 500);
+  assert.deepEqual(Object.keys(res.json()).sort(), ['code', 'message']);
+  assert.match(res.json().message, /^node n1: create failed: EACCES: permission denied/);
   await app.close();
 });
 

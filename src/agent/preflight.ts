@@ -1,4 +1,4 @@
-import { access, readFile } from 'node:fs/promises';
+import { access, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../runtime/command.ts';
 import type { RuntimeConfig } from '../runtime/config.ts';
@@ -56,12 +56,43 @@ export async function preflight(cfg: RuntimeConfig, templates: string[] = ['base
   if (!(await access(cfg.initBinary).then(() => true, () => false))) {
     problems.push({ what: `the sandbox init is not built (${cfg.initBinary})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
   }
+  // runc starts each sandbox as its mapped root, which must reach the sandbox's root file system
+  // (in the data directory) and, on resume, its checkpoint (in the snapshot directory).
+  for (const [name, variable, dir] of [
+    ['data directory', 'NESTBOX_DATA_DIR', cfg.dataDir], ['snapshot directory', 'NESTBOX_SNAPSHOT_DIR', cfg.snapshotDir],
+  ] as const) {
+    const blocked = await untraversable(dir, cfg.uidShift, cfg.uidShift);
+    if (blocked) {
+      problems.push({
+        what: `the ${name} ${dir} is out of reach of the sandboxes' root (host uid ${cfg.uidShift}): ${blocked.dir} is mode ${blocked.mode.toString(8).padStart(4, '0')} (owner ${blocked.uid})`,
+        fix: `let every user traverse it (\`chmod o+x ${blocked.dir}\`), or set ${variable} (or NESTBOX_HOME) to a directory whose parents every user can traverse, such as /var/lib/nestbox`,
+      });
+    }
+  }
   for (const t of templates) {
     if (!(await access(path.join(cfg.templatesDir, t, 'rootfs')).then(() => true, () => false))) {
       problems.push({ what: `template "${t}" is not built in ${cfg.templatesDir}`, fix: `run \`make setup\` (it builds the ${t} template with debootstrap)` });
     }
   }
   return problems;
+}
+
+/**
+ * The first existing directory on the way to `dir` (itself included) that uid:gid may not search
+ * (no x for it as owner, group or other), or null. Missing parts are made later with mode 0755.
+ */
+export async function untraversable(dir: string, uid: number, gid: number): Promise<{ dir: string; mode: number; uid: number } | null> {
+  let at = '/';
+  for (const name of ['', ...path.resolve(dir).split('/').filter(Boolean)]) {
+    at = path.join(at, name);
+    const st = await stat(at).catch(() => null);
+    if (!st) return null;
+    if (!st.isDirectory()) return null; // not ours to judge here: the agent's own start reports it
+    const mode = st.mode & 0o777;
+    const bit = st.uid === uid ? 0o100 : st.gid === gid ? 0o010 : 0o001;
+    if ((mode & bit) === 0) return { dir: at, mode, uid: st.uid };
+  }
+  return null;
 }
 
 export function formatProblems(problems: PreflightProblem[]): string {

@@ -94,6 +94,11 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
         envVars: b.envVars,
         metadata: b.metadata,
         allowInternetAccess: b.allowInternetAccess,
+      }).catch((e: unknown) => {
+        // The control plane passes the cause on to the API client: name it, never "internal error".
+        if (e instanceof NestboxError || e instanceof InitError) throw e;
+        req.log.error({ err: e }, 'create failed');
+        throw new NestboxError('internal', `create failed: ${(e as Error).message ?? String(e)}`);
       }),
     );
     return reply.code(201).send(record);

@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { NestboxError, type ErrorCode } from '../../core/errors.ts';
+import { NodeCallError } from '../node-client.ts';
 
 /** The one mapping of domain error codes to HTTP statuses for the public API. */
 export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
@@ -41,6 +42,12 @@ export function replyWithError(err: unknown, req: FastifyRequest, reply: Fastify
   if (err instanceof ApiError) return send(reply, err.status, err.message);
   if (err instanceof NestboxError) {
     const status = STATUS_BY_CODE[err.code] ?? 500;
+    if (err instanceof NodeCallError && status === 500) {
+      // A node's own account of why it failed (a create runc refused, say): the client gets the
+      // cause, in E2B's shape, instead of a bare "internal error".
+      req.log.error({ err }, 'node call failed');
+      return send(reply, 500, err.message);
+    }
     if (status >= 500 && status !== 503) {
       req.log.error({ err }, 'internal error');
       return send(reply, 500, 'internal error');
