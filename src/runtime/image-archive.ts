@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { invalid, NestboxError } from '../core/errors.ts';
@@ -70,12 +70,15 @@ export class SpooledArchive {
    */
   async receive(source: Readable, onBytes?: (bytes: number) => void): Promise<void> {
     let received = 0;
-    source.on('data', (chunk: Buffer) => {
-      received += chunk.length;
-      onBytes?.(received);
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        received += chunk.length;
+        onBytes?.(received);
+        done(null, chunk);
+      },
     });
     const extract = tar.extract();
-    const feeding = pipeline(source, extract);
+    const feeding = pipeline(source, counter, extract);
     feeding.catch(() => undefined); // reported through the iterator below
     let n = 0;
     try {

@@ -6,7 +6,7 @@
 import fs, { constants, createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
@@ -65,13 +65,15 @@ export async function applyLayer(root: string, file: string, label: string, opts
   const applier = new LayerApplier(root, label, opts);
   const source = createReadStream(file, { highWaterMark: 256 * 1024 });
   let read = 0;
-  source.on('data', (c: Buffer | string) => {
-    read += c.length;
-    opts.onBytes?.(read);
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      read += chunk.length;
+      opts.onBytes?.(read);
+      done(null, chunk);
+    },
   });
   const extract = tar.extract();
-  const feeding =
-    kind === 'gzip' ? pipeline(source, createGunzip(), extract) : pipeline(source, new PassThrough({ highWaterMark: 256 * 1024 }), extract);
+  const feeding = kind === 'gzip' ? pipeline(source, counter, createGunzip(), extract) : pipeline(source, counter, extract);
   let failure: unknown = null;
   feeding.catch((e) => {
     failure ??= e;
