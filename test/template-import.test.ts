@@ -178,6 +178,19 @@ describe('template import', () => {
       }
     });
 
+    test('a decompression bomb, or an archive, past the import limits', async () => {
+      const small = new TemplateStore(cfg, { archiveBytes: 2_000_000, imageBytes: 10_000_000, entries: 1000 });
+      const bomb = gzip(await tarOf([{ name: 'zeros', content: Buffer.alloc(50_000_000) }]));
+      assert.ok(bomb.length < 1_000_000);
+      await assert.rejects(small.import('h11', fromBuffer(await dockerSaveArchive({ layers: [bomb] }))), /entry "zeros": the image is larger than the import limit allows/);
+      const many = await tarOf(Array.from({ length: 1001 }, (_, i) => ({ name: `f${i}` })));
+      await assert.rejects(small.import('h11b', fromBuffer(await dockerSaveArchive({ layers: [many] }))), /entry "f1000": the image has more entries than the import limit allows/);
+      const big = await dockerSaveArchive({ layers: [await tarOf([{ name: 'r', content: randomBytes(3_000_000) }])] });
+      await assert.rejects(small.import('h11c', fromBuffer(big)), /the archive is larger than the import limit \(2 MB\)/);
+      assert.equal(await leftovers(), 0);
+      assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith('h11')), []);
+    });
+
     test('device nodes and FIFOs', async () => {
       await hostile('h5', [await tarOf([{ name: 'dev/', type: 'directory' }, { name: 'dev/mem', type: 'character-device' }])], /entry "dev\/mem": device nodes are not allowed/);
       await hostile('h5b', [await tarOf([{ name: 'sda', type: 'block-device' }])], /device nodes are not allowed/);

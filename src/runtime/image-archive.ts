@@ -68,11 +68,12 @@ export class SpooledArchive {
    * Reads the outer tar into `dir`, one file per regular entry. `onBytes` is told the number of
    * archive bytes read so far.
    */
-  async receive(source: Readable, onBytes?: (bytes: number) => void): Promise<void> {
+  async receive(source: Readable, onBytes?: (bytes: number) => void, maxBytes = Infinity): Promise<void> {
     let received = 0;
     const counter = new Transform({
       transform(chunk: Buffer, _enc, done) {
         received += chunk.length;
+        if (received > maxBytes) return done(invalid(`the archive is larger than the import limit (${Math.round(maxBytes / 1e6)} MB)`));
         onBytes?.(received);
         done(null, chunk);
       },

@@ -18,6 +18,11 @@ export interface LayerApplyOptions {
   uidRange: number;
   /** Called with the layer's (compressed) bytes read so far. */
   onBytes?: (bytes: number) => void;
+  /**
+   * What the whole image may still write (shared by its layers, decremented here): file bytes
+   * and entries. A decompression bomb ends here instead of filling the templates' disk.
+   */
+  budget?: { bytes: number; entries: number };
 }
 
 export interface LayerStats {
@@ -192,6 +197,8 @@ class LayerApplier {
 
   async apply(h: Header, body: Readable): Promise<void> {
     this.entries++;
+    const budget = this.opts.budget;
+    if (budget && --budget.entries < 0) this.fail(h.name, 'the image has more entries than the import limit allows');
     try {
       await this.applyEntry(h, body);
     } finally {
@@ -298,6 +305,8 @@ class LayerApplier {
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         let off = 0;
+        const budget = this.opts.budget;
+        if (budget && (budget.bytes -= chunk.length) < 0) this.fail(name, 'the image is larger than the import limit allows');
         while (off < chunk.length) off += fs.writeSync(fd, chunk, off, chunk.length - off);
         this.bytesWritten += chunk.length;
       }

@@ -98,10 +98,27 @@ export async function templateProcessDefaults(cfg: Pick<RuntimeConfig, 'template
 /** Written into staging and trash directories: who works on them (see removeAbandoned). */
 const OWNER_FILE = '.nestbox-owner.json';
 
+/** What one import may write: the archive, and the files of the image (uncompressed). */
+export interface ImportLimits {
+  archiveBytes: number;
+  imageBytes: number;
+  entries: number;
+}
+
+/** NESTBOX_TEMPLATE_MAX_MB (default 32768) bounds both the archive and the unpacked image. */
+export function importLimitsFromEnv(env: NodeJS.ProcessEnv = process.env): ImportLimits {
+  const mb = Number(env.NESTBOX_TEMPLATE_MAX_MB ?? 32768);
+  const bytes = Number.isFinite(mb) && mb > 0 ? mb * 1024 * 1024 : 32768 * 1024 * 1024;
+  return { archiveBytes: bytes, imageBytes: bytes, entries: 5_000_000 };
+}
+
 export class TemplateStore {
   private readonly busy = new Set<string>();
 
-  constructor(private readonly cfg: RuntimeConfig) {}
+  constructor(
+    private readonly cfg: RuntimeConfig,
+    private readonly limits: ImportLimits = importLimitsFromEnv(),
+  ) {}
 
   /**
    * Removes the staging and trash directories of imports and deletes whose process (on this
@@ -191,7 +208,8 @@ export class TemplateStore {
           lastTick = now;
           emit({ type: 'receiving', bytes });
         }
-      });
+      }, this.limits.archiveBytes);
+      const budget = { bytes: this.limits.imageBytes, entries: this.limits.entries };
       const image = await archive.describe();
       emit({ type: 'received', bytes: total, layers: image.layers.length, format: image.format });
 
@@ -203,6 +221,7 @@ export class TemplateStore {
         const stats = await applyLayer(rootfs, layer.file, label, {
           uidShift: this.cfg.uidShift,
           uidRange: this.cfg.uidRange,
+          budget,
           onBytes: (done) => {
             const now = Date.now();
             if (now - tick >= 250) {
