@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Install a local S3-compatible server for tests and single-host use (idempotent, cached):
-# Ceph's RADOS Gateway (radosgw) from Debian forky, run standalone on its "dbstore" backend
-# (SQLite files in a directory, no Ceph cluster). See scripts/s3-server.sh to run one.
+# OpenStack Swift with its s3api middleware (Debian's python3-swift), run by
+# scripts/s3-server.py (proxy, account, container and object servers in one directory, on
+# loopback; see that file to run one by hand).
 #
 #   scripts/install-s3-server.sh
 #
-# * radosgw >= 18 and the whole closure of its Depends (libraries, libc6 included) are
-#   unpacked into the private prefix $NESTBOX_HOME/deps/radosgw (about 450 MB) and started
-#   through the wrappers $NESTBOX_HOME/deps/bin/radosgw and .../radosgw-admin, which run them
-#   with the prefix's own dynamic loader and libraries (as CRIU is, see install-deps.sh). The
-#   suite is NOT added to the system's apt sources: a private apt configuration under
-#   $NESTBOX_HOME/deps/radosgw-work is used, and the .debs are removed once unpacked.
-# * Why radosgw: `rclone serve s3` needs rclone >= 1.65, but bookworm and trixie ship 1.60,
-#   forky has no rclone, and sid's 1.75 is built without `serve s3`; MinIO, Garage,
-#   SeaweedFS and versitygw are not in Debian. radosgw is the one S3 server Debian packages.
-# Set NESTBOX_FORCE_S3_SERVER=1 to reinstall; NESTBOX_S3_SERVER_SUITE (default forky) and
-# NESTBOX_S3_SERVER_MIN (default 18) to pick another suite.
+# * python3-swift and the whole closure of its Depends (a Python 3.11, its modules and
+#   libraries, libc6 included) from Debian bookworm are unpacked into the private prefix
+#   $NESTBOX_HOME/deps/swift and started through the wrapper
+#   $NESTBOX_HOME/deps/bin/nestbox-s3-python, which runs that Python with the prefix's own
+#   dynamic loader, libraries and modules (as CRIU is run, see install-deps.sh): the host's
+#   Python and apt state are not touched. A private apt configuration under
+#   $NESTBOX_HOME/deps/swift-work is used; the .debs are removed once unpacked.
+# * Why Swift: `rclone serve s3` needs rclone >= 1.65, but bookworm and trixie ship 1.60,
+#   forky has none and sid's 1.75 is built without `serve s3`; MinIO, Garage, SeaweedFS and
+#   versitygw are not in Debian. Ceph's radosgw (trixie, forky) runs standalone on its dbstore
+#   backend, but there a multipart upload stores the last part in place of every part, and
+#   its POSIX driver lists deleted and duplicate keys (seen with radosgw 18.2 and 20.2).
+# Set NESTBOX_FORCE_S3_SERVER=1 to reinstall; NESTBOX_S3_SERVER_SUITE (default bookworm).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,31 +26,30 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$SCRIPT_DIR/lib.sh"
 
 export DEBIAN_FRONTEND=noninteractive
-SUITE="${NESTBOX_S3_SERVER_SUITE:-forky}"
-MIN="${NESTBOX_S3_SERVER_MIN:-18}"
-PREFIX="$NESTBOX_DEPS_DIR/radosgw"
-WORK="$NESTBOX_DEPS_DIR/radosgw-work"
-WRAPPER="$NESTBOX_BIN_DIR/radosgw"
-ADMIN_WRAPPER="$NESTBOX_BIN_DIR/radosgw-admin"
+SUITE="${NESTBOX_S3_SERVER_SUITE:-bookworm}"
+PREFIX="$NESTBOX_DEPS_DIR/swift"
+WORK="$NESTBOX_DEPS_DIR/swift-work"
+WRAPPER="$NESTBOX_BIN_DIR/nestbox-s3-python"
+[ -n "$NESTBOX_DEPS_DIR" ] && [ -n "$NESTBOX_BIN_DIR" ] || die "NESTBOX_DEPS_DIR/NESTBOX_BIN_DIR unset"
 
-rgw_ok() {
-  [ -x "$WRAPPER" ] && [ -x "$ADMIN_WRAPPER" ] || return 1
-  local v; v="$("$WRAPPER" --version 2>/dev/null | awk '/ceph version/{print $3; exit}')"
-  [ -n "$v" ] && [ "${v%%.*}" -ge "$MIN" ]
+s3_ok() {
+  [ -x "$WRAPPER" ] && "$WRAPPER" -c 'import swift.common.middleware.s3api, swift.proxy.server, swift.obj.server, pkg_resources' >/dev/null 2>&1
 }
+swift_version() { awk '$2 == "python3-swift" {print $4}' "$PREFIX/PACKAGES" 2>/dev/null; }
+s3_cached() { [ -x "$WRAPPER" ] && [ -f "$PREFIX/PACKAGES" ] && "$WRAPPER" -c 'import swift' >/dev/null 2>&1; }
 
-if [ "${NESTBOX_FORCE_S3_SERVER:-0}" != "1" ] && rgw_ok; then
-  step_cached "s3 server" "$("$WRAPPER" --version | head -1 | cut -d' ' -f1-3) at $WRAPPER"
+if [ "${NESTBOX_FORCE_S3_SERVER:-0}" != "1" ] && s3_cached; then
+  step_cached "s3 server" "swift $(swift_version) with s3api, $WRAPPER"
   exit 0
 fi
 
-step_begin "s3 server: radosgw from $SUITE (private apt config)"
+step_begin "s3 server: swift from $SUITE (private apt config)"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$KEYRING" ] || die "$KEYRING is missing (package debian-archive-keyring)"
 mkdir -p "$WORK"/{etc/sources.list.d,etc/preferences.d,state/lists/partial,cache/archives/partial}
 : >"$WORK/state/status" # empty dpkg status: resolve the full closure
 echo "deb [signed-by=$KEYRING] $NESTBOX_DEBIAN_MIRROR $SUITE main" >"$WORK/etc/sources.list"
-cat >"$WORK/apt.conf" <<EOF
+cat >"$WORK/apt.conf" <<APTCONF
 Dir::Etc::SourceList "$WORK/etc/sources.list";
 Dir::Etc::SourceParts "$WORK/etc/sources.list.d";
 Dir::Etc::Preferences "$WORK/etc/preferences";
@@ -60,19 +62,18 @@ APT::Architectures { "amd64"; };
 APT::Sandbox::User "root";
 Debug::NoLocking "true";
 Acquire::Languages "none";
-EOF
+APTCONF
 papt() { APT_CONFIG="$WORK/apt.conf" "$@"; }
 
 log "  apt-get update ($SUITE main, private state in $WORK)"
 papt apt-get update -q 2>&1 | sed 's/^/[nestbox]   apt: /' >&2
-CAND="$(papt apt-cache policy radosgw | awk '/Candidate:/{print $2}')"
+CAND="$(papt apt-cache policy python3-swift | awk '/Candidate:/{print $2}')"
 case "$CAND" in
-  ''|'(none)') die "no radosgw in Debian $SUITE" ;;
+  ''|'(none)') die "no python3-swift in Debian $SUITE" ;;
 esac
-[ "${CAND%%.*}" -ge "$MIN" ] 2>/dev/null || die "radosgw in $SUITE is $CAND, need >= $MIN"
-log "  radosgw candidate: $CAND"
+log "  python3-swift candidate: $CAND"
 mapfile -t PKGS < <(papt apt-cache depends --recurse --no-recommends --no-suggests \
-    --no-conflicts --no-breaks --no-replaces --no-enhances radosgw \
+    --no-conflicts --no-breaks --no-replaces --no-enhances python3-swift \
   | grep -v '^[ <]' | sort -u)
 log "  packages: ${#PKGS[@]}"
 rm -rf "$WORK/debs"; mkdir -p "$WORK/debs"
@@ -80,13 +81,13 @@ rm -rf "$WORK/debs"; mkdir -p "$WORK/debs"
 NDEBS=$(find "$WORK/debs" -name '*.deb' | wc -l)
 [ "$NDEBS" -eq "${#PKGS[@]}" ] || die "downloaded $NDEBS of ${#PKGS[@]} packages into $WORK/debs"
 
-STAGE="$NESTBOX_DEPS_DIR/.radosgw-stage.$$"
+STAGE="$NESTBOX_DEPS_DIR/.swift-stage.$$"
 rm -rf "$STAGE"; mkdir -p "$STAGE"
 for deb in "$WORK"/debs/*.deb; do
   dpkg -x "$deb" "$STAGE"
 done
-[ -x "$STAGE/usr/bin/radosgw" ] || die "radosgw binary missing after unpacking"
-[ -e "$STAGE/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" ] || die "private ld-linux-x86-64.so.2 missing after unpacking"
+PYBIN="$(cd "$STAGE/usr/bin" && ls | grep -E '^python3\.[0-9]+$' | sort -V | tail -1)"
+[ -n "$PYBIN" ] || die "no python3.x binary after unpacking"
 for deb in "$WORK"/debs/*.deb; do
   dpkg-deb -f "$deb" Package Version | paste -sd' '
 done >"$STAGE/PACKAGES"
@@ -96,21 +97,24 @@ rm -rf "$PREFIX.old"
 mv "$STAGE" "$PREFIX"
 rm -rf "$PREFIX.old"
 
+LOADER="$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+[ -e "$LOADER" ] || LOADER="$PREFIX/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+[ -e "$LOADER" ] || die "private ld-linux-x86-64.so.2 missing after unpacking"
+# Library search path: the prefix's shared-library directories (Python's own modules excluded).
 LIBPATH="$(cd "$PREFIX" && find . -name '*.so*' \( -type f -o -type l \) -printf '%h\n' \
-  | sort -u | grep -v '/gconv$' | sed "s|^\.|$PREFIX|" | paste -sd:)"
+  | grep -v -e '/gconv$' -e 'python3' | sort -u | sed "s|^\.|$PREFIX|" | paste -sd:)"
 mkdir -p "$NESTBOX_BIN_DIR"
-for prog in radosgw radosgw-admin; do
-  cat >"$NESTBOX_BIN_DIR/$prog.tmp" <<EOF
+cat >"$WRAPPER.tmp" <<WRAP
 #!/bin/sh
-# Generated by nestbox scripts/install-s3-server.sh: $prog $CAND from Debian $SUITE, run with
-# its own dynamic loader and libraries from $PREFIX.
-exec "$PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \\
-  --library-path "$LIBPATH" \\
-  --argv0 $prog \\
-  "$PREFIX/usr/bin/$prog" "\$@"
-EOF
-  chmod 0755 "$NESTBOX_BIN_DIR/$prog.tmp"
-  mv "$NESTBOX_BIN_DIR/$prog.tmp" "$NESTBOX_BIN_DIR/$prog"
-done
-rgw_ok || die "$WRAPPER --version does not report >= $MIN: $("$WRAPPER" --version 2>&1 | head -3)"
-step_done "s3 server: radosgw from $SUITE" "$("$WRAPPER" --version | head -1 | cut -d' ' -f1-3), $(du -sh "$PREFIX" | cut -f1)"
+# Generated by nestbox scripts/install-s3-server.sh: $PYBIN with python3-swift $CAND from
+# Debian $SUITE, run with its own dynamic loader, libraries and modules from $PREFIX.
+export PYTHONHOME="$PREFIX/usr"
+export PYTHONPATH="$PREFIX/usr/lib/python3/dist-packages"
+export PYTHONNOUSERSITE=1
+export NESTBOX_S3_PYTHON="$WRAPPER"
+exec "$LOADER" --library-path "$LIBPATH" --argv0 "$PREFIX/usr/bin/$PYBIN" "$PREFIX/usr/bin/$PYBIN" "\$@"
+WRAP
+chmod 0755 "$WRAPPER.tmp"
+mv "$WRAPPER.tmp" "$WRAPPER"
+s3_ok || die "$WRAPPER cannot import swift's s3api: $("$WRAPPER" -c 'import swift.common.middleware.s3api' 2>&1 | tail -3)"
+step_done "s3 server: swift from $SUITE" "swift $(swift_version), $(du -sh "$PREFIX" | cut -f1)"

@@ -1,5 +1,5 @@
 import {
-  CreateBucketCommand, DeleteObjectsCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  CreateBucketCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
   ListObjectsV2Command, PutObjectCommand, S3Client, DeleteObjectCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -33,8 +33,8 @@ const PART_SIZE = 16 * 1024 * 1024;
 const QUEUE_SIZE = 2;
 
 /**
- * Snapshots in an S3-compatible object store: `<prefix><id>/snapshot.json`, `checkpoint.tar`,
- * `disk.tar` (the sparse disk packed by tar: its holes are not uploaded) and, written last,
+ * Snapshots in an S3-compatible object store: `<prefix><id>/snapshot.json`, `checkpoint` (a
+ * tar of the images), `disk` (the sparse disk packed by tar: its holes are not uploaded) and, written last,
  * `<prefix><id>/manifest.json` with the sha256 and size of each. Uploads stream (multipart,
  * bounded memory); downloads go to a local file first, are checked against the manifest, and
  * only then unpacked, into a temporary directory renamed into place.
@@ -71,8 +71,9 @@ export class S3SnapshotStore implements SnapshotStore {
   }
 
   async put(id: string, staging: string): Promise<void> {
-    // A manifest from an earlier snapshot of this id would vouch for objects being replaced.
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(id, MANIFEST) }));
+    // What an earlier put of this id left (a manifest would vouch for objects being replaced;
+    // and some servers refuse to overwrite an object made by a multipart upload).
+    await this.delete(id);
     const objects: ManifestEntry[] = [];
     for (const name of await objectsOf(staging)) objects.push(await this.upload(id, staging, name));
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
@@ -178,8 +179,11 @@ export class S3SnapshotStore implements SnapshotStore {
 
   async delete(id: string): Promise<void> {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(id, MANIFEST) }));
-    const keys = [...((await this.scan(id)).get(id) ?? [])].map((n) => ({ Key: this.key(id, n) }));
-    if (keys.length) await this.client.send(new DeleteObjectsCommand({ Bucket: this.cfg.bucket, Delete: { Objects: keys, Quiet: true } }));
+    // One by one (a snapshot has four objects at most): some servers want a Content-MD5 on a
+    // multi-object delete, which the SDK no longer sends.
+    for (const name of (await this.scan(id)).get(id) ?? []) {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(id, name) }));
+    }
   }
 
   /** Nothing in the local directory outlives a restart: the store holds every snapshot. */

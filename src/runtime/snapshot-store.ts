@@ -17,10 +17,11 @@ import { S3SnapshotStore, type S3StoreConfig } from './s3-snapshot-store.ts';
  *   checkpoint/       CRIU's images (only with memory), owned by the sandbox's mapped root
  *   disk.img          the sandbox's disk, a sparse ext4 image
  *
- * and is stored as (at most) three objects: `snapshot.json`, `checkpoint.tar` and `disk.tar`,
- * the last two being the canonical tar streams of the directory and of the image (GNU tar,
- * names sorted, mtimes zeroed, numeric owners, the disk `--sparse`: its holes are not
- * stored). A snapshot is complete only once its manifest (the sha256 and size of every
+ * and is stored as (at most) three objects: `snapshot.json`, `checkpoint` and `disk`, the
+ * last two being the canonical tar streams of the directory and of the image (GNU tar, names
+ * sorted, mtimes zeroed, numeric owners, the disk `--sparse`: its holes are not stored). The
+ * names of multipart objects carry no dot: radosgw's POSIX driver (the local test server)
+ * loses multipart uploads of keys with one. A snapshot is complete only once its manifest (the sha256 and size of every
  * object) is written, and it is written last; readers ignore snapshots without one, and a
  * download checks every object against it before it is unpacked.
  *
@@ -72,7 +73,7 @@ export interface SnapshotStore {
 }
 
 export const MANIFEST = 'manifest.json';
-export const OBJECT_NAMES = ['snapshot.json', 'checkpoint.tar', 'disk.tar'] as const;
+export const OBJECT_NAMES = ['snapshot.json', 'checkpoint', 'disk'] as const;
 export type ObjectName = (typeof OBJECT_NAMES)[number];
 
 export interface ManifestEntry {
@@ -122,8 +123,8 @@ export function localSnapshot(dir: string) {
 export async function objectsOf(dir: string): Promise<ObjectName[]> {
   const l = localSnapshot(dir);
   const out: ObjectName[] = ['snapshot.json'];
-  if (await exists(l.images)) out.push('checkpoint.tar');
-  if (await exists(l.diskImage)) out.push('disk.tar');
+  if (await exists(l.images)) out.push('checkpoint');
+  if (await exists(l.diskImage)) out.push('disk');
   return out;
 }
 
@@ -138,8 +139,8 @@ export function objectStream(dir: string, name: ObjectName): { stream: Readable;
     const stream = createReadStream(path.join(dir, 'snapshot.json'));
     return { stream, done: Promise.resolve() };
   }
-  const member = name === 'checkpoint.tar' ? 'checkpoint' : 'disk.img';
-  const args = ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk.tar' ? ['--sparse'] : []), '-cf', '-', '--', member];
+  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
+  const args = ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk' ? ['--sparse'] : []), '-cf', '-', '--', member];
   const child = spawn('tar', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
@@ -183,7 +184,7 @@ export async function unpackObject(file: string, name: ObjectName, into: string)
   if (name === 'snapshot.json') throw new Error('snapshot.json is not unpacked');
   // Only the one member the object is made of; owners and modes as stored (the images belong
   // to the sandbox's mapped root, 0600).
-  const member = name === 'checkpoint.tar' ? 'checkpoint' : 'disk.img';
+  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
   await run(['tar', '-C', into, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file, '--', member]);
 }
 

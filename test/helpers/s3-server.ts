@@ -1,14 +1,16 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { run } from '../../src/runtime/command.ts';
+import { fileURLToPath } from 'node:url';
 import type { S3StoreConfig } from '../../src/runtime/s3-snapshot-store.ts';
 
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** Installed by scripts/install-s3-server.sh (run by scripts/setup.sh). */
-const BIN_DIR = process.env.NESTBOX_S3_SERVER_BIN_DIR ?? path.join(process.env.NESTBOX_HOME ?? '/var/lib/nestbox', 'deps/bin');
+const PYTHON = process.env.NESTBOX_S3_PYTHON ?? path.join(process.env.NESTBOX_HOME ?? '/var/lib/nestbox', 'deps/bin/nestbox-s3-python');
+/** Swift stores xattrs: the directory must be on a file system that has them (not every tmpfs does). */
+const ROOT = process.env.NESTBOX_TEST_ROOT ?? '/var/lib/nestbox/test';
 
 export interface TestS3Server {
   endpoint: string;
@@ -22,58 +24,43 @@ export interface TestS3Server {
 }
 
 /**
- * A real S3 server for tests: radosgw (Ceph's RADOS Gateway) on its SQLite "dbstore" backend,
+ * A real S3 server for tests: OpenStack Swift with its s3api middleware (scripts/s3-server.py),
  * in a temporary directory, on a free loopback port, with a user of random credentials.
  */
 export async function startS3Server(): Promise<TestS3Server> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'nestbox-s3-'));
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(ROOT, { recursive: true });
+  const dir = await mkdtemp(path.join(ROOT, 's3-'));
   const port = await freePort();
-  const conf = path.join(dir, 'ceph.conf');
-  await mkdir(path.join(dir, 'db'));
-  await mkdir(path.join(dir, 'run'));
-  await writeFile(conf, [
-    '[global]',
-    'log to stderr = false',
-    `log file = ${dir}/radosgw.log`,
-    'debug rgw = 1',
-    'admin socket =',
-    '[client]',
-    'rgw backend store = dbstore',
-    'rgw config store = dbstore',
-    `dbstore config uri = file:${dir}/db/config.db`,
-    `dbstore db dir = ${dir}/db`,
-    `rgw data = ${dir}/data`,
-    `run dir = ${dir}/run`,
-    `rgw frontends = beast endpoint=127.0.0.1:${port}`,
-    'rgw enable usage log = false',
-    '',
-  ].join('\n'));
-  const common = ['--no-mon-config', '-c', conf, '-n', 'client.rgw.nestbox'];
-  const accessKeyId = 'NB' + randomBytes(9).toString('hex').toUpperCase();
-  const secretAccessKey = randomBytes(24).toString('base64url');
-  await run([path.join(BIN_DIR, 'radosgw-admin'), ...common, 'user', 'create', '--uid=nestbox', '--display-name=nestbox',
-    `--access-key=${accessKeyId}`, `--secret-key=${secretAccessKey}`]);
-  const child: ChildProcess = spawn(path.join(BIN_DIR, 'radosgw'), ['-f', ...common], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
+  const accessKeyId = `nestbox:t${randomBytes(6).toString('hex')}`;
+  const secretAccessKey = randomBytes(24).toString('hex');
+  const child: ChildProcess = spawn(
+    PYTHON,
+    [path.join(repoRoot, 'scripts/s3-server.py'), '--dir', dir, '--port', String(port), '--access-key', accessKeyId, '--secret-key', secretAccessKey],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   const endpoint = `http://127.0.0.1:${port}`;
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exited;
       clearTimeout(t);
     }
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`radosgw exited ${child.exitCode}: ${stderr}${await readFile(path.join(dir, 'radosgw.log'), 'utf8').catch(() => '')}`);
-      const ok = await fetch(endpoint + '/').then((r) => r.ok, () => false);
-      if (ok) break;
-      if (Date.now() > deadline) throw new Error(`radosgw did not answer on ${endpoint} within 30 s`);
+    const deadline = Date.now() + 90_000;
+    while (!out.includes(`ready ${endpoint}`)) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        const logs = await readFile(path.join(dir, 'log', 'proxy.log'), 'utf8').catch(() => '');
+        throw new Error(`the S3 server exited (${child.exitCode ?? child.signalCode}): ${out}\n${logs}`);
+      }
+      if (Date.now() > deadline) throw new Error(`the S3 server did not answer on ${endpoint} within 90 s: ${out}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   } catch (e) {
