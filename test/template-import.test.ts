@@ -99,6 +99,15 @@ describe('template import', () => {
     await assert.rejects(store.import('../x', fromBuffer(Buffer.alloc(0))), /invalid template name/);
   });
 
+  test('two imports of one name at once: one wins, the other is refused, nothing left over', async () => {
+    const archive = await dockerSaveArchive({ layers: await sampleLayers(), ...SAMPLE_CONFIG });
+    const results = await Promise.allSettled([store.import('twice', fromBuffer(archive)), store.import('twice', fromBuffer(archive))]);
+    assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+    assert.match(String((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason), /being imported/);
+    assert.equal(await leftovers(), 0);
+    await store.delete('twice', async () => []);
+  });
+
   test('delete: refused while in use, then removed', async () => {
     await assert.rejects(store.delete('oci', async () => ['abc']), /in use by 1 sandbox/);
     await store.delete('oci', async () => []);

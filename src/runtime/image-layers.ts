@@ -79,10 +79,7 @@ export async function applyLayer(root: string, file: string, label: string, opts
   });
   const extract = tar.extract();
   const feeding = kind === 'gzip' ? pipeline(source, counter, createGunzip(), extract) : pipeline(source, counter, extract);
-  let failure: unknown = null;
-  feeding.catch((e) => {
-    failure ??= e;
-  });
+  feeding.catch(() => undefined); // reported through the iterator below
   let current = '';
   try {
     for await (const entry of extract) {

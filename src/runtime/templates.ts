@@ -183,11 +183,14 @@ export class TemplateStore {
    * Nothing is visible under the name until the whole image is in place.
    */
   async import(name: string, source: Readable, opts: { owner?: string | null; onEvent?: (e: ImportEvent) => void } = {}): Promise<TemplateInfo> {
-    await this.checkImportable(name);
-    this.busy.add(name);
+    assertName(name);
+    if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in`);
+    if (this.busy.has(name)) throw conflict(`template "${name}" is being imported or deleted`);
+    this.busy.add(name); // before any await: a second import of the name is refused at once
     const staging = path.join(this.cfg.templatesDir, `.import-${name}-${randomBytes(4).toString('hex')}`);
     const emit = opts.onEvent ?? (() => undefined);
     try {
+      if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
       await mkdir(this.cfg.templatesDir, { recursive: true, mode: 0o755 });
       await mkdir(staging, { mode: 0o700 });
       await writeFile(path.join(staging, OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
@@ -241,8 +244,12 @@ export class TemplateStore {
       await removeTree(spool);
       await writeFile(path.join(staging, 'template.json'), JSON.stringify(meta, null, 2) + '\n', { mode: 0o644 });
       await chmod(staging, 0o755); // the sandboxes' mapped root must reach rootfs
+      // Another agent sharing the directory may have taken the name meanwhile: rename refuses
+      // to replace a directory that is not empty, and exists() covers an empty one.
       if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
-      await rename(staging, templateDir(this.cfg, name));
+      await rename(staging, templateDir(this.cfg, name)).catch((e: NodeJS.ErrnoException) => {
+        throw e.code === 'ENOTEMPTY' || e.code === 'EEXIST' ? conflict(`template "${name}" already exists`) : e;
+      });
       await rm(path.join(templateDir(this.cfg, name), OWNER_FILE), { force: true });
       return { name, builtin: false, meta };
     } catch (e) {
@@ -263,10 +270,10 @@ export class TemplateStore {
     assertName(name);
     if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in and cannot be deleted`);
     if (this.busy.has(name)) throw conflict(`template "${name}" is being imported or deleted`);
-    const dir = templateDir(this.cfg, name);
-    if (!(await lstat(dir).catch(() => null))) throw notFound(`template "${name}" is not on this node`);
     this.busy.add(name);
+    const dir = templateDir(this.cfg, name);
     try {
+      if (!(await lstat(dir).catch(() => null))) throw notFound(`template "${name}" is not on this node`);
       const users = await inUse();
       if (users.length) {
         throw conflict(`template "${name}" is in use by ${users.length} sandbox${users.length === 1 ? '' : 'es'} (${users.slice(0, 5).join(', ')}${users.length > 5 ? ', ...' : ''})`);
