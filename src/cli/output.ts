@@ -2,7 +2,6 @@
 // exit 1, never a stack trace), JSON and table output, and a progress spinner on stderr.
 import { InvalidArgumentError, type Command } from 'commander';
 import Table from 'cli-table3';
-import ora from 'ora';
 import { resolveAdminConfig, type AdminOptionValues } from './admin-key.ts';
 import { ApiClient, CliError, resolveConfig, type ApiConfig } from './api-client.ts';
 
@@ -52,6 +51,8 @@ function contextWith(config: ApiConfig, json: boolean): Context {
     async progress(text, fn) {
       // Not on a terminal of unknown width either: ora would loop clearing "infinitely many" lines.
       if (json || !process.stderr.isTTY || !(process.stderr.columns > 0)) return fn();
+      // Loaded here, not at start: the spinner's packages are most of what a CLI call would load.
+      const { default: ora } = await import('ora');
       const spinner = ora({ text, stream: process.stderr, discardStdin: false }).start();
       try {
         const out = await fn();
