@@ -533,3 +533,26 @@ describe('nestbox sandbox exec', () => {
     }
   });
 });
+
+describe('the built CLI', () => {
+  test('scripts/build-cli.mjs builds dist/cli, which runs the commands as the sources do (exec and files included)', async () => {
+    const root = path.join(import.meta.dirname, '..');
+    const run = (cmd: string, args: string[]) =>
+      new Promise<Run>((resolve) => {
+        execFile(cmd, args, { cwd: root, env: { ...process.env, E2B_API_URL: apiUrl, E2B_API_KEY: apiKey, NESTBOX_CONTROL_DIR: controlDir }, timeout: 60_000 },
+          (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }));
+      });
+    ok(await run(process.execPath, ['scripts/build-cli.mjs']));
+    const built = path.join(root, 'dist', 'cli', 'main.mjs');
+    const s = fake.seed({ teamId, metadata: { built: 'yes' } });
+    const listed = JSON.parse(ok(await run(process.execPath, [built, 'sandbox', 'list', '--metadata', 'built=yes', '--json'])).stdout);
+    assert.deepEqual(listed.map((x: any) => x.sandboxID), [s.sandboxId]);
+    assert.match(ok(await run(process.execPath, [built, '--help'])).stdout, /^Usage: nestbox/);
+    // The e2b SDK is bundled: exec loads it (and fails only for want of a sandbox proxy).
+    const exec = await run(process.execPath, [built, 'sandbox', 'exec', '--sandbox-url', 'http://127.0.0.1:9', s.sandboxId, '--', 'true']);
+    assert.equal(exec.code, 1);
+    assert.match(exec.stderr, /^error: cannot reach the sandbox proxy at http:\/\/127\.0\.0\.1:9/);
+    // Fresh: --if-stale (what setup runs) leaves it as it is.
+    ok(await run(process.execPath, ['scripts/build-cli.mjs', '--if-stale']));
+  });
+});
