@@ -77,7 +77,7 @@ describe('nestbox sandbox exec', () => {
     assert.equal(r.stdout, 'a b c;d $HOME\n');
     const py = ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--', 'python3', '-c', 'import sys; print(sys.argv[1:])', "it's", '*']));
     assert.equal(py.stdout, `["it's", '*']\n`);
-    assert.equal(ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--shell', 'echo $HOME']))).stdout, '/home/user\n');
+    assert.equal(ok(await nestbox(['sandbox', 'exec', sbx.sandboxId, '--shell', 'echo $HOME'])).stdout, '/home/user\n');
   });
 
   test("exits with the command's exit code, output kept", async () => {
