@@ -162,6 +162,11 @@ describe('nestbox template', () => {
     assert.equal(res.status, 201);
     const t = await res.json();
     assert.equal(t.workdir, '/srv/data');
+    const got = await fetch(`${apiUrl}/nestbox/v1/templates/plain`, { headers: { 'X-API-Key': apiKey } });
+    assert.equal(got.status, 200);
+    assert.equal((await got.json()).user, 'app');
+    assert.equal((await fetch(`${apiUrl}/nestbox/v1/templates/plain`, { headers: { 'X-API-Key': otherKey } })).status, 404);
+    assert.equal((await fetch(`${apiUrl}/nestbox/v1/templates/plain`)).status, 401);
     const evil = await fetch(`${apiUrl}/nestbox/v1/templates?name=evil2`, {
       method: 'POST', headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/x-tar' }, body: new Uint8Array(await readFile(path.join(work, 'evil.tar'))),
     });
