@@ -8,7 +8,7 @@
 // bundled. The server side (`up`, `agent`, `server`) is not: it reads files next to its sources
 // (migrations, hooks, package.json), so bin/nestbox runs those commands from the sources.
 // --if-stale: do nothing when dist/cli/main.mjs is newer than every source and the lockfile.
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -54,10 +54,13 @@ const serverSide = {
 };
 
 const started = Date.now();
-rmSync(outdir, { recursive: true, force: true }); // no chunks of an earlier build left behind
+// Built aside, then swapped in: a CLI call running meanwhile never sees half a build, and no
+// chunk of an earlier build is left behind.
+const staging = `${outdir}.build-${process.pid}`;
+rmSync(staging, { recursive: true, force: true });
 await esbuild.build({
   entryPoints: { main: entry },
-  outdir,
+  outdir: staging,
   bundle: true,
   splitting: true,
   format: 'esm',
@@ -73,4 +76,12 @@ await esbuild.build({
   logLevel: 'warning',
   legalComments: 'none',
 });
+const old = `${outdir}.old-${process.pid}`;
+try {
+  renameSync(outdir, old);
+} catch (e) {
+  if (e.code !== 'ENOENT') throw e;
+}
+renameSync(staging, outdir);
+rmSync(old, { recursive: true, force: true });
 process.stderr.write(`[nestbox] built the CLI into ${path.relative(repo, outdir)}/ in ${Date.now() - started} ms\n`);
