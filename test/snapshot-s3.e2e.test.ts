@@ -20,7 +20,9 @@ let b: TestAgent;
 const bucket = `nestbox-e2e-${randomBytes(3).toString('hex')}`;
 
 before(async () => {
+  const t0 = performance.now();
   s3 = await startS3Server();
+  process.stdout.write(`# the S3 server (swift) answered after ${(performance.now() - t0).toFixed(0)} ms\n`);
   // Two nodes: each its own data directory and local snapshot directory, one bucket.
   a = await startTestAgent({ config: { s3: s3.storeConfig(bucket, 'snapshots/') } });
   b = await startTestAgent({ config: { s3: s3.storeConfig(bucket, 'snapshots/') } });
@@ -149,6 +151,15 @@ while True: time.sleep(1)" >/dev/null 2>&1 & head -c 33554432 /dev/urandom > /ho
         await new Promise((r) => setTimeout(r, 500));
         const pause: number[] = [];
         const resume: number[] = [];
+        // The part of a pause spent storing the snapshot (hashing it; for S3, uploading it too).
+        const store = t.agent.runtime.store;
+        const put = store.put.bind(store);
+        const stored: number[] = [];
+        store.put = async (sid, staging) => {
+          const t0 = performance.now();
+          await put(sid, staging);
+          stored.push(performance.now() - t0);
+        };
         for (let i = 0; i < rounds; i++) {
           let t0 = performance.now();
           await t.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
@@ -157,9 +168,10 @@ while True: time.sleep(1)" >/dev/null 2>&1 & head -c 33554432 /dev/urandom > /ho
           await t.json('POST', `/v1/sandboxes/${id}/resume`);
           resume.push(performance.now() - t0);
         }
+        store.put = put;
         await t.json('DELETE', `/v1/sandboxes/${id}`);
         const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!.toFixed(0);
-        rows.push(`${name.padEnd(9)} pause ${pause.map((x) => x.toFixed(0)).join('/')} ms (median ${med(pause)}), resume ${resume.map((x) => x.toFixed(0)).join('/')} ms (median ${med(resume)})`);
+        rows.push(`${name.padEnd(9)} pause ${pause.map((x) => x.toFixed(0)).join('/')} ms (median ${med(pause)}; of which storing ${stored.map((x) => x.toFixed(0)).join('/')}), resume ${resume.map((x) => x.toFixed(0)).join('/')} ms (median ${med(resume)})`);
       }
     } finally {
       await dirAgent.stop();

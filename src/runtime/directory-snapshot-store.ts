@@ -125,8 +125,8 @@ export class DirectorySnapshotStore implements SnapshotStore {
 
   /** Writes the manifest of a local snapshot directory (atomically, durably). */
   private async seal(id: string, dir: string): Promise<void> {
-    const objects = [];
-    for (const name of await objectsOf(dir)) objects.push(await hashObject(dir, name));
+    // The objects are hashed side by side (tar reads one while the other is hashed).
+    const objects = await Promise.all((await objectsOf(dir)).map((name) => hashObject(dir, name)));
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
     const tmp = path.join(dir, `.${MANIFEST}.tmp`);
     const f = await open(tmp, 'w', 0o600);
