@@ -142,6 +142,15 @@ describe('nestbox template', () => {
     const other = JSON.parse(ok(await nestbox(['template', 'list', '--json'], { E2B_API_KEY: otherKey })).stdout);
     assert.deepEqual(other.map((t: any) => t.name), ['base']);
     fails(await nestbox(['template', 'delete', 'img'], { E2B_API_KEY: otherKey }), /^error: template "img" not found \(HTTP 404\)$/);
+    // Nor can it start sandboxes of them; the owner can.
+    const create = (key: string, template: string) => fetch(`${apiUrl}/sandboxes`, {
+      method: 'POST', headers: { 'X-API-Key': key, 'Content-Type': 'application/json' }, body: JSON.stringify({ templateID: template }),
+    });
+    const refused = await create(otherKey, 'img');
+    assert.equal(refused.status, 404);
+    assert.equal((await refused.json()).message, 'template "img" not found');
+    assert.equal((await create(apiKey, 'img')).status, 201);
+    assert.equal((await create(otherKey, 'base')).status, 201);
   });
 
   test('import refused: a hostile archive (the entry named, nothing left), a name taken, a bad name, a missing file', async () => {

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { Type, type TSchema } from 'typebox';
+import { notFound } from '../../core/errors.ts';
 import type { LifecycleApi, SandboxView } from '../lifecycle-types.ts';
 import { teamOf } from './auth.ts';
 import { createParams } from './create-params.ts';
@@ -16,6 +17,8 @@ import { publicState, renderCreated, renderDetail, renderListed, renderMetric, s
 export interface SandboxRoutesOptions {
   lifecycle: LifecycleApi;
   render: RenderContext;
+  /** Whether the team may start sandboxes of the template (another team's import: no). */
+  templateAllowed?: (teamId: string, template: string) => Promise<boolean>;
 }
 
 const LEGACY_LIST_MAX_PAGES = 100;
@@ -35,7 +38,13 @@ function refuseColdResume(memory: boolean | undefined) {
 }
 
 /** The E2B sandbox routes. Every handler: validate, authenticate, one lifecycle call, render. */
-export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = async (app, { lifecycle, render }) => {
+export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = async (app, { lifecycle, render, templateAllowed }) => {
+  /** Creates, once the team is known to be allowed the template (as an unknown one otherwise). */
+  async function create(p: ReturnType<typeof createParams>) {
+    if (templateAllowed && !(await templateAllowed(p.teamId, p.templateId))) throw notFound(`template "${p.templateId}" not found`);
+    return lifecycle.create(p);
+  }
+
   /** A sandbox the caller may see; hidden (going or gone) ones are 404 like unknown ones. */
   async function visible(teamId: string, sandboxId: string): Promise<SandboxView> {
     const view = await lifecycle.get(teamId, sandboxId);
@@ -56,7 +65,7 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = as
       },
     },
     async (req, reply) => {
-      const view = await lifecycle.create(createParams(teamOf(req), req.body));
+      const view = await create(createParams(teamOf(req), req.body));
       return reply.code(201).send(renderCreated(view, render));
     },
   );
@@ -73,7 +82,7 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = as
       },
     },
     async (req, reply) => {
-      const view = await lifecycle.create(createParams(teamOf(req), req.body));
+      const view = await create(createParams(teamOf(req), req.body));
       return reply.code(201).send(renderCreated(view, render));
     },
   );

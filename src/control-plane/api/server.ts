@@ -13,7 +13,7 @@ import { sandboxRoutes } from './sandboxes.ts';
 import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
-import { templateRoutes } from './templates.ts';
+import { templateAccess, templateRoutes } from './templates.ts';
 import type { NodePool } from '../scheduler.ts';
 import { nodeRoutes } from './nodes.ts';
 import { validatorCompiler } from './validation.ts';
@@ -81,6 +81,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
   void app.register(sandboxRoutes, {
     lifecycle: opts.lifecycle,
     render: { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) },
+    templateAllowed: opts.nodes ? templateAccess(opts.nodes) : undefined,
   });
   if (opts.nodes) void app.register(templateRoutes, { nodes: opts.nodes, db: opts.db });
   if (opts.db) {

@@ -65,6 +65,24 @@ function templateNode(nodes: NodePool): HttpNodeClient {
   return node as HttpNodeClient;
 }
 
+/**
+ * Whether a team may start sandboxes of a template: `base`, templates without an owner and the
+ * team's own imports, yes; another team's import, no. A template no node has is left to the
+ * create to report; a node that cannot say is a retryable refusal (never a guess).
+ */
+export function templateAccess(nodes: NodePool) {
+  return async (teamId: string, name: string): Promise<boolean> => {
+    if (name === 'base') return true;
+    if (!nodes.all().some((n) => n instanceof HttpNodeClient)) return true; // no node imports: none is anyone's
+    try {
+      return visibleTo(await templateNode(nodes).getTemplate(name), teamId);
+    } catch (e) {
+      if (e instanceof NestboxError && (e.code === 'not_found' || e.code === 'invalid')) return true;
+      throw unavailable(`cannot check template "${name}" now; retry shortly`);
+    }
+  };
+}
+
 export const templateRoutes: FastifyPluginAsyncTypebox<TemplateRoutesOptions> = async (app, { nodes, db }) => {
   // The archive arrives as raw bytes and is handed on as a stream.
   app.addContentTypeParser(['application/x-tar', 'application/octet-stream', 'application/gzip'], (_req, payload, done) => done(null, payload));
