@@ -241,7 +241,8 @@ export class SandboxRuntime {
           await this.runc.runDetached(sandboxId, p.dir, p.runcLog);
         }
         await this.waitForInit(sandboxId, snap.memory);
-        await this.dropSnapshot(sandboxId);
+        // The sandbox runs: a snapshot that cannot be deleted now is left to the reconciler.
+        await this.dropSnapshot(sandboxId).catch((e) => process.stderr.write(`nestbox: ${sandboxId} resumed, its snapshot stays: ${msg(e)}\n`));
         return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
@@ -186,6 +187,16 @@ export async function unpackObject(file: string, name: ObjectName, into: string)
   // to the sandbox's mapped root, 0600).
   const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
   await run(['tar', '-C', into, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file, '--', member]);
+  // What a snapshot is made of, and nothing else: a plain disk image, a directory of plain files
+  // (a link here would be followed by the mount or by CRIU).
+  const st = await lstat(path.join(into, member));
+  const ok = name === 'disk' ? st.isFile() : st.isDirectory();
+  if (ok && name === 'checkpoint') {
+    for (const entry of await readdir(path.join(into, member))) {
+      if (!(await lstat(path.join(into, member, entry))).isFile()) throw new Error(`snapshot object ${name}: ${entry} is not a plain file`);
+    }
+  }
+  if (!ok) throw new Error(`snapshot object ${name}: ${member} is not a ${name === 'disk' ? 'plain file' : 'directory'}`);
 }
 
 /** The store a node's configuration names: S3 when `cfg.s3` is set, else the directory. */
