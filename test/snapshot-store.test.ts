@@ -7,7 +7,7 @@ import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aw
 import { newSandboxId } from '../src/core/ids.ts';
 import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
-import { ChecksumError, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
+import { ChecksumError, collectIncomplete, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
 import { TEST_ROOT } from './helpers/agent-harness.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
@@ -74,6 +74,8 @@ async function readAt(file: string, at: number, length: number): Promise<Buffer>
     await f.close();
   }
 }
+
+const incompleteIds = async (store: SnapshotStore) => (await store.listIncomplete()).map((s) => s.id);
 
 interface Impl {
   name: string;
@@ -147,7 +149,7 @@ for (const impl of impls) {
       await assert.rejects(stat(dir), 'the staging directory is consumed');
       assert.ok(await store.exists(id));
       assert.deepEqual(await store.list(), [id]);
-      assert.deepEqual(await store.listIncomplete(), []);
+      assert.deepEqual(await incompleteIds(store), []);
       assert.deepEqual(await store.meta(id), record);
       const stored = await impl.storedBytes(store, id);
       assert.ok(stored < IMAGE_BYTES + 2 * 1024 ** 2, `20 MiB of images and a 4 GiB sparse disk with 768 KiB of data store ${stored} bytes`);
@@ -181,13 +183,13 @@ for (const impl of impls) {
       await impl.dropManifest(store, id);
       assert.equal(await store.exists(id), false);
       assert.ok(!(await store.list()).includes(id));
-      assert.ok((await store.listIncomplete()).includes(id));
+      assert.ok((await incompleteIds(store)).includes(id));
       assert.equal(await store.meta(id), null);
       const into = path.join(base, `got-${id}`);
       await assert.rejects(store.get(id, into));
       await assert.rejects(stat(into), 'nothing is left where it would have gone');
       await store.delete(id);
-      assert.ok(!(await store.listIncomplete()).includes(id), 'delete collects it');
+      assert.ok(!(await incompleteIds(store)).includes(id), 'delete collects it');
     });
 
     test('a corrupted object fails its checksum and nothing is unpacked', async () => {
@@ -206,16 +208,21 @@ for (const impl of impls) {
       for (const id of [a, b, c]) await store.put(id, (await stage(id)).dir);
       await impl.dropManifest(store, c);
       assert.deepEqual((await store.list()).sort(), [a, b].sort());
-      assert.deepEqual(await store.listIncomplete(), [c]);
+      assert.deepEqual(await incompleteIds(store), [c]);
+      const [inc] = await store.listIncomplete();
+      assert.ok(Math.abs(inc!.modifiedAt.getTime() - Date.now()) < 60_000, `written just now (${inc!.modifiedAt.toISOString()})`);
+      assert.deepEqual(await collectIncomplete(store, 60_000), [], 'too young to collect');
+      assert.equal((await collectIncomplete(store, 60_000, Date.now() + 120_000)).length, 1, 'collected once old enough');
+      assert.deepEqual(await incompleteIds(store), []);
       await store.delete(a);
       assert.equal(await store.exists(a), false);
       assert.equal(await store.meta(a), null);
       assert.equal(await impl.storedBytes(store, a).catch(() => 0), 0, 'no object of it is left');
       assert.deepEqual(await store.list(), [b]);
       await store.delete(a); // idempotent
-      for (const id of [b, c]) await store.delete(id);
+      await store.delete(b);
       assert.deepEqual(await store.list(), []);
-      assert.deepEqual(await store.listIncomplete(), []);
+      assert.deepEqual(await incompleteIds(store), []);
     });
   });
 }

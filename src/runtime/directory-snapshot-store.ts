@@ -1,4 +1,4 @@
-import { chmod, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { isSandboxId } from '../core/ids.ts';
@@ -6,7 +6,7 @@ import { run } from './command.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
   ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
-  type Manifest, type SnapshotStore,
+  type IncompleteSnapshot, type Manifest, type SnapshotStore,
 } from './snapshot-store.ts';
 
 /**
@@ -92,9 +92,18 @@ export class DirectorySnapshotStore implements SnapshotStore {
     return out;
   }
 
-  async listIncomplete(): Promise<string[]> {
-    const out: string[] = [];
-    for (const name of await this.names()) if (!(await exists(path.join(this.root, name, MANIFEST)))) out.push(name);
+  async listIncomplete(): Promise<IncompleteSnapshot[]> {
+    const out: IncompleteSnapshot[] = [];
+    for (const name of await this.names()) {
+      const dir = path.join(this.root, name);
+      if (await exists(path.join(dir, MANIFEST))) continue;
+      let modifiedAt = (await stat(dir)).mtime;
+      for (const entry of await readdir(dir).catch(() => [] as string[])) {
+        const m = (await stat(path.join(dir, entry)).catch(() => null))?.mtime;
+        if (m && m > modifiedAt) modifiedAt = m;
+      }
+      out.push({ id: name, modifiedAt });
+    }
     return out;
   }
 

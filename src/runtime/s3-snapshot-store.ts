@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { isSandboxId } from '../core/ids.ts';
 import {
   ChecksumError, hashing, localSnapshot, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
-  type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
+  type IncompleteSnapshot, type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
 } from './snapshot-store.ts';
 
 export interface S3StoreConfig {
@@ -170,18 +170,18 @@ export class S3SnapshotStore implements SnapshotStore {
   }
 
   async list(): Promise<string[]> {
-    return [...(await this.scan()).entries()].filter(([, names]) => names.has(MANIFEST)).map(([id]) => id);
+    return [...(await this.scan()).entries()].filter(([, o]) => o.names.has(MANIFEST)).map(([id]) => id);
   }
 
-  async listIncomplete(): Promise<string[]> {
-    return [...(await this.scan()).entries()].filter(([, names]) => !names.has(MANIFEST)).map(([id]) => id);
+  async listIncomplete(): Promise<IncompleteSnapshot[]> {
+    return [...(await this.scan()).entries()].filter(([, o]) => !o.names.has(MANIFEST)).map(([id, o]) => ({ id, modifiedAt: o.modifiedAt }));
   }
 
   async delete(id: string): Promise<void> {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(id, MANIFEST) }));
     // One by one (a snapshot has four objects at most): some servers want a Content-MD5 on a
     // multi-object delete, which the SDK no longer sends.
-    for (const name of (await this.scan(id)).get(id) ?? []) {
+    for (const name of (await this.scan(id)).get(id)?.names ?? []) {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(id, name) }));
     }
   }
@@ -214,9 +214,9 @@ export class S3SnapshotStore implements SnapshotStore {
     }
   }
 
-  /** Object names under each snapshot id (of one id when given). */
-  private async scan(id?: string): Promise<Map<string, Set<string>>> {
-    const out = new Map<string, Set<string>>();
+  /** Object names under each snapshot id (of one id when given), and when the last was written. */
+  private async scan(id?: string): Promise<Map<string, { names: Set<string>; modifiedAt: Date }>> {
+    const out = new Map<string, { names: Set<string>; modifiedAt: Date }>();
     const prefix = id ? this.key(id, '') : this.cfg.prefix;
     let token: string | undefined;
     do {
@@ -226,9 +226,10 @@ export class S3SnapshotStore implements SnapshotStore {
         const slash = rest.indexOf('/');
         const sid = rest.slice(0, slash);
         if (slash < 0 || !isSandboxId(sid)) continue;
-        let names = out.get(sid);
-        if (!names) out.set(sid, (names = new Set()));
-        names.add(rest.slice(slash + 1));
+        let entry = out.get(sid);
+        if (!entry) out.set(sid, (entry = { names: new Set(), modifiedAt: new Date(0) }));
+        entry.names.add(rest.slice(slash + 1));
+        if (o.LastModified && o.LastModified > entry.modifiedAt) entry.modifiedAt = o.LastModified;
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);

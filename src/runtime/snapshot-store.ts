@@ -61,8 +61,11 @@ export interface SnapshotStore {
   exists(id: string): Promise<boolean>;
   /** Ids of complete snapshots. */
   list(): Promise<string[]>;
-  /** Ids with stored objects but no manifest: pauses cut short or deletes half done, to collect. */
-  listIncomplete(): Promise<string[]>;
+  /**
+   * Snapshots with stored objects but no manifest: puts cut short, deletes half done, or a put in
+   * progress right now (hence the time of its last change: collect only old ones).
+   */
+  listIncomplete(): Promise<IncompleteSnapshot[]>;
   /** Removes a snapshot, manifest first (so it is never seen complete with objects missing). */
   delete(id: string): Promise<void>;
   /**
@@ -71,6 +74,26 @@ export interface SnapshotStore {
    * one line per removal.
    */
   cleanLocal(localRoot: string, isLive: (id: string) => Promise<boolean>): Promise<string[]>;
+}
+
+export interface IncompleteSnapshot {
+  id: string;
+  /** When one of its objects was last written. */
+  modifiedAt: Date;
+}
+
+/**
+ * For the reconciler: deletes the incomplete snapshots not changed for `graceMs` (a put in
+ * progress on some node is younger than that). Returns one line per snapshot deleted.
+ */
+export async function collectIncomplete(store: SnapshotStore, graceMs: number, now = Date.now()): Promise<string[]> {
+  const notes: string[] = [];
+  for (const s of await store.listIncomplete()) {
+    if (now - s.modifiedAt.getTime() < graceMs) continue;
+    await store.delete(s.id);
+    notes.push(`${s.id}: incomplete snapshot (no manifest, last written ${s.modifiedAt.toISOString()}) deleted`);
+  }
+  return notes;
 }
 
 export const MANIFEST = 'manifest.json';
