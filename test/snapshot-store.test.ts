@@ -226,3 +226,34 @@ for (const impl of impls) {
     });
   });
 }
+
+describe('S3 store', () => {
+  test('an upload that fails once is sent again from the staging; a store that stays away fails the put and keeps it', async () => {
+    const store = new S3SnapshotStore(s3.storeConfig(`retry-${randomBytes(3).toString('hex')}`));
+    await store.prepare();
+    const send = store.client.send.bind(store.client);
+    let failures = 1;
+    (store.client as { send: unknown }).send = (cmd: { constructor: { name: string }; input?: { Key?: string } }, ...rest: unknown[]) => {
+      if (cmd.constructor.name === 'PutObjectCommand' && cmd.input?.Key?.endsWith('/snapshot.json') && failures-- > 0) {
+        return Promise.reject(new Error('injected: connection reset'));
+      }
+      return (send as (...a: unknown[]) => Promise<unknown>)(cmd, ...rest);
+    };
+    const id = newSandboxId();
+    const { record } = await stage(id).then(async (st) => {
+      await store.put(id, st.dir);
+      return st;
+    });
+    assert.deepEqual(await store.meta(id), record, 'stored whole after one failure');
+    failures = 100;
+    const id2 = newSandboxId();
+    const st2 = await stage(id2);
+    await assert.rejects(store.put(id2, st2.dir), /injected/);
+    assert.equal(await store.exists(id2), false);
+    assert.ok((await readdir(st2.dir)).includes('disk.img'), 'the staging stays for a later attempt');
+    failures = 0;
+    await store.put(id2, st2.dir);
+    assert.ok(await store.exists(id2));
+    for (const x of [id, id2]) await store.delete(x);
+  });
+});

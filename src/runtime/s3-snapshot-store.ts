@@ -74,12 +74,14 @@ export class S3SnapshotStore implements SnapshotStore {
     // What an earlier put of this id left (a manifest would vouch for objects being replaced;
     // and some servers refuse to overwrite an object made by a multipart upload).
     await this.delete(id);
+    // An object whose upload failed is sent again from the staging (the SDK already retries each
+    // request; this rides out a store that is away for a few seconds).
     const objects: ManifestEntry[] = [];
-    for (const name of await objectsOf(staging)) objects.push(await this.upload(id, staging, name));
+    for (const name of await objectsOf(staging)) objects.push(await retried(() => this.upload(id, staging, name)));
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
-    await this.client.send(new PutObjectCommand({
+    await retried(() => this.client.send(new PutObjectCommand({
       Bucket: this.cfg.bucket, Key: this.key(id, MANIFEST), Body: JSON.stringify(manifest), ContentType: 'application/json',
-    }));
+    })));
     await rm(staging, { recursive: true, force: true });
   }
 
@@ -234,6 +236,18 @@ export class S3SnapshotStore implements SnapshotStore {
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
     return out;
+  }
+}
+
+/** Up to three attempts, 1 s then 3 s apart. */
+async function retried<T>(op: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await op();
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      await new Promise((r) => setTimeout(r, attempt === 1 ? 1000 : 3000));
+    }
   }
 }
 
