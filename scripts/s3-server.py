@@ -76,6 +76,7 @@ def main():
     ap.add_argument('--access-key', default='nestbox:snapshots', help='<account>:<user>')
     ap.add_argument('--secret-key', required=True)
     ap.add_argument('--region', default='us-east-1')
+    ap.add_argument('--exit-with-parent', action='store_true', help='stop when the process that started this one is gone (tests)')
     a = ap.parse_args()
     account, _, user = a.access_key.partition(':')
     if not account.isalnum() or not user.replace('-', '').replace('_', '').isalnum():
@@ -175,7 +176,10 @@ use = egg:swift#dlo
                 sys.exit('the S3 server did not answer on %s within 60 s' % endpoint)
             time.sleep(0.1)
     print('ready', endpoint, flush=True)
+    parent = os.getppid()
     while True:
+        if a.exit_with_parent and os.getppid() != parent:
+            stop()
         for c in children:
             if c.poll() is not None:
                 print('a swift server exited %s; stopping' % c.returncode, file=sys.stderr, flush=True)

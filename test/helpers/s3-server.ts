@@ -36,7 +36,7 @@ export async function startS3Server(): Promise<TestS3Server> {
   const secretAccessKey = randomBytes(24).toString('hex');
   const child: ChildProcess = spawn(
     PYTHON,
-    [path.join(repoRoot, 'scripts/s3-server.py'), '--dir', dir, '--port', String(port), '--access-key', accessKeyId, '--secret-key', secretAccessKey],
+    [path.join(repoRoot, 'scripts/s3-server.py'), '--dir', dir, '--port', String(port), '--access-key', accessKeyId, '--secret-key', secretAccessKey, '--exit-with-parent'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
