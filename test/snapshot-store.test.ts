@@ -7,7 +7,8 @@ import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aw
 import { newSandboxId } from '../src/core/ids.ts';
 import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
-import { ChecksumError, collectIncomplete, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
+import { s3ConfigFromEnv } from '../src/runtime/config.ts';
+import { ChecksumError, collectIncomplete, createSnapshotStore, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
 import { TEST_ROOT } from './helpers/agent-harness.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
@@ -255,5 +256,25 @@ describe('S3 store', () => {
     await store.put(id2, st2.dir);
     assert.ok(await store.exists(id2));
     for (const x of [id, id2]) await store.delete(x);
+  });
+});
+
+describe('snapshot store configuration', () => {
+  test('NESTBOX_S3_* choose the S3 store; nothing set keeps the directory store', () => {
+    assert.equal(s3ConfigFromEnv({}), undefined);
+    assert.ok(createSnapshotStore({ snapshotDir: '/x', s3: s3ConfigFromEnv({}) }) instanceof DirectorySnapshotStore);
+    const cfg = s3ConfigFromEnv({
+      NESTBOX_S3_ENDPOINT: 'http://127.0.0.1:9000', NESTBOX_S3_BUCKET: 'snaps', NESTBOX_S3_REGION: 'eu-west-1',
+      NESTBOX_S3_ACCESS_KEY_ID: 'ak', NESTBOX_S3_SECRET_ACCESS_KEY: 'sk', NESTBOX_S3_PREFIX: 'node-snapshots',
+    });
+    assert.deepEqual(cfg, {
+      endpoint: 'http://127.0.0.1:9000', bucket: 'snaps', region: 'eu-west-1', accessKeyId: 'ak', secretAccessKey: 'sk',
+      prefix: 'node-snapshots/', forcePathStyle: true,
+    });
+    assert.ok(createSnapshotStore({ snapshotDir: '/x', s3: cfg }) instanceof S3SnapshotStore);
+    assert.deepEqual(s3ConfigFromEnv({ NESTBOX_S3_BUCKET: 'b' }), {
+      endpoint: undefined, bucket: 'b', region: 'us-east-1', accessKeyId: undefined, secretAccessKey: undefined, prefix: '', forcePathStyle: false,
+    });
+    assert.throws(() => s3ConfigFromEnv({ NESTBOX_S3_ENDPOINT: 'http://x' }), /NESTBOX_S3_BUCKET/);
   });
 });
