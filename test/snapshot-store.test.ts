@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -276,5 +276,28 @@ describe('snapshot store configuration', () => {
       endpoint: undefined, bucket: 'b', region: 'us-east-1', accessKeyId: undefined, secretAccessKey: undefined, prefix: '', forcePathStyle: false,
     });
     assert.throws(() => s3ConfigFromEnv({ NESTBOX_S3_ENDPOINT: 'http://x' }), /NESTBOX_S3_BUCKET/);
+  });
+});
+
+describe('S3 store: the local directory at restart', () => {
+  test('downloads and abandoned staging go; anything else (a directory store\'s snapshots) stays', async () => {
+    const store = new S3SnapshotStore(s3.storeConfig(`local-${randomBytes(3).toString('hex')}`));
+    await store.prepare();
+    const local = path.join(base, `local-${randomBytes(3).toString('hex')}`);
+    await mkdir(local, { recursive: true });
+    const [downloaded, dirStore, attempt, fresh, old, live] = Array.from({ length: 6 }, () => newSandboxId());
+    await store.put(downloaded!, (await stage(downloaded!)).dir);
+    await store.get(downloaded!, path.join(local, downloaded!));
+    await mkdir(path.join(local, dirStore!));
+    await writeFile(path.join(local, dirStore!, 'snapshot.json'), '{}');
+    await mkdir(path.join(local, `.${attempt}.download-0badf00d`));
+    for (const id of [fresh, old, live]) await mkdir(path.join(local, `.${id}.partial-0badf00d`));
+    const hourAgo = new Date(Date.now() - 3600_000);
+    for (const id of [old, live]) await utimes(path.join(local, `.${id}.partial-0badf00d`), hourAgo, hourAgo);
+    const notes = await store.cleanLocal(local, async (id) => id === live);
+    assert.deepEqual((await readdir(local)).sort(), [dirStore!, `.${fresh}.partial-0badf00d`, `.${live}.partial-0badf00d`].sort(), notes.join('\n'));
+    assert.equal(notes.length, 3);
+    assert.ok(await store.exists(downloaded!), 'the stored snapshot is untouched');
+    await store.delete(downloaded!);
   });
 });

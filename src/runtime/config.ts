@@ -56,10 +56,12 @@ export function parseFaults(spec: string | undefined): Record<string, number> {
 export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
   const home = env.NESTBOX_HOME ?? '/var/lib/nestbox';
   const dataDir = env.NESTBOX_DATA_DIR ?? path.join(home, 'node');
+  const s3 = s3ConfigFromEnv(env);
   return {
     dataDir,
     templatesDir: env.NESTBOX_TEMPLATES_DIR ?? path.join(home, 'templates'),
-    snapshotDir: env.NESTBOX_SNAPSHOT_DIR ?? path.join(home, 'snapshots'),
+    // With S3, only this node's staging and downloads: in its own data directory by default.
+    snapshotDir: env.NESTBOX_SNAPSHOT_DIR ?? (s3 ? path.join(dataDir, 'snapshots') : path.join(home, 'snapshots')),
     initBinary:
       env.NESTBOX_INIT_BINARY ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-init'),
     criuBinDir: env.NESTBOX_CRIU_BIN_DIR ?? path.join(home, 'deps/bin'),
@@ -69,7 +71,7 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     egressAllow: parseCidrList(env.NESTBOX_EGRESS_ALLOW, 'NESTBOX_EGRESS_ALLOW'),
     egressDeny: parseCidrList(env.NESTBOX_EGRESS_DENY, 'NESTBOX_EGRESS_DENY'),
     faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
-    s3: s3ConfigFromEnv(env),
+    s3,
   };
 }
 

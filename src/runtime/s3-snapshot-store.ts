@@ -5,11 +5,12 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { isSandboxId } from '../core/ids.ts';
+import { exists } from './fs-util.ts';
 import {
   ChecksumError, hashing, localSnapshot, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
   type IncompleteSnapshot, type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
@@ -27,6 +28,9 @@ export interface S3StoreConfig {
   /** Path-style addressing (http://host/bucket/key): what local servers want. */
   forcePathStyle: boolean;
 }
+
+/** Marks a local directory as a download of this store's (removable: the store holds it). */
+const DOWNLOAD_MARK = '.downloaded-from-s3';
 
 /** Multipart upload: parts of 16 MiB, two in flight (a part is buffered: at most ~48 MiB held). */
 const PART_SIZE = 16 * 1024 * 1024;
@@ -120,6 +124,7 @@ export class S3SnapshotStore implements SnapshotStore {
           await rm(file, { force: true });
         }
       }
+      await writeFile(path.join(tmp, DOWNLOAD_MARK), `${this.description}\n`);
       await rename(tmp, into);
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
@@ -188,15 +193,27 @@ export class S3SnapshotStore implements SnapshotStore {
     }
   }
 
-  /** Nothing in the local directory outlives a restart: the store holds every snapshot. */
+  /**
+   * What this store left in the local directory: downloads (marked as such) and download
+   * attempts, and pause staging whose sandbox is gone (not changed for ten minutes: were the
+   * directory shared by mistake, another node's pause is left alone). Anything else there, such
+   * as a directory store's snapshots before the node was switched to S3, is not touched.
+   */
   async cleanLocal(localRoot: string, isLive: (id: string) => Promise<boolean>): Promise<string[]> {
     const notes: string[] = [];
     for (const name of await readdir(localRoot).catch(() => [] as string[])) {
       const id = /^\.?([a-z0-9]{20})(\.|$)/.exec(name)?.[1];
       if (!id) continue;
-      if (name.includes('.partial-') && (await isLive(id))) continue; // the runtime's to finish
-      await rm(path.join(localRoot, name), { recursive: true, force: true });
-      notes.push(`${id}: local copy ${name} of a snapshot in ${this.description} was removed`);
+      const full = path.join(localRoot, name);
+      if (name === id) {
+        if (!(await exists(path.join(full, DOWNLOAD_MARK)))) continue;
+      } else if (name.includes('.partial-')) {
+        if (await isLive(id)) continue; // the runtime's to finish
+        const st = await stat(full).catch(() => null);
+        if (!st || Date.now() - st.mtimeMs < 10 * 60_000) continue;
+      } else if (!name.includes('.download-')) continue;
+      await rm(full, { recursive: true, force: true });
+      notes.push(`${id}: local ${name.includes('.partial-') ? 'staging' : 'download'} ${name} of a snapshot in ${this.description} was removed`);
     }
     return notes;
   }
