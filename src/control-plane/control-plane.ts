@@ -161,7 +161,7 @@ export class ControlPlane {
     }
     this.lifecycle = new LifecycleService({ db: this.db, nodes: pool, clock: this.opts.clock });
     this.registry = new NodeRegistry(this.db, pool, {
-      clock: this.lifecycle.clock, unhealthyAfterMs: this.timings.unhealthyAfterMs, nodeCallTimeoutMs: this.timings.nodeCallTimeoutMs,
+      unhealthyAfterMs: this.timings.unhealthyAfterMs, nodeCallTimeoutMs: this.timings.nodeCallTimeoutMs,
     });
     await this.registry.tick(); // the nodes that joined before this replica started
     this.evictor = new Evictor(this.db, this.lifecycle);

@@ -28,8 +28,8 @@ const UNKNOWN: NodeInfo = {
 
 /**
  * Places sandboxes on nodes. Eligible: ready (not draining, unhealthy or down), has the
- * template, has room (memory, sandbox count) and fewer than `maxStartsPerNode` starts in
- * flight from this process. Among the eligible, the better of two picked at random (more free
+ * template, has room (memory, sandbox count), and, while any node has, fewer than
+ * `maxStartsPerNode` starts in flight from this process. Among the eligible, the better of two picked at random (more free
  * memory, then more free CPU): near-even spread without herding when several control-plane
  * replicas place at once. Nodes that refused this start are skipped.
  */
@@ -85,10 +85,12 @@ export class NodePool {
       if (want.template && i.templates.length > 0 && !i.templates.includes(want.template)) continue;
       if (i.capacity.maxSandboxes > 0 && i.load.sandboxes >= i.capacity.maxSandboxes) continue;
       if (i.capacity.memoryMB > 0 && i.load.memoryMB + (want.memoryMB ?? 0) > i.capacity.memoryMB) continue;
-      if ((this.starting.get(node.nodeId) ?? 0) >= this.maxStartsPerNode) continue;
       out.push(node);
     }
-    return out;
+    // Nodes with a full start queue are passed over while others are not: the limit spreads
+    // bursts; it never refuses a start that some node could take.
+    const open = out.filter((n) => (this.starting.get(n.nodeId) ?? 0) < this.maxStartsPerNode);
+    return open.length > 0 ? open : out;
   }
 
   /**

@@ -33,6 +33,8 @@ export interface NodeRecord extends NodeCapacity {
   cordoned: boolean;
   /** Joined with a join token (it heartbeats); static nodes are configured at start. */
   joined: boolean;
+  /** How long since it was last heard from, by the database's clock (one clock for every replica). */
+  silentMs: number | null;
 }
 
 interface NodeRow {
@@ -50,24 +52,27 @@ interface NodeRow {
   version: string;
   cordoned: boolean;
   joined: boolean;
+  silent_ms: number | string | null;
 }
 
 const COLUMNS = `id, url, token, state, last_seen_at, created_at, cpu_count, memory_mb, disk_mb, max_sandboxes,
-  templates, version, cordoned, credential_hash IS NOT NULL AS joined`;
+  templates, version, cordoned, credential_hash IS NOT NULL AS joined,
+  (extract(epoch FROM (now() - last_seen_at)) * 1000)::float8 AS silent_ms`;
 
 function toNode(r: NodeRow): NodeRecord {
   return {
     id: r.id, url: r.url, token: r.token, state: r.state, lastSeenAt: r.last_seen_at, createdAt: r.created_at,
     cpuCount: r.cpu_count, memoryMB: r.memory_mb, diskMB: r.disk_mb, maxSandboxes: r.max_sandboxes,
     templates: Array.isArray(r.templates) ? r.templates : [], version: r.version, cordoned: r.cordoned, joined: r.joined,
+    silentMs: r.silent_ms === null ? null : Number(r.silent_ms),
   };
 }
 
 /** What a node is now: a ready node not heard from within `unhealthyAfterMs` is unhealthy. */
-export function effectiveState(node: NodeRecord, now: Date, unhealthyAfterMs: number): NodeCondition {
+export function effectiveState(node: NodeRecord, unhealthyAfterMs: number): NodeCondition {
   if (node.state !== 'ready') return node.state;
   if (node.cordoned) return 'draining';
-  if (node.lastSeenAt && now.getTime() - node.lastSeenAt.getTime() > unhealthyAfterMs) return 'unhealthy';
+  if (node.silentMs !== null && node.silentMs > unhealthyAfterMs) return 'unhealthy';
   return 'ready';
 }
 

@@ -21,7 +21,8 @@ export interface FakeFaults {
  */
 export class FakeNode implements NodeClient {
   readonly containers = new Map<string, { startedAt: number; dead?: boolean }>();
-  readonly snapshots = new Set<string>();
+  /** Its snapshot store: give several nodes one set to share it, as nodes share a real store. */
+  readonly snapshots: Set<string>;
   /** Sandboxes the node reports an operation in progress on. */
   readonly busy = new Set<string>();
   readonly calls: string[] = [];
@@ -29,7 +30,9 @@ export class FakeNode implements NodeClient {
   /** The node's clock (container start times). */
   now: () => number = Date.now;
 
-  constructor(readonly nodeId = 'fake-node', private readonly random: () => number = Math.random) {}
+  constructor(readonly nodeId = 'fake-node', private readonly random: () => number = Math.random, snapshots = new Set<string>()) {
+    this.snapshots = snapshots;
+  }
 
   private async step(name: string, id: string) {
     this.calls.push(`${name} ${id}`);

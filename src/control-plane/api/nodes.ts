@@ -16,7 +16,6 @@ import { ErrorBody } from './schemas.ts';
 
 export interface NodeRoutesOptions {
   db: Database;
-  now: () => Date;
   /** A joined node not heard from within this is unhealthy (shown so, and given no placements). */
   unhealthyAfterMs: number;
   /** How often a joined agent is asked to send a heartbeat. */
@@ -127,7 +126,7 @@ async function nodeOf(db: Database, req: FastifyRequest, id: string): Promise<No
 export const nodeRoutes: FastifyPluginAsyncTypebox<NodeRoutesOptions> = async (app, opts) => {
   const { db } = opts;
   const view = (n: NodeRecord, sandboxes: number): NodeView => ({
-    id: n.id, url: n.url, state: effectiveState(n, opts.now(), n.joined ? opts.unhealthyAfterMs : Number.POSITIVE_INFINITY),
+    id: n.id, url: n.url, state: effectiveState(n, n.joined ? opts.unhealthyAfterMs : Number.POSITIVE_INFINITY),
     cordoned: n.cordoned, joined: n.joined, lastSeenAt: iso(n.lastSeenAt), cpuCount: n.cpuCount, memoryMB: n.memoryMB,
     diskMB: n.diskMB, maxSandboxes: n.maxSandboxes, templates: n.templates, version: n.version, sandboxes,
   });

@@ -91,7 +91,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     void app.register(eventRoutes, { db: opts.db });
     void app.register(adminTeamRoutes, { db: opts.db });
     void app.register(adminKeyRoutes, { db: opts.db });
-    void app.register(nodeRoutes, { db: opts.db, now: opts.now ?? (() => new Date()), ...(opts.fleet ?? DEFAULT_FLEET) });
+    void app.register(nodeRoutes, { db: opts.db, ...(opts.fleet ?? DEFAULT_FLEET) });
   }
 
   return app;

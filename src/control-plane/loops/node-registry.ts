@@ -1,6 +1,5 @@
 import type { Database } from '../../store/database.ts';
 import { effectiveState, listNodes, nodeLoads, type NodeRecord } from '../../store/nodes.ts';
-import type { Clock } from '../lifecycle.ts';
 import { HttpNodeClient, type NodeClient } from '../node-client.ts';
 import type { NodePool } from '../scheduler.ts';
 
@@ -25,7 +24,6 @@ export class NodeRegistry {
     private readonly db: Database,
     private readonly pool: NodePool,
     private readonly opts: {
-      clock: Clock;
       unhealthyAfterMs: number;
       makeClient?: (n: NodeRecord) => NodeClient;
       nodeCallTimeoutMs?: number;
@@ -34,7 +32,6 @@ export class NodeRegistry {
 
   async tick(): Promise<NodeRegistryTickReport> {
     const report: NodeRegistryTickReport = { joined: [], left: [] };
-    const now = this.opts.clock.now();
     const nodes = await listNodes(this.db);
     const loads = new Map((await nodeLoads(this.db)).map((l) => [l.nodeId, l]));
     const seen = new Set<string>();
@@ -52,7 +49,7 @@ export class NodeRegistry {
       if (!this.pool.has(n.id)) continue;
       const load = loads.get(n.id);
       this.pool.update(n.id, {
-        condition: effectiveState(n, now, n.joined ? this.opts.unhealthyAfterMs : Number.POSITIVE_INFINITY),
+        condition: effectiveState(n, n.joined ? this.opts.unhealthyAfterMs : Number.POSITIVE_INFINITY),
         capacity: { cpuCount: n.cpuCount, memoryMB: n.memoryMB, diskMB: n.diskMB, maxSandboxes: n.maxSandboxes },
         templates: n.templates,
         load: { sandboxes: load?.sandboxes ?? 0, cpuCount: load?.cpuCount ?? 0, memoryMB: load?.memoryMB ?? 0 },
