@@ -26,6 +26,8 @@ export interface AgentProcessOptions {
   /** Shared snapshot store (several agents); default: private to this agent. */
   snapshotDir?: string;
   env?: Record<string, string>;
+  /** More arguments of `nestbox agent` (e.g. --join URL --join-token T). */
+  args?: string[];
 }
 
 export class AgentProcess {
@@ -41,9 +43,11 @@ export class AgentProcess {
 
   /** Extra environment of the next start (a restart may change it: faults on or off). */
   env: Record<string, string>;
+  args: string[];
 
   constructor(opts: AgentProcessOptions = {}) {
     this.env = opts.env ?? {};
+    this.args = opts.args ?? [];
     this.nodeId = opts.nodeId ?? 'node-' + randomBytes(3).toString('hex');
     this.base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
     this.dataDir = path.join(this.base, 'node');
@@ -59,7 +63,7 @@ export class AgentProcess {
     await mkdir(this.dataDir, { recursive: true });
     if (!this.port) this.port = await freePort();
     this.stderr = '';
-    const proc = spawn(BIN, ['agent', '--port', String(this.port), '--node-id', this.nodeId], {
+    const proc = spawn(BIN, ['agent', '--host', '127.0.0.1', '--port', String(this.port), '--node-id', this.nodeId, ...this.args], {
       env: {
         ...process.env, NESTBOX_DATA_DIR: this.dataDir, NESTBOX_SNAPSHOT_DIR: this.snapshotDir,
         NESTBOX_NODE_TOKEN: this.token, NESTBOX_LOG_LEVEL: 'warn', ...this.env,
