@@ -1,5 +1,6 @@
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
 import path from 'node:path';
 import { isSandboxId } from '../core/ids.ts';
 import { run } from './command.ts';
@@ -132,8 +133,13 @@ export class DirectorySnapshotStore implements SnapshotStore {
     }
   }
 
-  /** Writes the manifest of a local snapshot directory (atomically, durably). */
+  /**
+   * Writes the manifest of a local snapshot directory (atomically, durably): what it vouches
+   * for is on disk first, so that a host that crashes after a pause reported done still has
+   * the snapshot the manifest describes.
+   */
   private async seal(id: string, dir: string): Promise<void> {
+    await syncSnapshotFiles(dir);
     // The objects are hashed side by side (tar reads one while the other is hashed).
     const objects = await Promise.all((await objectsOf(dir)).map((name) => hashObject(dir, name)));
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
@@ -153,6 +159,23 @@ export class DirectorySnapshotStore implements SnapshotStore {
   private async names(): Promise<string[]> {
     return (await readdir(this.root).catch(() => [] as string[])).filter(isSandboxId);
   }
+}
+
+/** fsync of snapshot.json, the disk image and every image file (opened without following links). */
+async function syncSnapshotFiles(dir: string) {
+  const l = localSnapshot(dir);
+  const files = [l.meta, l.diskImage];
+  for (const name of await readdir(l.images).catch(() => [] as string[])) files.push(path.join(l.images, name));
+  await Promise.all(files.map(async (file) => {
+    const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => null);
+    if (!f) return; // a snapshot without a disk (made before sandboxes had one) or images
+    try {
+      await f.sync();
+    } finally {
+      await f.close();
+    }
+  }));
+  if (await exists(l.images)) await fsyncDir(l.images);
 }
 
 async function fsyncDir(dir: string) {
