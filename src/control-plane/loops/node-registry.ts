@@ -1,5 +1,5 @@
 import type { Database } from '../../store/database.ts';
-import { effectiveState, listNodes, nodeLoads, type NodeRecord } from '../../store/nodes.ts';
+import { effectiveState, listNodes, nodeLoads, type NodeCondition, type NodeRecord } from '../../store/nodes.ts';
 import { HttpNodeClient, type NodeClient } from '../node-client.ts';
 import type { NodePool } from '../scheduler.ts';
 
@@ -49,7 +49,7 @@ export class NodeRegistry {
       if (!this.pool.has(n.id)) continue;
       const load = loads.get(n.id);
       this.pool.update(n.id, {
-        condition: effectiveState(n, n.joined ? this.opts.unhealthyAfterMs : Number.POSITIVE_INFINITY),
+        condition: conditionForPlacement(n, this.opts.unhealthyAfterMs),
         capacity: { cpuCount: n.cpuCount, memoryMB: n.memoryMB, diskMB: n.diskMB, maxSandboxes: n.maxSandboxes },
         templates: n.templates,
         load: { sandboxes: load?.sandboxes ?? 0, cpuCount: load?.cpuCount ?? 0, memoryMB: load?.memoryMB ?? 0 },
@@ -63,4 +63,14 @@ export class NodeRegistry {
     }
     return report;
   }
+}
+
+/**
+ * A node's condition as placement sees it. An agent's own drain (SIGTERM) is the drainer's to
+ * follow (it asks the agent and flags the pool at once, also when the agent comes back), so
+ * the row's `draining` does not hold placements back here; the operator's drain does.
+ */
+function conditionForPlacement(n: NodeRecord, unhealthyAfterMs: number): NodeCondition {
+  const state = effectiveState({ ...n, state: n.state === 'draining' ? 'ready' : n.state }, n.joined ? unhealthyAfterMs : Number.POSITIVE_INFINITY);
+  return state;
 }
