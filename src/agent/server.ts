@@ -113,10 +113,10 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     return { ...record, state: state?.status ?? 'broken', pid: state?.pid ?? null };
   });
 
-  app.delete('/v1/sandboxes/:id', { schema: { params: SandboxIdParam, querystring: KillQuery } }, async (req, reply) => {
-    await runtime.kill(req.params.id, { deleteSnapshot: req.query.deleteSnapshot ?? false });
-    return reply.code(204).send();
-  });
+  // Answers when the container stopped, by this node's clock: billing ends there.
+  app.delete('/v1/sandboxes/:id', { schema: { params: SandboxIdParam, querystring: KillQuery } }, async (req) =>
+    runtime.kill(req.params.id, { deleteSnapshot: req.query.deleteSnapshot ?? false }),
+  );
 
   app.post('/v1/sandboxes/:id/pause', { schema: { params: SandboxIdParam, body: PauseBody } }, async (req) =>
     runtime.pause(req.params.id, req.body.memory),

@@ -63,21 +63,22 @@ export class LifecycleService implements LifecycleApi {
   // --- the chokepoint -------------------------------------------------------------------------
 
   private async transition(
-    row: SandboxRow, to: SandboxState, reason: EventReason, patch?: TransitionPatch, startedAt?: Date | null,
+    row: SandboxRow, to: SandboxState, reason: EventReason, patch?: TransitionPatch, startedAt?: Date | null, stoppedAt?: Date | null,
   ): Promise<SandboxRow> {
     if (!canTransition(row.state, to)) throw new Error(`illegal transition ${row.state} -> ${to} of ${row.sandboxId}`);
     const at = this.clock.now();
-    // Billing follows what ran: a failed pause never stopped the sandbox, so its interval
-    // continues from the moment the pause began; a container the node started before we could
-    // record it is billed from its start (never before the row's previous state change).
+    // Billing follows the node's clock: an interval opens when the node started the container
+    // (never before the row's previous state change) and closes when the node stopped it (the
+    // dump froze it, the container died: `stoppedAt`); while a pause or kill is in flight the
+    // sandbox still runs, so a failed pause leaves one unbroken stretch.
     let runningSince: Date | undefined;
-    if (to === 'running' && row.state === 'pausing') runningSince = row.stateChangedAt;
-    else if (to === 'running' && startedAt) {
+    if (to === 'running' && startedAt) {
       runningSince = new Date(Math.min(at.getTime(), Math.max(row.stateChangedAt.getTime(), startedAt.getTime())));
     }
     // One statement: the row, its event and the ledger entry commit together or not at all.
     const write = (db: Sql) => writeTransition(db, {
       sandboxId: row.sandboxId, from: row.state, to, generation: row.generation, reason, at, patch, runningSince,
+      stoppedAt: stoppedAt ?? undefined,
     });
     // Leaving paused makes the sandbox count toward max_running again: checked under the team
     // row lock, as a create is, so that concurrent resumes and creates cannot overshoot it.
@@ -168,10 +169,11 @@ export class LifecycleService implements LifecycleApi {
     });
     this.changes.emit(sandboxId);
     let row = inserted.row;
+    let created: { startedAt: string | null } = { startedAt: null };
     return this.track((async () => {
       for (;;) {
         try {
-          await node.create({
+          created = await node.create({
             sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
             metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
           }).finally(() => this.nodes.done(node.nodeId));
@@ -202,7 +204,7 @@ export class LifecycleService implements LifecycleApi {
       try {
         row = await this.transition(row, 'running', 'created', {
           nodeId: node.nodeId, endAt: new Date(now.getTime() + p.timeoutMs), remainingMs: null,
-        });
+        }, nodeInstant(created.startedAt));
       } catch (e) {
         // This create took so long that the reconciler settled it meanwhile: if it found the
         // container running, the create succeeded all the same.
@@ -269,8 +271,8 @@ export class LifecycleService implements LifecycleApi {
    */
   async finishKill(row: SandboxRow, reason: EventReason, paused = false): Promise<void> {
     const node = paused ? this.nodes.any(row.nodeId) : this.nodes.get(row.nodeId);
-    await node.kill(row.sandboxId, { deleteSnapshot: true });
-    await this.transition(row, 'killed', reason, { endAt: null, remainingMs: null });
+    const { stoppedAt } = await node.kill(row.sandboxId, { deleteSnapshot: true });
+    await this.transition(row, 'killed', reason, { endAt: null, remainingMs: null }, undefined, nodeInstant(stoppedAt));
   }
 
   // --- pause ----------------------------------------------------------------------------------
@@ -303,8 +305,9 @@ export class LifecycleService implements LifecycleApi {
     const pausing = await this.transition(row, 'pausing', reason, { endAt: null, remainingMs });
     await this.track((async () => {
       const node = this.nodes.get(pausing.nodeId);
+      let stoppedAt: string | null;
       try {
-        await node.pause(pausing.sandboxId, memory);
+        ({ stoppedAt } = await node.pause(pausing.sandboxId, memory));
       } catch (e) {
         // The pause may have happened: guessing either way could lose the sandbox or leave it
         // frozen. It stays pausing and the reconciler settles it on what the node shows.
@@ -325,7 +328,7 @@ export class LifecycleService implements LifecycleApi {
         }
         throw new NestboxError('internal', `pause failed: ${(e as Error).message}`);
       }
-      await this.transition(pausing, 'paused', reason);
+      await this.transition(pausing, 'paused', reason, undefined, undefined, nodeInstant(stoppedAt));
     })());
   }
 
@@ -374,11 +377,11 @@ export class LifecycleService implements LifecycleApi {
       for (;;) {
         const node = this.nodes.pick(refused, { template: resuming.templateId, cpuCount: resuming.cpuCount, memoryMB: resuming.memoryMB });
         try {
-          await node.resume(resuming.sandboxId).finally(() => this.nodes.done(node.nodeId));
+          const { startedAt } = await node.resume(resuming.sandboxId).finally(() => this.nodes.done(node.nodeId));
           const endAt = new Date(this.clock.now().getTime() + Math.max(resuming.remainingMs ?? 0, timeoutMs));
           return await this.transition(resuming, 'running', 'resumed', {
             nodeId: node.nodeId, endAt, remainingMs: null, ...(autoPause === undefined ? {} : { autoPause }),
-          });
+          }, nodeInstant(startedAt));
         } catch (e) {
           if (e instanceof NodeCallError && e.retryable && !e.uncertain) {
             refused.add(node.nodeId);
@@ -398,10 +401,11 @@ export class LifecycleService implements LifecycleApi {
 
   /**
    * The sandbox is gone from its node (or its snapshot from the store): it ends `killed` with
-   * reason `lost`, through `killing` so whatever is left is removed, and its billing stops.
+   * reason `lost`, through `killing` so whatever is left is removed, and its billing stops at
+   * the node's last confirmed moment (`lastConfirmedAt`, when known).
    */
-  async markLost(row: SandboxRow): Promise<void> {
-    const killing = await this.transition(row, 'killing', 'lost', { endAt: null });
+  async markLost(row: SandboxRow, lastConfirmedAt?: Date | null): Promise<void> {
+    const killing = await this.transition(row, 'killing', 'lost', { endAt: null }, undefined, lastConfirmedAt);
     await this.track(this.finishKill(killing, 'lost', true)).catch(() => undefined); // the sweeper retries
   }
 
@@ -528,3 +532,10 @@ function decodeToken(token: string): { startedAt: Date; id: string } {
 }
 
 export type { NodeClient };
+
+/** A node's instant from its answer (ISO time), or null when it gave none or a bad one. */
+function nodeInstant(iso: string | null | undefined): Date | null {
+  if (!iso) return null;
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? null : d;
+}

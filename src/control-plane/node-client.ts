@@ -78,13 +78,22 @@ export interface NodeTemplate {
 export type TemplateImportEvent = { type: string; [k: string]: unknown };
 
 /** What the control plane needs from a node agent. */
+/** When the node started a container, by its own clock (ISO); null when it did not say. */
+export interface NodeStart {
+  startedAt: string | null;
+}
+/** When the node stopped a container (a dump froze it, it was killed), by its own clock; null: it held none running. */
+export interface NodeStop {
+  stoppedAt: string | null;
+}
+
 export interface NodeClient {
   readonly nodeId: string;
-  create(req: NodeCreateRequest): Promise<void>;
+  create(req: NodeCreateRequest): Promise<NodeStart>;
   /** Idempotent: succeeds when nothing is left. */
-  kill(sandboxId: string, opts?: { deleteSnapshot?: boolean }): Promise<void>;
-  pause(sandboxId: string, memory: boolean): Promise<void>;
-  resume(sandboxId: string): Promise<void>;
+  kill(sandboxId: string, opts?: { deleteSnapshot?: boolean }): Promise<NodeStop>;
+  pause(sandboxId: string, memory: boolean): Promise<NodeStop>;
+  resume(sandboxId: string): Promise<NodeStart>;
   deleteSnapshot(sandboxId: string): Promise<void>;
   /** null when the node does not hold a running container for the sandbox. */
   containerRunning(sandboxId: string): Promise<boolean>;
@@ -133,17 +142,18 @@ export class HttpNodeClient implements NodeClient {
     throw new NodeCallError(code, `node ${this.nodeId}: ${message}`, res.status >= 500 && res.status !== 503, retryable || res.status === 503);
   }
 
-  async create(req: NodeCreateRequest) {
-    await this.call('POST', '/v1/sandboxes', { ...req });
+  async create(req: NodeCreateRequest): Promise<NodeStart> {
+    return { startedAt: instant((await this.call('POST', '/v1/sandboxes', { ...req })) as { startedAt?: unknown }, 'startedAt') };
   }
-  async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}) {
-    await this.call('DELETE', `/v1/sandboxes/${sandboxId}${opts.deleteSnapshot ? '?deleteSnapshot=true' : ''}`);
+  async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<NodeStop> {
+    const r = await this.call('DELETE', `/v1/sandboxes/${sandboxId}${opts.deleteSnapshot ? '?deleteSnapshot=true' : ''}`);
+    return { stoppedAt: instant(r as { stoppedAt?: unknown } | undefined, 'stoppedAt') };
   }
-  async pause(sandboxId: string, memory: boolean) {
-    await this.call('POST', `/v1/sandboxes/${sandboxId}/pause`, { memory });
+  async pause(sandboxId: string, memory: boolean): Promise<NodeStop> {
+    return { stoppedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/pause`, { memory })) as { stoppedAt?: unknown }, 'stoppedAt') };
   }
-  async resume(sandboxId: string) {
-    await this.call('POST', `/v1/sandboxes/${sandboxId}/resume`);
+  async resume(sandboxId: string): Promise<NodeStart> {
+    return { startedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/resume`)) as { startedAt?: unknown }, 'startedAt') };
   }
   async deleteSnapshot(sandboxId: string) {
     await this.call('DELETE', `/v1/snapshots/${sandboxId}`);
@@ -225,4 +235,10 @@ export class HttpNodeClient implements NodeClient {
     }
     throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, true);
   }
+}
+
+/** An instant a node reported (ISO time); null when absent or not a time. */
+function instant(body: Record<string, unknown> | undefined, key: string): string | null {
+  const v = body?.[key];
+  return typeof v === 'string' && !Number.isNaN(Date.parse(v)) ? v : null;
 }

@@ -48,6 +48,8 @@ export interface SnapshotRecord {
   sandbox: SandboxRecord;
   memory: boolean; // CRIU images present; otherwise files only
   pausedAt: string;
+  /** When the dump froze the sandbox (it stopped computing): where its billing ends. */
+  stoppedAt?: string;
   sizeBytes?: number;
 }
 
@@ -191,7 +193,7 @@ export class SandboxRuntime {
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
       await this.releaseDisk(p);
       await moveTree(p.diskImage, staging.diskImage);
-      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString() };
+      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
       await writeFile(staging.meta, JSON.stringify(snapshot));
       await this.store.put(sandboxId, staging.dir); // complete and durable, manifest last
       await this.teardown(sandboxId);
@@ -284,14 +286,17 @@ export class SandboxRuntime {
   }
 
   /** Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked). */
-  async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<void> {
+  /** Returns when the container stopped (null: there was none running), as journaled. */
+  async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
-    await this.locks.run(sandboxId, async () => {
+    return this.locks.run(sandboxId, async () => {
       await this.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
       const state = await this.containerState(sandboxId);
-      if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', new Date());
+      const stoppedAt = state?.status === 'running' ? new Date() : null;
+      if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', stoppedAt ?? new Date());
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
+      return { stoppedAt: stoppedAt?.toISOString() ?? null };
     });
   }
 

@@ -95,6 +95,12 @@ export interface TransitionWrite {
    * never stopped it; a stuck resume's container started earlier). Defaults to `at`.
    */
   runningSince?: Date;
+  /**
+   * Leaving the billed stretch (entering paused, killed or failed): when the node stopped the
+   * sandbox (the dump froze it, the container died), by the node's own clock; defaults to `at`.
+   * Never later than `at`, never before the interval opened.
+   */
+  stoppedAt?: Date;
 }
 
 /**
@@ -125,14 +131,18 @@ export async function writeTransition(db: Sql, t: TransitionWrite): Promise<{ ro
        SELECT id, team_id, $15::uuid, COALESCE($16::timestamptz, $5), cpu_count, memory_mb FROM upd WHERE $4::text = 'running'
        ON CONFLICT DO NOTHING
      ), closed AS (
-       -- ... and closes when it leaves running, whatever path it leaves by
-       UPDATE usage_intervals SET closed_event_id = $15::uuid, closed_at = GREATEST($5::timestamptz, opened_at)
-       WHERE sandbox_id = $1 AND closed_at IS NULL AND $2::text = 'running' AND EXISTS (SELECT 1 FROM upd)
+       -- ... stays open while a pause or kill is in flight (the sandbox runs until the node
+       -- stops it), and closes when it is stopped: at the node's instant when it is known
+       UPDATE usage_intervals SET closed_event_id = $15::uuid,
+         closed_at = GREATEST(LEAST(COALESCE($17::timestamptz, $5::timestamptz), $5::timestamptz), opened_at)
+       -- (a lost sandbox stops billing when it is found lost: nobody will say when it stopped)
+       WHERE sandbox_id = $1 AND closed_at IS NULL AND EXISTS (SELECT 1 FROM upd)
+         AND ($4::text IN ('paused', 'killed', 'failed') OR ($4::text = 'killing' AND $6::text = 'lost'))
      )
      SELECT upd.*, ev.seq AS event_seq FROM upd, ev`,
     [t.sandboxId, t.from, t.generation, t.to, t.at, t.reason,
       'nodeId' in p, p.nodeId ?? null, 'endAt' in p, p.endAt ?? null, 'remainingMs' in p, p.remainingMs ?? null,
-      p.timeoutMs ?? null, p.autoPause ?? null, eventId, t.runningSince ?? null],
+      p.timeoutMs ?? null, p.autoPause ?? null, eventId, t.runningSince ?? null, t.stoppedAt ?? null],
   );
   if (!rows[0]) return null;
   const row = fromDb(rows[0]);

@@ -341,14 +341,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       }
 
       // Billing against the node's own journal: time the container ran on the node while the
-      // sandbox was the customer's (from its creation until a stop was asked for), against the
-      // usage ledger.
+      // sandbox was the customer's (from its creation until it ended), against the usage ledger.
       const journal = await new NodeJournal(path.join(agent.dataDir, 'journal.jsonl')).read();
       const intervals = (await db.query<{ sandbox_id: string; opened_at: Date; closed_at: Date | null }>(
         'SELECT sandbox_id, opened_at, closed_at FROM usage_intervals')).rows;
       for (const [id, list] of perSandbox) {
         const from = list[0]!.at.getTime();
-        const endEvent = list.find((e) => e.to_state === 'killing' || e.to_state === 'failed');
+        const endEvent = list.find((e) => e.to_state === 'killed' || e.to_state === 'failed');
         const until = endEvent ? endEvent.at.getTime() : frozenAt;
         let observed = 0;
         let startedAt: number | null = null;

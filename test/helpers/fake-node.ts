@@ -51,15 +51,19 @@ export class FakeNode implements NodeClient {
     if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', false, true);
     if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', false);
     if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', false);
-    this.containers.set(req.sandboxId, { startedAt: this.now() });
+    const startedAt = this.now();
+    this.containers.set(req.sandboxId, { startedAt });
     this.maybeTimeout('create');
+    return { startedAt: new Date(startedAt).toISOString() };
   }
 
   async kill(id: string, opts: { deleteSnapshot?: boolean } = {}) {
     await this.step('kill', id);
+    const running = this.containers.get(id);
     this.containers.delete(id);
     if (opts.deleteSnapshot) this.snapshots.delete(id);
     this.maybeTimeout('kill');
+    return { stoppedAt: running && !running.dead ? new Date(this.now()).toISOString() : null };
   }
 
   async pause(id: string, _memory: boolean) {
@@ -69,6 +73,7 @@ export class FakeNode implements NodeClient {
     this.containers.delete(id);
     this.snapshots.add(id);
     this.maybeTimeout('pause');
+    return { stoppedAt: new Date(this.now()).toISOString() };
   }
 
   async resume(id: string) {
@@ -76,8 +81,10 @@ export class FakeNode implements NodeClient {
     if (!this.snapshots.has(id)) throw new NodeCallError('not_found', 'no snapshot', false);
     if ((this.faults.failResume ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: restore failed', false);
     this.snapshots.delete(id);
-    this.containers.set(id, { startedAt: this.now() });
+    const startedAt = this.now();
+    this.containers.set(id, { startedAt });
     this.maybeTimeout('resume');
+    return { startedAt: new Date(startedAt).toISOString() };
   }
 
   async deleteSnapshot(id: string) {

@@ -25,13 +25,16 @@ export async function assertLegalHistory(db: Database, id: string) {
   return events;
 }
 
-/** Billing: an open interval exactly when running; intervals never overlap. */
+/** Billing: an open interval while running (and pausing); none when paused or ended; intervals never overlap. */
 export async function assertLedger(db: Database, id: string) {
   const row = await getSandbox(db, id);
   const intervals = await db.query<{ opened_at: Date; closed_at: Date | null }>(
     'SELECT opened_at, closed_at FROM usage_intervals WHERE sandbox_id = $1 ORDER BY opened_at, closed_at NULLS LAST', [id]);
   const open = intervals.filter((i) => i.closed_at === null);
-  assert.equal(open.length, row!.state === 'running' ? 1 : 0, `open intervals of a ${row!.state} sandbox`);
+  // Billed while it runs, and while a pause or kill of it is in flight (until the node stops it).
+  if (row!.state === 'running' || row!.state === 'pausing') assert.equal(open.length, 1, `open intervals of a ${row!.state} sandbox`);
+  else if (row!.state === 'killing') assert.ok(open.length <= 1, `open intervals of a killing sandbox: ${open.length}`);
+  else assert.equal(open.length, 0, `open intervals of a ${row!.state} sandbox`);
   for (let i = 1; i < intervals.length; i++) assert.ok(intervals[i - 1]!.closed_at! <= intervals[i]!.opened_at);
 }
 

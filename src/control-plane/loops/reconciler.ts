@@ -40,6 +40,8 @@ export class Reconciler {
   private readonly downAfterMs: number;
   private readonly batch: number;
   private readonly lastAnswer = new Map<string, number>();
+  /** Nodes whose inventory this tick read (not those counted as holding nothing). */
+  private answeredNow = new Set<string>();
   private readonly startedAt: number;
 
   constructor(
@@ -71,6 +73,7 @@ export class Reconciler {
       }
     }));
     const answered = new Set(inventories.keys());
+    this.answeredNow = new Set(answered);
     for (const node of clients) {
       if (answered.has(node.nodeId)) continue;
       const last = this.lastAnswer.get(node.nodeId) ?? this.startedAt;
@@ -155,9 +158,15 @@ export class Reconciler {
         case 'delete_snapshot':
           await this.nodes.any(null).deleteSnapshot(id);
           return true;
-        case 'lost':
-          await this.lifecycle.markLost(row!);
+        case 'lost': {
+          // A node gone silent (down) cannot say when its sandboxes stopped: billing stops at
+          // its last answer. A node that answers without the sandbox lost it just now.
+          const node = row!.nodeId;
+          const silent = node !== null && !this.answeredNow.has(node);
+          const confirmed = silent ? this.lastAnswer.get(node) : undefined;
+          await this.lifecycle.markLost(row!, confirmed === undefined ? null : new Date(confirmed));
           return true;
+        }
         case 'settle':
           if (action.to === 'running') await this.lifecycle.settle(row!, 'running', action.nodeId, action.startedAt);
           else await this.lifecycle.settle(row!, action.to);
