@@ -201,10 +201,14 @@ describe('sandbox lifecycle on one node', () => {
     const id = await createSandbox(a, { allowInternetAccess: true });
     assert.equal((await a.agent.runtime.network.rulesFor(id)).length, 1, 'an internet sandbox has its rule');
     await exec(a, id, '(sleep 1000 &); (python3 -c "import time; time.sleep(1000)" &)');
+    const before = Date.now();
     const res1 = await a.api('DELETE', `/v1/sandboxes/${id}`);
-    assert.equal(res1.status, 204);
+    assert.equal(res1.status, 200);
+    const stopped = Date.parse((await res1.json()).stoppedAt);
+    assert.ok(stopped >= before && stopped <= Date.now(), 'the node says when the container stopped: billing ends there');
     const res2 = await a.api('DELETE', `/v1/sandboxes/${id}`);
-    assert.equal(res2.status, 204);
+    assert.equal(res2.status, 200);
+    assert.deepEqual(await res2.json(), { stoppedAt: null }, 'nothing was running any more');
     assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
     assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404);
   });
