@@ -129,6 +129,12 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
 
   app.get('/v1/sandboxes/:id/metrics', { schema: { params: SandboxIdParam } }, async (req) => runtime.metrics(req.params.id));
 
+  // When this node last stopped the sandbox's container (its journal): for a control plane
+  // that lost the answer of the call that stopped it.
+  app.get('/v1/sandboxes/:id/last-stop', { schema: { params: SandboxIdParam } }, async (req) => ({
+    stoppedAt: await runtime.journal.lastStop(req.params.id),
+  }));
+
   app.get('/v1/snapshots', async () => ({ snapshots: await runtime.snapshots() }));
   app.get('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req) => runtime.snapshot(req.params.id));
   app.delete('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req, reply) => {

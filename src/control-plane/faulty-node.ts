@@ -36,6 +36,9 @@ export class FaultyNodeClient implements NodeClient {
   resume(id: string) {
     return this.maybe('resume', () => this.inner.resume(id));
   }
+  lastStop(id: string) {
+    return this.inner.lastStop(id);
+  }
   deleteSnapshot(id: string) {
     return this.inner.deleteSnapshot(id);
   }

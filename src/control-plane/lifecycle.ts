@@ -416,13 +416,25 @@ export class LifecycleService implements LifecycleApi {
   async settle(row: SandboxRow, to: 'running' | 'paused' | 'failed', nodeId?: string, startedAt?: Date | null): Promise<SandboxRow> {
     const now = this.clock.now().getTime();
     if (to === 'failed') return this.transition(row, 'failed', 'create_failed', { endAt: null });
-    if (to === 'paused') return this.transition(row, 'paused', row.state === 'resuming' ? 'resume_failed' : 'recovered');
+    if (to === 'paused') {
+      // A pause whose answer was lost: billing ends when the dump froze it, as the node's journal says.
+      const stoppedAt = row.state === 'pausing' ? await this.lastStopOnNode(row) : null;
+      return this.transition(row, 'paused', row.state === 'resuming' ? 'resume_failed' : 'recovered', undefined, undefined, stoppedAt);
+    }
     // running: the time left is what the row kept (pausing, resuming) or its whole timeout (starting).
     const base = row.state === 'starting' ? (startedAt ?? new Date(now)).getTime() : now;
     const left = row.state === 'starting' ? row.timeoutMs : (row.remainingMs ?? row.timeoutMs);
     return this.transition(row, 'running', row.state === 'pausing' ? 'pause_failed' : 'recovered', {
       nodeId: nodeId ?? row.nodeId, endAt: new Date(base + left), remainingMs: null,
     }, startedAt);
+  }
+
+  private async lastStopOnNode(row: SandboxRow): Promise<Date | null> {
+    try {
+      return nodeInstant((await this.nodes.get(row.nodeId).lastStop(row.sandboxId)).stoppedAt);
+    } catch {
+      return null; // the node cannot say: the settling moment stands
+    }
   }
 
   // --- timeouts -------------------------------------------------------------------------------

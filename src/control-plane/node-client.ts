@@ -94,6 +94,8 @@ export interface NodeClient {
   kill(sandboxId: string, opts?: { deleteSnapshot?: boolean }): Promise<NodeStop>;
   pause(sandboxId: string, memory: boolean): Promise<NodeStop>;
   resume(sandboxId: string): Promise<NodeStart>;
+  /** When the node last stopped the sandbox, from its journal (a lost answer's instant). */
+  lastStop(sandboxId: string): Promise<NodeStop>;
   deleteSnapshot(sandboxId: string): Promise<void>;
   /** null when the node does not hold a running container for the sandbox. */
   containerRunning(sandboxId: string): Promise<boolean>;
@@ -151,6 +153,9 @@ export class HttpNodeClient implements NodeClient {
   }
   async pause(sandboxId: string, memory: boolean): Promise<NodeStop> {
     return { stoppedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/pause`, { memory })) as { stoppedAt?: unknown }, 'stoppedAt') };
+  }
+  async lastStop(sandboxId: string): Promise<NodeStop> {
+    return { stoppedAt: instant((await this.call('GET', `/v1/sandboxes/${sandboxId}/last-stop`)) as { stoppedAt?: unknown }, 'stoppedAt') };
   }
   async resume(sandboxId: string): Promise<NodeStart> {
     return { startedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/resume`)) as { startedAt?: unknown }, 'startedAt') };

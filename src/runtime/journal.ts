@@ -15,10 +15,29 @@ export interface JournalEntry {
  * chaos check compares billed time against it) and survives agent restarts.
  */
 export class NodeJournal {
+  /** The last entry of each sandbox (read from the file once, then kept up to date). */
+  private last: Promise<Map<string, JournalEntry>> | null = null;
+
   constructor(readonly file: string) {}
 
   async append(e: JournalEntry): Promise<void> {
+    const last = await this.lastEntries();
     await appendFile(this.file, JSON.stringify(e) + '\n', { mode: 0o600 });
+    last.set(e.sandboxId, e);
+  }
+
+  /**
+   * When the sandbox's container last stopped on this node, if its last entry is a stop: what a
+   * control plane asks when the answer of the call that stopped it was lost.
+   */
+  async lastStop(sandboxId: string): Promise<string | null> {
+    const e = (await this.lastEntries()).get(sandboxId);
+    return e?.event === 'stop' ? e.at : null;
+  }
+
+  private lastEntries(): Promise<Map<string, JournalEntry>> {
+    this.last ??= this.read().then((all) => new Map(all.map((e) => [e.sandboxId, e])));
+    return this.last;
   }
 
   async read(): Promise<JournalEntry[]> {

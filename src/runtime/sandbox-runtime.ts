@@ -286,7 +286,7 @@ export class SandboxRuntime {
   }
 
   /** Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked). */
-  /** Returns when the container stopped (null: there was none running), as journaled. */
+  /** Returns when the container stopped, as journaled (null: the journal knows no stop). */
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
@@ -296,7 +296,9 @@ export class SandboxRuntime {
       if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', stoppedAt ?? new Date());
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
-      return { stoppedAt: stoppedAt?.toISOString() ?? null };
+      // Nothing was running: an earlier call stopped it (its answer may have been lost), or it
+      // died unseen. The journal says when.
+      return { stoppedAt: stoppedAt?.toISOString() ?? (await this.journal.lastStop(sandboxId)) };
     });
   }
 

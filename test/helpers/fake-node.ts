@@ -26,6 +26,8 @@ export class FakeNode implements NodeClient {
   /** Sandboxes the node reports an operation in progress on. */
   readonly busy = new Set<string>();
   readonly calls: string[] = [];
+  /** When each sandbox's container last stopped here (the node's journal). */
+  readonly stops = new Map<string, number>();
   faults: FakeFaults = {};
   /** The node's clock (container start times). */
   now: () => number = Date.now;
@@ -61,9 +63,11 @@ export class FakeNode implements NodeClient {
     await this.step('kill', id);
     const running = this.containers.get(id);
     this.containers.delete(id);
+    if (running && !running.dead) this.stops.set(id, this.now());
     if (opts.deleteSnapshot) this.snapshots.delete(id);
     this.maybeTimeout('kill');
-    return { stoppedAt: running && !running.dead ? new Date(this.now()).toISOString() : null };
+    const stop = this.stops.get(id);
+    return { stoppedAt: stop === undefined ? null : new Date(stop).toISOString() };
   }
 
   async pause(id: string, _memory: boolean) {
@@ -72,6 +76,7 @@ export class FakeNode implements NodeClient {
     if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', false);
     this.containers.delete(id);
     this.snapshots.add(id);
+    this.stops.set(id, this.now());
     this.maybeTimeout('pause');
     return { stoppedAt: new Date(this.now()).toISOString() };
   }
@@ -85,6 +90,11 @@ export class FakeNode implements NodeClient {
     this.containers.set(id, { startedAt });
     this.maybeTimeout('resume');
     return { startedAt: new Date(startedAt).toISOString() };
+  }
+
+  async lastStop(id: string) {
+    const stop = this.stops.get(id);
+    return { stoppedAt: stop === undefined || this.containers.has(id) ? null : new Date(stop).toISOString() };
   }
 
   async deleteSnapshot(id: string) {
