@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
 import path from 'node:path';
@@ -126,8 +126,13 @@ describe('the channel to the init', () => {
       const started = await a.api('POST', `/v1/sandboxes/${x}/processes`, { argv: ['python3', '-c', stopper], user: 'root' });
       assert.equal(started.status, 200);
       void started.body?.cancel();
-      // Calls made while the stopper works may still succeed; once the init is stopped, a call
-      // (or a stream it had started) fails as not responding, and so does every later one.
+      // Wait (on the host) until every thread of the init is in tracing stop.
+      const initPid = (await a.agent.runtime.containerState(x))!.pid;
+      await eventually(async () => {
+        const tasks = await readdir(`/proc/${initPid}/task`);
+        return Promise.all(tasks.map(async (t) => (await readFile(`/proc/${initPid}/task/${t}/stat`, 'utf8')).split(') ')[1]![0]));
+      }, (states) => states.every((st) => st === 't'), 'the init stopped by its tracer');
+      // A call (or a stream it had started) now fails as not responding, and so does every later one.
       const attempt = async (): Promise<string | null> => {
         const res = await a.api('POST', `/v1/sandboxes/${x}/processes`, { argv: ['true'] });
         if (res.status !== 200) return `${res.status} ${(await res.json()).message}`;

@@ -405,7 +405,9 @@ export class LifecycleService implements LifecycleApi {
    * the node's last confirmed moment (`lastConfirmedAt`, when known).
    */
   async markLost(row: SandboxRow, lastConfirmedAt?: Date | null): Promise<void> {
-    const killing = await this.transition(row, 'killing', 'lost', { endAt: null }, undefined, lastConfirmedAt);
+    // A node that answers may have journaled the stop (a pause that froze it, a death it saw).
+    const stoppedAt = lastConfirmedAt ?? (row.state === 'running' || row.state === 'pausing' ? await this.lastStopOnNode(row) : null);
+    const killing = await this.transition(row, 'killing', 'lost', { endAt: null }, undefined, stoppedAt);
     await this.track(this.finishKill(killing, 'lost', true)).catch(() => undefined); // the sweeper retries
   }
 

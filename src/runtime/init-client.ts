@@ -662,34 +662,36 @@ export class InitClient {
 
   private async connect(): Promise<Conn> {
     const fh = await this.openSocket();
-    try {
-      return await new Promise<Conn>((resolve, reject) => {
-        const socket = net.createConnection({ path: `/proc/self/fd/${fh.fd}` });
-        let settled = false;
-        const timer = setTimeout(() => {
-          if (settled) return;
-          settled = true;
-          socket.destroy();
-          reject(new InitError('unavailable', "the sandbox's init did not accept a connection: connect timed out"));
-        }, this.connectTimeoutMs);
-        socket.once('connect', () => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          socket.removeAllListeners('error');
-          resolve(new Conn(socket, this.conns));
-        });
-        socket.on('error', (e: NodeJS.ErrnoException) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          socket.destroy();
-          reject(new InitError('unavailable', `the sandbox's init refused the connection (${e.code ?? e.message})`));
-        });
+    // The descriptor is closed without waiting: the Conn must reach its caller in the same
+    // turn as the connect event, before any frame (or the end of the connection) arrives.
+    const release = () => void fh.close().catch(() => undefined);
+    return new Promise<Conn>((resolve, reject) => {
+      const socket = net.createConnection({ path: `/proc/self/fd/${fh.fd}` });
+      let settled = false;
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        release();
+        socket.destroy();
+        reject(new InitError('unavailable', "the sandbox's init did not accept a connection: connect timed out"));
+      }, this.connectTimeoutMs);
+      socket.once('connect', () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        release();
+        socket.removeAllListeners('error');
+        resolve(new Conn(socket, this.conns));
       });
-    } finally {
-      await fh.close();
-    }
+      socket.on('error', (e: NodeJS.ErrnoException) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        release();
+        socket.destroy();
+        reject(new InitError('unavailable', `the sandbox's init refused the connection (${e.code ?? e.message})`));
+      });
+    });
   }
 
   /**
@@ -742,6 +744,7 @@ export class InitClient {
         },
         close: (err) => settle(err ?? protocol(`connection closed before the answer to ${String(req.op)}`)),
       };
+      if (conn.isClosed) return settle(protocol(`connection closed before the answer to ${String(req.op)}`));
       conn.send(frame);
     });
   }
