@@ -191,7 +191,7 @@ export class SandboxRuntime {
         throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
       }
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
-      await this.releaseDisk(p);
+      await this.releaseDisk(sandboxId);
       await moveTree(p.diskImage, staging.diskImage);
       const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
       await writeFile(staging.meta, JSON.stringify(snapshot));
@@ -249,7 +249,7 @@ export class SandboxRuntime {
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
         if (diskMoved) {
-          await this.releaseDisk(p);
+          await this.releaseDisk(sandboxId);
           await moveTree(p.diskImage, s.diskImage);
         }
         await this.store.close(sandboxId, s.dir);
@@ -285,8 +285,10 @@ export class SandboxRuntime {
     await removeTree(s.legacyUpper);
   }
 
-  /** Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked). */
-  /** Returns when the container stopped, as journaled (null: the journal knows no stop). */
+  /**
+   * Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked),
+   * and answers when the container stopped, as journaled (null: the journal knows no stop).
+   */
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
@@ -392,7 +394,7 @@ export class SandboxRuntime {
       await this.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
       return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
     }
-    await this.releaseLayer(sandboxId);
+    await this.releaseDisk(sandboxId);
     await moveTree(p.diskImage, s.diskImage);
     await this.store.close(sandboxId, s.dir);
     return `${sandboxId}: resume was cut short; its disk went back to the snapshot`;
@@ -422,7 +424,7 @@ export class SandboxRuntime {
       if (now?.status === 'running') await this.cancelStop(sandboxId);
       return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
     }
-    await this.releaseLayer(sandboxId);
+    await this.releaseDisk(sandboxId);
     await moveTree(p.diskImage, staging.diskImage);
     await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
     await this.store.put(sandboxId, staging.dir);
@@ -501,14 +503,11 @@ export class SandboxRuntime {
    * Before a sandbox's disk moves: its container is gone, no overlay uses the disk any more (its
    * rootfs, or CRIU's mount of it) and the disk itself is unmounted; otherwise the move is refused.
    */
-  private async releaseLayer(sandboxId: string) {
-    await this.releaseDisk(sandboxPaths(this.cfg, sandboxId));
-  }
-
-  private async releaseDisk(p: SandboxPaths) {
-    await this.runc.destroy(path.basename(p.dir));
+  private async releaseDisk(sandboxId: string) {
+    const p = sandboxPaths(this.cfg, sandboxId);
+    await this.runc.destroy(sandboxId);
     await unmount(p.rootfs);
-    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system of ${path.basename(p.dir)} is still mounted; its disk stays where it is`);
+    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system of ${sandboxId} is still mounted; its disk stays where it is`);
     await unmountDisk(p.disk);
   }
 
@@ -622,7 +621,7 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, sandboxId);
     this.clients.get(sandboxId)?.closeAll();
     this.clients.delete(sandboxId);
-    await this.releaseDisk(p);
+    await this.releaseDisk(sandboxId);
     await this.network.release(sandboxId);
     await removeTree(p.dir);
   }

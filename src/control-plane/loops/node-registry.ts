@@ -71,6 +71,5 @@ export class NodeRegistry {
  * the row's `draining` does not hold placements back here; the operator's drain does.
  */
 function conditionForPlacement(n: NodeRecord, unhealthyAfterMs: number): NodeCondition {
-  const state = effectiveState({ ...n, state: n.state === 'draining' ? 'ready' : n.state }, n.joined ? unhealthyAfterMs : Number.POSITIVE_INFINITY);
-  return state;
+  return effectiveState({ ...n, state: n.state === 'draining' ? 'ready' : n.state }, n.joined ? unhealthyAfterMs : Number.POSITIVE_INFINITY);
 }
