@@ -9,7 +9,7 @@ import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
 import { removeTree, unmount } from '../src/runtime/fs-util.ts';
 import { run } from '../src/runtime/command.ts';
-import { agentClient, createSandbox, exec, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+import { agentClient, COUNTER, createSandbox, exec, readCount, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
 let a: TestAgent;
 
@@ -20,22 +20,10 @@ after(async () => {
   await a.stop();
 });
 
-const counter = `nohup python3 -c "
-import time
-i = 0
-while True:
-    i += 1
-    open('/tmp/n', 'w').write(str(i))
-    time.sleep(0.05)
-" >/dev/null 2>&1 &`;
-
-async function readCount(t: TestAgent, id: string) {
-  return Number((await exec(t, id, 'cat /tmp/n')).stdout);
-}
 
 test('a restarted agent finds its live sandboxes and serves them; nothing is pruned', async () => {
   const id = await createSandbox(a);
-  await exec(a, id, counter);
+  await exec(a, id, COUNTER);
   await sleep(300);
   const before = await readCount(a, id);
   assert.ok(before > 0);
@@ -72,7 +60,7 @@ async function startTestAgentOn(prev: TestAgent): Promise<TestAgent> {
 
 test('a resume cut short by a crash is repaired: the disk goes back and the snapshot resumes with its memory', async () => {
   const id = await createSandbox(a);
-  await exec(a, id, counter);
+  await exec(a, id, COUNTER);
   await exec(a, id, 'echo kept > /home/user/file');
   await sleep(300);
   const before = await readCount(a, id);
@@ -102,7 +90,7 @@ test('a resume cut short by a crash is repaired: the disk goes back and the snap
 
 test('a pause cut short before its dump is abandoned: the partial snapshot goes, the sandbox runs on', async () => {
   const id = await createSandbox(a);
-  await exec(a, id, counter);
+  await exec(a, id, COUNTER);
   const cfg = a.agent.runtime.cfg;
   const staging = snapshotPaths(cfg, id, `.${id}.partial-0badf00d`);
   await mkdir(path.join(staging.dir, 'checkpoint'), { recursive: true });

@@ -11,7 +11,7 @@ import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
 import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
 import { MANIFEST } from '../src/runtime/snapshot-store.ts';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
-import { createSandbox, eventually, exec, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+import { COUNTER, createSandbox, eventually, exec, readCount, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
 let s3: TestS3Server;
@@ -33,25 +33,13 @@ after(async () => {
   await s3?.stop();
 });
 
-const counter = `nohup python3 -c "
-import time
-i = 0
-while True:
-    i += 1
-    open('/tmp/n', 'w').write(str(i))
-    time.sleep(0.05)
-" >/dev/null 2>&1 &`;
-
-async function readCount(t: TestAgent, id: string) {
-  return Number((await exec(t, id, 'cat /tmp/n 2>/dev/null || echo 0')).stdout);
-}
 
 const localNames = async (t: TestAgent, id: string) => (await readdir(t.snapshotDir).catch(() => [] as string[])).filter((n) => n.includes(id));
 
 describe('snapshots in an S3 store', () => {
   test('paused into S3 by one agent, resumed by another: memory, processes and files', async () => {
     const id = await createSandbox(a);
-    await exec(a, id, counter);
+    await exec(a, id, COUNTER);
     await exec(a, id, 'echo kept > /home/user/note.txt; head -c 5000000 /dev/urandom > /home/user/blob; sha256sum /home/user/blob > /home/user/blob.sum');
     const before = await eventually(() => readCount(a, id), (n) => n > 0, 'the counter runs');
     const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
@@ -86,7 +74,7 @@ describe('snapshots in an S3 store', () => {
 
   test('a resume cut short by a crash is repaired: the download goes, the stored snapshot resumes', async () => {
     const id = await createSandbox(a);
-    await exec(a, id, counter);
+    await exec(a, id, COUNTER);
     await exec(a, id, 'echo kept > /home/user/file');
     const before = await eventually(() => readCount(a, id), (n) => n > 0, 'the counter runs');
     await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });

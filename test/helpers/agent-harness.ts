@@ -126,3 +126,18 @@ export async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolea
   }
   throw new Error(`${what} did not hold within ${deadlineMs} ms (last value ${JSON.stringify(last)}${lastError ? `, last error ${String(lastError)}` : ''})`);
 }
+
+/** A background counter whose value lives in the process's memory: a restarted process would count from 1. */
+export const COUNTER = `nohup python3 -c "
+import time
+i = 0
+while True:
+    i += 1
+    open('/tmp/n', 'w').write(str(i))
+    time.sleep(0.05)
+" >/dev/null 2>&1 &`;
+
+/** The counter's last value (0 before it first wrote). */
+export async function readCount(a: TestAgent, id: string): Promise<number> {
+  return Number((await exec(a, id, 'cat /tmp/n 2>/dev/null || echo 0')).stdout);
+}
