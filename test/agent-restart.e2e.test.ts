@@ -103,6 +103,28 @@ test('a pause cut short before its dump is abandoned: the partial snapshot goes,
   await a.agent.runtime.kill(id);
 });
 
+test('a snapshot from before sandboxes had disks (its upper layer a directory, no manifest) resumes with its files', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, 'echo old-format > /home/user/kept');
+  await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: false });
+  // Turn the snapshot into the old layout: the disk's upper layer as a directory beside snapshot.json.
+  const s = snapshotPaths(a.agent.runtime.cfg, id);
+  const mnt = `${s.dir}.mnt`;
+  await mkdir(mnt);
+  await run(['mount', '-o', 'loop', s.diskImage, mnt]);
+  await run(['cp', '-a', `${mnt}/upper`, s.legacyUpper]);
+  await unmount(mnt);
+  await rm(mnt, { recursive: true });
+  await rm(s.diskImage);
+  await rm(path.join(s.dir, 'manifest.json'), { force: true });
+  assert.deepEqual((await readdir(s.dir)).sort(), ['snapshot.json', 'upper']);
+  await a.agent.runtime.store.prepare(); // what an agent start does with such a snapshot
+  await a.json('POST', `/v1/sandboxes/${id}/resume`);
+  assert.equal((await exec(a, id, 'cat /home/user/kept')).stdout, 'old-format\n');
+  assert.equal((await exec(a, id, 'touch /home/user/new && echo ok')).stdout, 'ok\n', 'on a disk of its own');
+  await a.agent.runtime.kill(id, { deleteSnapshot: true });
+});
+
 test('removing a sandbox directory never deletes through a mount left in it', async () => {
   const dir = path.join(path.dirname(a.dataDir), 'mount-guard');
   const inner = path.join(dir, 'rootfs');

@@ -542,8 +542,9 @@ export class SandboxRuntime {
     if (o.fresh) {
       await mkdir(p.upper, { mode: 0o755 });
       await chown(p.upper, shift, shift);
-      await mkdir(p.work, { mode: 0o700 });
     }
+    // A disk converted from an old snapshot holds only its upper layer.
+    await mkdir(p.work, { recursive: true, mode: 0o700 });
     await removeTree(p.socketDir);
     await mkdir(p.socketDir, { mode: 0o700 });
     await chown(p.socketDir, shift, shift);
