@@ -1,4 +1,4 @@
-import { readFile, readdir, statfs, writeFile, rename } from 'node:fs/promises';
+import { readFile, readdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { RuntimeConfig } from '../runtime/config.ts';
@@ -115,7 +115,7 @@ export class FleetMembership {
     const templates: string[] = [];
     for (const name of await readdir(this.o.config.templatesDir).catch(() => [] as string[])) {
       if (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
-        if (await readdir(path.join(this.o.config.templatesDir, name, 'rootfs')).then(() => true, () => false)) templates.push(name);
+        if (await stat(path.join(this.o.config.templatesDir, name, 'rootfs')).then((st) => st.isDirectory(), () => false)) templates.push(name);
       }
     }
     return {
