@@ -172,7 +172,11 @@ describe('init: basics', () => {
     await assert.rejects(client.ping(), (e: InitError) => e instanceof InitError && e.code === 'unavailable');
     init.kill('SIGHUP');
     await waitFor(() => client.ping().then(() => true, () => false), 3000, 'the rebound socket');
-    init.kill('SIGHUP'); // twice: the old listener is retired each time
+    // Twice: the old listener is retired each time. Wait for the new socket (a new inode at the
+    // path) before pinging, or the ping may reach the listener about to be retired.
+    const before = (await stat(sock)).ino;
+    init.kill('SIGHUP');
+    await waitFor(() => stat(sock).then((st) => st.ino !== before, () => false), 3000, 'the socket bound again');
     await waitFor(() => client.ping().then(() => true, () => false), 3000, 'the rebound socket');
   });
 
