@@ -294,13 +294,20 @@ export class SandboxRuntime {
     return this.locks.run(sandboxId, async () => {
       await this.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
       const state = await this.containerState(sandboxId);
-      const stoppedAt = state?.status === 'running' ? new Date() : null;
-      if (state) await this.stopped(sandboxId, state.status === 'running' ? 'kill' : 'found_dead', stoppedAt ?? new Date());
+      // Nothing running: an earlier call stopped it (its answer may have been lost; its stop is
+      // journaled already), or it died unseen (journaled now, when it was found).
+      const journaled = await this.journal.lastStop(sandboxId);
+      let stoppedAt: Date | null = null;
+      if (state?.status === 'running') {
+        stoppedAt = new Date();
+        await this.stopped(sandboxId, 'kill', stoppedAt);
+      } else if (state && journaled === null) {
+        stoppedAt = new Date();
+        await this.stopped(sandboxId, 'found_dead', stoppedAt);
+      }
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
-      // Nothing was running: an earlier call stopped it (its answer may have been lost), or it
-      // died unseen. The journal says when.
-      return { stoppedAt: stoppedAt?.toISOString() ?? (await this.journal.lastStop(sandboxId)) };
+      return { stoppedAt: stoppedAt?.toISOString() ?? journaled };
     });
   }
 
