@@ -14,7 +14,7 @@ import { ControlPlane } from '../src/control-plane/control-plane.ts';
 import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.ts';
 import { fileSignature, checkEnvdAccess } from '../src/control-plane/proxy/access.ts';
 import { parseTarget, routeRequest } from '../src/control-plane/proxy/routing.ts';
-import { forwardHttp } from '../src/control-plane/proxy/forward.ts';
+import { forwardHttp } from '../src/http/forward.ts';
 import { buildAgentServer } from '../src/agent/server.ts';
 import { DrainGate } from '../src/agent/drain-gate.ts';
 import type { SandboxRuntime } from '../src/runtime/sandbox-runtime.ts';

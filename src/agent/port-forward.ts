@@ -6,8 +6,8 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isSandboxId } from '../core/ids.ts';
-import { sameSecret } from '../control-plane/proxy/access.ts';
-import { endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../control-plane/proxy/forward.ts';
+import { bearerToken, sameSecret } from '../http/credentials.ts';
+import { endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../http/forward.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 
 export interface PortForwardOptions {
@@ -146,8 +146,7 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
       if (app.server.listenerCount('upgrade') === 1) writeRawResponse(socket, 404, JSON_HEADERS, JSON.stringify({ code: 404, message: 'not found' }));
       return;
     }
-    const auth = req.headers.authorization ?? '';
-    const token = auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    const token = bearerToken(req.headers.authorization);
     if (!token || !sameSecret(token, opts.nodeToken)) {
       writeRawResponse(socket, 401, JSON_HEADERS, JSON.stringify({ code: 401, message: 'missing or invalid node token' }));
       return;

@@ -1,8 +1,8 @@
-import { timingSafeEqual, createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
+import { bearerToken, sameSecret } from '../http/credentials.ts';
 import { InitError } from '../runtime/init-client.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import type { DrainGate } from './drain-gate.ts';
@@ -30,12 +30,6 @@ const STATUS_BY_CODE: Record<string, number> = {
   is_dir: 400, limit: 429, no_space: 507, internal: 500, protocol: 502, unavailable: 503,
 };
 
-function sameSecret(a: string, b: string) {
-  const ha = createHash('sha256').update(a).digest();
-  const hb = createHash('sha256').update(b).digest();
-  return timingSafeEqual(ha, hb);
-}
-
 /** The agent's internal API, used by the control plane; authenticated with the node token. */
 export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   const { runtime, drain } = opts;
@@ -46,8 +40,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
 
   app.addHook('onRequest', async (req, reply) => {
     if (req.url === '/v1/health') return;
-    const header = req.headers.authorization ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+    const token = bearerToken(req.headers.authorization);
     if (!token || !sameSecret(token, opts.nodeToken)) {
       return reply.code(401).send({ code: 401, message: 'missing or invalid node token' });
     }

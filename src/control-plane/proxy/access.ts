@@ -1,12 +1,6 @@
 // Who may reach a secure sandbox's envd: the access token, or a file URL signed with it (pure).
-import { createHash, timingSafeEqual } from 'node:crypto';
-
-/** Constant-time equality of two secrets of any length. */
-export function sameSecret(a: string, b: string): boolean {
-  const ha = createHash('sha256').update(a).digest();
-  const hb = createHash('sha256').update(b).digest();
-  return timingSafeEqual(ha, hb);
-}
+import { createHash } from 'node:crypto';
+import { sameSecret } from '../../http/credentials.ts';
 
 export type FileOperation = 'read' | 'write';
 

@@ -11,7 +11,7 @@ import { getNode, type NodeRecord } from '../../store/nodes.ts';
 import { getSandbox } from '../../store/sandboxes.ts';
 import type { LifecycleApi } from '../lifecycle-types.ts';
 import { checkEnvdAccess } from './access.ts';
-import { addForwardedHeaders, endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from './forward.ts';
+import { addForwardedHeaders, endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../../http/forward.ts';
 import { ENVD_PORT, parseTarget, routeRequest, type RequestTarget } from './routing.ts';
 
 export interface SandboxProxyOptions {
