@@ -1,26 +1,11 @@
 import type { SandboxState } from '../core/states.ts';
+import type { SandboxRow } from '../store/sandboxes.ts';
 
-/** A sandbox as the control plane shows it (all routes render from this). */
-export interface SandboxView {
-  sandboxId: string;
-  teamId: string;
-  templateId: string;
-  state: SandboxState;
-  nodeId: string | null;
-  envdAccessToken: string;
-  metadata: Record<string, string>;
-  cpuCount: number;
-  memoryMB: number;
-  diskSizeMB: number;
-  startedAt: Date;
-  endAt: Date | null; // null while paused (the remaining time is kept)
-  autoPause: boolean;
-  autoPauseMemory: boolean;
-  autoResume: boolean;
-  allowInternetAccess: boolean;
-  secure: boolean;
-  generation: number;
-}
+/** The stored fields no route shows (env vars are secrets given at create; the rest is bookkeeping). */
+export type HiddenSandboxField = 'envVars' | 'timeoutMs' | 'remainingMs' | 'stateChangedAt' | 'lastReason' | 'createdAt';
+
+/** A sandbox as the control plane shows it (all routes render from this): its stored row, less the hidden fields. */
+export type SandboxView = Omit<SandboxRow, HiddenSandboxField>;
 
 export interface CreateSandboxParams {
   teamId: string;

@@ -1,13 +1,32 @@
 import { randomUUID } from 'node:crypto';
 import type { EventReason, LifecycleEvent, SandboxState } from '../core/states.ts';
-import type { SandboxView } from '../control-plane/lifecycle-types.ts';
 import type { Sql } from './database.ts';
 
 /** A sandbox row as stored. */
-export interface SandboxRow extends SandboxView {
+export interface SandboxRow {
+  sandboxId: string;
+  teamId: string;
+  templateId: string;
+  state: SandboxState;
+  nodeId: string | null;
+  envdAccessToken: string;
+  metadata: Record<string, string>;
   envVars: Record<string, string>;
-  timeoutMs: number;
+  cpuCount: number;
+  memoryMB: number;
+  diskSizeMB: number;
+  startedAt: Date;
+  endAt: Date | null; // null while paused (the remaining time is kept)
+  /** Paused: the time left of its timeout, to run again on resume. */
   remainingMs: number | null;
+  timeoutMs: number;
+  autoPause: boolean;
+  autoPauseMemory: boolean;
+  autoResume: boolean;
+  allowInternetAccess: boolean;
+  secure: boolean;
+  /** Fences stale writers: every transition bumps it. */
+  generation: number;
   stateChangedAt: Date;
   lastReason: string;
   createdAt: Date;
