@@ -2,7 +2,7 @@ import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import path from 'node:path';
-import { isSandboxId } from '../core/ids.ts';
+import { isSnapshotKey } from '../core/ids.ts';
 import { run } from './command.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
@@ -26,8 +26,12 @@ export class DirectorySnapshotStore implements SnapshotStore {
   }
 
   dir(id: string): string {
-    if (!isSandboxId(id)) throw new Error(`invalid snapshot id "${id}"`);
+    if (!isSnapshotKey(id)) throw new Error(`invalid snapshot id "${id}"`);
     return path.join(this.root, id);
+  }
+
+  localPath(id: string): string {
+    return this.dir(id);
   }
 
   /** Snapshots written before manifests existed (a final name, a snapshot.json) are sealed. */
@@ -84,7 +88,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
   }
 
   async exists(id: string): Promise<boolean> {
-    return isSandboxId(id) && exists(path.join(this.dir(id), MANIFEST));
+    return isSnapshotKey(id) && exists(path.join(this.dir(id), MANIFEST));
   }
 
   async list(): Promise<string[]> {
@@ -157,7 +161,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
   }
 
   private async names(): Promise<string[]> {
-    return (await readdir(this.root).catch(() => [] as string[])).filter(isSandboxId);
+    return (await readdir(this.root).catch(() => [] as string[])).filter(isSnapshotKey);
   }
 }
 

@@ -43,7 +43,11 @@ export type SandboxPaths = ReturnType<typeof sandboxPaths>;
 
 /** A snapshot: CRIU images (memory) and the disk (files) of a paused sandbox. */
 export function snapshotPaths(cfg: RuntimeConfig, id: string, dirName = id) {
-  const dir = path.join(cfg.snapshotDir, dirName);
+  return snapshotFiles(path.join(cfg.snapshotDir, dirName));
+}
+
+/** The files of a snapshot directory wherever it is. */
+export function snapshotFiles(dir: string) {
   return {
     dir,
     meta: path.join(dir, 'snapshot.json'),
@@ -53,6 +57,8 @@ export function snapshotPaths(cfg: RuntimeConfig, id: string, dirName = id) {
     legacyUpper: path.join(dir, 'upper'),
   };
 }
+
+export type SnapshotFiles = ReturnType<typeof snapshotFiles>;
 
 export function templateRootfs(cfg: RuntimeConfig, template: string) {
   return path.join(cfg.templatesDir, template, 'rootfs');

@@ -64,11 +64,18 @@ export class Runc {
     await this.detached(['run', '-d', '--no-new-keyring', '--bundle', bundle, id], logFile);
   }
 
-  async checkpoint(id: string, imagePath: string, workPath: string, logFile: string) {
+  /** With `leaveRunning`, the container goes on after the dump (a snapshot or fork of it). */
+  async checkpoint(id: string, imagePath: string, workPath: string, logFile: string, opts: { leaveRunning?: boolean } = {}) {
     await this.detached(
-      ['checkpoint', '--image-path', imagePath, '--work-path', workPath, '--tcp-established', '--file-locks', id],
+      ['checkpoint', '--image-path', imagePath, '--work-path', workPath, '--tcp-established', '--file-locks',
+        ...(opts.leaveRunning ? ['--leave-running'] : []), id],
       logFile,
     );
+  }
+
+  /** Freezes every process of the container (cgroup freezer); `thaw` lets them go on. */
+  async freeze(id: string) {
+    await run(['runc', '--root', this.root, 'pause', id]);
   }
 
   async restore(id: string, bundle: string, imagePath: string, workPath: string, logFile: string) {

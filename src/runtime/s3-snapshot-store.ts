@@ -9,7 +9,7 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { isSandboxId } from '../core/ids.ts';
+import { isSnapshotKey } from '../core/ids.ts';
 import { exists } from './fs-util.ts';
 import {
   ChecksumError, hashing, localSnapshot, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
@@ -61,7 +61,7 @@ export class S3SnapshotStore implements SnapshotStore {
   }
 
   private key(id: string, name: string): string {
-    if (!isSandboxId(id)) throw new Error(`invalid snapshot id "${id}"`);
+    if (!isSnapshotKey(id)) throw new Error(`invalid snapshot id "${id}"`);
     return `${this.cfg.prefix}${id}/${name}`;
   }
 
@@ -239,7 +239,7 @@ export class S3SnapshotStore implements SnapshotStore {
         const rest = o.Key!.slice(this.cfg.prefix.length);
         const slash = rest.indexOf('/');
         const sid = rest.slice(0, slash);
-        if (slash < 0 || !isSandboxId(sid)) continue;
+        if (slash < 0 || !isSnapshotKey(sid)) continue;
         let entry = out.get(sid);
         if (!entry) out.set(sid, (entry = { names: new Set(), modifiedAt: new Date(0) }));
         entry.names.add(rest.slice(slash + 1));

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
-import { isSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
+import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -13,7 +13,7 @@ import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.t
 import { InitClient } from './init-client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { sandboxPaths, snapshotPaths, templateRootfs, type SandboxPaths } from './layout.ts';
+import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SandboxPaths, type SnapshotFiles } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
@@ -209,6 +209,117 @@ export class SandboxRuntime {
   }
 
   /**
+   * A named snapshot (or a fork's source) of a running sandbox, which keeps running: its
+   * processes are frozen while CRIU dumps them and the disk is copied, so memory and files
+   * are of one instant; then they go on. Stored under `key` (complete and durable, manifest
+   * last) before this resolves. The agent's connections to the init are closed for the dump
+   * (CRIU refuses sockets that lead outside): streams open on the sandbox end.
+   */
+  async snapshotLive(sandboxId: string, key: string): Promise<SnapshotRecord> {
+    assertId(sandboxId);
+    if (!NAMED_SNAPSHOT_ID_PATTERN.test(key)) throw invalid(`invalid snapshot id "${key}"`);
+    return this.locks.run(sandboxId, async () => {
+      if (await this.store.exists(key)) throw conflict(`snapshot ${key} exists already`);
+      const staging = snapshotPaths(this.cfg, key, `.${sandboxId}.live-${randomBytes(4).toString('hex')}`);
+      await mkdir(staging.dir, { mode: 0o711 });
+      try {
+        const snapshot = await this.dumpLive(sandboxId, staging);
+        await this.store.put(key, staging.dir);
+        return snapshot;
+      } catch (e) {
+        await rm(staging.dir, { recursive: true, force: true });
+        throw wrap(e, 'snapshot');
+      }
+    });
+  }
+
+  /** Dumps a running sandbox into `into` (images, disk.img, snapshot.json); it keeps running. */
+  private async dumpLive(sandboxId: string, into: SnapshotFiles): Promise<SnapshotRecord> {
+    const record = await this.record(sandboxId);
+    const p = sandboxPaths(this.cfg, sandboxId);
+    const state = await this.runc.state(sandboxId);
+    if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+    this.clients.get(sandboxId)?.closeAll();
+    await this.runc.freeze(sandboxId);
+    const frozenAt = new Date();
+    try {
+      this.inject('checkpoint');
+      await mkdir(into.images, { mode: 0o700 });
+      await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+      // CRIU finds the cgroup frozen and leaves it so: nothing writes until the disk is copied.
+      await this.runc.checkpoint(sandboxId, into.images, p.criuWork, p.runcLog, { leaveRunning: true }).catch(async (e) => {
+        await this.keepLog(sandboxId, 'dump');
+        throw e;
+      });
+      await handOverImages(into.images, this.cfg.uidShift);
+      // What the sandbox wrote is in the disk image once its file system is synced.
+      await run(['sync', '-f', p.disk]);
+      await run(['cp', '--sparse=always', '--', p.diskImage, into.diskImage]);
+    } finally {
+      await this.runc.thaw(sandboxId);
+    }
+    const snapshot: SnapshotRecord = { sandbox: record, memory: true, pausedAt: new Date().toISOString(), stoppedAt: frozenAt.toISOString() };
+    await writeFile(into.meta, JSON.stringify(snapshot));
+    return snapshot;
+  }
+
+  /**
+   * A new sandbox continuing from a snapshot's memory and files (a named snapshot, a fork's
+   * source): the snapshot is read, never consumed. The new sandbox has its own id, address,
+   * disk (a copy), limits and env; its processes are those of the snapshot.
+   */
+  async createFromSnapshot(req: CreateSandboxRequest, key: string): Promise<SandboxRecord> {
+    assertId(req.sandboxId);
+    if (!NAMED_SNAPSHOT_ID_PATTERN.test(key)) throw invalid(`invalid snapshot id "${key}"`);
+    return this.locks.run(req.sandboxId, async () => {
+      const local = this.store.localPath?.(key) ?? null;
+      if (local) {
+        if (!(await this.store.exists(key))) throw notFound(`snapshot ${key} does not exist`);
+        return this.restoreAsNew(req, snapshotFiles(local));
+      }
+      // Downloaded for this create, removed after it.
+      const copy = snapshotPaths(this.cfg, key, `.${req.sandboxId}.from-${key}`);
+      await rm(copy.dir, { recursive: true, force: true });
+      try {
+        await this.store.get(key, copy.dir).catch((e) => Promise.reject(this.store.exists(key).then((ok) => (ok ? wrap(e, 'create') : notFound(`snapshot ${key} does not exist`)))));
+        return await this.restoreAsNew(req, copy);
+      } finally {
+        await rm(copy.dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  /** Restores the images and a copy of the disk of `from` as the new sandbox `req.sandboxId`. */
+  private async restoreAsNew(req: CreateSandboxRequest, from: SnapshotFiles): Promise<SandboxRecord> {
+    const snap = JSON.parse(await readFile(from.meta, 'utf8')) as SnapshotRecord;
+    if (!snap.memory) throw invalid('the snapshot holds no memory');
+    const template = snap.sandbox.template;
+    const lower = templateRootfs(this.cfg, template);
+    if (!(await exists(lower))) throw notFound(`template "${template}" is not on this node`);
+    const p = sandboxPaths(this.cfg, req.sandboxId);
+    if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
+    try {
+      await this.prepareDirs(p, lower);
+      await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
+      await mountDisk(p.diskImage, p.disk);
+      await this.prepareDisk(p, { fresh: false, freshBoot: false });
+      const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
+      const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
+      record.fileHashes = await this.writeSandboxFiles(p, record, snap.sandbox.fileHashes);
+      await this.mountAndConfigure(record);
+      this.inject('restore');
+      await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+      await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
+      await this.waitForInit(req.sandboxId, true);
+      return await this.started(record, 'create');
+    } catch (e) {
+      await this.keepLog(req.sandboxId, 'restore');
+      await this.teardown(req.sandboxId);
+      throw wrap(e, 'create');
+    }
+  }
+
+  /**
    * Resume from the snapshot store, on this node whatever node paused it. On failure the
    * snapshot is put back as it was: a failed resume loses nothing.
    */
@@ -380,6 +491,19 @@ export class SandboxRuntime {
       const note = await this.locks.run(m[1]!, () => this.finishCutPause(m[1]!, name));
       notes.push(note);
     }
+    // A live snapshot or fork cut short: its staging goes, its sandbox runs on (thawed below).
+    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
+      const m = /^\.([a-z0-9]{20})\.(live|from)-[a-z0-9-]+$/.exec(name);
+      if (!m) continue;
+      await rm(path.join(this.cfg.snapshotDir, name), { recursive: true, force: true });
+      notes.push(`${m[1]}: a snapshot or create from a snapshot was cut short; its staging was removed`);
+    }
+    // The agent freezes a sandbox only for a dump: one still frozen was left so by a crash.
+    for (const c of await this.runc.list()) {
+      if (c.status !== 'paused' || !isSandboxId(c.id)) continue;
+      await this.runc.thaw(c.id);
+      notes.push(`${c.id}: left frozen by a dump cut short; thawed`);
+    }
     notes.push(...(await this.store.cleanLocal(this.cfg.snapshotDir, (id) => exists(sandboxPaths(this.cfg, id).dir))));
     return notes;
   }
@@ -449,23 +573,24 @@ export class SandboxRuntime {
    * the sandboxes whose state may be in motion (an operation queued, running, or finished
    * while the lists were read: their entries may disagree with each other).
    */
-  async report(): Promise<{ sandboxes: InventoryEntry[]; snapshots: string[]; busy: string[] }> {
+  async report(): Promise<{ sandboxes: InventoryEntry[]; snapshots: string[]; namedSnapshots: string[]; busy: string[] }> {
     const mark = this.locks.mark();
     const busyBefore = this.locks.busyKeys();
     const sandboxes = await this.inventory();
-    const snapshots = await this.snapshotIds();
+    const keys = await this.store.list();
     const busy = new Set([...busyBefore, ...this.locks.busyKeys(), ...this.locks.changedSince(mark)]);
-    return { sandboxes, snapshots, busy: [...busy] };
+    return { sandboxes, snapshots: keys.filter(isSandboxId), namedSnapshots: keys.filter((k) => NAMED_SNAPSHOT_ID_PATTERN.test(k)), busy: [...busy] };
   }
 
-  /** Ids of the complete snapshots in the snapshot store (staging directories are not). */
+  /** Ids of the paused sandboxes' complete snapshots in the snapshot store (staging directories are not). */
   async snapshotIds(): Promise<string[]> {
-    return this.store.list();
+    return (await this.store.list()).filter(isSandboxId);
   }
 
+  /** The paused sandboxes' snapshots (named snapshots are not). */
   async snapshots(): Promise<SnapshotRecord[]> {
     const out: SnapshotRecord[] = [];
-    for (const name of await this.store.list()) {
+    for (const name of await this.snapshotIds()) {
       const snap = await this.snapshot(name).catch(() => null);
       if (snap) out.push(snap);
     }

@@ -42,6 +42,11 @@ export interface SnapshotStore {
    * when it rejects no complete snapshot of `id` was made (the staging directory stays).
    */
   put(id: string, staging: string): Promise<void>;
+  /**
+   * Where a complete snapshot can be read in place (the directory store), or null (it must be
+   * fetched with `get`). What is there must not be changed.
+   */
+  localPath?(id: string): string | null;
   /** Copies (downloads) a complete snapshot into the new local directory `into`, verified. */
   get(id: string, into: string): Promise<void>;
   /**
