@@ -32,6 +32,11 @@ export interface RuntimeConfig {
   egressAllow?: string[];
   /** IPv4 ranges refused to every sandbox beyond the floor. */
   egressDeny?: string[];
+  /**
+   * Templates with a start command are captured warm (CRIU) once per node and their sandboxes
+   * restored from it; false starts every sandbox cold (NESTBOX_WARM_TEMPLATES=0).
+   */
+  warmTemplates?: boolean;
   /** Fault injection for chaos testing: probability that a checkpoint or restore fails. */
   faults?: RuntimeFaults;
 }
@@ -71,6 +76,7 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     egressAllow: parseCidrList(env.NESTBOX_EGRESS_ALLOW, 'NESTBOX_EGRESS_ALLOW'),
     egressDeny: parseCidrList(env.NESTBOX_EGRESS_DENY, 'NESTBOX_EGRESS_DENY'),
     faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
+    warmTemplates: env.NESTBOX_WARM_TEMPLATES !== '0',
     s3,
   };
 }

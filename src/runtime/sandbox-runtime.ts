@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
-import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
+import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -18,6 +18,8 @@ import { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { Runc, type ContainerStats } from './runc.ts';
+import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
+import { WarmCaptures } from './warm-templates.ts';
 import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 
 export interface CreateSandboxRequest {
@@ -68,6 +70,8 @@ export interface InventoryEntry {
 }
 
 const INIT_READY_TIMEOUT_MS = 10_000;
+/** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
+const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
  * The container runtime of one node: create, pause (CRIU checkpoint + upper layer), resume,
@@ -78,6 +82,9 @@ export class SandboxRuntime {
   readonly network: NetworkManager;
   private readonly runc: Runc;
   private readonly locks = new KeyedMutex();
+  /** One warm capture per template at a time. */
+  private readonly captureLocks = new KeyedMutex();
+  private readonly warm: WarmCaptures;
   private readonly clients = new Map<string, InitClient>();
   readonly journal: NodeJournal;
   /** Where snapshots are kept; `cfg.snapshotDir` is where pause stages and resume restores from. */
@@ -85,6 +92,7 @@ export class SandboxRuntime {
 
   constructor(readonly cfg: RuntimeConfig) {
     this.store = createSnapshotStore(cfg);
+    this.warm = new WarmCaptures(cfg);
     this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
@@ -124,9 +132,23 @@ export class SandboxRuntime {
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
     assertId(req.sandboxId);
     if (!TEMPLATE_NAME_PATTERN.test(req.template)) throw invalid(`invalid template name "${req.template}"`);
+    if (!(await exists(templateRootfs(this.cfg, req.template)))) throw notFound(`template "${req.template}" is not on this node`);
+    const start = await templateStart(this.cfg, req.template);
+    // A template with a start command is restored warm, its process already started.
+    if (start && this.cfg.warmTemplates !== false) {
+      const capture = await this.warmCapture(req.template, start);
+      return this.locks.run(req.sandboxId, async () => {
+        if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
+        return this.restoreAsNew(req, capture);
+      });
+    }
+    return this.locks.run(req.sandboxId, () => this.createFresh(req, start));
+  }
+
+  /** A new container from the template's files; with `start`, its start command runs and is ready. */
+  private async createFresh(req: CreateSandboxRequest, start: TemplateStart | null): Promise<SandboxRecord> {
     const lower = templateRootfs(this.cfg, req.template);
-    if (!(await exists(lower))) throw notFound(`template "${req.template}" is not on this node`);
-    return this.locks.run(req.sandboxId, async () => {
+    {
       const p = sandboxPaths(this.cfg, req.sandboxId);
       if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
       if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
@@ -141,11 +163,41 @@ export class SandboxRuntime {
         await this.mountAndConfigure(record);
         await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
         await this.waitForInit(req.sandboxId, false);
+        if (start) await startAndAwaitReady(this.init(req.sandboxId), start);
         return await this.started(record, 'create');
       } catch (e) {
         await this.teardown(req.sandboxId);
         throw wrap(e, 'create');
       }
+    }
+  }
+
+  /**
+   * The warm capture of a template's current version on this node, made now if there is none:
+   * a sandbox of the template is created, its start command started and awaited, and it is
+   * dumped (then removed). One capture per template at a time; creates wait for it.
+   */
+  private async warmCapture(template: string, start: TemplateStart): Promise<SnapshotFiles> {
+    return this.captureLocks.run(template, async () => {
+      const found = await this.warm.find(template, start.version);
+      if (found) return found;
+      const id = newSandboxId();
+      const staged = await this.warm.stage(template, start.version);
+      return this.locks.run(id, async () => {
+        try {
+          await this.createFresh({ sandboxId: id, template, resources: CAPTURE_RESOURCES, envVars: {}, metadata: {}, allowInternetAccess: false }, start);
+          await this.dumpLive(id, staged);
+          return await this.warm.commit(template, start.version, staged);
+        } catch (e) {
+          await rm(staged.dir, { recursive: true, force: true });
+          throw e instanceof NestboxError ? e : new NestboxError('internal', `capturing template ${template} warm failed: ${msg(e)}`);
+        } finally {
+          if (await exists(sandboxPaths(this.cfg, id).dir)) {
+            await this.stopped(id, 'capture', new Date());
+            await this.teardown(id);
+          }
+        }
+      });
     });
   }
 
@@ -198,6 +250,28 @@ export class SandboxRuntime {
       await this.store.put(sandboxId, staging.dir); // complete and durable, manifest last
       await this.teardown(sandboxId);
       return snapshot;
+    });
+  }
+
+  /**
+   * Copies the whole file system of a running sandbox (the overlay's merged view, from the host
+   * side of its mount) into `into`, an empty directory the caller made, for a template build:
+   * links are copied as links, never followed, and ownership (the mapped range) is kept. The
+   * sandbox's processes are frozen meanwhile, so nothing changes under the copy, then thawed.
+   */
+  async copyFileSystem(sandboxId: string, into: string): Promise<void> {
+    assertId(sandboxId);
+    return this.locks.run(sandboxId, async () => {
+      const state = await this.runc.state(sandboxId);
+      if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+      const p = sandboxPaths(this.cfg, sandboxId);
+      if (!(await isMountPoint(p.rootfs))) throw new NestboxError('internal', `the root file system of ${sandboxId} is not mounted`);
+      await this.runc.freeze(sandboxId);
+      try {
+        await run(['cp', '-a', '--no-dereference', '--reflink=auto', '--', `${p.rootfs}/.`, into]);
+      } finally {
+        await this.runc.thaw(sandboxId);
+      }
     });
   }
 
@@ -504,6 +578,7 @@ export class SandboxRuntime {
       await this.runc.thaw(c.id);
       notes.push(`${c.id}: left frozen by a dump cut short; thawed`);
     }
+    for (const name of await this.warm.removeStaging()) notes.push(`warm capture ${name} was cut short; its staging was removed`);
     notes.push(...(await this.store.cleanLocal(this.cfg.snapshotDir, (id) => exists(sandboxPaths(this.cfg, id).dir))));
     return notes;
   }
