@@ -8,12 +8,15 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { TemplateStore } from '../runtime/templates.ts';
+import { registerTemplateBuildRoutes } from './template-builds.ts';
 import { TemplateImportQuery, TemplateNameParam } from './schemas.ts';
 
 export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: SandboxRuntime }) {
   const { runtime } = opts;
   const templates = new TemplateStore(runtime.cfg);
   const typed = app.withTypeProvider<TypeBoxTypeProvider>();
+  // Builds capture templates through the same store: one import, build or delete per name.
+  registerTemplateBuildRoutes(app, { runtime, templates });
   // What an agent that died mid-import left behind goes now.
   app.addHook('onReady', async () => {
     const removed = await templates.removeAbandoned().catch(() => [] as string[]);

@@ -9,16 +9,18 @@ import type { Readable } from 'node:stream';
 import { conflict, invalid, NestboxError, notFound } from '../core/errors.ts';
 import { TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
+import { run } from './command.ts';
 import { exists, removeTree } from './fs-util.ts';
 import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
 import { applyLayer } from './image-layers.ts';
 
 export const BUILTIN_TEMPLATE = 'base';
 
-/** template.json: what an import learnt of the image. */
+/** template.json: what an import learnt of the image, or what a build made. */
 export interface TemplateMeta extends ImageConfigDefaults {
   name: string;
-  source: 'docker' | 'oci';
+  /** docker, oci: an imported image archive; build: a template build (E2B's Template builder). */
+  source: 'docker' | 'oci' | 'build';
   importedAt: string;
   layers: number;
   /** Uncompressed bytes of the files written. */
@@ -27,6 +29,25 @@ export interface TemplateMeta extends ImageConfigDefaults {
   repoTags: string[];
   /** The team that imported it (control plane's notion; the node only keeps it). */
   owner: string | null;
+  /** A build's start command (bash), run when a sandbox of the template starts; null: none. */
+  startCmd?: string | null;
+  /** A build's ready check (bash): the start command is up once it exits 0; null: none. */
+  readyCmd?: string | null;
+  /** A build's base template, and the build that made it. */
+  fromTemplate?: string;
+  buildId?: string;
+}
+
+/** What a build says of the template it captures (template.json's fields). */
+export interface CapturedTemplate {
+  owner: string;
+  env: Record<string, string>;
+  workdir: string | null;
+  user: string | null;
+  startCmd: string | null;
+  readyCmd: string | null;
+  fromTemplate: string;
+  buildId: string;
 }
 
 export interface TemplateInfo {
@@ -262,6 +283,47 @@ export class TemplateStore {
   }
 
   /**
+   * A new template `name` whose root file system `fill` writes into the directory it is given
+   * (made here, owned by the sandboxes' mapped root), with template.json from `meta`. Built in a
+   * staging directory and renamed into place whole; a failure leaves nothing.
+   */
+  async capture(name: string, meta: CapturedTemplate, fill: (rootfs: string) => Promise<void>): Promise<TemplateInfo> {
+    assertName(name);
+    if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in`);
+    if (this.busy.has(name)) throw conflict(`template "${name}" is being imported, built or deleted`);
+    this.busy.add(name);
+    const staging = path.join(this.cfg.templatesDir, `.import-${name}-${randomBytes(4).toString('hex')}`);
+    try {
+      if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
+      await mkdir(this.cfg.templatesDir, { recursive: true, mode: 0o755 });
+      await mkdir(staging, { mode: 0o700 });
+      await writeFile(path.join(staging, OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
+      const rootfs = path.join(staging, 'rootfs');
+      await mkdir(rootfs, { mode: 0o755 });
+      await chown(rootfs, this.cfg.uidShift, this.cfg.uidShift);
+      await fill(rootfs);
+      const full: TemplateMeta = {
+        name, source: 'build', importedAt: new Date().toISOString(), layers: 0, sizeBytes: await treeBytes(rootfs),
+        configDigest: null, repoTags: [], entrypoint: null, cmd: null, ...meta,
+      };
+      await writeFile(path.join(staging, 'template.json'), JSON.stringify(full, null, 2) + '\n', { mode: 0o644 });
+      await chmod(staging, 0o755);
+      if (await exists(templateDir(this.cfg, name))) throw conflict(`template "${name}" already exists`);
+      await rename(staging, templateDir(this.cfg, name)).catch((e: NodeJS.ErrnoException) => {
+        throw e.code === 'ENOTEMPTY' || e.code === 'EEXIST' ? conflict(`template "${name}" already exists`) : e;
+      });
+      await rm(path.join(templateDir(this.cfg, name), OWNER_FILE), { force: true });
+      return { name, builtin: false, meta: full };
+    } catch (e) {
+      await removeTree(staging).catch(() => undefined);
+      if (e instanceof NestboxError) throw e;
+      throw new NestboxError('internal', `capture of template "${name}" failed: ${e instanceof Error ? e.message : String(e)}`);
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  /**
    * Deletes an imported template. `inUse` lists the sandboxes (running or paused) that use it:
    * any at all refuses the delete. The directory is renamed away first, so a create that races
    * with it finds either the whole template or none.
@@ -287,6 +349,13 @@ export class TemplateStore {
       this.busy.delete(name);
     }
   }
+}
+
+/** Bytes of file content under `dir` (du's apparent size; links are not followed). */
+async function treeBytes(dir: string): Promise<number> {
+  const r = await run(['du', '-s', '-b', '-P', '--', dir], { allowFailure: true });
+  const n = Number(r.stdout.split(/\s/)[0]);
+  return Number.isFinite(n) ? n : 0;
 }
 
 function processAlive(pid: number): boolean {

@@ -9,7 +9,7 @@ import { action, contextFrom, formatTime, printJson, printTable, println, withAp
 interface Template {
   name: string;
   builtin: boolean;
-  source: 'docker' | 'oci' | 'builtin';
+  source: 'docker' | 'oci' | 'build' | 'builtin';
   importedAt: string | null;
   layers: number;
   sizeBytes: number;

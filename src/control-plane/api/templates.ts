@@ -23,7 +23,7 @@ const TemplateName = Type.String({ pattern: NAME, description: 'lower-case lette
 export const TemplateView = Type.Object({
   name: Type.String(),
   builtin: Type.Boolean({ description: 'Built in (base): cannot be deleted' }),
-  source: Type.Union([Type.Literal('docker'), Type.Literal('oci'), Type.Literal('builtin')]),
+  source: Type.Union([Type.Literal('docker'), Type.Literal('oci'), Type.Literal('build'), Type.Literal('builtin')], { description: 'docker, oci: an imported image; build: a template build' }),
   importedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   layers: Type.Integer(),
   sizeBytes: Type.Integer({ description: 'Bytes of file content written (uncompressed)' }),
