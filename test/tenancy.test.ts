@@ -25,6 +25,7 @@ import { forEachDatabase } from './helpers/databases.ts';
 import { FakeNode } from './helpers/fake-node.ts';
 
 const NODE_TOKEN = 'tenancy-node-token-0123456789';
+const FILES_HASH = '0'.repeat(64);
 
 interface Answer {
   status: number;
@@ -156,6 +157,16 @@ forEachDatabase('tenancy', (t) => {
   }
 
   const alphaSandboxes = () => [a.running.id, a.paused.id];
+
+  /** The first team's template build: asked for once (there is no node to run it). */
+  let alphaBuildIds: { template: string; buildId: string } | null = null;
+  async function alphaBuild() {
+    if (!alphaBuildIds) {
+      const r = await ok('POST', '/v3/templates', a.key, { name: 'tenancy-alpha-tpl' });
+      alphaBuildIds = { template: r.templateID, buildId: r.buildID };
+    }
+    return alphaBuildIds;
+  }
 
   /**
    * The second team's key on the first team's resources answers exactly as on ids that do not
@@ -379,6 +390,50 @@ forEachDatabase('tenancy', (t) => {
         sample: () => ({ url: `/nestbox/v1/webhooks/${a.webhookId}/deliveries` }),
         crossTeam: () =>
           looksMissing('GET', (id) => `/nestbox/v1/webhooks/${id}/deliveries`, [a.webhookId], `wh_${'0'.repeat(20)}`),
+      },
+
+      // --- template builds (no node here: a build is asked for, never run) ----------------------
+      'POST /v3/templates': {
+        auth: 'team',
+        sample: () => ({ url: '/v3/templates', body: { name: 'tenancy-sample' } }),
+        crossTeam: async () => {
+          const mine = await alphaBuild();
+          // Template names are one namespace: the name is refused, the first team's build untouched.
+          assert.equal((await call('POST', '/v3/templates', b.key, { name: mine.template })).status, 409);
+          assert.equal((await ok('GET', `/templates/${mine.template}/builds/${mine.buildId}/status`, a.key)).status, 'waiting');
+        },
+      },
+      'GET /templates/:templateID/files/:hash': {
+        auth: 'team',
+        sample: () => ({ url: `/templates/tenancy-alpha-tpl/files/${FILES_HASH}` }),
+        crossTeam: async () => looksMissing('GET', (id) => `/templates/${id}/files/${FILES_HASH}`, [(await alphaBuild()).template], 'tenancy-no-tpl'),
+      },
+      'PUT /templates/:templateID/files/:hash': {
+        auth: 'team',
+        sample: () => ({ url: `/templates/tenancy-alpha-tpl/files/${FILES_HASH}` }),
+        crossTeam: async () => looksMissing('PUT', (id) => `/templates/${id}/files/${FILES_HASH}`, [(await alphaBuild()).template], 'tenancy-no-tpl'),
+      },
+      'POST /v2/templates/:templateID/builds/:buildID': {
+        auth: 'team',
+        sample: () => ({ url: `/v2/templates/tenancy-alpha-tpl/builds/${randomUUID()}`, body: { fromTemplate: 'base' } }),
+        crossTeam: async () => {
+          const mine = await alphaBuild();
+          await looksMissing('POST', (id) => `/v2/templates/${mine.template}/builds/${id}`, [mine.buildId], randomUUID(), { fromTemplate: 'base', steps: [] });
+          assert.equal((await ok('GET', `/templates/${mine.template}/builds/${mine.buildId}/status`, a.key)).status, 'waiting');
+        },
+      },
+      'GET /templates/:templateID/builds/:buildID/status': {
+        auth: 'team',
+        sample: () => ({ url: `/templates/tenancy-alpha-tpl/builds/${randomUUID()}/status` }),
+        crossTeam: async () => {
+          const mine = await alphaBuild();
+          await looksMissing('GET', (id) => `/templates/${mine.template}/builds/${id}/status`, [mine.buildId], randomUUID());
+        },
+      },
+      'GET /templates/aliases/:alias': {
+        auth: 'team',
+        sample: () => ({ url: '/templates/aliases/tenancy-alpha-tpl' }),
+        crossTeam: async () => looksMissing('GET', (id) => `/templates/aliases/${id}`, [(await alphaBuild()).template], 'tenancy-no-tpl'),
       },
 
       // --- admin: not reachable with any team's key (see the key-kind test) ------------------------

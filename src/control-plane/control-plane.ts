@@ -9,6 +9,7 @@ import { authenticateKey } from '../store/credentials.ts';
 import { ensureBootstrapTeam } from '../store/teams.ts';
 import { adminKeyFilePath, keepAdminKey } from './admin-key-file.ts';
 import { buildApiServer } from './api/server.ts';
+import { TemplateBuildRunner } from './template-builds/runner.ts';
 import { LifecycleService, type Clock } from './lifecycle.ts';
 import { Evictor } from './loops/evictor.ts';
 import { KillSweeper } from './loops/kill-sweeper.ts';
@@ -121,6 +122,7 @@ export interface StartedControlPlane {
 export class ControlPlane {
   db!: Database;
   lifecycle!: LifecycleService;
+  templateBuilds?: TemplateBuildRunner;
   evictor!: Evictor;
   sweeper!: KillSweeper;
   reconciler!: Reconciler;
@@ -191,10 +193,12 @@ export class ControlPlane {
         for (const id of r.left) this.api?.log.info(`node ${id} left`);
       }, t.registryMs, log));
     }
+    this.templateBuilds = new TemplateBuildRunner({ db: this.db, lifecycle: this.lifecycle, nodes: pool });
     this.api = buildApiServer({
       lifecycle: this.lifecycle,
       db: this.db,
       nodes: pool,
+      templateBuilds: this.templateBuilds,
       authenticate: (key) => authenticateKey(this.db, key),
       envdVersion: ENVD_VERSION,
       domain: this.opts.domain ?? null,
@@ -222,6 +226,7 @@ export class ControlPlane {
   async stop(): Promise<void> {
     await this.proxy?.close();
     await this.api?.close();
+    await this.templateBuilds?.stop(); // builds in flight fail now, their sandboxes killed
     this.webhooks?.stop(); // a tick in progress ends after its current request
     await Promise.all(this.loops.map((l) => l.stop()));
     await this.lifecycle?.drain();

@@ -14,7 +14,9 @@ import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
 import { templateAccess, templateRoutes } from './templates.ts';
-import type { NodePool } from '../scheduler.ts';
+import { templateBuildRoutes } from './template-builds.ts';
+import { TemplateBuildRunner } from '../template-builds/runner.ts';
+import { NodePool } from '../scheduler.ts';
 import { nodeRoutes } from './nodes.ts';
 import { validatorCompiler } from './validation.ts';
 
@@ -36,6 +38,8 @@ export interface ApiServerOptions {
   db?: Database;
   /** The nodes: when given, the template routes (/nestbox/v1/templates) are served. */
   nodes?: NodePool;
+  /** Runs template builds (with `db`); made here from the lifecycle and nodes when not given. */
+  templateBuilds?: TemplateBuildRunner;
   /** Heartbeat period asked of joined nodes, and the silence after which one is unhealthy. */
   fleet?: { heartbeatMs: number; unhealthyAfterMs: number };
 }
@@ -92,6 +96,8 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     void app.register(adminTeamRoutes, { db: opts.db });
     void app.register(adminKeyRoutes, { db: opts.db });
     void app.register(nodeRoutes, { db: opts.db, ...(opts.fleet ?? DEFAULT_FLEET) });
+    const runner = opts.templateBuilds ?? new TemplateBuildRunner({ db: opts.db, lifecycle: opts.lifecycle, nodes: opts.nodes ?? new NodePool() });
+    void app.register(templateBuildRoutes, { db: opts.db, runner, nodes: opts.nodes });
   }
 
   return app;
