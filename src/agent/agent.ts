@@ -8,7 +8,8 @@ import { DrainGate } from './drain-gate.ts';
 import { defaultAdvertiseUrl, FleetMembership } from './fleet-membership.ts';
 import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
-import { drainNode, type DrainPlan, type DrainPolicy, type ShutdownReport } from './shutdown.ts';
+import type { DrainPolicy } from '../node-api/wire.ts';
+import { drainNode, type DrainPlan, type ShutdownReport } from './shutdown.ts';
 
 export interface AgentOptions {
   config?: RuntimeConfig;

@@ -1,4 +1,4 @@
-// Port forwarding on the node: `/v1/sandboxes/:id/ports/:port/*` reaches http://<sandbox address>:<port>/*
+// Port forwarding on the node: `<NODE_ROUTES.port>/*` (/v1/sandboxes/:id/ports/:port/*) reaches http://<sandbox address>:<port>/*
 // (HTTP and WebSocket upgrades). The control plane's sandbox proxy is the only caller; the node
 // token authenticates it, and never reaches the sandbox.
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isSandboxId } from '../core/ids.ts';
 import { bearerToken, sameSecret } from '../http/credentials.ts';
 import { endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../http/forward.ts';
+import { NODE_ROUTES, parsePortUrl } from '../node-api/routes.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 
 export interface PortForwardOptions {
@@ -17,7 +18,6 @@ export interface PortForwardOptions {
   connectTimeoutMs?: number;
 }
 
-const ROUTE = /^\/v1\/sandboxes\/([^/?#]+)\/ports\/([^/?#]+)(.*)$/s;
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
 function parsePort(raw: string): number | null {
@@ -75,14 +75,12 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
 
   /** The sandbox's address and the upstream path; throws ForwardError. */
   const target = async (url: string) => {
-    const m = ROUTE.exec(url);
+    const m = parsePortUrl(url);
     if (!m) throw new ForwardError(404, { code: 404, message: 'not found' });
-    const sandboxId = m[1]!;
-    const port = parsePort(m[2]!);
+    const { sandboxId, rest } = m;
+    const port = parsePort(m.port);
     if (!isSandboxId(sandboxId)) throw new ForwardError(502, { sandboxId, message: 'The sandbox was not found', code: 502 });
-    if (port === null) throw new ForwardError(400, { code: 400, message: `invalid port ${m[2]}` });
-    let rest = m[3] ?? '';
-    if (rest === '' || rest.startsWith('?')) rest = '/' + rest;
+    if (port === null) throw new ForwardError(400, { code: 400, message: `invalid port ${m.port}` });
     let address: string | null;
     try {
       address = (await opts.runtime.record(sandboxId)).address;
@@ -129,19 +127,21 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
         },
       });
     };
-    scope.all('/v1/sandboxes/:id/ports/:port', handler);
-    scope.all('/v1/sandboxes/:id/ports/:port/*', handler);
+    scope.all(NODE_ROUTES.port, handler);
+    scope.all(`${NODE_ROUTES.port}/*`, handler);
   });
 
+  // A pause or a kill of the sandbox: its forwarded connections go first.
   app.addHook('onRequest', async (req) => {
-    const m = /^\/v1\/sandboxes\/([a-z0-9]+)(\/pause)?(?:\?.*)?$/.exec(req.url);
-    if (m && ((m[2] && req.method === 'POST') || (!m[2] && req.method === 'DELETE'))) cut(m[1]!);
+    const route = req.routeOptions.url;
+    const stops = (route === NODE_ROUTES.pause && req.method === 'POST') || (route === NODE_ROUTES.sandbox && req.method === 'DELETE');
+    if (stops) cut((req.params as { id: string }).id);
   });
 
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy());
     const url = req.url ?? '';
-    if (!ROUTE.test(url)) {
+    if (!parsePortUrl(url)) {
       // Not ours: answer only when nobody else listens for upgrades.
       if (app.server.listenerCount('upgrade') === 1) writeRawResponse(socket, 404, JSON_HEADERS, JSON.stringify({ code: 404, message: 'not found' }));
       return;

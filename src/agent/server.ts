@@ -11,10 +11,16 @@ import { registerEnvd } from './envd/index.ts';
 import { registerPortForward } from './port-forward.ts';
 import { registerTemplateRoutes } from './templates.ts';
 import { templateProcessDefaults } from '../runtime/templates.ts';
+import { statusOfCode } from '../node-api/errors.ts';
+import { NODE_ROUTES as R } from '../node-api/routes.ts';
 import {
   CreateSandboxBody, FileQuery, InputBody, KillQuery, ListDirQuery, MoveBody, PathBody, PauseBody, PidParam,
   ResizeBody, SandboxIdParam, SignalBody, StartProcessBody, WatchQuery,
-} from './schemas.ts';
+} from '../node-api/schemas.ts';
+import type {
+  NodeErrorBody, NodeInventory, NodeMetrics, NodeSandboxDetail, NodeSandboxRecord, NodeSnapshotRecord, NodeStatus, NodeStop,
+  ProcessStreamLine, WatchStreamLine,
+} from '../node-api/wire.ts';
 
 export interface AgentServerOptions {
   runtime: SandboxRuntime;
@@ -25,11 +31,6 @@ export interface AgentServerOptions {
   logger?: boolean | object;
 }
 
-const STATUS_BY_CODE: Record<string, number> = {
-  invalid: 400, unauthorized: 401, permission: 403, not_found: 404, conflict: 409, exists: 409, not_dir: 400,
-  is_dir: 400, limit: 429, no_space: 507, internal: 500, protocol: 502, unavailable: 503,
-};
-
 /** The agent's internal API, used by the control plane; authenticated with the node token. */
 export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   const { runtime, drain } = opts;
@@ -39,7 +40,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
 
   app.addHook('onRequest', async (req, reply) => {
-    if (req.url === '/v1/health') return;
+    if (req.url === R.health) return;
     const token = bearerToken(req.headers.authorization);
     if (!token || !sameSecret(token, opts.nodeToken)) {
       return reply.code(401).send({ code: 401, message: 'missing or invalid node token' });
@@ -50,8 +51,8 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     const e = err as { validation?: unknown; statusCode?: number; message?: string; code?: string };
     if (e.validation) return reply.code(400).send({ code: 400, message: e.message });
     if (err instanceof NestboxError || err instanceof InitError) {
-      const status = STATUS_BY_CODE[err.code] ?? 500;
-      const body: Record<string, unknown> = { code: status, message: err.message };
+      const status = statusOfCode(err.code);
+      const body: NodeErrorBody = { code: status, message: err.message };
       if (err instanceof NestboxError && err.retryable) body.retryable = true;
       return reply.code(status).send(body);
     }
@@ -62,11 +63,11 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     return reply.code(500).send({ code: 500, message: 'internal error' });
   });
 
-  app.get('/v1/health', async () => ({ ok: true }));
+  app.get(R.health, async () => ({ ok: true }));
 
   // The control plane polls this: a draining node gets no new starts, and its plan says what
   // to do with the sandboxes still on it.
-  app.get('/v1/node', async () => {
+  app.get(R.node, async (): Promise<NodeStatus> => {
     const plan = opts.drainPlan?.() ?? null;
     return {
       nodeId: opts.nodeId,
@@ -77,9 +78,9 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   });
 
   // --- sandboxes ------------------------------------------------------------------------------
-  app.post('/v1/sandboxes', { schema: { body: CreateSandboxBody } }, async (req, reply) => {
+  app.post(R.sandboxes, { schema: { body: CreateSandboxBody } }, async (req, reply) => {
     const b = req.body;
-    const record = await drain.admit(() =>
+    const record: NodeSandboxRecord = await drain.admit(() =>
       runtime.create({
         sandboxId: b.sandboxId,
         template: b.template,
@@ -98,45 +99,45 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   });
 
   // The inventory the reconciler compares with the database.
-  app.get('/v1/sandboxes', async () => runtime.report());
+  app.get(R.sandboxes, async (): Promise<NodeInventory> => runtime.report());
 
-  app.get('/v1/sandboxes/:id', { schema: { params: SandboxIdParam } }, async (req) => {
+  app.get(R.sandbox, { schema: { params: SandboxIdParam } }, async (req): Promise<NodeSandboxDetail> => {
     const record = await runtime.record(req.params.id);
     const state = await runtime.containerState(req.params.id);
     return { ...record, state: state?.status ?? 'broken', pid: state?.pid ?? null };
   });
 
   // Answers when the container stopped, by this node's clock: billing ends there.
-  app.delete('/v1/sandboxes/:id', { schema: { params: SandboxIdParam, querystring: KillQuery } }, async (req) =>
+  app.delete(R.sandbox, { schema: { params: SandboxIdParam, querystring: KillQuery } }, async (req): Promise<NodeStop> =>
     runtime.kill(req.params.id, { deleteSnapshot: req.query.deleteSnapshot ?? false }),
   );
 
-  app.post('/v1/sandboxes/:id/pause', { schema: { params: SandboxIdParam, body: PauseBody } }, async (req) =>
+  app.post(R.pause, { schema: { params: SandboxIdParam, body: PauseBody } }, async (req): Promise<NodeSnapshotRecord> =>
     runtime.pause(req.params.id, req.body.memory),
   );
 
-  app.post('/v1/sandboxes/:id/resume', { schema: { params: SandboxIdParam } }, async (req, reply) => {
-    const record = await drain.admit(() => runtime.resume(req.params.id));
+  app.post(R.resume, { schema: { params: SandboxIdParam } }, async (req, reply) => {
+    const record: NodeSandboxRecord = await drain.admit(() => runtime.resume(req.params.id));
     return reply.code(201).send(record);
   });
 
-  app.get('/v1/sandboxes/:id/metrics', { schema: { params: SandboxIdParam } }, async (req) => runtime.metrics(req.params.id));
+  app.get(R.metrics, { schema: { params: SandboxIdParam } }, async (req): Promise<NodeMetrics> => runtime.metrics(req.params.id));
 
   // When this node last stopped the sandbox's container (its journal): for a control plane
   // that lost the answer of the call that stopped it.
-  app.get('/v1/sandboxes/:id/last-stop', { schema: { params: SandboxIdParam } }, async (req) => ({
+  app.get(R.lastStop, { schema: { params: SandboxIdParam } }, async (req): Promise<NodeStop> => ({
     stoppedAt: await runtime.journal.lastStop(req.params.id),
   }));
 
-  app.get('/v1/snapshots', async () => ({ snapshots: await runtime.snapshots() }));
-  app.get('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req) => runtime.snapshot(req.params.id));
-  app.delete('/v1/snapshots/:id', { schema: { params: SandboxIdParam } }, async (req, reply) => {
+  app.get(R.snapshots, async (): Promise<{ snapshots: NodeSnapshotRecord[] }> => ({ snapshots: await runtime.snapshots() }));
+  app.get(R.snapshot, { schema: { params: SandboxIdParam } }, async (req): Promise<NodeSnapshotRecord> => runtime.snapshot(req.params.id));
+  app.delete(R.snapshot, { schema: { params: SandboxIdParam } }, async (req, reply) => {
     await runtime.deleteSnapshot(req.params.id);
     return reply.code(204).send();
   });
 
   // --- processes ------------------------------------------------------------------------------
-  app.post('/v1/sandboxes/:id/processes', { schema: { params: SandboxIdParam, body: StartProcessBody } }, async (req, reply) => {
+  app.post(R.processes, { schema: { params: SandboxIdParam, body: StartProcessBody } }, async (req, reply) => {
     const record = await runtime.record(req.params.id);
     const b = req.body;
     // An imported image's env, working directory and user are defaults; the request's win.
@@ -153,73 +154,74 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     return sendProcessStream(req, reply, stream);
   });
 
-  app.get('/v1/sandboxes/:id/processes', { schema: { params: SandboxIdParam } }, async (req) => ({
+  app.get(R.processes, { schema: { params: SandboxIdParam } }, async (req) => ({
     processes: await runtime.init(req.params.id).list(),
   }));
 
-  app.get('/v1/sandboxes/:id/processes/:pid/stream', { schema: { params: PidParam } }, async (req, reply) => {
+  app.get(R.processStream, { schema: { params: PidParam } }, async (req, reply) => {
     const stream = await runtime.init(req.params.id).attach(req.params.pid);
     return sendProcessStream(req, reply, stream);
   });
 
-  app.post('/v1/sandboxes/:id/processes/:pid/input', { schema: { params: PidParam, body: InputBody } }, async (req) => {
+  app.post(R.processInput, { schema: { params: PidParam, body: InputBody } }, async (req) => {
     await runtime.init(req.params.id).input(req.params.pid, Buffer.from(req.body.data, 'base64'));
     return { ok: true };
   });
-  app.post('/v1/sandboxes/:id/processes/:pid/close-stdin', { schema: { params: PidParam } }, async (req) => {
+  app.post(R.processCloseStdin, { schema: { params: PidParam } }, async (req) => {
     await runtime.init(req.params.id).closeStdin(req.params.pid);
     return { ok: true };
   });
-  app.post('/v1/sandboxes/:id/processes/:pid/signal', { schema: { params: PidParam, body: SignalBody } }, async (req) => {
+  app.post(R.processSignal, { schema: { params: PidParam, body: SignalBody } }, async (req) => {
     await runtime.init(req.params.id).signal(req.params.pid, req.body.signal);
     return { ok: true };
   });
-  app.post('/v1/sandboxes/:id/processes/:pid/resize', { schema: { params: PidParam, body: ResizeBody } }, async (req) => {
+  app.post(R.processResize, { schema: { params: PidParam, body: ResizeBody } }, async (req) => {
     await runtime.init(req.params.id).resize(req.params.pid, req.body.cols, req.body.rows);
     return { ok: true };
   });
 
   // --- files ----------------------------------------------------------------------------------
-  app.get('/v1/sandboxes/:id/files', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req, reply) => {
+  app.get(R.files, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req, reply) => {
     const file = await runtime.init(req.params.id).readFile(req.query.path, req.query.user ?? 'user');
     reply.header('content-type', 'application/octet-stream');
     reply.header('content-length', String(file.size));
     return reply.send(file.stream);
   });
 
-  app.put('/v1/sandboxes/:id/files', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => {
+  app.put(R.files, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => {
     const body = req.body as Readable | Buffer | undefined;
     const source = body instanceof Readable ? body : Buffer.isBuffer(body) ? body : Buffer.alloc(0);
     const entry = await runtime.init(req.params.id).writeFile(req.query.path, source, { user: req.query.user ?? 'user' });
     return { entry };
   });
 
-  app.get('/v1/sandboxes/:id/fs/stat', { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => ({
+  app.get(R.fsStat, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => ({
     entry: await runtime.init(req.params.id).stat(req.query.path, req.query.user ?? 'user'),
   }));
-  app.get('/v1/sandboxes/:id/fs/list', { schema: { params: SandboxIdParam, querystring: ListDirQuery } }, async (req) => ({
+  app.get(R.fsList, { schema: { params: SandboxIdParam, querystring: ListDirQuery } }, async (req) => ({
     entries: await runtime.init(req.params.id).listDir(req.query.path, req.query.depth, req.query.user ?? 'user'),
   }));
-  app.post('/v1/sandboxes/:id/fs/mkdir', { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => ({
+  app.post(R.fsMkdir, { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => ({
     created: await runtime.init(req.params.id).mkdir(req.body.path, req.body.user ?? 'user'),
   }));
-  app.post('/v1/sandboxes/:id/fs/move', { schema: { params: SandboxIdParam, body: MoveBody } }, async (req) => ({
+  app.post(R.fsMove, { schema: { params: SandboxIdParam, body: MoveBody } }, async (req) => ({
     entry: await runtime.init(req.params.id).move(req.body.from, req.body.to, req.body.user ?? 'user'),
   }));
-  app.post('/v1/sandboxes/:id/fs/remove', { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => {
+  app.post(R.fsRemove, { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => {
     await runtime.init(req.params.id).remove(req.body.path, req.body.user ?? 'user');
     return { ok: true };
   });
-  app.get('/v1/sandboxes/:id/fs/watch', { schema: { params: SandboxIdParam, querystring: WatchQuery } }, async (req, reply) => {
+  app.get(R.fsWatch, { schema: { params: SandboxIdParam, querystring: WatchQuery } }, async (req, reply) => {
     const watcher = await runtime.init(req.params.id).watch(req.query.path, req.query.recursive, req.query.user ?? 'user');
     const out = new PassThrough();
-    out.write(JSON.stringify({ type: 'watching' }) + '\n');
+    const line = (l: WatchStreamLine) => out.write(JSON.stringify(l) + '\n');
+    line({ type: 'watching' });
     req.raw.on('close', () => watcher.close());
     void (async () => {
       try {
-        for await (const ev of watcher) out.write(JSON.stringify({ type: 'event', ...ev }) + '\n');
+        for await (const ev of watcher) line({ type: 'event', ...ev });
       } catch (e) {
-        out.write(JSON.stringify({ type: 'error', message: (e as Error).message }) + '\n');
+        line({ type: 'error', message: (e as Error).message });
       }
       out.end();
     })();
@@ -240,17 +242,18 @@ type ProcessStream = Awaited<ReturnType<ReturnType<SandboxRuntime['init']>['star
 /** Streams a process as NDJSON: start, output chunks (base64), then exit. */
 function sendProcessStream(req: FastifyRequest, reply: FastifyReply, stream: ProcessStream) {
   const out = new PassThrough();
-  out.write(JSON.stringify({ type: 'start', pid: stream.pid }) + '\n');
+  const line = (l: ProcessStreamLine) => out.write(JSON.stringify(l) + '\n');
+  line({ type: 'start', pid: stream.pid });
   req.raw.on('close', () => stream.detach());
   void (async () => {
     try {
       for await (const chunk of stream) {
-        out.write(JSON.stringify({ type: 'data', channel: chunk.channel, data: chunk.data.toString('base64') }) + '\n');
+        line({ type: 'data', channel: chunk.channel, data: chunk.data.toString('base64') });
       }
       const exit = await stream.exited;
-      out.write(JSON.stringify({ type: 'exit', exitCode: exit.exitCode, signal: exit.signal }) + '\n');
+      line({ type: 'exit', exitCode: exit.exitCode, signal: exit.signal });
     } catch (e) {
-      out.write(JSON.stringify({ type: 'error', message: (e as Error).message }) + '\n');
+      line({ type: 'error', message: (e as Error).message });
     }
     out.end();
   })();

@@ -1,8 +1,6 @@
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
+import type { DrainPolicy } from '../node-api/wire.ts';
 import type { DrainGate } from './drain-gate.ts';
-
-/** What a draining node asks of the control plane for its live sandboxes. */
-export type DrainPolicy = 'pause' | 'wait';
 
 export interface DrainPlan {
   policy: DrainPolicy;

@@ -8,25 +8,24 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { TemplateStore } from '../runtime/templates.ts';
-import { registerTemplateBuildRoutes } from './template-builds.ts';
-import { TemplateImportQuery, TemplateNameParam } from './schemas.ts';
+import { NODE_ROUTES as R } from '../node-api/routes.ts';
+import { TemplateImportQuery, TemplateNameParam } from '../node-api/schemas.ts';
+import type { NodeTemplate, TemplateImportEvent } from '../node-api/wire.ts';
 
 export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: SandboxRuntime }) {
   const { runtime } = opts;
   const templates = new TemplateStore(runtime.cfg);
   const typed = app.withTypeProvider<TypeBoxTypeProvider>();
-  // Builds capture templates through the same store: one import, build or delete per name.
-  registerTemplateBuildRoutes(app, { runtime, templates });
   // What an agent that died mid-import left behind goes now.
   app.addHook('onReady', async () => {
     const removed = await templates.removeAbandoned().catch(() => [] as string[]);
     for (const name of removed) app.log.warn(`removed ${name}, left by an import or delete that was cut short`);
   });
 
-  typed.get('/v1/templates', async () => ({ templates: await templates.list() }));
-  typed.get('/v1/templates/:name', { schema: { params: TemplateNameParam } }, async (req) => templates.get(req.params.name));
+  typed.get(R.templates, async (): Promise<{ templates: NodeTemplate[] }> => ({ templates: await templates.list() }));
+  typed.get(R.template, { schema: { params: TemplateNameParam } }, async (req): Promise<NodeTemplate> => templates.get(req.params.name));
 
-  typed.delete('/v1/templates/:name', { schema: { params: TemplateNameParam } }, async (req, reply) => {
+  typed.delete(R.template, { schema: { params: TemplateNameParam } }, async (req, reply) => {
     const name = req.params.name;
     await templates.delete(name, async () => {
       // Running sandboxes and paused ones (their resume needs the template) hold it.
@@ -37,7 +36,7 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
     return reply.code(204).send();
   });
 
-  typed.post('/v1/templates', { schema: { querystring: TemplateImportQuery } }, async (req, reply) => {
+  typed.post(R.templates, { schema: { querystring: TemplateImportQuery } }, async (req, reply) => {
     const { name, owner } = req.query;
     const body = req.body as Readable | Buffer | undefined;
     const source = body instanceof Readable ? body : Readable.from([Buffer.isBuffer(body) ? body : Buffer.alloc(0)]);
@@ -48,7 +47,7 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
       throw e;
     }
     const out = new PassThrough();
-    const line = (o: object) => out.write(JSON.stringify(o) + '\n');
+    const line = (e: TemplateImportEvent) => out.write(JSON.stringify(e) + '\n');
     void (async () => {
       try {
         const info = await templates.import(name, source, { owner: owner ?? null, onEvent: line });

@@ -1,5 +1,5 @@
 import { Agent, HostNotReadyError } from '../agent/agent.ts';
-import type { DrainPolicy } from '../agent/shutdown.ts';
+import type { DrainPolicy } from '../node-api/wire.ts';
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
 import { DEFAULT_PROXY_PORT, loopbackSandboxDomain } from '../control-plane/proxy/routing.ts';

@@ -1,4 +1,5 @@
-import { NodeCallError, type NodeClient, type NodeCreateRequest } from './node-client.ts';
+import type { NodeCreateRequest } from '../node-api/schemas.ts';
+import { NodeCallError, type NodeClient } from './node-client.ts';
 
 /**
  * Chaos testing only: a node client whose state-changing calls time out with probability `p`,

@@ -1,41 +1,12 @@
 import type { Readable } from 'node:stream';
 import { NestboxError, type ErrorCode } from '../core/errors.ts';
-
-export interface NodeCreateRequest {
-  sandboxId: string;
-  template: string;
-  cpuCount: number;
-  memoryMB: number;
-  /** The sandbox's disk: everything it writes, capped at this size. */
-  diskMB: number;
-  envVars: Record<string, string>;
-  metadata: Record<string, string>;
-  allowInternetAccess: boolean;
-}
-
-export interface NodeInventoryEntry {
-  sandboxId: string;
-  /** stopped: its init is dead (zombies included); broken: remains without a container. */
-  state: 'running' | 'stopped' | 'creating' | 'broken';
-  /** When the node last started it, ISO time. */
-  startedAt?: string | null;
-}
-
-/** Everything a node holds, as the reconciler needs it. */
-export interface NodeInventory {
-  sandboxes: NodeInventoryEntry[];
-  /** Sandboxes with a complete snapshot in the (shared) snapshot store. */
-  snapshots: string[];
-  /** Sandboxes an operation is in progress on: their entries prove nothing this round. */
-  busy: string[];
-}
-
-export interface NodeStats {
-  cpuNs: number;
-  memoryBytes: number;
-  memoryLimitBytes: number;
-  pids: number;
-}
+import { readNodeFailure } from '../node-api/errors.ts';
+import { NODE_ROUTES as R, nodePath } from '../node-api/routes.ts';
+import type { NodeCreateRequest, PauseBody, TemplateImportQuery } from '../node-api/schemas.ts';
+import type {
+  NodeInventory, NodeMetrics, NodeSandboxDetail, NodeSandboxRecord, NodeSnapshotRecord, NodeStatus, NodeStop, NodeTemplate,
+  TemplateImportEvent,
+} from '../node-api/wire.ts';
 
 /**
  * A failed node call. `uncertain` means the call may or may not have taken effect (timeout,
@@ -48,45 +19,12 @@ export class NodeCallError extends NestboxError {
   }
 }
 
-/** A node's own word on whether it takes new sandboxes, and its drain plan once draining. */
-export interface NodeStatus {
-  draining: boolean;
-  drain: { policy: 'pause' | 'wait'; deadline: string } | null;
-}
-
-/** A template as a node describes it (GET /v1/templates); `meta` is null for built-in ones. */
-export interface NodeTemplate {
-  name: string;
-  builtin: boolean;
-  meta: {
-    source: 'docker' | 'oci';
-    importedAt: string;
-    layers: number;
-    sizeBytes: number;
-    configDigest: string | null;
-    repoTags: string[];
-    owner: string | null;
-    env: Record<string, string>;
-    workdir: string | null;
-    user: string | null;
-    entrypoint: string[] | null;
-    cmd: string[] | null;
-  } | null;
-}
-
-/** A progress line of a template import (the node's NDJSON). */
-export type TemplateImportEvent = { type: string; [k: string]: unknown };
-
-/** What the control plane needs from a node agent. */
 /** When the node started a container, by its own clock (ISO); null when it did not say. */
 export interface NodeStart {
   startedAt: string | null;
 }
-/** When the node stopped a container (a dump froze it, it was killed), by its own clock; null: it held none running. */
-export interface NodeStop {
-  stoppedAt: string | null;
-}
 
+/** What the control plane needs from a node agent. */
 export interface NodeClient {
   readonly nodeId: string;
   create(req: NodeCreateRequest): Promise<NodeStart>;
@@ -99,14 +37,12 @@ export interface NodeClient {
   deleteSnapshot(sandboxId: string): Promise<void>;
   /** null when the node does not hold a running container for the sandbox. */
   containerRunning(sandboxId: string): Promise<boolean>;
-  metrics(sandboxId: string): Promise<NodeStats>;
+  metrics(sandboxId: string): Promise<NodeMetrics>;
   inventory(): Promise<NodeInventory>;
   status(): Promise<NodeStatus>;
 }
 
-const CODES: Record<number, ErrorCode> = { 400: 'invalid', 404: 'not_found', 409: 'conflict', 429: 'limit', 503: 'unavailable' };
-
-/** The node agent's internal HTTP API (src/agent/server.ts). */
+/** The node agent's internal HTTP API (src/node-api: its paths, requests and answers). */
 export class HttpNodeClient implements NodeClient {
   constructor(
     readonly nodeId: string,
@@ -131,41 +67,36 @@ export class HttpNodeClient implements NodeClient {
     }
     const text = await res.text().catch(() => '');
     if (res.ok) return text ? JSON.parse(text) : undefined;
-    let message = text;
-    let retryable = false;
-    try {
-      const parsed = JSON.parse(text) as { message?: string; retryable?: boolean };
-      message = parsed.message ?? text;
-      retryable = parsed.retryable === true;
-    } catch {
-      /* not JSON */
-    }
-    const code = CODES[res.status] ?? 'internal';
-    throw new NodeCallError(code, `node ${this.nodeId}: ${message}`, res.status >= 500 && res.status !== 503, retryable || res.status === 503);
+    const f = readNodeFailure(res.status, text);
+    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, f.uncertain, f.retryable);
   }
 
   async create(req: NodeCreateRequest): Promise<NodeStart> {
-    return { startedAt: instant((await this.call('POST', '/v1/sandboxes', { ...req })) as { startedAt?: unknown }, 'startedAt') };
+    const record = (await this.call('POST', nodePath(R.sandboxes, {}), { ...req })) as NodeSandboxRecord;
+    return { startedAt: instant(record, 'startedAt') };
   }
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<NodeStop> {
-    const r = await this.call('DELETE', `/v1/sandboxes/${sandboxId}${opts.deleteSnapshot ? '?deleteSnapshot=true' : ''}`);
-    return { stoppedAt: instant(r as { stoppedAt?: unknown } | undefined, 'stoppedAt') };
+    const path = nodePath(R.sandbox, { id: sandboxId }, { deleteSnapshot: opts.deleteSnapshot ? true : undefined });
+    return { stoppedAt: instant((await this.call('DELETE', path)) as NodeStop | undefined, 'stoppedAt') };
   }
   async pause(sandboxId: string, memory: boolean): Promise<NodeStop> {
-    return { stoppedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/pause`, { memory })) as { stoppedAt?: unknown }, 'stoppedAt') };
+    const body: PauseBody = { memory };
+    const snapshot = (await this.call('POST', nodePath(R.pause, { id: sandboxId }), body)) as NodeSnapshotRecord;
+    return { stoppedAt: instant(snapshot, 'stoppedAt') };
   }
   async lastStop(sandboxId: string): Promise<NodeStop> {
-    return { stoppedAt: instant((await this.call('GET', `/v1/sandboxes/${sandboxId}/last-stop`)) as { stoppedAt?: unknown }, 'stoppedAt') };
+    return { stoppedAt: instant((await this.call('GET', nodePath(R.lastStop, { id: sandboxId }))) as NodeStop, 'stoppedAt') };
   }
   async resume(sandboxId: string): Promise<NodeStart> {
-    return { startedAt: instant((await this.call('POST', `/v1/sandboxes/${sandboxId}/resume`)) as { startedAt?: unknown }, 'startedAt') };
+    const record = (await this.call('POST', nodePath(R.resume, { id: sandboxId }))) as NodeSandboxRecord;
+    return { startedAt: instant(record, 'startedAt') };
   }
   async deleteSnapshot(sandboxId: string) {
-    await this.call('DELETE', `/v1/snapshots/${sandboxId}`);
+    await this.call('DELETE', nodePath(R.snapshot, { id: sandboxId }));
   }
   async containerRunning(sandboxId: string) {
     try {
-      const s = (await this.call('GET', `/v1/sandboxes/${sandboxId}`)) as { state: string };
+      const s = (await this.call('GET', nodePath(R.sandbox, { id: sandboxId }))) as NodeSandboxDetail;
       return s.state === 'running';
     } catch (e) {
       if (e instanceof NodeCallError && e.code === 'not_found') return false;
@@ -173,24 +104,24 @@ export class HttpNodeClient implements NodeClient {
     }
   }
   async metrics(sandboxId: string) {
-    return (await this.call('GET', `/v1/sandboxes/${sandboxId}/metrics`)) as NodeStats;
+    return (await this.call('GET', nodePath(R.metrics, { id: sandboxId }))) as NodeMetrics;
   }
   async inventory() {
-    return (await this.call('GET', '/v1/sandboxes')) as NodeInventory;
+    return (await this.call('GET', nodePath(R.sandboxes, {}))) as NodeInventory;
   }
   async status() {
-    return (await this.call('GET', '/v1/node')) as NodeStatus;
+    return (await this.call('GET', nodePath(R.node, {}))) as NodeStatus;
   }
 
   // --- templates (not part of NodeClient: only nodes reached over HTTP import images) --------
   async listTemplates() {
-    return ((await this.call('GET', '/v1/templates')) as { templates: NodeTemplate[] }).templates;
+    return ((await this.call('GET', nodePath(R.templates, {}))) as { templates: NodeTemplate[] }).templates;
   }
   async getTemplate(name: string) {
-    return (await this.call('GET', `/v1/templates/${encodeURIComponent(name)}`)) as NodeTemplate;
+    return (await this.call('GET', nodePath(R.template, { name }))) as NodeTemplate;
   }
   async deleteTemplate(name: string) {
-    await this.call('DELETE', `/v1/templates/${encodeURIComponent(name)}`);
+    await this.call('DELETE', nodePath(R.template, { name }));
   }
 
   /**
@@ -198,10 +129,10 @@ export class HttpNodeClient implements NodeClient {
    * go to `onEvent`. No overall timeout: a large image takes as long as it takes.
    */
   async importTemplate(name: string, archive: Readable, opts: { owner?: string; onEvent?: (e: TemplateImportEvent) => void } = {}): Promise<NodeTemplate> {
-    const q = new URLSearchParams({ name, ...(opts.owner ? { owner: opts.owner } : {}) });
+    const query: TemplateImportQuery = { name, ...(opts.owner ? { owner: opts.owner } : {}) };
     let res: Response;
     try {
-      res = await fetch(`${this.baseUrl}/v1/templates?${q}`, {
+      res = await fetch(this.baseUrl + nodePath(R.templates, {}, query), {
         method: 'POST',
         headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/octet-stream' },
         body: archive as unknown as BodyInit,
@@ -211,14 +142,9 @@ export class HttpNodeClient implements NodeClient {
       throw new NodeCallError('unavailable', `node ${this.nodeId} did not take the archive: ${(e as Error).message}`, false, true);
     }
     if (!res.ok || !res.body) {
-      const text = await res.text().catch(() => '');
-      let message = text;
-      try {
-        message = (JSON.parse(text) as { message?: string }).message ?? text;
-      } catch {
-        /* not JSON */
-      }
-      throw new NodeCallError(CODES[res.status] ?? 'internal', `node ${this.nodeId}: ${message}`, false);
+      // Refused before the import began: nothing happened, whatever the status.
+      const f = readNodeFailure(res.status, await res.text().catch(() => ''));
+      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
     }
     let buffered = '';
     const decoder = new TextDecoder();
@@ -243,7 +169,7 @@ export class HttpNodeClient implements NodeClient {
 }
 
 /** An instant a node reported (ISO time); null when absent or not a time. */
-function instant(body: Record<string, unknown> | undefined, key: string): string | null {
+function instant<K extends string>(body: Partial<Record<K, unknown>> | undefined, key: K): string | null {
   const v = body?.[key];
   return typeof v === 'string' && !Number.isNaN(Date.parse(v)) ? v : null;
 }

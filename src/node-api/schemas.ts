@@ -1,6 +1,7 @@
 import { Type, type Static } from 'typebox';
 
-// The node agent's internal API: every field the control plane sends is bounded here.
+// The node API's requests: every field the control plane sends is bounded here; the agent
+// validates with these schemas, the control plane builds its requests as their types.
 export const SandboxIdParam = Type.Object({ id: Type.String({ pattern: '^[a-z0-9]{20}$' }) });
 export const PidParam = Type.Object({
   id: Type.String({ pattern: '^[a-z0-9]{20}$' }),
@@ -27,9 +28,13 @@ export const CreateSandboxBody = Type.Object(
   { additionalProperties: false },
 );
 export type CreateSandboxBody = Static<typeof CreateSandboxBody>;
+/** The create request as the control plane sends it (fields with a default may be left out). */
+export type NodeCreateRequest = Omit<CreateSandboxBody, 'pidsLimit'> & Partial<Pick<CreateSandboxBody, 'pidsLimit'>>;
 
 export const PauseBody = Type.Object({ memory: Type.Boolean({ default: true }) }, { additionalProperties: false });
+export type PauseBody = Static<typeof PauseBody>;
 export const KillQuery = Type.Object({ deleteSnapshot: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
+export type KillQuery = Static<typeof KillQuery>;
 
 const User = Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.-]+$' }));
 const FilePath = Type.String({ minLength: 1, maxLength: 4096 });
@@ -74,6 +79,7 @@ export const PathBody = Type.Object({ path: FilePath, user: User }, { additional
 
 // --- templates ----------------------------------------------------------------------------------
 export const TemplateNameParam = Type.Object({ name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }) });
+/** POST /v1/templates: the image archive is the body (streamed); name and owner ride in the query. */
 export const TemplateImportQuery = Type.Object(
   {
     name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
@@ -82,3 +88,4 @@ export const TemplateImportQuery = Type.Object(
   },
   { additionalProperties: false },
 );
+export type TemplateImportQuery = Static<typeof TemplateImportQuery>;

@@ -1,4 +1,6 @@
-import { NodeCallError, type NodeClient, type NodeCreateRequest, type NodeInventory, type NodeStats, type NodeStatus } from '../../src/control-plane/node-client.ts';
+import { NodeCallError, type NodeClient } from '../../src/control-plane/node-client.ts';
+import type { NodeCreateRequest } from '../../src/node-api/schemas.ts';
+import type { NodeInventory, NodeMetrics, NodeStatus } from '../../src/node-api/wire.ts';
 
 export interface FakeFaults {
   /** Probability that a call fails cleanly (the node says no; nothing happened). */
@@ -107,9 +109,9 @@ export class FakeNode implements NodeClient {
     return !!c && !c.dead;
   }
 
-  async metrics(id: string): Promise<NodeStats> {
+  async metrics(id: string): Promise<NodeMetrics> {
     if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not running', false);
-    return { cpuNs: 1e9, memoryBytes: 64 << 20, memoryLimitBytes: 512 << 20, pids: 3 };
+    return { cpuNs: 1e9, memoryBytes: 64 << 20, memoryLimitBytes: 512 << 20, pids: 3, diskUsedBytes: 0, diskTotalBytes: 0 };
   }
 
   /** A drain plan to report (with faults.draining). */
@@ -117,7 +119,7 @@ export class FakeNode implements NodeClient {
 
   async status(): Promise<NodeStatus> {
     if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
-    return { draining: !!this.faults.draining, drain: this.faults.draining ? this.drainPlan : null };
+    return { nodeId: this.nodeId, draining: !!this.faults.draining, inFlightStarts: 0, drain: this.faults.draining ? this.drainPlan : null };
   }
 
   async inventory(): Promise<NodeInventory> {
@@ -125,7 +127,8 @@ export class FakeNode implements NodeClient {
     if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
     return {
       sandboxes: [...this.containers].map(([sandboxId, c]) => ({
-        sandboxId, state: c.dead ? ('stopped' as const) : ('running' as const), startedAt: new Date(c.startedAt).toISOString(),
+        sandboxId, state: c.dead ? ('stopped' as const) : ('running' as const), busy: this.busy.has(sandboxId),
+        startedAt: new Date(c.startedAt).toISOString(), pid: null, address: null, template: null, metadata: {}, createdAt: null,
       })),
       snapshots: [...this.snapshots],
       busy: [...this.busy],

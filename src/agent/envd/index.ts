@@ -1,5 +1,5 @@
 // The envd protocol (E2B's in-sandbox daemon) served by the node agent for each sandbox, under
-// `/v1/sandboxes/:id/envd/*`: REST /health and /files, and Connect RPC for process.Process and
+// `<NODE_ROUTES.envd>/*` (/v1/sandboxes/:id/envd/*): REST /health and /files, and Connect RPC for process.Process and
 // filesystem.Filesystem, all mapped onto the sandbox init. See README.md in this folder.
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -8,6 +8,7 @@ import type { UniversalHandler } from '@connectrpc/connect/protocol';
 import {
   compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse,
 } from '@connectrpc/connect-node';
+import { NODE_ROUTES } from '../../node-api/routes.ts';
 import type { SandboxRuntime } from '../../runtime/sandbox-runtime.ts';
 import { basicAuthUser, clientAuthorization, envdContextKey, requestUser, type EnvdRequestContext } from './context.ts';
 import { templateProcessDefaults, type ProcessDefaults } from '../../runtime/templates.ts';
@@ -19,7 +20,6 @@ import { HttpError } from './errors.ts';
 import { Process } from './gen/process/process_pb.ts';
 import { Filesystem } from './gen/filesystem/filesystem_pb.ts';
 
-export const ENVD_PREFIX = '/v1/sandboxes/:id/envd';
 
 export interface EnvdOptions {
   runtime: SandboxRuntime;
@@ -96,7 +96,7 @@ export function registerEnvd(app: FastifyInstance, opts: EnvdOptions) {
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
-    scope.all(`${ENVD_PREFIX}/*`, async (req, reply) => {
+    scope.all(`${NODE_ROUTES.envd}/*`, async (req, reply) => {
       if (corsHeaders(req, reply)) return reply.code(204).send();
       const sandboxId = (req.params as { id: string }).id;
       const sub = '/' + ((req.params as Record<string, string>)['*'] ?? '');

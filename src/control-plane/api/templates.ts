@@ -6,7 +6,8 @@ import { Type, type Static } from 'typebox';
 import { conflict, NestboxError, notFound, unavailable } from '../../core/errors.ts';
 import type { Database } from '../../store/database.ts';
 import { sandboxesUsingTemplate } from '../../store/templates.ts';
-import { HttpNodeClient, type NodeTemplate } from '../node-client.ts';
+import { HttpNodeClient } from '../node-client.ts';
+import type { NodeTemplate } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
 import { teamOf } from './auth.ts';
 import { STATUS_BY_CODE } from './errors.ts';
@@ -23,7 +24,7 @@ const TemplateName = Type.String({ pattern: NAME, description: 'lower-case lette
 export const TemplateView = Type.Object({
   name: Type.String(),
   builtin: Type.Boolean({ description: 'Built in (base): cannot be deleted' }),
-  source: Type.Union([Type.Literal('docker'), Type.Literal('oci'), Type.Literal('build'), Type.Literal('builtin')], { description: 'docker, oci: an imported image; build: a template build' }),
+  source: Type.Union([Type.Literal('docker'), Type.Literal('oci'), Type.Literal('build'), Type.Literal('builtin')]),
   importedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
   layers: Type.Integer(),
   sizeBytes: Type.Integer({ description: 'Bytes of file content written (uncompressed)' }),

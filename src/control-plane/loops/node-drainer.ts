@@ -2,7 +2,7 @@ import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
 import { getSandbox } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
-import type { NodeStatus } from '../node-client.ts';
+import type { NodeStatus } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
 
 export interface DrainTickReport {

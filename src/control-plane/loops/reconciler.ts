@@ -4,7 +4,7 @@ import type { Database } from '../../store/database.ts';
 import { setNodeState, touchNode } from '../../store/nodes.ts';
 import { getSandbox, type SandboxRow } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
-import type { NodeInventory } from '../node-client.ts';
+import type { NodeInventory } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
 
 export interface ReconcilerOptions {

@@ -11,6 +11,7 @@ import { getNode, type NodeRecord } from '../../store/nodes.ts';
 import { getSandbox } from '../../store/sandboxes.ts';
 import type { LifecycleApi } from '../lifecycle-types.ts';
 import { checkEnvdAccess } from './access.ts';
+import { NODE_ROUTES, nodePath } from '../../node-api/routes.ts';
 import { addForwardedHeaders, endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../../http/forward.ts';
 import { ENVD_PORT, parseTarget, routeRequest, type RequestTarget } from './routing.ts';
 
@@ -162,7 +163,7 @@ export class SandboxProxy {
     const clientAuth = req.headers.authorization;
     if (clientAuth) headers[envd ? 'x-envd-authorization' : 'x-forwarded-authorization'] = clientAuth;
     headers.authorization = `Bearer ${r.node.token}`;
-    const prefix = envd ? `/v1/sandboxes/${r.sandboxId}/envd` : `/v1/sandboxes/${r.sandboxId}/ports/${route.port}`;
+    const prefix = envd ? nodePath(NODE_ROUTES.envd, { id: r.sandboxId }) : nodePath(NODE_ROUTES.port, { id: r.sandboxId, port: route.port });
     return { r, port: route.port, path: prefix + target.path, headers };
   }
 
