@@ -15,7 +15,7 @@ import { statusOfCode } from '../node-api/errors.ts';
 import { NODE_ROUTES as R } from '../node-api/routes.ts';
 import {
   CreateSandboxBody, FileQuery, InputBody, KillQuery, ListDirQuery, MoveBody, PathBody, PauseBody, PidParam,
-  ResizeBody, SandboxIdParam, SignalBody, StartProcessBody, WatchQuery,
+  ResizeBody, SandboxIdParam, SignalBody, StartProcessBody, WatchQuery, LiveSnapshotBody, SnapshotKeyParam,
 } from '../node-api/schemas.ts';
 import type {
   NodeErrorBody, NodeInventory, NodeMetrics, NodeSandboxDetail, NodeSandboxRecord, NodeSnapshotRecord, NodeStatus, NodeStop,
@@ -80,15 +80,16 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   // --- sandboxes ------------------------------------------------------------------------------
   app.post(R.sandboxes, { schema: { body: CreateSandboxBody } }, async (req, reply) => {
     const b = req.body;
+    const request = {
+      sandboxId: b.sandboxId,
+      template: b.template,
+      resources: { cpuCount: b.cpuCount, memoryMB: b.memoryMB, pidsLimit: b.pidsLimit, diskMB: b.diskMB },
+      envVars: b.envVars,
+      metadata: b.metadata,
+      allowInternetAccess: b.allowInternetAccess,
+    };
     const record: NodeSandboxRecord = await drain.admit(() =>
-      runtime.create({
-        sandboxId: b.sandboxId,
-        template: b.template,
-        resources: { cpuCount: b.cpuCount, memoryMB: b.memoryMB, pidsLimit: b.pidsLimit, diskMB: b.diskMB },
-        envVars: b.envVars,
-        metadata: b.metadata,
-        allowInternetAccess: b.allowInternetAccess,
-      }).catch((e: unknown) => {
+      (b.fromSnapshot ? runtime.createFromSnapshot(request, b.fromSnapshot) : runtime.create(request)).catch((e: unknown) => {
         // The control plane passes the cause on to the API client: name it, never "internal error".
         if (e instanceof NestboxError || e instanceof InitError) throw e;
         req.log.error({ err: e }, 'create failed');
@@ -116,6 +117,12 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     runtime.pause(req.params.id, req.body.memory),
   );
 
+  // A named snapshot (or a fork's source) of a running sandbox, which keeps running.
+  app.post(R.sandboxSnapshots, { schema: { params: SandboxIdParam, body: LiveSnapshotBody } }, async (req, reply) => {
+    const snapshot: NodeSnapshotRecord = await runtime.snapshotLive(req.params.id, req.body.snapshotId);
+    return reply.code(201).send(snapshot);
+  });
+
   app.post(R.resume, { schema: { params: SandboxIdParam } }, async (req, reply) => {
     const record: NodeSandboxRecord = await drain.admit(() => runtime.resume(req.params.id));
     return reply.code(201).send(record);
@@ -131,7 +138,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
 
   app.get(R.snapshots, async (): Promise<{ snapshots: NodeSnapshotRecord[] }> => ({ snapshots: await runtime.snapshots() }));
   app.get(R.snapshot, { schema: { params: SandboxIdParam } }, async (req): Promise<NodeSnapshotRecord> => runtime.snapshot(req.params.id));
-  app.delete(R.snapshot, { schema: { params: SandboxIdParam } }, async (req, reply) => {
+  app.delete(R.snapshot, { schema: { params: SnapshotKeyParam } }, async (req, reply) => {
     await runtime.deleteSnapshot(req.params.id);
     return reply.code(204).send();
   });

@@ -10,6 +10,8 @@ import { ensureBootstrapTeam } from '../store/teams.ts';
 import { adminKeyFilePath, keepAdminKey } from './admin-key-file.ts';
 import { buildApiServer } from './api/server.ts';
 import { TemplateBuildRunner } from './template-builds/runner.ts';
+import { SnapshotSweeper } from './loops/snapshot-sweeper.ts';
+import { SnapshotService } from './snapshots.ts';
 import { LifecycleService, type Clock } from './lifecycle.ts';
 import { Evictor } from './loops/evictor.ts';
 import { KillSweeper } from './loops/kill-sweeper.ts';
@@ -187,6 +189,12 @@ export class ControlPlane {
         for (const f of r.failed) this.api?.log.error({ drain: f }, `drain of ${f.sandboxId} failed: ${f.error}`);
       }, t.drainWatchMs, log));
       this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), t.webhookMs, log));
+      const snapshotSweeper = new SnapshotSweeper(this.db, pool, new SnapshotService({ db: this.db, nodes: pool, lifecycle: this.lifecycle }), this.lifecycle.clock);
+      this.loops.push(new Loop('snapshot-sweeper', async () => {
+        const r = await snapshotSweeper.tick();
+        for (const id of r.orphans) this.api?.log.warn(`removed snapshot ${id}: no row names it`);
+        for (const id of r.abandoned) this.api?.log.warn(`removed snapshot ${id}: left unfinished`);
+      }, t.reconcileMs * 10, log));
       this.loops.push(new Loop('node-registry', async () => {
         const r = await this.registry.tick();
         for (const id of r.joined) this.api?.log.info(`node ${id} joined`);

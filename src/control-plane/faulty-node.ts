@@ -43,6 +43,9 @@ export class FaultyNodeClient implements NodeClient {
   deleteSnapshot(id: string) {
     return this.inner.deleteSnapshot(id);
   }
+  snapshot(id: string, snapshotId: string) {
+    return this.inner.snapshot(id, snapshotId);
+  }
   containerRunning(id: string) {
     return this.inner.containerRunning(id);
   }

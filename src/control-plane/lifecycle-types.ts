@@ -18,6 +18,16 @@ export interface CreateSandboxParams {
   autoResume: boolean;
   allowInternetAccess: boolean;
   secure: boolean;
+  /** Start from this snapshot (its memory and files) instead of the template's files. */
+  fromSnapshot?: SnapshotSource;
+}
+
+/** A named snapshot (or a fork's) a sandbox starts from, with the resources it was taken with. */
+export interface SnapshotSource {
+  snapshotId: string;
+  cpuCount: number;
+  memoryMB: number;
+  diskSizeMB: number;
 }
 
 export interface ListSandboxesParams {

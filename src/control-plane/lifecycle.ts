@@ -153,13 +153,17 @@ export class LifecycleService implements LifecycleApi {
     if (p.timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
     const sandboxId = newSandboxId();
     const refused = new Set<string>();
-    const want = { template: p.templateId, cpuCount: this.opts.defaultCpuCount ?? 2, memoryMB: this.opts.defaultMemoryMB ?? 512 };
+    // A sandbox from a snapshot has the resources the snapshot was taken with.
+    const cpuCount = p.fromSnapshot?.cpuCount ?? this.opts.defaultCpuCount ?? 2;
+    const memoryMB = p.fromSnapshot?.memoryMB ?? this.opts.defaultMemoryMB ?? 512;
+    const diskSizeMB = p.fromSnapshot?.diskSizeMB ?? this.opts.defaultDiskMB ?? 2048;
+    const want = { template: p.templateId, cpuCount, memoryMB };
     let node = this.nodes.pick(refused, want);
     const inserted = await this.db.transaction(async (tx) => {
       await assertRoom(tx, p.teamId);
       return insertSandbox(tx, {
-        sandboxId, teamId: p.teamId, templateId: p.templateId, nodeId: node.nodeId, cpuCount: this.opts.defaultCpuCount ?? 2, memoryMB: this.opts.defaultMemoryMB ?? 512,
-        diskSizeMB: this.opts.defaultDiskMB ?? 2048, metadata: p.metadata, envVars: p.envVars,
+        sandboxId, teamId: p.teamId, templateId: p.templateId, nodeId: node.nodeId, cpuCount, memoryMB,
+        diskSizeMB, metadata: p.metadata, envVars: p.envVars,
         envdAccessToken: randomBytes(32).toString('hex'), allowInternetAccess: p.allowInternetAccess, secure: p.secure,
         autoPause: p.autoPause, autoPauseMemory: p.autoPauseMemory, autoResume: p.autoResume, timeoutMs: p.timeoutMs,
       }, this.clock.now());
@@ -176,6 +180,7 @@ export class LifecycleService implements LifecycleApi {
           created = await node.create({
             sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
             metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
+            ...(p.fromSnapshot ? { fromSnapshot: p.fromSnapshot.snapshotId } : {}),
           }).finally(() => this.nodes.done(node.nodeId));
           break;
         } catch (e) {

@@ -2,7 +2,8 @@ import type { Readable } from 'node:stream';
 import { NestboxError, type ErrorCode } from '../core/errors.ts';
 import { readNodeFailure } from '../node-api/errors.ts';
 import { NODE_ROUTES as R, nodePath } from '../node-api/routes.ts';
-import type { NodeCreateRequest, PauseBody, TemplateImportQuery } from '../node-api/schemas.ts';
+import { TEMPLATE_BUILD_ROUTES as B, type CaptureBody, type SandboxBuildFileBody } from '../node-api/template-builds.ts';
+import type { LiveSnapshotBody, NodeCreateRequest, PauseBody, TemplateImportQuery } from '../node-api/schemas.ts';
 import type {
   NodeInventory, NodeMetrics, NodeSandboxDetail, NodeSandboxRecord, NodeSnapshotRecord, NodeStatus, NodeStop, NodeTemplate,
   TemplateImportEvent,
@@ -34,7 +35,10 @@ export interface NodeClient {
   resume(sandboxId: string): Promise<NodeStart>;
   /** When the node last stopped the sandbox, from its journal (a lost answer's instant). */
   lastStop(sandboxId: string): Promise<NodeStop>;
-  deleteSnapshot(sandboxId: string): Promise<void>;
+  /** Deletes a snapshot by its store key (a paused sandbox's id or a named snapshot's id). */
+  deleteSnapshot(key: string): Promise<void>;
+  /** A live snapshot of a running sandbox (it keeps running), stored complete under `snapshotId`. */
+  snapshot(sandboxId: string, snapshotId: string): Promise<void>;
   /** null when the node does not hold a running container for the sandbox. */
   containerRunning(sandboxId: string): Promise<boolean>;
   metrics(sandboxId: string): Promise<NodeMetrics>;
@@ -91,8 +95,12 @@ export class HttpNodeClient implements NodeClient {
     const record = (await this.call('POST', nodePath(R.resume, { id: sandboxId }))) as NodeSandboxRecord;
     return { startedAt: instant(record, 'startedAt') };
   }
-  async deleteSnapshot(sandboxId: string) {
-    await this.call('DELETE', nodePath(R.snapshot, { id: sandboxId }));
+  async deleteSnapshot(key: string) {
+    await this.call('DELETE', nodePath(R.snapshot, { id: key }));
+  }
+  async snapshot(sandboxId: string, snapshotId: string) {
+    const body: LiveSnapshotBody = { snapshotId };
+    await this.call('POST', nodePath(R.sandboxSnapshots, { id: sandboxId }), body);
   }
   async containerRunning(sandboxId: string) {
     try {
@@ -165,6 +173,68 @@ export class HttpNodeClient implements NodeClient {
       }
     }
     throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, true);
+  }
+
+  // --- template builds (src/node-api/template-builds.ts) -------------------------------------
+  async buildFilePresent(owner: string, hash: string): Promise<boolean> {
+    return ((await this.call('GET', nodePath(B.buildFile, { owner, hash }))) as { present: boolean }).present;
+  }
+  /** Streams a build's uploaded tarball to the node, which keeps it by team and hash. */
+  async putBuildFile(owner: string, hash: string, body: Readable): Promise<void> {
+    const res = await this.stream('PUT', nodePath(B.buildFile, { owner, hash }), body, 'application/octet-stream');
+    const text = await res.text().catch(() => '');
+    if (res.ok) return;
+    const f = readNodeFailure(res.status, text);
+    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
+  }
+  async copyBuildFileInto(sandboxId: string, file: SandboxBuildFileBody): Promise<void> {
+    await this.call('POST', nodePath(B.sandboxBuildFile, { id: sandboxId }), file);
+  }
+  async captureTemplate(sandboxId: string, body: CaptureBody): Promise<NodeTemplate> {
+    return (await this.call('POST', nodePath(B.capture, { id: sandboxId }), body)) as NodeTemplate;
+  }
+
+  /**
+   * Runs a process in a sandbox to its end, its output to `onOutput` as it comes. No overall
+   * timeout: `signal` ends the wait (the process is left to its sandbox's kill).
+   */
+  async runProcess(
+    sandboxId: string,
+    req: { argv: string[]; env?: Record<string, string>; cwd?: string; user?: string },
+    onOutput: (channel: 'stdout' | 'stderr', data: Buffer) => void,
+    signal?: AbortSignal,
+  ): Promise<{ exitCode: number | null; signal: number | null }> {
+    const res = await this.stream('POST', nodePath(R.processes, { id: sandboxId }), JSON.stringify(req), 'application/json', signal);
+    if (!res.ok || !res.body) {
+      const f = readNodeFailure(res.status, await res.text().catch(() => ''));
+      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
+    }
+    let buffered = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffered += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const m = JSON.parse(buffered.slice(0, nl)) as { type: string; channel?: string; data?: string; exitCode?: number | null; signal?: number | null; message?: string };
+        buffered = buffered.slice(nl + 1);
+        if (m.type === 'data' && (m.channel === 'stdout' || m.channel === 'stderr')) onOutput(m.channel, Buffer.from(m.data ?? '', 'base64'));
+        else if (m.type === 'exit') return { exitCode: m.exitCode ?? null, signal: m.signal ?? null };
+        else if (m.type === 'error') throw new NodeCallError('internal', `node ${this.nodeId}: ${m.message ?? 'the process stream failed'}`, false);
+      }
+    }
+    throw new NodeCallError('unavailable', `node ${this.nodeId} ended the process stream before the exit`, true, true);
+  }
+
+  /** A request whose body (or answer) is a stream: no overall timeout. */
+  private async stream(method: string, path: string, body: Readable | string, contentType: string, signal?: AbortSignal): Promise<Response> {
+    try {
+      return await fetch(this.baseUrl + path, {
+        method, headers: { authorization: `Bearer ${this.token}`, 'content-type': contentType }, body: body as unknown as BodyInit, duplex: 'half', signal,
+      } as RequestInit);
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, true, true);
+    }
   }
 }
 

@@ -14,7 +14,10 @@ export const NODE_ROUTES = {
   resume: '/v1/sandboxes/:id/resume',
   metrics: '/v1/sandboxes/:id/metrics',
   lastStop: '/v1/sandboxes/:id/last-stop',
+  /** POST: a live snapshot of a running sandbox (it keeps running), stored under a named snapshot id. */
+  sandboxSnapshots: '/v1/sandboxes/:id/snapshots',
   snapshots: '/v1/snapshots',
+  /** A snapshot by its store key: a paused sandbox's id or a named snapshot's id. */
   snapshot: '/v1/snapshots/:id',
 
   processes: '/v1/sandboxes/:id/processes',

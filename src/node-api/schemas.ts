@@ -3,6 +3,13 @@ import { Type, type Static } from 'typebox';
 // The node API's requests: every field the control plane sends is bounded here; the agent
 // validates with these schemas, the control plane builds its requests as their types.
 export const SandboxIdParam = Type.Object({ id: Type.String({ pattern: '^[a-z0-9]{20}$' }) });
+/** A key of the snapshot store: a paused sandbox's id, or a named snapshot's (snap-…). */
+export const SnapshotKeyParam = Type.Object({ id: Type.String({ pattern: '^(snap-)?[a-z0-9]{20}$' }) });
+export const LiveSnapshotBody = Type.Object(
+  { snapshotId: Type.String({ pattern: '^snap-[a-z0-9]{20}$' }) },
+  { additionalProperties: false },
+);
+export type LiveSnapshotBody = Static<typeof LiveSnapshotBody>;
 export const PidParam = Type.Object({
   id: Type.String({ pattern: '^[a-z0-9]{20}$' }),
   pid: Type.Integer({ minimum: 1, maximum: 4194304 }),
@@ -24,6 +31,8 @@ export const CreateSandboxBody = Type.Object(
     envVars: StringMap(256),
     metadata: StringMap(64),
     allowInternetAccess: Type.Boolean({ default: true }),
+    /** Start from this named snapshot's memory and files instead of the template's files. */
+    fromSnapshot: Type.Optional(Type.String({ pattern: '^snap-[a-z0-9]{20}$' })),
   },
   { additionalProperties: false },
 );

@@ -36,6 +36,8 @@ export interface NodeInventory {
   sandboxes: NodeInventoryEntry[];
   /** Sandboxes with a complete snapshot in the (shared) snapshot store. */
   snapshots: string[];
+  /** Named snapshots (and forks' sources) complete in the store. */
+  namedSnapshots?: string[];
   /** Sandboxes an operation is in progress on: their entries prove nothing this round. */
   busy: string[];
 }

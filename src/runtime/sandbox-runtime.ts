@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
-import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
+import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -496,9 +496,10 @@ export class SandboxRuntime {
     });
   }
 
-  async deleteSnapshot(sandboxId: string): Promise<void> {
-    assertId(sandboxId);
-    await this.locks.run(sandboxId, () => this.dropSnapshot(sandboxId));
+  /** Deletes a snapshot by its store key: a paused sandbox's id or a named snapshot's. */
+  async deleteSnapshot(key: string): Promise<void> {
+    if (!isSnapshotKey(key)) throw invalid(`invalid snapshot id "${key}"`);
+    await this.locks.run(key, () => this.dropSnapshot(key));
   }
 
   /** Deletes a snapshot from the store, and whatever copy of it is in the local directory. */

@@ -55,6 +55,7 @@ export class FakeNode implements NodeClient {
     if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', false, true);
     if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', false);
     if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', false);
+    if (req.fromSnapshot && !this.snapshots.has(req.fromSnapshot)) throw new NodeCallError('not_found', `snapshot ${req.fromSnapshot} does not exist`, false);
     const startedAt = this.now();
     this.containers.set(req.sandboxId, { startedAt });
     this.maybeTimeout('create');
@@ -102,6 +103,13 @@ export class FakeNode implements NodeClient {
   async deleteSnapshot(id: string) {
     await this.step('deleteSnapshot', id);
     this.snapshots.delete(id);
+  }
+
+  async snapshot(id: string, snapshotId: string) {
+    await this.step('snapshot', id);
+    const c = this.containers.get(id);
+    if (!c || c.dead) throw new NodeCallError('conflict', `sandbox ${id} is not running`, false);
+    this.snapshots.add(snapshotId);
   }
 
   async containerRunning(id: string) {

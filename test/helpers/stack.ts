@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ControlPlane, type ControlPlaneOptions } from '../../src/control-plane/control-plane.ts';
+import type { RuntimeConfig } from '../../src/runtime/config.ts';
 import { startTestAgent, type TestAgent } from './agent-harness.ts';
 
 export interface TestStack {
@@ -24,8 +25,10 @@ const ENV = ['E2B_API_URL', 'E2B_API_KEY', 'E2B_DOMAIN', 'E2B_SANDBOX_URL'] as c
  * pointed at it the way a user would do it: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY (and
  * E2B_DOMAIN=localhost), restored by stop().
  */
-export async function startStack(key: string, opts: { proxy?: boolean; extra?: Partial<ControlPlaneOptions> } = {}): Promise<TestStack> {
-  const agent = await startTestAgent();
+export async function startStack(
+  key: string, opts: { proxy?: boolean; extra?: Partial<ControlPlaneOptions>; agentConfig?: Partial<RuntimeConfig> } = {},
+): Promise<TestStack> {
+  const agent = await startTestAgent({ config: opts.agentConfig });
   const dir = await mkdtemp(path.join(tmpdir(), 'nestbox-stack-'));
   const cp = new ControlPlane({
     dataDir: dir, port: 0, proxyPort: opts.proxy === false ? null : 0, bootstrapApiKey: key,

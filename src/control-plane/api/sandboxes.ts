@@ -2,7 +2,9 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyRequest } from 'fastify';
 import { Type, type TSchema } from 'typebox';
 import { notFound } from '../../core/errors.ts';
+import { NAMED_SNAPSHOT_ID_PATTERN } from '../../core/ids.ts';
 import type { LifecycleApi, SandboxView } from '../lifecycle-types.ts';
+import type { SnapshotService } from '../snapshots.ts';
 import { teamOf } from './auth.ts';
 import { createParams } from './create-params.ts';
 import { notImplemented, sandboxNotFound } from './errors.ts';
@@ -19,6 +21,8 @@ export interface SandboxRoutesOptions {
   render: RenderContext;
   /** Whether the team may start sandboxes of the template (another team's import: no). */
   templateAllowed?: (teamId: string, template: string) => Promise<boolean>;
+  /** The team's named snapshots: a create naming one (by id or name) starts from it. */
+  snapshots?: SnapshotService;
 }
 
 const LEGACY_LIST_MAX_PAGES = 100;
@@ -38,9 +42,12 @@ function refuseColdResume(memory: boolean | undefined) {
 }
 
 /** The E2B sandbox routes. Every handler: validate, authenticate, one lifecycle call, render. */
-export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = async (app, { lifecycle, render, templateAllowed }) => {
+export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = async (app, { lifecycle, render, templateAllowed, snapshots }) => {
   /** Creates, once the team is known to be allowed the template (as an unknown one otherwise). */
   async function create(p: ReturnType<typeof createParams>) {
+    const snapshot = await snapshots?.find(p.teamId, p.templateId);
+    if (snapshot) return lifecycle.create(snapshots!.fromSnapshot(p, snapshot));
+    if (NAMED_SNAPSHOT_ID_PATTERN.test(p.templateId)) throw notFound(`snapshot "${p.templateId}" not found`);
     if (templateAllowed && !(await templateAllowed(p.teamId, p.templateId))) throw notFound(`template "${p.templateId}" not found`);
     return lifecycle.create(p);
   }

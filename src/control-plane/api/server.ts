@@ -10,6 +10,8 @@ import { registerOpenApi, serveOpenApi } from './openapi.ts';
 import { keyRoutes } from './keys.ts';
 import { Health } from './schemas.ts';
 import { sandboxRoutes } from './sandboxes.ts';
+import { snapshotRoutes } from './snapshots.ts';
+import { SnapshotService } from '../snapshots.ts';
 import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
@@ -40,6 +42,8 @@ export interface ApiServerOptions {
   nodes?: NodePool;
   /** Runs template builds (with `db`); made here from the lifecycle and nodes when not given. */
   templateBuilds?: TemplateBuildRunner;
+  /** Named snapshots and forks (the E2B routes): by default made from `db` and `nodes` when both are given. */
+  snapshots?: SnapshotService;
   /** Heartbeat period asked of joined nodes, and the silence after which one is unhealthy. */
   fleet?: { heartbeatMs: number; unhealthyAfterMs: number };
 }
@@ -82,11 +86,15 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     );
     serveOpenApi(scope);
   });
+  const render = { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) };
+  const snapshots = opts.snapshots ?? (opts.db && opts.nodes ? new SnapshotService({ db: opts.db, nodes: opts.nodes, lifecycle: opts.lifecycle }) : undefined);
   void app.register(sandboxRoutes, {
     lifecycle: opts.lifecycle,
-    render: { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) },
+    render,
     templateAllowed: opts.nodes ? templateAccess(opts.nodes) : undefined,
+    snapshots,
   });
+  if (snapshots) void app.register(snapshotRoutes, { snapshots, render });
   if (opts.nodes) void app.register(templateRoutes, { nodes: opts.nodes, db: opts.db });
   if (opts.db) {
     void app.register(usageRoutes, { db: opts.db, now: opts.now });

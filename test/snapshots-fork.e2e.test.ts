@@ -1,0 +1,175 @@
+// Named snapshots, fork and warm templates through the unmodified `e2b` SDK against a live
+// Nestbox (real containers, real CRIU): memory and files carry over, each child is its own.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Sandbox } from 'e2b';
+import { getSandbox } from '../src/store/sandboxes.ts';
+import { createTeamWithKey } from '../src/store/teams.ts';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { eventually, TEST_ROOT } from './helpers/agent-harness.ts';
+import { startStack, type TestStack } from './helpers/stack.ts';
+
+const KEY = 'e2b_' + '5c'.repeat(20);
+const opts = { requestTimeoutMs: 120_000 };
+let stack: TestStack;
+const templatesDir = path.join(TEST_ROOT, `templates-${process.pid}`);
+
+// A counter whose value lives in the process's memory: a restarted process would count from 1.
+const COUNTER = `python3 -c "
+import time
+i = 0
+while True:
+    i += 1
+    open('/tmp/n', 'w').write(str(i))
+    time.sleep(0.05)
+"`;
+
+before(async () => {
+  // The node's templates: base, and a template whose start command is the counter.
+  const base = runtimeConfigFromEnv().templatesDir;
+  await rm(templatesDir, { recursive: true, force: true });
+  await mkdir(path.join(templatesDir, 'warm-counter'), { recursive: true });
+  await symlink(path.join(base, 'base'), path.join(templatesDir, 'base'));
+  await symlink(path.join(base, 'base', 'rootfs'), path.join(templatesDir, 'warm-counter', 'rootfs'));
+  await writeFile(path.join(templatesDir, 'warm-counter', 'template.json'), JSON.stringify({
+    name: 'warm-counter', user: 'user', env: { FROM_TEMPLATE: 'yes' },
+    startCmd: COUNTER, readyCmd: 'test "$(cat /tmp/n 2>/dev/null || echo 0)" -ge 10',
+  }));
+  stack = await startStack(KEY, { agentConfig: { templatesDir } });
+});
+
+after(async () => {
+  await stack?.stop();
+  await rm(templatesDir, { recursive: true, force: true });
+});
+
+/** The counter's value (read again when caught between its truncate and its write). */
+async function count(sbx: Sandbox): Promise<number> {
+  for (;;) {
+    const text = (await sbx.commands.run('cat /tmp/n')).stdout.trim();
+    if (text !== '') return Number(text);
+  }
+}
+
+async function startCounter(sbx: Sandbox) {
+  await sbx.commands.run(COUNTER, { background: true });
+  await eventually(() => count(sbx).catch(() => 0), (n) => n >= 5, 'counter started');
+}
+
+describe('fork', () => {
+  test('every child continues from the parent\'s count, independently; the parent runs on', async () => {
+    const parent = await Sandbox.create('base', opts);
+    await parent.files.write('/home/user/note.txt', 'written before the fork');
+    await startCounter(parent);
+    const before = await count(parent);
+    const children = await parent.fork({ count: 2, ...opts });
+    assert.equal(children.length, 2);
+    const forks = children.map((c) => {
+      assert.ok(!(c instanceof Error), `fork failed: ${c}`);
+      return c as Sandbox;
+    });
+    const ids = new Set([parent.sandboxId, ...forks.map((f) => f.sandboxId)]);
+    assert.equal(ids.size, 3, 'each child has its own id');
+    for (const f of forks) {
+      const n = await count(f);
+      assert.ok(n >= before, `a child counts on from the parent's ${before} (got ${n}): its memory came along`);
+      assert.equal(await f.files.read('/home/user/note.txt'), 'written before the fork');
+    }
+    // Independent: a file written in one child is in neither the other nor the parent.
+    await forks[0]!.files.write('/home/user/only-child-0.txt', 'x');
+    assert.equal(await forks[1]!.files.exists('/home/user/only-child-0.txt'), false);
+    assert.equal(await parent.files.exists('/home/user/only-child-0.txt'), false);
+    // All three keep counting, each its own process.
+    await Promise.all([parent, ...forks].map(async (s, i) => {
+      const a = await count(s);
+      await eventually(() => count(s), (b) => b > a, `sandbox ${i} counts on from ${a}`);
+    }));
+    // Each child is a sandbox of its own: listed, running, billed on its own row.
+    for (const f of forks) {
+      const row = await getSandbox(stack.cp.db, f.sandboxId);
+      assert.equal(row?.state, 'running');
+      assert.equal(row?.templateId, 'base');
+    }
+    // The fork's snapshot is gone once the children started.
+    assert.deepEqual(await namedSnapshotsInStore(), []);
+    await Promise.all([parent, ...forks].map((s) => s.kill()));
+  });
+
+  test('forking a sandbox that is not running is refused with a clear error', async () => {
+    const s = await Sandbox.create('base', opts);
+    await s.pause();
+    await assert.rejects(Sandbox.fork(s.sandboxId, { count: 1, ...opts }), /not running/);
+    await Sandbox.kill(s.sandboxId, opts);
+    await assert.rejects(Sandbox.fork('nosuchsandbox0000000', { count: 1, ...opts }), /not found/i);
+  });
+});
+
+async function namedSnapshotsInStore(): Promise<string[]> {
+  return (await readdir(stack.agent.snapshotDir)).filter((n) => n.startsWith('snap-'));
+}
+
+describe('named snapshots', () => {
+  test('a snapshot keeps its sandbox running; a sandbox created from it has the snapshot\'s memory and files', async () => {
+    const sbx = await Sandbox.create('base', opts);
+    await sbx.files.write('/home/user/state.txt', 'at snapshot time');
+    await startCounter(sbx);
+    const snap = await sbx.createSnapshot({ name: 'counter-snap', ...opts });
+    assert.match(snap.snapshotId, /^snap-[a-z0-9]{20}$/);
+    assert.deepEqual(snap.names, ['counter-snap']);
+    const atSnapshot = await count(sbx);
+    // The sandbox went on, and changes after the snapshot are not in it.
+    await sbx.files.write('/home/user/state.txt', 'after the snapshot');
+    assert.equal((await Sandbox.getInfo(sbx.sandboxId, opts)).state, 'running');
+
+    const listed = await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId, ...opts }).nextItems();
+    assert.deepEqual(listed.map((s) => s.snapshotId), [snap.snapshotId]);
+
+    for (const ref of [snap.snapshotId, 'counter-snap']) {
+      const copy = await Sandbox.create(ref, opts);
+      assert.notEqual(copy.sandboxId, sbx.sandboxId);
+      assert.equal(await copy.files.read('/home/user/state.txt'), 'at snapshot time');
+      const n = await count(copy);
+      assert.ok(n >= 5 && n <= atSnapshot + 5, `the copy's counter continues from the snapshot (${n}, snapshot ~${atSnapshot})`);
+      await copy.kill();
+    }
+    // A second snapshot of the same name is refused; delete works by name and then 404s.
+    await assert.rejects(sbx.createSnapshot({ name: 'counter-snap', ...opts }), /exists already/);
+    assert.equal(await Sandbox.deleteSnapshot('counter-snap', opts), true);
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, opts), false);
+    await assert.rejects(Sandbox.create(snap.snapshotId, opts), /not found/i);
+    assert.deepEqual(await namedSnapshotsInStore(), []);
+    await sbx.kill();
+  });
+
+  test('another team cannot see, use or delete a snapshot', async () => {
+    const sbx = await Sandbox.create('base', opts);
+    const snap = await sbx.createSnapshot(opts);
+    const other = (await createTeamWithKey(stack.cp.db, { name: `other-${process.pid}` })).apiKey.key;
+    const as = { ...opts, apiKey: other };
+    assert.deepEqual(await Sandbox.listSnapshots(as).nextItems(), []);
+    await assert.rejects(Sandbox.create(snap.snapshotId, as), /not found/i);
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, as), false);
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, opts), true);
+    await sbx.kill();
+  });
+});
+
+describe('warm templates', () => {
+  test('a sandbox of a template with a start command starts with that process running, warm', async () => {
+    const first = await Sandbox.create('warm-counter', { ...opts, envs: { REQUEST_ENV: 'one' } });
+    const second = await Sandbox.create('warm-counter', { ...opts, envs: { REQUEST_ENV: 'two' } });
+    for (const [sbx, env] of [[first, 'one'], [second, 'two']] as const) {
+      // Ready meant >= 10 at capture: a restored counter starts there, a cold start at 1.
+      const n = await count(sbx);
+      assert.ok(n >= 10, `the start command was already running (count ${n})`);
+      const r = await sbx.commands.run('echo $REQUEST_ENV $FROM_TEMPLATE; pgrep -c -f "open\\(./tmp/n"');
+      assert.equal(r.stdout.split('\n')[0], `${env} yes`, 'each sandbox has its own request env and the template env');
+    }
+    // Separate sandboxes: separate counters and addresses.
+    await first.files.write('/tmp/mine', '1');
+    assert.equal(await second.files.exists('/tmp/mine'), false);
+    await Promise.all([first.kill(), second.kill()]);
+  });
+});
