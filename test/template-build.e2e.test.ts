@@ -1,0 +1,123 @@
+// Template builds with the official `e2b` SDK, unmodified: `Template()…` and `Template.build`
+// against a live Nestbox (control plane, proxy, a node agent with real containers). A build's
+// RUN, COPY, ENV, WORKDIR and USER steps and its start command are in the sandboxes of the
+// template it makes; a failing step fails the build with that step's output and leaves no
+// template and no sandbox behind.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Sandbox, Template } from 'e2b';
+import { startStack, type TestStack } from './helpers/stack.ts';
+
+const KEY = 'e2b_' + '7c'.repeat(20);
+let stack: TestStack;
+let context: string;
+const suffix = randomBytes(3).toString('hex');
+const made: string[] = [];
+const opts = { requestTimeoutMs: 120_000 };
+
+before(async () => {
+  stack = await startStack(KEY);
+  context = await mkdtemp(path.join(tmpdir(), 'nestbox-build-context-'));
+  await mkdir(path.join(context, 'files', 'sub'), { recursive: true });
+  await writeFile(path.join(context, 'files', 'hello.txt'), 'hello from copy\n');
+  await writeFile(path.join(context, 'files', 'sub', 'nested.txt'), 'nested\n');
+  await writeFile(path.join(context, 'index.html'), '<p>served by the start command</p>\n');
+});
+
+after(async () => {
+  for (const name of made) {
+    await fetch(`${stack.apiUrl}/nestbox/v1/templates/${name}`, { method: 'DELETE', headers: { 'x-api-key': KEY } }).catch(() => undefined);
+  }
+  await stack?.stop();
+  await rm(context, { recursive: true, force: true });
+});
+
+async function api(method: string, p: string): Promise<{ status: number; json: any }> {
+  const res = await fetch(stack.apiUrl + p, { method, headers: { 'x-api-key': KEY } });
+  const text = await res.text();
+  return { status: res.status, json: text ? JSON.parse(text) : null };
+}
+
+/** Build sandboxes still alive (running or otherwise not dead). */
+async function buildSandboxes(): Promise<string[]> {
+  const list = (await api('GET', '/v2/sandboxes?state=running,paused')).json as any[];
+  return list.filter((s) => s.metadata?.['nestbox.templateBuild']).map((s) => s.sandboxID);
+}
+
+test('Template.build: RUN, COPY, ENV, WORKDIR, USER and a start command make a template its sandboxes start from', async () => {
+  const name = `my-tpl-${suffix}`;
+  made.push(name);
+  const template = Template({ fileContextPath: context })
+    .fromTemplate('base')
+    .runCmd('echo "ran as $(whoami)" > /home/user/run.txt && echo run-step-output-marker')
+    .copy('files', '/dest')
+    .copy('index.html', '/srv/site/')
+    .setEnvs({ GREETING: 'hi there', SECOND: 'two' })
+    .setWorkdir('/work')
+    .setUser('user')
+    .runCmd('pwd > where.txt && echo "$GREETING" > env.txt')
+    .setStartCmd('cd /srv/site && python3 -m http.server 8123', 'curl -sf http://127.0.0.1:8123/index.html');
+
+  const logs: string[] = [];
+  const built = await Template.build(template, { alias: name, onBuildLogs: (l) => logs.push(l.message), ...opts });
+  assert.equal(built.templateId, name);
+  assert.ok(logs.some((l) => l.includes('run-step-output-marker')), `the RUN step's output is in the logs:\n${logs.join('\n')}`);
+  assert.ok(logs.some((l) => /\[3\/7\] COPY index\.html \/srv\/site\//.test(l)), 'each step is announced');
+  assert.ok(await Template.exists(name, opts));
+  assert.deepEqual(await buildSandboxes(), [], 'the build sandbox is gone');
+
+  // template.json holds the process defaults and the start and ready commands.
+  const t = (await api('GET', `/nestbox/v1/templates/${name}`)).json;
+  assert.equal(t.source, 'build');
+  assert.deepEqual([t.env.GREETING, t.env.SECOND, t.workdir, t.user], ['hi there', 'two', '/work', 'user']);
+
+  const sbx = await Sandbox.create(name, { ...opts, timeoutMs: 120_000 });
+  try {
+    const run = async (cmd: string) => (await sbx.commands.run(cmd)).stdout.trim();
+    assert.equal(await run('cat /dest/hello.txt'), 'hello from copy');
+    assert.equal(await run('cat /dest/sub/nested.txt'), 'nested');
+    assert.equal(await run('stat -c %U /dest/hello.txt'), 'user', 'copied files belong to the current user');
+    assert.equal(await run('echo "$GREETING/$SECOND"'), 'hi there/two');
+    assert.equal(await run('pwd'), '/work');
+    assert.equal(await run('whoami'), 'user');
+    assert.equal(await run('cat /home/user/run.txt'), 'ran as user');
+    assert.equal(await run('cat /work/where.txt /work/env.txt'), '/work\nhi there');
+    // The start command runs in every sandbox of the template, ready before the create returns.
+    assert.match(await run('curl -s http://127.0.0.1:8123/index.html'), /served by the start command/);
+  } finally {
+    await sbx.kill();
+  }
+});
+
+test('a failing RUN step fails the build with its output; no template and no sandbox are left', async () => {
+  const name = `my-broken-${suffix}`;
+  made.push(name);
+  const template = Template({ fileContextPath: context })
+    .fromTemplate('base')
+    .runCmd('echo first-step-fine')
+    .runCmd('echo output-before-failure; echo to-stderr >&2; exit 3');
+  const logs: string[] = [];
+  await assert.rejects(Template.build(template, { alias: name, onBuildLogs: (l) => logs.push(l.message), ...opts }), (e: Error) => {
+    assert.equal(e.name, 'BuildError');
+    assert.match(e.message, /step 2 exited with code 3/);
+    assert.match(e.message, /output-before-failure/);
+    assert.match(e.message, /to-stderr/);
+    return true;
+  });
+  assert.ok(logs.some((l) => l.includes('output-before-failure')));
+  assert.equal(await Template.exists(name, opts), false);
+  assert.equal((await api('GET', `/nestbox/v1/templates/${name}`)).status, 404);
+  assert.deepEqual(await buildSandboxes(), []);
+  await assert.rejects(Sandbox.create(name, opts));
+});
+
+test('fromImage: an image no one imported is refused with a clear error (no registry is reached)', async () => {
+  const name = `my-image-${suffix}`;
+  const template = Template({ fileContextPath: context }).fromImage('python:3.99-nonexistent').runCmd('true');
+  await assert.rejects(Template.build(template, { alias: name, ...opts }), /image "python:3\.99-nonexistent" is not imported on this server, and no registry is reached/);
+  assert.equal(await Template.exists(name, opts), false);
+});
