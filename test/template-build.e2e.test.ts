@@ -10,6 +10,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Sandbox, Template } from 'e2b';
+import { ControlPlane } from '../src/control-plane/control-plane.ts';
+import { startTestAgent } from './helpers/agent-harness.ts';
 import { startStack, type TestStack } from './helpers/stack.ts';
 
 const KEY = 'e2b_' + '7c'.repeat(20);
@@ -120,4 +122,51 @@ test('fromImage: an image no one imported is refused with a clear error (no regi
   const template = Template({ fileContextPath: context }).fromImage('python:3.99-nonexistent').runCmd('true');
   await assert.rejects(Template.build(template, { alias: name, ...opts }), /image "python:3\.99-nonexistent" is not imported on this server, and no registry is reached/);
   assert.equal(await Template.exists(name, opts), false);
+});
+
+test('a control plane that stops mid-build fails the build with the reason; after its restart the build is an error and its sandbox is gone', async () => {
+  const agent = await startTestAgent();
+  const dir = await mkdtemp(path.join(tmpdir(), 'nestbox-build-restart-'));
+  const key = 'e2b_' + '3d'.repeat(20);
+  const options = { dataDir: dir, port: 0, proxyPort: null, bootstrapApiKey: key, nodes: [{ id: 'local', url: agent.url, token: agent.agent.nodeToken }] };
+  let cp = new ControlPlane(options);
+  try {
+    let url = (await cp.start()).url;
+    const call = async (method: string, p: string, body?: unknown) => {
+      const res = await fetch(url + p, {
+        method, headers: { 'x-api-key': key, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : undefined,
+      });
+      const text = await res.text();
+      return { status: res.status, json: text ? JSON.parse(text) : null };
+    };
+    const name = `my-restart-${suffix}`;
+    const asked = await call('POST', '/v3/templates', { name });
+    assert.equal(asked.status, 202);
+    const { templateID, buildID } = asked.json;
+    const started = await call('POST', `/v2/templates/${templateID}/builds/${buildID}`, {
+      fromTemplate: 'base', steps: [{ type: 'RUN', args: ['echo long-step-started; sleep 600'] }],
+    });
+    assert.equal(started.status, 202, JSON.stringify(started.json));
+    const status = () => call('GET', `/templates/${templateID}/builds/${buildID}/status`);
+    for (let i = 0; i < 600; i++) {
+      const s = await status();
+      if (s.json.logEntries.some((l: any) => l.message === 'long-step-started')) break;
+      assert.equal(s.json.status, 'building');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal((await agent.agent.runtime.inventory()).length, 1, 'the build runs in a sandbox');
+
+    await cp.stop();
+    cp = new ControlPlane(options);
+    url = (await cp.start()).url;
+    const after = await status();
+    assert.equal(after.json.status, 'error');
+    assert.match(after.json.reason.message, /the control plane running it stopped/);
+    assert.equal((await call('GET', `/templates/aliases/${name}`)).status, 404, 'no template');
+    assert.deepEqual(await agent.agent.runtime.inventory(), [], 'no sandbox');
+  } finally {
+    await cp.stop();
+    await agent.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
