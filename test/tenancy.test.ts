@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { FastifyInstance } from 'fastify';
 import { buildApiServer } from '../src/control-plane/api/server.ts';
+import { SnapshotService } from '../src/control-plane/snapshots.ts';
 import { LifecycleService } from '../src/control-plane/lifecycle.ts';
 import { fileSignature } from '../src/control-plane/proxy/access.ts';
 import { SandboxProxy } from '../src/control-plane/proxy/server.ts';
@@ -118,7 +119,10 @@ forEachDatabase('tenancy', (t) => {
     pool.add(node);
     await upsertNode(db, { id: 'node-1', url: agent.url, token: NODE_TOKEN });
     lifecycle = new LifecycleService({ db, nodes: pool });
-    app = buildApiServer({ lifecycle, db, authenticate: (k) => authenticateKey(db, k), envdVersion: '0.6.1' });
+    app = buildApiServer({
+      lifecycle, db, authenticate: (k) => authenticateKey(db, k), envdVersion: '0.6.1',
+      snapshots: new SnapshotService({ db, nodes: pool, lifecycle }),
+    });
     app.addHook('onRoute', (r) => {
       for (const m of [r.method].flat()) registered.push(`${m} ${r.url}`);
     });
@@ -157,6 +161,13 @@ forEachDatabase('tenancy', (t) => {
   }
 
   const alphaSandboxes = () => [a.running.id, a.paused.id];
+
+  /** The first team's named snapshot (of its running sandbox), taken once. */
+  let alphaSnapshotId: string | null = null;
+  async function alphaSnapshot() {
+    alphaSnapshotId ??= (await ok('POST', `/sandboxes/${a.running.id}/snapshots`, a.key, { name: 'alpha-snap' })).snapshotID as string;
+    return alphaSnapshotId;
+  }
 
   /** The first team's template build: asked for once (there is no node to run it). */
   let alphaBuildIds: { template: string; buildId: string } | null = null;
@@ -434,6 +445,39 @@ forEachDatabase('tenancy', (t) => {
         auth: 'team',
         sample: () => ({ url: '/templates/aliases/tenancy-alpha-tpl' }),
         crossTeam: async () => looksMissing('GET', (id) => `/templates/aliases/${id}`, [(await alphaBuild()).template], 'tenancy-no-tpl'),
+      },
+
+      // --- snapshots and fork (a fake node: the snapshot is a name in its store) -------------------
+      'POST /sandboxes/:sandboxID/snapshots': {
+        auth: 'team',
+        sample: () => ({ url: `/sandboxes/${a.running.id}/snapshots`, body: {} }),
+        crossTeam: () => sandboxMissing('POST', (id) => `/sandboxes/${id}/snapshots`, {}),
+      },
+      'GET /snapshots': {
+        auth: 'team',
+        sample: () => ({ url: '/snapshots' }),
+        crossTeam: async () => {
+          const mine = await alphaSnapshot();
+          const theirs = (await ok('GET', '/snapshots', b.key)) as any[];
+          assert.ok(!theirs.some((s) => s.snapshotID === mine), 'another team\'s snapshot is not listed');
+          assert.deepEqual(await ok('GET', `/snapshots?sandboxID=${a.running.id}`, b.key), []);
+        },
+      },
+      'DELETE /templates/:templateID': {
+        auth: 'team',
+        sample: () => ({ url: '/templates/tenancy-no-such-snapshot' }),
+        crossTeam: async () => {
+          const mine = await alphaSnapshot();
+          await looksMissing('DELETE', (id) => `/templates/${id}`, [mine, 'alpha-snap'], `snap-${newSandboxId()}`);
+          // and it cannot start from it either
+          assert.equal((await call('POST', '/v2/sandboxes', b.key, { templateID: mine })).status, 404);
+          assert.ok((await ok('GET', '/snapshots', a.key) as any[]).some((s) => s.snapshotID === mine), 'still there for its team');
+        },
+      },
+      'POST /sandboxes/:sandboxID/fork': {
+        auth: 'team',
+        sample: () => ({ url: `/sandboxes/${a.running.id}/fork`, body: { count: 1 } }),
+        crossTeam: () => sandboxMissing('POST', (id) => `/sandboxes/${id}/fork`, { count: 1 }),
       },
 
       // --- admin: not reachable with any team's key (see the key-kind test) ------------------------
