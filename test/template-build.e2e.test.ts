@@ -12,6 +12,8 @@ import path from 'node:path';
 import { Sandbox, Template } from 'e2b';
 import { ControlPlane } from '../src/control-plane/control-plane.ts';
 import { startTestAgent } from './helpers/agent-harness.ts';
+import { dockerSaveArchive } from './helpers/image-archive.ts';
+import { RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
 import { startStack, type TestStack } from './helpers/stack.ts';
 
 const KEY = 'e2b_' + '7c'.repeat(20);
@@ -115,6 +117,32 @@ test('a failing RUN step fails the build with its output; no template and no san
   assert.equal((await api('GET', `/nestbox/v1/templates/${name}`)).status, 404);
   assert.deepEqual(await buildSandboxes(), []);
   await assert.rejects(Sandbox.create(name, opts));
+});
+
+test('fromImage: an imported image (found by its repo tag) is the base, with its user, workdir and env', async () => {
+  const image = `img-${suffix}`;
+  made.push(image);
+  const archive = await dockerSaveArchive({ layers: await runnableLayers(), ...RUNNABLE_CONFIG }); // tagged test/image:latest
+  const imported = await fetch(`${stack.apiUrl}/nestbox/v1/templates?name=${image}`, {
+    method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/x-tar' }, body: new Uint8Array(archive),
+  });
+  assert.equal(imported.status, 201, await imported.text());
+
+  const name = `my-from-image-${suffix}`;
+  made.push(name);
+  const template = Template({ fileContextPath: context })
+    .fromImage('test/image')
+    .runCmd('echo "$(id -un) in $(pwd): $GREETING" > made-by-run.txt')
+    .setEnvs({ EXTRA: 'added' });
+  await Template.build(template, { alias: name, ...opts });
+  const t = (await api('GET', `/nestbox/v1/templates/${name}`)).json;
+  assert.deepEqual([t.user, t.workdir, t.env.GREETING, t.env.EXTRA], ['app', '/srv/data', 'hello from the image', 'added']);
+  const sbx = await Sandbox.create(name, { ...opts, timeoutMs: 60_000 });
+  try {
+    assert.equal((await sbx.commands.run('cat /srv/data/made-by-run.txt', { user: 'app' })).stdout.trim(), 'app in /srv/data: hello from the image');
+  } finally {
+    await sbx.kill();
+  }
 });
 
 test('fromImage: an image no one imported is refused with a clear error (no registry is reached)', async () => {

@@ -192,7 +192,7 @@ export class TemplateBuildRunner {
       }
       case 'run':
         await this.exec(node, sandboxId, {
-          argv: ['/bin/bash', '-c', step.command], env: state.env, user: step.user ?? state.user, ...(state.workdir ? { cwd: state.workdir } : {}),
+          argv: ['/bin/bash', '-c', step.command], shArgv: ['/bin/sh', '-c', step.command], env: state.env, user: step.user ?? state.user, ...(state.workdir ? { cwd: state.workdir } : {}),
         }, name, log, signal);
         return;
       case 'copy': {
@@ -206,11 +206,15 @@ export class TemplateBuildRunner {
     }
   }
 
-  /** Runs a process to its end, its output lines in the log; a non-zero exit fails the step with its last lines. */
+  /**
+   * Runs a process to its end, its output lines in the log; a non-zero exit fails the step with
+   * its last lines. `shArgv` is tried when `argv`'s program is not in the image (bash, say).
+   */
   private async exec(
-    node: BuildNode, sandboxId: string, req: { argv: string[]; env: Record<string, string>; user: string; cwd?: string },
+    node: BuildNode, sandboxId: string, req: { argv: string[]; shArgv?: string[]; env: Record<string, string>; user: string; cwd?: string },
     name: string, log: BuildLog, signal: AbortSignal,
   ): Promise<void> {
+    const { shArgv, ...first } = req;
     const tail: string[] = [];
     const lines = new LineSplitter((line) => {
       tail.push(line);
@@ -218,8 +222,13 @@ export class TemplateBuildRunner {
       log.line('info', name, line);
     });
     let exit: { exitCode: number | null; signal: number | null };
+    const onOutput = (channel: 'stdout' | 'stderr', data: Buffer) => lines.push(channel, data);
     try {
-      exit = await node.runProcess(sandboxId, req, (channel, data) => lines.push(channel, data), signal);
+      exit = await node.runProcess(sandboxId, first, onOutput, signal).catch((e: unknown) => {
+        const missing = e instanceof NestboxError && /cannot start .*No such file or directory/.test(e.message);
+        if (!shArgv || !missing) throw e;
+        return node.runProcess(sandboxId, { ...first, argv: shArgv }, onOutput, signal);
+      });
     } catch (e) {
       if (signal.aborted) throw signal.reason;
       throw new StepFailed(`step ${name} could not run: ${(e as Error).message}`, name);
@@ -242,7 +251,9 @@ export class TemplateBuildRunner {
     }
     const ref = spec.base.ref;
     const names = imageRefVariants(ref);
-    const t = (await node.listTemplates()).filter(visible).find((x) => names.includes(x.name) || x.meta?.repoTags?.some((tag) => names.includes(tag)));
+    const matches = (await node.listTemplates()).filter((x) => visible(x) && (names.includes(x.name) || x.meta?.repoTags?.some((tag) => names.includes(tag))));
+    // The team's own import of the image first, then one everyone may use.
+    const t = matches.find((x) => x.meta?.owner === teamId) ?? matches[0];
     if (!t) {
       throw new StepFailed(
         `image "${ref}" is not imported on this server, and no registry is reached: import it first (docker save ${ref} | nestbox template import <name>), ` +
