@@ -8,6 +8,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { TemplateStore } from '../runtime/templates.ts';
+import { registerTemplateBuildRoutes } from './template-builds.ts';
 import { NODE_ROUTES as R } from '../node-api/routes.ts';
 import { TemplateImportQuery, TemplateNameParam } from '../node-api/schemas.ts';
 import type { NodeTemplate, TemplateImportEvent } from '../node-api/wire.ts';
@@ -16,6 +17,8 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
   const { runtime } = opts;
   const templates = new TemplateStore(runtime.cfg);
   const typed = app.withTypeProvider<TypeBoxTypeProvider>();
+  // Builds capture templates through the same store: one import, build or delete per name.
+  registerTemplateBuildRoutes(app, { runtime, templates });
   // What an agent that died mid-import left behind goes now.
   app.addHook('onReady', async () => {
     const removed = await templates.removeAbandoned().catch(() => [] as string[]);
