@@ -5,8 +5,9 @@ import { newSandboxId } from '../core/ids.ts';
 import { canTransition, isTerminal, isTransitional, type EventReason, type SandboxState } from '../core/states.ts';
 import type { Database, Sql } from '../store/database.ts';
 import {
-  getSandbox, insertSandbox, listSandboxes, lockTeamQuota, writeEndAt, writeTransition, type SandboxRow, type TransitionPatch,
+  countRunning, getSandbox, insertSandbox, listSandboxes, lockTeamQuota, writeEndAt, writeTransition, type SandboxRow, type TransitionPatch,
 } from '../store/sandboxes.ts';
+import { getTeam } from '../store/teams.ts';
 import type {
   CreateSandboxParams, LifecycleApi, ListSandboxesParams, SandboxMetrics, SandboxView,
 } from './lifecycle-types.ts';
@@ -147,10 +148,9 @@ export class LifecycleService implements LifecycleApi {
   // --- create ---------------------------------------------------------------------------------
 
   async create(p: CreateSandboxParams): Promise<SandboxView> {
-    const team = await this.db.query<{ max_running: number; max_timeout_s: number }>(
-      'SELECT max_running, max_timeout_s FROM teams WHERE id = $1', [p.teamId]);
-    if (!team[0]) throw notFound('team not found');
-    if (p.timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
+    const team = await getTeam(this.db, p.teamId);
+    if (!team) throw notFound('team not found');
+    if (p.timeoutMs > team.maxTimeoutS * 1000) throw invalid(`timeout exceeds the team maximum of ${team.maxTimeoutS} s`);
     const sandboxId = newSandboxId();
     const refused = new Set<string>();
     // A sandbox from a snapshot has the resources the snapshot was taken with.
@@ -239,9 +239,8 @@ export class LifecycleService implements LifecycleApi {
     });
     const page = rows.slice(0, p.limit);
     const nextToken = rows.length > p.limit ? encodeToken(page[page.length - 1]!) : null;
-    const totalRunning = (await this.db.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state = 'running'", [teamId]))[0]!.n;
-    return { sandboxes: page.map((r) => this.view(r)), nextToken, totalRunning: Number(totalRunning) };
+    const totalRunning = await countRunning(this.db, teamId);
+    return { sandboxes: page.map((r) => this.view(r)), nextToken, totalRunning };
   }
 
   // --- kill -----------------------------------------------------------------------------------
@@ -464,8 +463,8 @@ export class LifecycleService implements LifecycleApi {
   }
 
   private async checkTimeout(teamId: string, timeoutMs: number) {
-    const team = await this.db.query<{ max_timeout_s: number }>('SELECT max_timeout_s FROM teams WHERE id = $1', [teamId]);
-    if (team[0] && timeoutMs > team[0].max_timeout_s * 1000) throw invalid(`timeout exceeds the team maximum of ${team[0].max_timeout_s} s`);
+    const team = await getTeam(this.db, teamId);
+    if (team && timeoutMs > team.maxTimeoutS * 1000) throw invalid(`timeout exceeds the team maximum of ${team.maxTimeoutS} s`);
   }
 
   private async adjustTimeout(teamId: string, id: string, ms: number, mayShorten: boolean) {

@@ -207,6 +207,13 @@ export async function countActive(db: Sql, teamId: string): Promise<number> {
   return Number(rows[0]!.n);
 }
 
+/** How many of the team's sandboxes are `running` now. */
+export async function countRunning(db: Sql, teamId: string): Promise<number> {
+  const rows = await db.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM sandboxes WHERE team_id = $1 AND state = 'running'", [teamId]);
+  return Number(rows[0]!.n);
+}
+
 export interface ListQuery {
   teamId: string;
   states: SandboxState[];
@@ -255,6 +262,40 @@ export async function listExpired(db: Sql, now: Date, limit: number): Promise<Sa
     [now, limit],
   );
   return rows.map(fromDb);
+}
+
+/** Sandboxes left in `killing` since `before` or earlier, oldest first: the kill sweeper's batch. */
+export async function listStuckKilling(db: Sql, before: Date, limit: number): Promise<string[]> {
+  const rows = await db.query<{ id: string }>(
+    "SELECT id FROM sandboxes WHERE state = 'killing' AND state_changed_at <= $1 ORDER BY state_changed_at LIMIT $2",
+    [before, limit],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** The sandboxes running on a node, longest running first: what a drain moves away. */
+export async function listRunningOnNode(db: Sql, nodeId: string): Promise<string[]> {
+  const rows = await db.query<{ id: string }>(
+    "SELECT id FROM sandboxes WHERE node_id = $1 AND state = 'running' ORDER BY state_changed_at", [nodeId]);
+  return rows.map((r) => r.id);
+}
+
+/** What the reconciler compares with the nodes: a sandbox's state, where and since when. */
+export interface SandboxPlacement {
+  sandboxId: string;
+  state: SandboxState;
+  nodeId: string | null;
+  stateChangedAt: Date;
+}
+
+/** Every sandbox not yet terminal, and those of `alsoIds` (what nodes still hold) whatever their state. */
+export async function listPlacements(db: Sql, alsoIds: string[]): Promise<SandboxPlacement[]> {
+  const rows = await db.query<{ id: string; state: SandboxState; node_id: string | null; state_changed_at: Date }>(
+    `SELECT id, state, node_id, state_changed_at FROM sandboxes
+     WHERE state NOT IN ('killed', 'failed') OR id = ANY($1::text[])`,
+    [alsoIds],
+  );
+  return rows.map((r) => ({ sandboxId: r.id, state: r.state, nodeId: r.node_id, stateChangedAt: new Date(r.state_changed_at) }));
 }
 
 export async function eventsOf(db: Sql, sandboxId: string): Promise<LifecycleEvent[]> {

@@ -1,5 +1,5 @@
 import type { Database } from '../../store/database.ts';
-import { getSandbox } from '../../store/sandboxes.ts';
+import { getSandbox, listStuckKilling } from '../../store/sandboxes.ts';
 import type { LifecycleService } from '../lifecycle.ts';
 
 /**
@@ -17,12 +17,8 @@ export class KillSweeper {
 
   async tick(): Promise<number> {
     const before = new Date(this.lifecycle.clock.now().getTime() - this.graceMs);
-    const rows = await this.db.query<{ id: string }>(
-      "SELECT id FROM sandboxes WHERE state = 'killing' AND state_changed_at <= $1 ORDER BY state_changed_at LIMIT $2",
-      [before, this.batch],
-    );
     let done = 0;
-    for (const { id } of rows) {
+    for (const id of await listStuckKilling(this.db, before, this.batch)) {
       const row = await getSandbox(this.db, id);
       if (row?.state !== 'killing') continue;
       try {

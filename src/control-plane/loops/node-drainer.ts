@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
-import { getSandbox } from '../../store/sandboxes.ts';
+import { getSandbox, listRunningOnNode } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
 import type { NodeStatus } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
@@ -54,10 +54,9 @@ export class NodeDrainer {
       // The agent's plan once its admitted starts are done; the operator's drain moves everything, no deadline.
       const plan = agentDraining ? status!.drain : { policy: 'pause' as const, deadline: null };
       if (!plan) continue; // still letting admitted starts finish
-      const rows = await this.db.query<{ id: string }>(
-        "SELECT id FROM sandboxes WHERE node_id = $1 AND state = 'running' ORDER BY state_changed_at", [node.nodeId]);
+      const running = await listRunningOnNode(this.db, node.nodeId);
       const pastDeadline = plan.deadline !== null && this.lifecycle.clock.now().getTime() >= Date.parse(plan.deadline);
-      await pool(rows.map((r) => r.id), this.concurrency, async (id) => {
+      await pool(running, this.concurrency, async (id) => {
         const row = await getSandbox(this.db, id);
         if (row?.state !== 'running' || row.nodeId !== node.nodeId) return;
         try {

@@ -2,7 +2,7 @@ import { planReconcile, type ContainerFact, type ReconcileAction } from '../../c
 import { isTerminal } from '../../core/states.ts';
 import type { Database } from '../../store/database.ts';
 import { setNodeState, touchNode } from '../../store/nodes.ts';
-import { getSandbox, type SandboxRow } from '../../store/sandboxes.ts';
+import { getSandbox, listPlacements, type SandboxPlacement } from '../../store/sandboxes.ts';
 import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
 import type { NodeInventory } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
@@ -20,13 +20,6 @@ export interface ReconcilerOptions {
 export interface ReconcileReport {
   answered: string[];
   actions: Array<{ sandboxId: string; action: ReconcileAction['kind']; to?: string; nodeId?: string; ok: boolean; error?: string }>;
-}
-
-interface StateRow {
-  id: string;
-  state: SandboxRow['state'];
-  node_id: string | null;
-  state_changed_at: Date;
 }
 
 /**
@@ -102,19 +95,15 @@ export class Reconciler {
       inv.busy.forEach((id) => busy.add(id));
     }
     const seenOnNodes = [...new Set([...containers.keys(), ...snapshots])];
-    const rows = await this.db.query<StateRow>(
-      `SELECT id, state, node_id, state_changed_at FROM sandboxes
-       WHERE state NOT IN ('killed', 'failed') OR id = ANY($1::text[])`,
-      [seenOnNodes],
-    );
-    const byId = new Map(rows.map((r) => [r.id, r]));
+    const rows = await listPlacements(this.db, seenOnNodes);
+    const byId = new Map(rows.map((r) => [r.sandboxId, r]));
     const ids = new Set([...byId.keys(), ...seenOnNodes]);
 
-    const work: Array<{ id: string; row: StateRow | undefined; actions: ReconcileAction[] }> = [];
+    const work: Array<{ id: string; row: SandboxPlacement | undefined; actions: ReconcileAction[] }> = [];
     for (const id of ids) {
       const row = byId.get(id);
       const actions = planReconcile({
-        row: row ? { state: row.state, nodeId: row.node_id, stateChangedAt: new Date(row.state_changed_at) } : null,
+        row: row ? { state: row.state, nodeId: row.nodeId, stateChangedAt: row.stateChangedAt } : null,
         containers: containers.get(id) ?? [],
         snapshot: snapshots.has(id),
         busy: busy.has(id),
@@ -144,10 +133,10 @@ export class Reconciler {
   }
 
   /** Carries out one action if the row is still as planned; false when it moved on meanwhile. */
-  private async apply(id: string, planned: StateRow | undefined, action: ReconcileAction): Promise<boolean> {
+  private async apply(id: string, planned: SandboxPlacement | undefined, action: ReconcileAction): Promise<boolean> {
     const row = await getSandbox(this.db, id);
     const unchanged = planned
-      ? row !== null && row.state === planned.state && row.stateChangedAt.getTime() === new Date(planned.state_changed_at).getTime()
+      ? row !== null && row.state === planned.state && row.stateChangedAt.getTime() === planned.stateChangedAt.getTime()
       : row === null || isTerminal(row.state);
     if (!unchanged) return false;
     try {
