@@ -4,14 +4,20 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
 import { sandboxPaths, snapshotPaths } from '../src/runtime/layout.ts';
 import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
 import { MANIFEST } from '../src/runtime/snapshot-store.ts';
 import { DeleteObjectCommand } from '@aws-sdk/client-s3';
-import { COUNTER, createSandbox, eventually, exec, readCount, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+import { newSandboxId } from '../src/core/ids.ts';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { exists } from '../src/runtime/fs-util.ts';
+import { templateDir } from '../src/runtime/templates.ts';
+import { COUNTER, createSandbox, eventually, exec, readCount, startTestAgent, TEST_ROOT, type TestAgent } from './helpers/agent-harness.ts';
+import { dockerSaveArchive } from './helpers/image-archive.ts';
+import { RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
 let s3: TestS3Server;
@@ -165,5 +171,48 @@ while True: time.sleep(1)" >/dev/null 2>&1 & head -c 33554432 /dev/urandom > /ho
       await dirAgent.stop();
     }
     for (const r of rows) process.stdout.write(`# snapshot store timing (64 MiB process, 32 MiB of files, 2 GiB disk): ${r}\n`);
+  });
+});
+
+describe('templates through the S3 store', () => {
+  test('a template imported on one node is fetched by a node that lacks it; a delete removes it from the store', async () => {
+    // A node with its own templates directory holding only base.
+    const own = path.join(TEST_ROOT, `templates-s3-${randomBytes(3).toString('hex')}`);
+    await mkdir(own, { recursive: true });
+    await symlink(templateDir(runtimeConfigFromEnv(), 'base'), path.join(own, 'base'));
+    await mkdir(`${own}-a`, { recursive: true });
+    await symlink(templateDir(runtimeConfigFromEnv(), 'base'), path.join(`${own}-a`, 'base'));
+    const c = await startTestAgent({ config: { s3: s3.storeConfig(bucket, 'snapshots/'), templatesDir: own } });
+    const importer = await startTestAgent({ config: { s3: s3.storeConfig(bucket, 'snapshots/'), templatesDir: `${own}-a` } });
+    try {
+      const archive = await dockerSaveArchive({ layers: await runnableLayers(), ...RUNNABLE_CONFIG });
+      const res = await importer.api('POST', '/v1/templates?name=s3-dist', new Uint8Array(archive), { 'content-type': 'application/octet-stream' });
+      const lines = (await res.text()).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      assert.equal(lines.at(-1).type, 'done', JSON.stringify(lines.at(-1)));
+      assert.deepEqual(await c.agent.runtime.templates.list(), ['s3-dist'], 'the store holds it once imported');
+      assert.equal(await exists(templateDir(c.agent.runtime.cfg, 's3-dist')), false);
+
+      // The other node starts a sandbox of it: fetched, whole, with its owners and defaults.
+      const id = await createSandbox(c, { template: 's3-dist' });
+      const r = await exec(c, id, 'id -un; cat /srv/data/hello', { user: 'app' });
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.equal(r.stdout, 'app\nhi');
+      assert.deepEqual((await readdir(own)).filter((n) => n.startsWith('.')), [], 'no fetch staging left');
+      await c.json('DELETE', `/v1/sandboxes/${id}`);
+
+      // A template the store does not have is "not found", not a download error.
+      const missing = await c.api('POST', '/v1/sandboxes', {
+        sandboxId: newSandboxId(), template: 'nowhere-tpl', envVars: {}, metadata: {}, allowInternetAccess: false,
+      });
+      assert.equal(missing.status, 404, await missing.text());
+
+      assert.equal((await importer.api('DELETE', '/v1/templates/s3-dist')).status, 204);
+      assert.deepEqual(await importer.agent.runtime.templates.list(), [], 'a deleted template leaves the store');
+    } finally {
+      await c.stop();
+      await importer.stop();
+      await rm(own, { recursive: true, force: true });
+      await rm(`${own}-a`, { recursive: true, force: true });
+    }
   });
 });

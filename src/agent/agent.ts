@@ -89,6 +89,7 @@ export class Agent {
         advertiseUrl: this.opts.join.advertiseUrl ?? defaultAdvertiseUrl(host, port),
         config: this.runtime.cfg,
         maxSandboxes: this.opts.join.maxSandboxes ?? 200,
+        storedTemplates: () => this.runtime.templates.list(),
         version: VERSION,
         log: (m) => process.stderr.write(`nestbox agent: ${m}\n`),
       });

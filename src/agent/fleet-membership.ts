@@ -23,6 +23,8 @@ export interface MembershipOptions {
   advertiseUrl: string;
   config: RuntimeConfig;
   maxSandboxes: number;
+  /** Templates the object store holds (reported with the node's own). */
+  storedTemplates?: () => Promise<string[]>;
   version: string;
   log: (msg: string) => void;
 }
@@ -118,6 +120,8 @@ export class FleetMembership {
         if (await stat(path.join(this.o.config.templatesDir, name, 'rootfs')).then((st) => st.isDirectory(), () => false)) templates.push(name);
       }
     }
+    // Templates in the object store count as this node's: a create of one fetches it.
+    for (const name of await this.o.storedTemplates?.().catch(() => [] as string[]) ?? []) if (!templates.includes(name)) templates.push(name);
     return {
       url: this.o.advertiseUrl,
       cpuCount: os.availableParallelism(),

@@ -15,7 +15,7 @@ import type { NodeTemplate, TemplateImportEvent } from '../node-api/wire.ts';
 
 export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: SandboxRuntime }) {
   const { runtime } = opts;
-  const templates = new TemplateStore(runtime.cfg);
+  const templates = new TemplateStore(runtime.cfg, undefined, runtime.templates);
   const typed = app.withTypeProvider<TypeBoxTypeProvider>();
   // Builds capture templates through the same store: one import, build or delete per name.
   registerTemplateBuildRoutes(app, { runtime, templates });

@@ -252,7 +252,8 @@ export class S3SnapshotStore implements SnapshotStore {
 }
 
 /** Up to three attempts, 1 s then 3 s apart. */
-async function retried<T>(op: () => Promise<T>): Promise<T> {
+/** An S3 call tried up to three times (a store away for a few seconds is ridden out). */
+export async function retried<T>(op: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await op();
@@ -263,7 +264,8 @@ async function retried<T>(op: () => Promise<T>): Promise<T> {
   }
 }
 
-function status(e: unknown): number | undefined {
+/** The HTTP status of an S3 error (404 for its not-found names). */
+export function status(e: unknown): number | undefined {
   const m = (e as { $metadata?: { httpStatusCode?: number }; name?: string }) ?? {};
   if (m.name === 'NoSuchKey' || m.name === 'NotFound' || m.name === 'NoSuchBucket') return 404;
   return m.$metadata?.httpStatusCode;

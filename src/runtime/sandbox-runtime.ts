@@ -20,6 +20,7 @@ import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { Runc, type ContainerStats } from './runc.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
+import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
 import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 
 export interface CreateSandboxRequest {
@@ -89,10 +90,13 @@ export class SandboxRuntime {
   readonly journal: NodeJournal;
   /** Where snapshots are kept; `cfg.snapshotDir` is where pause stages and resume restores from. */
   readonly store: SnapshotStore;
+  /** How templates reach the nodes that lack them (the object store, or a shared directory). */
+  readonly templates: TemplateDistribution;
 
   constructor(readonly cfg: RuntimeConfig) {
     this.store = createSnapshotStore(cfg);
     this.warm = new WarmCaptures(cfg);
+    this.templates = createTemplateDistribution(cfg, this.store);
     this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
@@ -108,6 +112,15 @@ export class SandboxRuntime {
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
     await this.store.prepare();
     await this.network.setupHost();
+  }
+
+  /** The template's files on this node, fetched from the store when the node lacks them. */
+  private async ensureTemplate(name: string): Promise<void> {
+    if (await exists(templateRootfs(this.cfg, name))) return;
+    const fetched = await this.templates.fetch(name).catch((e) => {
+      throw new NestboxError('unavailable', `template "${name}" could not be fetched from ${this.templates.description}: ${msg(e)}`, true);
+    });
+    if (!fetched) throw notFound(`template "${name}" is not on this node${this.templates instanceof SharedDirectoryTemplates ? '' : ' nor in the store'}`);
   }
 
   /** The init client of a running sandbox; callers must not cache it across pause/resume. */
@@ -132,7 +145,7 @@ export class SandboxRuntime {
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
     assertId(req.sandboxId);
     if (!TEMPLATE_NAME_PATTERN.test(req.template)) throw invalid(`invalid template name "${req.template}"`);
-    if (!(await exists(templateRootfs(this.cfg, req.template)))) throw notFound(`template "${req.template}" is not on this node`);
+    await this.ensureTemplate(req.template);
     const start = await templateStart(this.cfg, req.template);
     // A template with a start command is restored warm, its process already started.
     if (start && this.cfg.warmTemplates !== false) {
@@ -369,7 +382,7 @@ export class SandboxRuntime {
     if (!snap.memory) throw invalid('the snapshot holds no memory');
     const template = snap.sandbox.template;
     const lower = templateRootfs(this.cfg, template);
-    if (!(await exists(lower))) throw notFound(`template "${template}" is not on this node`);
+    await this.ensureTemplate(template);
     const p = sandboxPaths(this.cfg, req.sandboxId);
     if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
     try {
@@ -405,7 +418,7 @@ export class SandboxRuntime {
       const p = sandboxPaths(this.cfg, sandboxId);
       if (await exists(p.dir)) throw conflict(`sandbox ${sandboxId} is already on this node`);
       const lower = templateRootfs(this.cfg, snap.sandbox.template);
-      if (!(await exists(lower))) throw notFound(`template "${snap.sandbox.template}" is not on this node`);
+      await this.ensureTemplate(snap.sandbox.template);
       await this.store.open(sandboxId, s.dir).catch((e) => Promise.reject(wrap(e, 'resume')));
       if (!(await exists(s.diskImage))) await this.convertLegacySnapshot(sandboxId, snap);
       let diskMoved = false;

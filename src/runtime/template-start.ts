@@ -1,7 +1,8 @@
 // A template's start command: the process its sandboxes begin with (a Jupyter server, a dev
 // server), started after the init and awaited through the template's ready command.
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
 import { NestboxError } from '../core/errors.ts';
 import { TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -42,8 +43,17 @@ export async function templateStart(cfg: Pick<RuntimeConfig, 'templatesDir'>, na
     env,
     cwd: typeof meta.workdir === 'string' && meta.workdir ? meta.workdir : undefined,
     user: typeof meta.user === 'string' ? (imageUser(meta.user) ?? 'user') : 'user',
-    version: createHash('sha256').update(text).digest('hex').slice(0, 16),
+    version: await templateVersion(cfg, name, text),
   };
+}
+
+/**
+ * Changes when template.json or the template's files do (a template deleted and imported or
+ * built again has a new rootfs directory): a capture of another version is never reused.
+ */
+async function templateVersion(cfg: Pick<RuntimeConfig, 'templatesDir'>, name: string, meta: string): Promise<string> {
+  const st = await stat(path.join(cfg.templatesDir, name, 'rootfs')).catch(() => null);
+  return createHash('sha256').update(meta).update(`\0${st?.ino ?? 0}:${st?.ctimeMs ?? 0}`).digest('hex').slice(0, 16);
 }
 
 /**

@@ -13,6 +13,7 @@ import { run } from './command.ts';
 import { exists, removeTree } from './fs-util.ts';
 import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
 import { applyLayer } from './image-layers.ts';
+import { SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 export const BUILTIN_TEMPLATE = 'base';
 
@@ -139,7 +140,23 @@ export class TemplateStore {
   constructor(
     private readonly cfg: RuntimeConfig,
     private readonly limits: ImportLimits = importLimitsFromEnv(),
+    /** Where a new template is published for the other nodes (and a deleted one removed). */
+    private readonly distribution: TemplateDistribution = new SharedDirectoryTemplates(),
   ) {}
+
+  /**
+   * Publishes a template just put in place. One that cannot be published is taken back (a
+   * template only this node has would fail on the others): the import or build fails.
+   */
+  private async publish(name: string): Promise<void> {
+    try {
+      await this.distribution.publish(name);
+    } catch (e) {
+      const trash = path.join(this.cfg.templatesDir, `.delete-${name}-${randomBytes(4).toString('hex')}`);
+      await rename(templateDir(this.cfg, name), trash).then(() => removeTree(trash)).catch(() => undefined);
+      throw new NestboxError('unavailable', `template "${name}" could not be stored in ${this.distribution.description}: ${e instanceof Error ? e.message : String(e)}`, true);
+    }
+  }
 
   /**
    * Removes the staging and trash directories of imports and deletes whose process (on this
@@ -272,6 +289,7 @@ export class TemplateStore {
         throw e.code === 'ENOTEMPTY' || e.code === 'EEXIST' ? conflict(`template "${name}" already exists`) : e;
       });
       await rm(path.join(templateDir(this.cfg, name), OWNER_FILE), { force: true });
+      await this.publish(name);
       return { name, builtin: false, meta };
     } catch (e) {
       await removeTree(staging).catch(() => undefined);
@@ -313,6 +331,7 @@ export class TemplateStore {
         throw e.code === 'ENOTEMPTY' || e.code === 'EEXIST' ? conflict(`template "${name}" already exists`) : e;
       });
       await rm(path.join(templateDir(this.cfg, name), OWNER_FILE), { force: true });
+      await this.publish(name);
       return { name, builtin: false, meta: full };
     } catch (e) {
       await removeTree(staging).catch(() => undefined);
@@ -345,6 +364,7 @@ export class TemplateStore {
       await writeFile(path.join(trash, OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
       defaultsCache.delete(templateMetaPath(this.cfg, name));
       await removeTree(trash);
+      await this.distribution.remove(name);
     } finally {
       this.busy.delete(name);
     }
