@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Sandbox, Template } from 'e2b';
 import { ControlPlane } from '../src/control-plane/control-plane.ts';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { startTestAgent } from './helpers/agent-harness.ts';
 import { dockerSaveArchive } from './helpers/image-archive.ts';
 import { RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
@@ -36,6 +37,9 @@ after(async () => {
   for (const name of made) {
     await fetch(`${stack.apiUrl}/nestbox/v1/templates/${name}`, { method: 'DELETE', headers: { 'x-api-key': KEY } }).catch(() => undefined);
   }
+  // The uploaded build files of this run's team, kept beside the (shared) templates.
+  const teams = (await stack?.cp.db.query<{ team_id: string }>('SELECT DISTINCT team_id FROM template_builds').catch(() => [])) ?? [];
+  for (const t of teams) await rm(path.join(runtimeConfigFromEnv().templatesDir, '.build-files', t.team_id), { recursive: true, force: true });
   await stack?.stop();
   await rm(context, { recursive: true, force: true });
 });
