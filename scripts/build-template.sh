@@ -3,6 +3,9 @@
 #
 #   scripts/build-template.sh [NAME]        (NAME defaults to "base")
 #
+# A template with a recipe, templates/NAME/recipe.sh in the repository (e.g. code-interpreter-v1),
+# is base plus the recipe's Debian packages, files and template.json fields; see that file.
+#
 # Result: $NESTBOX_TEMPLATES_DIR/NAME/{rootfs/,template.json,.complete}
 #   NESTBOX_TEMPLATES_DIR defaults to /var/lib/nestbox/templates.
 # The rootfs is a Debian bookworm minbase with bash, coreutils, python3, git,
@@ -23,6 +26,17 @@ NAME="${1:-base}"
 case "$NAME" in
   ''|*/*|.*) die "invalid template name '$NAME'" ;;
 esac
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+RECIPE_DIR="$REPO_DIR/templates/$NAME"
+# What a recipe may set: RECIPE_PACKAGES (comma-separated), RECIPE_META (a JSON object merged
+# into template.json) and a function recipe_install ROOTFS (run before ownership is shifted).
+RECIPE_PACKAGES=""
+RECIPE_META="{}"
+recipe_install() { :; }
+if [ -f "$RECIPE_DIR/recipe.sh" ]; then
+  # shellcheck source=/dev/null
+  . "$RECIPE_DIR/recipe.sh"
+fi
 
 require_root_linux_cgroups "$@"
 
@@ -34,9 +48,17 @@ fi
 # Bump RECIPE when this script changes what a template holds: machines rebuild on their next setup.
 RECIPE=2
 BUILD_KEY="recipe=$RECIPE suite=$SUITE packages=$PACKAGES"
+if [ -f "$RECIPE_DIR/recipe.sh" ]; then
+  BUILD_KEY="$BUILD_KEY apt=$RECIPE_PACKAGES"
+  # Any change to the recipe's files (the recipe, a server's source) rebuilds the template.
+  SOURCE_SUM="$(cd "$RECIPE_DIR" && find . -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+  BUILD_KEY="$BUILD_KEY source=$SOURCE_SUM"
+fi
 SHIFT="$NESTBOX_UID_SHIFT"
 DEST="$NESTBOX_TEMPLATES_DIR/$NAME"
 DEB_CACHE="$NESTBOX_HOME/cache/debootstrap-$SUITE"
+APT_CACHE="$NESTBOX_HOME/cache/apt-$SUITE"
 
 if [ -f "$DEST/.complete" ] && [ "$(cat "$DEST/.complete")" = "$BUILD_KEY" ]; then
   step_cached "template $NAME" "$DEST"
@@ -61,7 +83,8 @@ T_START=$(date +%s)
 BUILD="$(mktemp -d "$NESTBOX_TEMPLATES_DIR/.build-$NAME.XXXXXX")"
 chmod 0755 "$BUILD"
 ROOTFS="$BUILD/rootfs"
-trap 'rc=$?; if [ $rc -ne 0 ]; then log "template build failed (rc=$rc); full debootstrap log: $BUILD.debootstrap.log"; rm -rf --one-file-system "$BUILD"; fi' EXIT
+APT_CACHE_MOUNT=""
+trap 'rc=$?; if [ -n "$APT_CACHE_MOUNT" ]; then umount "$APT_CACHE_MOUNT" || true; fi; if [ $rc -ne 0 ]; then log "template build failed (rc=$rc); full debootstrap log: $BUILD.debootstrap.log"; rm -rf --one-file-system "$BUILD"; fi' EXIT
 
 # --- 1. debootstrap -----------------------------------------------------------
 step_begin "debootstrap $SUITE minbase (+$PACKAGES)"
@@ -127,6 +150,34 @@ rm -f "$ROOTFS/etc/resolv.conf"
 chmod 0644 "$ROOTFS/etc/resolv.conf"
 step_done "configure rootfs"
 
+if [ -n "$RECIPE_PACKAGES" ]; then
+  # apt inside the new rootfs rather than debootstrap --include: debootstrap's resolver takes
+  # more than a package's Depends for large sets (scipy, compilers) and cannot order the
+  # configuration of python3-zmq. The .debs are kept in a host cache, bound over the rootfs's.
+  step_begin "apt-get install ${RECIPE_PACKAGES//,/ }"
+  mkdir -p "$APT_CACHE/partial"
+  mount --bind "$APT_CACHE" "$ROOTFS/var/cache/apt/archives"
+  APT_CACHE_MOUNT="$ROOTFS/var/cache/apt/archives"
+  APT_LOG="$BUILD.apt.log"
+  # shellcheck disable=SC2086 # the package list splits on commas into words on purpose
+  if ! { chroot "$ROOTFS" apt-get -q update &&
+         chroot "$ROOTFS" env DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends \
+           ${RECIPE_PACKAGES//,/ }; } >"$APT_LOG" 2>&1; then
+    tail -n 30 "$APT_LOG" >&2
+    die "apt-get install in the rootfs failed; see $APT_LOG"
+  fi
+  log "  $(grep -c '^Unpacking ' "$APT_LOG") packages installed"
+  rm -f "$APT_LOG"
+  umount "$APT_CACHE_MOUNT"
+  APT_CACHE_MOUNT=""
+  step_done "apt-get install" "$(du -sh "$ROOTFS" | cut -f1)"
+fi
+if [ -f "$RECIPE_DIR/recipe.sh" ]; then
+  step_begin "recipe templates/$NAME"
+  recipe_install "$ROOTFS"
+  step_done "recipe templates/$NAME"
+fi
+
 # --- 3. clean ----------------------------------------------------------------
 step_begin "clean apt caches"
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/cache/apt/archives/partial/* \
@@ -143,14 +194,16 @@ step_done "shift ownership"
 
 # --- 5. metadata + atomic install --------------------------------------------
 BUILT_AT="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-python3 - "$BUILD/template.json" "$NAME" "$SHIFT" "$NESTBOX_UID_RANGE" "$BUILT_AT" "$SUITE" "$PACKAGES" <<'EOF'
+python3 - "$BUILD/template.json" "$NAME" "$SHIFT" "$NESTBOX_UID_RANGE" "$BUILT_AT" "$SUITE" "$PACKAGES${RECIPE_PACKAGES:+,$RECIPE_PACKAGES}" "$RECIPE_META" <<'EOF'
 import json, sys
-path, name, shift, rng, built, suite, pkgs = sys.argv[1:]
+path, name, shift, rng, built, suite, pkgs, recipe_meta = sys.argv[1:]
+# user: processes run as "user" unless a request names another (E2B's default user)
+meta = {"name": name, "uidShift": int(shift), "uidRange": int(rng),
+        "builtAt": built, "suite": suite, "packages": pkgs.split(","),
+        "rootfs": "rootfs", "user": "user"}
+meta.update(json.loads(recipe_meta))  # e.g. startCmd, readyCmd, env, workdir
 with open(path, "w") as f:
-    # user: processes run as "user" unless a request names another (E2B's default user)
-    json.dump({"name": name, "uidShift": int(shift), "uidRange": int(rng),
-               "builtAt": built, "suite": suite, "packages": pkgs.split(","),
-               "rootfs": "rootfs", "user": "user"}, f, indent=2)
+    json.dump(meta, f, indent=2)
     f.write("\n")
 EOF
 printf '%s' "$BUILD_KEY" >"$BUILD/.complete"

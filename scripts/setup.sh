@@ -2,7 +2,8 @@
 # One-shot host setup for Nestbox (idempotent; a few seconds when everything is cached):
 #   1. scripts/install-deps.sh        apt packages, CRIU >= 4.2 in a private prefix
 #      scripts/install-s3-server.sh   a local S3 server (radosgw) in a private prefix, for tests
-#   2. scripts/build-template.sh base  the base sandbox template
+#   2. scripts/build-template.sh base  the base sandbox template, then code-interpreter-v1
+#      (base + Jupyter kernel + data libraries + the server @e2b/code-interpreter talks to)
 #   3. cargo build --release           in sandbox-init/ (when sandbox-init/Cargo.toml exists)
 #   4. npm ci / npm install            when node_modules is missing or stale
 set -euo pipefail
@@ -18,6 +19,7 @@ T_START=$(date +%s.%N)
 "$SCRIPT_DIR/install-deps.sh"
 "$SCRIPT_DIR/install-s3-server.sh"
 "$SCRIPT_DIR/build-template.sh" base
+"$SCRIPT_DIR/build-template.sh" code-interpreter-v1
 
 # --- sandbox-init (Rust, std only) --------------------------------------------
 if [ -x "${HOME:-/root}/.cargo/bin/cargo" ] && ! command -v cargo >/dev/null; then
@@ -70,6 +72,7 @@ log "setup complete in $(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN{printf
 log "  NESTBOX_HOME       $NESTBOX_HOME"
 log "  criu wrapper       $NESTBOX_BIN_DIR/criu  (put $NESTBOX_BIN_DIR first on PATH for runc)"
 log "  template base      $NESTBOX_TEMPLATES_DIR/base/rootfs"
+log "  template code-interpreter-v1  $NESTBOX_TEMPLATES_DIR/code-interpreter-v1/rootfs"
 if [ -f "$REPO_DIR/sandbox-init/Cargo.toml" ]; then
   log "  sandbox-init       $REPO_DIR/sandbox-init/target/release/"
 fi
