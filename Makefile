@@ -14,7 +14,7 @@ test: setup typecheck
 	@npm test --silent
 
 bench: setup
-	@npm run bench --silent && npm run bench:lifecycle --silent
+	@npm run bench --silent && npm run bench:lifecycle --silent && npm run bench:sdk --silent
 
 # Crashes, faults and concurrent clients, then every lifecycle invariant checked (see test/chaos/chaos.ts).
 chaos: setup

@@ -1,53 +1,21 @@
 // `make bench`: the node runtime measured beside the raw runc / CRIU limits, in the same run.
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { newNamedSnapshotId, newSandboxId } from '../src/core/ids.ts';
 import { run } from '../src/runtime/command.ts';
 import { handOverImages } from '../src/runtime/criu-images.ts';
-import { isMountPoint, unmount } from '../src/runtime/fs-util.ts';
-import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { Runc } from '../src/runtime/runc.ts';
-import { sandboxPaths, templateRootfs } from '../src/runtime/layout.ts';
+import { sandboxPaths } from '../src/runtime/layout.ts';
 import { InitClient } from '../src/runtime/init-client.ts';
-import { createSandbox, exec, startTestAgent, TEST_ROOT, type TestAgent } from '../test/helpers/agent-harness.ts';
+import { createSandbox, exec, startTestAgent, TEST_ROOT } from '../test/helpers/agent-harness.ts';
+import { cleanStaleRaw, rawContainer } from './raw-container.ts';
 import { printTable, row, timed, type Row } from './stats.ts';
 
 const N = Number(process.env.BENCH_N ?? 20);
 const N_SNAPSHOT = Number(process.env.BENCH_N_SNAPSHOT ?? 8);
 const DENSITY = Number(process.env.BENCH_DENSITY ?? 200);
 const WORKLOAD_100M = 'import os,time\nx=bytearray(os.urandom(1<<20)*100)\nwhile True: time.sleep(1)';
-
-/** A raw runc container on the same template and limits as a sandbox, without Nestbox. */
-async function rawContainer(a: TestAgent, id: string, args: string[]) {
-  const cfg = a.agent.runtime.cfg;
-  const dir = path.join(TEST_ROOT, 'raw', id);
-  await mkdir(path.join(dir, 'upper'), { recursive: true, mode: 0o711 });
-  await mkdir(path.join(dir, 'work'), { recursive: true });
-  await mkdir(path.join(dir, 'rootfs'), { recursive: true });
-  await mkdir(path.join(dir, 'run'), { recursive: true });
-  await mkdir(path.join(dir, 'etc'), { recursive: true });
-  for (const f of ['hosts', 'hostname', 'resolv.conf']) await writeFile(path.join(dir, 'etc', f), '');
-  await run(['chown', `${cfg.uidShift}:${cfg.uidShift}`, path.join(dir, 'upper'), path.join(dir, 'run')]);
-  await run(['mount', '-t', 'overlay', 'overlay', '-o',
-    `lowerdir=${templateRootfs(cfg, 'base')},upperdir=${dir}/upper,workdir=${dir}/work`, `${dir}/rootfs`]);
-  const spec = buildOciSpec({
-    sandboxId: id, rootfs: `${dir}/rootfs`, initBinary: cfg.initBinary, socketDir: `${dir}/run`, etcDir: `${dir}/etc`,
-    networkHook: { path: '/bin/true', args: ['true'], timeout: 10 },
-    resources: { cpuCount: 2, memoryMB: 1024, pidsLimit: 512 }, uidShift: cfg.uidShift, uidRange: cfg.uidRange,
-  }) as any;
-  delete spec.hooks;
-  spec.process.args = args;
-  spec.linux.cgroupsPath = `/nestbox-raw/${id}`;
-  await writeFile(path.join(dir, 'config.json'), JSON.stringify(spec));
-  return {
-    dir,
-    cleanup: async (runc: Runc) => {
-      await runc.destroy(id).catch(() => undefined);
-      await run(['umount', `${dir}/rootfs`], { allowFailure: true });
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 /**
  * Host memory in use, page cache excluded: caches are dropped first (they come and go with
@@ -59,17 +27,6 @@ async function hostUsedKiB() {
   const info = await readFile('/proc/meminfo', 'utf8');
   const get = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(info)![1]);
   return get('MemTotal') - get('MemFree') - get('Buffers') - get('Cached') - get('SReclaimable');
-}
-
-/** A run that crashed may have left raw containers and mounts behind. */
-async function cleanStaleRaw(runc: Runc) {
-  const rawRoot = path.join(TEST_ROOT, 'raw');
-  for (const id of await readdir(rawRoot).catch(() => [] as string[])) {
-    await runc.destroy(id).catch(() => undefined);
-    // a crashed run may have stacked several mounts here
-    while (await isMountPoint(path.join(rawRoot, id, 'rootfs'))) await unmount(path.join(rawRoot, id, 'rootfs'));
-  }
-  await rm(rawRoot, { recursive: true, force: true });
 }
 
 async function main() {
@@ -84,7 +41,7 @@ async function main() {
     const rawRun: number[] = [];
     for (let i = 0; i < N; i++) {
       const id = `rawrun${i}`;
-      const c = await rawContainer(a, id, ['/.nestbox/init', '--socket', '/run/nestbox/init.sock']);
+      const c = await rawContainer(a.agent.runtime.cfg, id, ['/.nestbox/init', '--socket', '/run/nestbox/init.sock']);
       const [ms] = await timed(() => runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log')));
       rawRun.push(ms);
       await c.cleanup(runc);
@@ -123,7 +80,7 @@ async function main() {
 
     // --- pause / resume with a 100 MiB process, beside runc checkpoint / restore (CRIU) ---------
     const rawId = 'rawcriu';
-    const raw = await rawContainer(a, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
+    const raw = await rawContainer(a.agent.runtime.cfg, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
     await runc.runDetached(rawId, raw.dir, path.join(raw.dir, 'runc.log'));
     await new Promise((r) => setTimeout(r, 1500));
     const rawDump: number[] = [];
@@ -152,13 +109,29 @@ async function main() {
     }
     rows.push(row('pause, 100 MiB process', pause, rawDump, 'runc checkpoint (criu dump)'));
     rows.push(row('resume, 100 MiB process', resume, rawRestore, 'runc restore (criu restore)'));
+
+    // --- live snapshot (the sandbox runs on) and a fork child from it, same workload ------------
+    const snapshot: number[] = [];
+    const forkChild: number[] = [];
+    for (let i = 0; i < N_SNAPSHOT; i++) {
+      const snapshotId = newNamedSnapshotId();
+      snapshot.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/snapshots`, { snapshotId })))[0]);
+      const child = newSandboxId();
+      forkChild.push((await timed(() => a.json('POST', '/v1/sandboxes', {
+        sandboxId: child, template: 'base', memoryMB: 1024, envVars: {}, metadata: {}, allowInternetAccess: false, fromSnapshot: snapshotId,
+      })))[0]);
+      await a.json('DELETE', `/v1/sandboxes/${child}`);
+      await a.api('DELETE', `/v1/snapshots/${snapshotId}`);
+    }
+    rows.push(row('snapshot (live), 100 MiB process', snapshot, rawDump, 'runc checkpoint (criu dump)'));
+    rows.push(row('fork child from it, 100 MiB process', forkChild, rawRestore, 'runc restore (criu restore)'));
     await a.json('DELETE', `/v1/sandboxes/${sid}`);
 
     // --- kill, beside raw runc kill + delete -----------------------------------------------------
     const rawKill: number[] = [];
     for (let i = 0; i < N; i++) {
       const rid = `rawkill${i}`;
-      const c = await rawContainer(a, rid, ['/bin/sleep', 'infinity']);
+      const c = await rawContainer(a.agent.runtime.cfg, rid, ['/bin/sleep', 'infinity']);
       await runc.runDetached(rid, c.dir, path.join(c.dir, 'runc.log'));
       rawKill.push((await timed(() => runc.destroy(rid)))[0]);
       await c.cleanup(runc);

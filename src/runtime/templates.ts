@@ -192,9 +192,12 @@ export class TemplateStore {
     return out;
   }
 
+  /** A template of this node's, fetched from the store first if only the store has it (its owner is in it). */
   async get(name: string): Promise<TemplateInfo> {
     assertName(name);
-    if (!(await exists(path.join(this.cfg.templatesDir, name, 'rootfs')))) throw notFound(`template "${name}" is not on this node`);
+    if (!(await exists(path.join(this.cfg.templatesDir, name, 'rootfs'))) && !(await this.distribution.fetch(name))) {
+      throw notFound(`template "${name}" is not on this node`);
+    }
     return this.info(name);
   }
 

@@ -15,7 +15,7 @@ import { SnapshotService } from '../snapshots.ts';
 import { usageRoutes } from './usage.ts';
 import { eventRoutes } from './events.ts';
 import { webhookRoutes } from './webhooks.ts';
-import { templateAccess, templateRoutes } from './templates.ts';
+import { deleteTemplate, templateAccess, templateRoutes } from './templates.ts';
 import { templateBuildRoutes } from './template-builds.ts';
 import { TemplateBuildRunner } from '../template-builds/runner.ts';
 import { NodePool } from '../scheduler.ts';
@@ -94,7 +94,12 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     templateAllowed: opts.nodes ? templateAccess(opts.nodes) : undefined,
     snapshots,
   });
-  if (snapshots) void app.register(snapshotRoutes, { snapshots, render });
+  if (snapshots) {
+    const nodes = opts.nodes;
+    void app.register(snapshotRoutes, {
+      snapshots, render, deleteTemplate: nodes ? (teamId, name) => deleteTemplate(nodes, opts.db, teamId, name) : undefined,
+    });
+  }
   if (opts.nodes) void app.register(templateRoutes, { nodes: opts.nodes, db: opts.db });
   if (opts.db) {
     void app.register(usageRoutes, { db: opts.db, now: opts.now });

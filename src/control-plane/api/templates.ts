@@ -84,6 +84,28 @@ export function templateAccess(nodes: NodePool) {
   };
 }
 
+/**
+ * Deletes a team's template (imported or built); false when the team has none of that name.
+ * Refused while sandboxes (running or paused) use it; base and unowned templates never go.
+ */
+export async function deleteTemplate(nodes: NodePool, db: Database | undefined, teamId: string, name: string): Promise<boolean> {
+  let t: NodeTemplate;
+  try {
+    t = await templateNode(nodes).getTemplate(name);
+  } catch (e) {
+    if (e instanceof NestboxError && (e.code === 'not_found' || e.code === 'invalid')) return false;
+    throw e;
+  }
+  if (!visibleTo(t, teamId)) return false;
+  if (t.builtin || !t.meta?.owner) throw conflict(`template "${name}" is built in and cannot be deleted`);
+  if (db) {
+    const users = await sandboxesUsingTemplate(db, name);
+    if (users.length) throw conflict(`template "${name}" is in use by ${users.length === 20 ? 'at least 20' : users.length} sandbox${users.length === 1 ? '' : 'es'}: kill them first`);
+  }
+  await templateNode(nodes).deleteTemplate(name); // the node checks its own sandboxes again
+  return true;
+}
+
 export const templateRoutes: FastifyPluginAsyncTypebox<TemplateRoutesOptions> = async (app, { nodes, db }) => {
   // The archive arrives as raw bytes and is handed on as a stream.
   app.addContentTypeParser(['application/x-tar', 'application/octet-stream', 'application/gzip'], (_req, payload, done) => done(null, payload));
@@ -178,14 +200,8 @@ export const templateRoutes: FastifyPluginAsyncTypebox<TemplateRoutesOptions> = 
       },
     },
     async (req, reply) => {
-      const name = req.params.name;
-      const t = await visible(teamOf(req), name);
-      if (t.builtin || !t.meta?.owner) throw conflict(`template "${name}" is built in and cannot be deleted`);
-      if (db) {
-        const users = await sandboxesUsingTemplate(db, name);
-        if (users.length) throw conflict(`template "${name}" is in use by ${users.length === 20 ? 'at least 20' : users.length} sandbox${users.length === 1 ? '' : 'es'}: kill them first`);
-      }
-      await templateNode(nodes).deleteTemplate(name); // the node checks its own sandboxes again
+      await visible(teamOf(req), req.params.name);
+      await deleteTemplate(nodes, db, teamOf(req), req.params.name);
       return reply.code(204).send(null);
     },
   );

@@ -1,0 +1,153 @@
+// `make bench` (third part): what a user of the E2B SDKs waits for, end to end through the
+// control plane, the sandbox proxy and the node, beside the physical limit measured in the
+// same run: time to the first command (sequential and 20 at once) beside raw `runc run -d` +
+// `nsenter true`; the code interpreter's first result from its warm template beside a cold
+// start of the same template; pause and resume through the object store beside the directory
+// store (same workload).
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Sandbox } from 'e2b';
+import { Sandbox as CodeInterpreter } from '@e2b/code-interpreter';
+import { run } from '../src/runtime/command.ts';
+import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { Runc } from '../src/runtime/runc.ts';
+import { templateRootfs } from '../src/runtime/layout.ts';
+import { COUNTER, createSandbox, exec, startTestAgent, TEST_ROOT } from '../test/helpers/agent-harness.ts';
+import { startS3Server } from '../test/helpers/s3-server.ts';
+import { startStack } from '../test/helpers/stack.ts';
+import { cleanStaleRaw, rawContainer } from './raw-container.ts';
+import { printTable, row, timed, type Row } from './stats.ts';
+
+const N = Number(process.env.BENCH_N ?? 20);
+const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 20);
+const N_CI = Number(process.env.BENCH_N_CI ?? 5);
+const N_STORE = Number(process.env.BENCH_N_STORE ?? 5);
+const opts = { requestTimeoutMs: 300_000 };
+
+async function rawFirstCommand(runc: Runc): Promise<number[]> {
+  const cfg = runtimeConfigFromEnv();
+  const out: number[] = [];
+  for (let i = 0; i < N; i++) {
+    const id = `rawfirst${i}`;
+    const c = await rawContainer(cfg, id, ['/bin/sleep', 'infinity']);
+    const [ms] = await timed(async () => {
+      await runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log'));
+      const pid = (await runc.state(id))!.pid;
+      await run(['nsenter', '-t', String(pid), '-U', '-m', '-p', '-n', '-i', '-u', '--preserve-credentials', '/bin/true']);
+    });
+    out.push(ms);
+    await c.cleanup(runc);
+  }
+  return out;
+}
+
+async function firstCommandRows(rows: Row[], raw: number[]) {
+  const stack = await startStack('e2b_' + randomBytes(20).toString('hex'));
+  try {
+    const seq: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const [ms, sbx] = await timed(async () => {
+        const s = await Sandbox.create('base', opts);
+        await s.commands.run('true');
+        return s;
+      });
+      seq.push(ms);
+      await sbx.kill();
+    }
+    rows.push(row('SDK create + commands.run(true), sequential', seq, raw, 'runc run -d + nsenter true'));
+    const [, burst] = await timed(() => Promise.all(Array.from({ length: CONCURRENT }, () => timed(async () => {
+      const s = await Sandbox.create('base', opts);
+      await s.commands.run('true');
+      return s;
+    }))));
+    rows.push(row(`SDK create + commands.run(true), ${CONCURRENT} at once`, burst.map(([ms]) => ms), raw, 'runc run -d + nsenter true'));
+    await Promise.all(burst.map(([, s]) => s.kill()));
+  } finally {
+    await stack.stop();
+  }
+}
+
+async function codeInterpreterRows(rows: Row[]) {
+  if (!existsSync(templateRootfs(runtimeConfigFromEnv(), 'code-interpreter-v1'))) {
+    console.log('# code-interpreter-v1 is not built (scripts/build-template.sh code-interpreter-v1): its rows are skipped');
+    return;
+  }
+  const measure = async (warm: boolean) => {
+    const stack = await startStack('e2b_' + randomBytes(20).toString('hex'), { agentConfig: { warmTemplates: warm } });
+    try {
+      // The first create of a warm template captures it: not counted (one per node and version).
+      if (warm) await (await CodeInterpreter.create(opts)).kill();
+      const out: number[] = [];
+      for (let i = 0; i < N_CI; i++) {
+        const [ms, sbx] = await timed(async () => {
+          const s = await CodeInterpreter.create(opts);
+          const r = await s.runCode('1 + 1');
+          if (r.text !== '2') throw new Error(`runCode answered ${JSON.stringify(r.text)}`);
+          return s;
+        });
+        out.push(ms);
+        await sbx.kill();
+      }
+      return out;
+    } finally {
+      await stack.stop();
+    }
+  };
+  const warm = await measure(true);
+  const cold = await measure(false);
+  rows.push(row('code interpreter: create -> first runCode, warm', warm, cold, 'same template started cold'));
+}
+
+/** Pause and resume of a 64 MiB process with 32 MiB of files, through each store. */
+async function storeRows(rows: Row[]) {
+  const s3 = await startS3Server();
+  const workload = async (a: Awaited<ReturnType<typeof startTestAgent>>) => {
+    const id = await createSandbox(a, { memoryMB: 512 });
+    await exec(a, id, COUNTER);
+    await exec(a, id, 'python3 -c "import os,time; x=bytearray(os.urandom(1<<20)*64); open(\'/tmp/ready\',\'w\').write(\'1\'); time.sleep(1e9)" >/dev/null 2>&1 & head -c 33554432 /dev/urandom > /home/user/files; while [ ! -e /tmp/ready ]; do sleep 0.1; done');
+    return id;
+  };
+  const measure = async (config: Parameters<typeof startTestAgent>[0]) => {
+    const a = await startTestAgent(config);
+    try {
+      const id = await workload(a);
+      const pause: number[] = [];
+      const resume: number[] = [];
+      for (let i = 0; i < N_STORE; i++) {
+        pause.push((await timed(() => a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true })))[0]);
+        resume.push((await timed(() => a.json('POST', `/v1/sandboxes/${id}/resume`)))[0]);
+      }
+      await a.json('DELETE', `/v1/sandboxes/${id}`);
+      return { pause, resume };
+    } finally {
+      await a.stop();
+    }
+  };
+  try {
+    const dir = await measure({});
+    const obj = await measure({ config: { s3: s3.storeConfig(`nestbox-bench-${randomBytes(3).toString('hex')}`, 'snapshots/') } });
+    rows.push(row('pause through the S3 store, 64 MiB + 32 MiB files', obj.pause, dir.pause, 'directory store'));
+    rows.push(row('resume from the S3 store', obj.resume, dir.resume, 'directory store'));
+  } finally {
+    await s3.stop();
+  }
+}
+
+async function main() {
+  const rows: Row[] = [];
+  const runc = new Runc(path.join(TEST_ROOT, 'raw-runc-sdk'), runtimeConfigFromEnv().criuBinDir);
+  await cleanStaleRaw(runc);
+  const raw = await rawFirstCommand(runc);
+  await firstCommandRows(rows, raw);
+  await codeInterpreterRows(rows);
+  await storeRows(rows);
+  printTable(rows);
+  const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results-sdk.json');
+  await writeFile(out, JSON.stringify(rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), null, 2));
+  console.log(`\nwrote ${out}`);
+}
+
+await main();
