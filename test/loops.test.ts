@@ -18,6 +18,7 @@ import { eventsOf, getSandbox, insertSandbox, writeTransition } from '../src/sto
 import { newSandboxId } from '../src/core/ids.ts';
 import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.ts';
 import { FakeNode } from './helpers/fake-node.ts';
+import { NodeCallError } from '../src/control-plane/node-client.ts';
 import { assertLedger, assertLegalHistory, assertNodeMatches } from './helpers/lifecycle-asserts.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 
@@ -135,6 +136,7 @@ test('plan property: never destroys the container a live row runs on, never acts
 interface World {
   db: Database;
   node: FakeNode;
+  nodes: NodePool;
   clock: ManualClock;
   svc: LifecycleService;
   reconciler: Reconciler;
@@ -159,7 +161,7 @@ async function world(db: Database, opts: { nodeDownAfterMs?: number } = {}): Pro
     teamId, templateId: 'base', timeoutMs: 600_000, metadata: {}, envVars: {}, autoPause: false, autoPauseMemory: true,
     autoResume: false, allowInternetAccess: true, secure: true, ...extra,
   });
-  return { db, node, clock, svc, reconciler, sweeper, teamId, params };
+  return { db, node, nodes, clock, svc, reconciler, sweeper, teamId, params };
 }
 
 /** A control plane that died mid-transition: the row moved, the node maybe acted, nobody finished. */
@@ -364,6 +366,28 @@ forEachDatabase('reconciler', (t) => {
     w.clock.advance(10_000);
     await w.sweeper.tick();
     assert.equal((await getSandbox(db, s.sandboxId))!.state, 'killed');
+  });
+
+  test('a node down for good: its lost sandboxes are killed through another node, which deletes their snapshots', async () => {
+    const w = await world(db, { nodeDownAfterMs: 60_000 });
+    const s = await w.svc.create(w.params());
+    const other = new FakeNode(`other-${Math.random().toString(36).slice(2, 8)}`);
+    other.now = () => w.clock.t;
+    await upsertNode(db, { id: other.nodeId, url: 'memory:', token: 'none' });
+    w.nodes.add(other);
+    w.node.faults.unreachable = true;
+    // (the fake answers kills while unreachable; a node that is down does not)
+    w.node.kill = async () => {
+      throw new NodeCallError('unavailable', 'fake node: down', true, true);
+    };
+    w.clock.advance(60_000);
+    await w.reconciler.tick();
+    const row = (await getSandbox(db, s.sandboxId))!;
+    assert.equal(row.state, 'killed', 'not left in killing until the down node answers');
+    assert.equal(row.lastReason, 'lost');
+    await assertLegalHistory(db, s.sandboxId);
+    await assertLedger(db, s.sandboxId);
+    assert.ok(other.calls.some((c) => c.startsWith(`kill ${s.sandboxId}`)), `the other node was asked: ${other.calls}`);
   });
 
   test('property: crashes and lost answers at random moments converge in two ticks to a consistent world', async () => {

@@ -274,7 +274,10 @@ export class LifecycleService implements LifecycleApi {
    * `killing` and the sweeper calls again until the node confirms.
    */
   async finishKill(row: SandboxRow, reason: EventReason, paused = false): Promise<void> {
-    const node = paused ? this.nodes.any(row.nodeId) : this.nodes.get(row.nodeId);
+    // A lost sandbox's node may be down for good: another node deletes its snapshot (the store
+    // is shared) and confirms; should the lost node come back, the reconciler destroys what it
+    // still runs. (Asking only the lost node left such rows in `killing` while it was down.)
+    const node = reason === 'lost' ? this.nodes.forLost(row.nodeId) : paused ? this.nodes.any(row.nodeId) : this.nodes.get(row.nodeId);
     const { stoppedAt } = await node.kill(row.sandboxId, { deleteSnapshot: true });
     await this.transition(row, 'killed', reason, { endAt: null, remainingMs: null }, undefined, nodeInstant(stoppedAt));
   }

@@ -75,6 +75,16 @@ export class NodePool {
     return node;
   }
 
+  /**
+   * A node to finish the kill of a sandbox lost on `lost` (deleting its snapshot from the shared
+   * store): another node heard from lately, since a node gone down cannot answer; else `lost`
+   * itself (a single node that answered without the sandbox).
+   */
+  forLost(lost: string | null): NodeClient {
+    const heard = [...this.nodes.values()].find((n) => n.nodeId !== lost && ['ready', 'draining'].includes((this.info.get(n.nodeId) ?? UNKNOWN).condition));
+    return heard ?? this.any(lost);
+  }
+
   /** The nodes that could take this start now, apart from `exclude`. */
   eligible(want: Placement = {}, exclude: ReadonlySet<string> = new Set()): NodeClient[] {
     const out: NodeClient[] = [];
