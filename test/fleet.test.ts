@@ -10,6 +10,7 @@ import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.t
 import { NodeDrainer } from '../src/control-plane/loops/node-drainer.ts';
 import { NodeRegistry } from '../src/control-plane/loops/node-registry.ts';
 import { NodePool, type NodeInfo } from '../src/control-plane/scheduler.ts';
+import { nodeTimingsFromEnv } from '../src/cli/server.ts';
 import { createAdminKey } from '../src/store/admin-keys.ts';
 import { authenticateKey } from '../src/store/credentials.ts';
 import type { Database } from '../src/store/database.ts';
@@ -244,4 +245,13 @@ forEachDatabase('fleet', (t) => {
     f.pool.setDraining(f.b.nodeId, true);
     assert.equal((await f.svc.create(f.params)).nodeId, f.a.nodeId);
   });
+});
+
+test('nestbox server: node timings from the environment, checked', () => {
+  assert.deepEqual(nodeTimingsFromEnv({}), {});
+  assert.deepEqual(nodeTimingsFromEnv({ NESTBOX_NODE_HEARTBEAT_MS: '500', NESTBOX_NODE_UNHEALTHY_AFTER_MS: '2000', NESTBOX_NODE_DOWN_AFTER_MS: '5000' }),
+    { heartbeatMs: 500, unhealthyAfterMs: 2000, nodeDownAfterMs: 5000 });
+  assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_DOWN_AFTER_MS: '5s' }), /NESTBOX_NODE_DOWN_AFTER_MS must be a positive number/);
+  assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_HEARTBEAT_MS: '-1' }), /positive/);
+  assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_UNHEALTHY_AFTER_MS: '1000' }), /longer than the heartbeat period/);
 });

@@ -1,5 +1,5 @@
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
-import { ControlPlane } from '../control-plane/control-plane.ts';
+import { ControlPlane, DEFAULT_TIMINGS, type LoopTimings } from '../control-plane/control-plane.ts';
 import { upBanner } from './up-banner.ts';
 
 export interface ServerOptions {
@@ -27,6 +27,7 @@ export async function server(opts: ServerOptions) {
     bootstrapApiKey: process.env.NESTBOX_API_KEY,
     bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
     logger,
+    timings: nodeTimingsFromEnv(),
   });
   const started = await cp.start();
   const lines = upBanner(started, { store: cp.describeDatabase(), agentUrl: 'none (nodes join with `nestbox agent --join`)', adminKeyFile: adminKeyFilePath(controlDirFromEnv()) });
@@ -45,4 +46,26 @@ export async function server(opts: ServerOptions) {
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * How quickly the fleet notices a silent node: NESTBOX_NODE_HEARTBEAT_MS (period asked of the
+ * nodes, default 2000), NESTBOX_NODE_UNHEALTHY_AFTER_MS (no placements, default 10000) and
+ * NESTBOX_NODE_DOWN_AFTER_MS (its sandboxes are lost, default 60000). All replicas of one
+ * fleet should use the same values.
+ */
+export function nodeTimingsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<LoopTimings> {
+  const out: Partial<LoopTimings> = {};
+  const settings = [
+    ['NESTBOX_NODE_HEARTBEAT_MS', 'heartbeatMs'], ['NESTBOX_NODE_UNHEALTHY_AFTER_MS', 'unhealthyAfterMs'], ['NESTBOX_NODE_DOWN_AFTER_MS', 'nodeDownAfterMs'],
+  ] as const;
+  for (const [name, key] of settings) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    const ms = Number(raw);
+    if (!Number.isInteger(ms) || ms <= 0) throw new Error(`${name} must be a positive number of milliseconds, not "${raw}"`);
+    out[key] = ms;
+  }
+  if ((out.unhealthyAfterMs ?? DEFAULT_TIMINGS.unhealthyAfterMs) <= (out.heartbeatMs ?? DEFAULT_TIMINGS.heartbeatMs)) throw new Error('NESTBOX_NODE_UNHEALTHY_AFTER_MS must be longer than the heartbeat period');
+  return out;
 }
