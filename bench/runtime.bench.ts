@@ -7,7 +7,7 @@ import { run } from '../src/runtime/command.ts';
 import { handOverImages } from '../src/runtime/criu-images.ts';
 import { Runc } from '../src/runtime/runc.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
-import { InitClient } from '../src/runtime/init-client.ts';
+import { InitClient } from '../src/runtime/init/client.ts';
 import { createSandbox, exec, startTestAgent, TEST_ROOT } from '../test/helpers/agent-harness.ts';
 import { cleanStaleRaw, rawContainer } from './raw-container.ts';
 import { printTable, row, timed, type Row } from './stats.ts';

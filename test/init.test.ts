@@ -1,4 +1,4 @@
-// The sandbox init (sandbox-init/) and its client (src/runtime/init-client.ts), run on the host:
+// The sandbox init (sandbox-init/) and its client (src/runtime/init/), run on the host:
 // the init is started as an ordinary process (it then acts as a child subreaper).
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +11,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { InitClient, InitError, MAX_FRAME, type FsEvent, type ProcessStream } from '../src/runtime/init-client.ts';
+import type { FsEvent } from '../src/runtime/init/answers.ts';
+import { InitClient } from '../src/runtime/init/client.ts';
+import { InitError } from '../src/runtime/init/errors.ts';
+import { MAX_FRAME } from '../src/runtime/init/frames.ts';
+import type { ProcessStream } from '../src/runtime/init/streams.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CRATE = path.join(ROOT, 'sandbox-init');

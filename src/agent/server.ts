@@ -3,7 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
 import { bearerToken, sameSecret } from '../http/credentials.ts';
-import { InitError } from '../runtime/init-client.ts';
+import { InitError } from '../runtime/init/errors.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import type { DrainGate } from './drain-gate.ts';
 import type { DrainPlan } from './shutdown.ts';

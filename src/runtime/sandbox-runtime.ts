@@ -10,7 +10,7 @@ import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, diskUsage, mountDisk, unmountDisk } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
-import { InitClient } from './init-client.ts';
+import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SandboxPaths, type SnapshotFiles } from './layout.ts';

@@ -6,7 +6,8 @@ import path from 'node:path';
 import { NestboxError } from '../core/errors.ts';
 import { TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
-import type { InitClient, ProcessStream } from './init-client.ts';
+import type { InitClient } from './init/client.ts';
+import type { ProcessStream } from './init/streams.ts';
 import { imageUser, templateMetaPath } from './templates.ts';
 
 /** What template.json says a sandbox starts with (startCmd / readyCmd are bash command strings). */

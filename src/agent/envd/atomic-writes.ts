@@ -1,4 +1,5 @@
-import type { FsEvent, WatchHandle } from '../../runtime/init-client.ts';
+import type { FsEvent } from '../../runtime/init/answers.ts';
+import type { WatchHandle } from '../../runtime/init/streams.ts';
 
 /**
  * The init writes a file to a hidden temporary name (`.NAME.nestbox-PID-N`) and renames it into

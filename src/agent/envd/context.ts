@@ -1,6 +1,6 @@
 // Per-request facts every envd handler needs: which sandbox, which user, its init.
 import { createContextKey } from '@connectrpc/connect';
-import type { InitClient } from '../../runtime/init-client.ts';
+import type { InitClient } from '../../runtime/init/client.ts';
 import type { SandboxRuntime } from '../../runtime/sandbox-runtime.ts';
 
 export const DEFAULT_USER = 'user';

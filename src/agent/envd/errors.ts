@@ -2,7 +2,7 @@
 // HTTP statuses with a JSON {code, message} body (REST), as envd answers them.
 import { Code, ConnectError } from '@connectrpc/connect';
 import { NestboxError } from '../../core/errors.ts';
-import { InitError } from '../../runtime/init-client.ts';
+import { InitError } from '../../runtime/init/errors.ts';
 
 /** The init answers `not_found` both for a missing path and an unknown user; this tells them apart. */
 export const isUnknownUser = (e: InitError) => e.code === 'not_found' && e.message.startsWith('unknown user');

@@ -5,7 +5,8 @@ import { PassThrough, Readable, pipeline, type Transform } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import busboy from 'busboy';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { InitError, type Entry } from '../../runtime/init-client.ts';
+import type { Entry } from '../../runtime/init/answers.ts';
+import { InitError } from '../../runtime/init/errors.ts';
 import { expandPath, type EnvdRequestContext } from './context.ts';
 import { HttpError, toHttpError } from './errors.ts';
 

@@ -1,7 +1,10 @@
 // process.Process over the sandbox init: every RPC maps onto one InitClient call.
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import { InitError, type ExitStatus, type InitClient, type ProcessStream } from '../../runtime/init-client.ts';
+import type { ExitStatus } from '../../runtime/init/answers.ts';
+import type { InitClient } from '../../runtime/init/client.ts';
+import { InitError } from '../../runtime/init/errors.ts';
+import type { ProcessStream } from '../../runtime/init/streams.ts';
 import { envdContextKey, expandPath, keepaliveIntervalMs, type EnvdRequestContext } from './context.ts';
 import { toConnectError } from './errors.ts';
 import { withKeepalive } from './keepalive.ts';

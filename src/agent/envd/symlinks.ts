@@ -2,7 +2,8 @@
 // filepath.EvalSymlinks), not the link's text. Resolved inside the sandbox, component by
 // component, through the init's lstat: the agent never follows a sandbox's link on the host.
 import path from 'node:path/posix';
-import type { Entry, InitClient } from '../../runtime/init-client.ts';
+import type { Entry } from '../../runtime/init/answers.ts';
+import type { InitClient } from '../../runtime/init/client.ts';
 
 // As the kernel's limit on links followed in one lookup.
 const MAX_LINKS = 40;

@@ -2,7 +2,8 @@
 // init watch open and buffers its events until polled. Kept in memory per sandbox, capped.
 import { randomUUID } from 'node:crypto';
 import { Code, ConnectError } from '@connectrpc/connect';
-import type { FsEvent, InitClient } from '../../runtime/init-client.ts';
+import type { FsEvent } from '../../runtime/init/answers.ts';
+import type { InitClient } from '../../runtime/init/client.ts';
 import type { FsEventSource } from './atomic-writes.ts';
 
 export const MAX_WATCHERS_PER_SANDBOX = 64;
