@@ -66,6 +66,11 @@ describe('snapshots in an S3 store', () => {
     await b.json('DELETE', `/v1/sandboxes/${id}`);
   });
 
+  test('nodes starting together on a new bucket all prepare it (one creates it, the others find it theirs)', async () => {
+    const fresh = `nestbox-e2e-${randomBytes(3).toString('hex')}`;
+    await Promise.all(Array.from({ length: 4 }, () => new S3SnapshotStore(s3.storeConfig(fresh, 'snapshots/')).prepare()));
+  });
+
   test('a snapshot whose manifest never got written is not resumable, and is listed as incomplete', async () => {
     const id = await createSandbox(a);
     await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });

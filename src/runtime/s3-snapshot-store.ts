@@ -70,7 +70,11 @@ export class S3SnapshotStore implements SnapshotStore {
       await this.client.send(new HeadBucketCommand({ Bucket: this.cfg.bucket }));
     } catch (e) {
       if (status(e) !== 404) throw new Error(`S3 bucket ${this.cfg.bucket}: ${msg(e)}`);
-      await this.client.send(new CreateBucketCommand({ Bucket: this.cfg.bucket }));
+      // Nodes of a new fleet start together: another one may have made the bucket since the
+      // HEAD (the store answers that we own it already; that agent then failed to start).
+      await this.client.send(new CreateBucketCommand({ Bucket: this.cfg.bucket })).catch((err: unknown) => {
+        if ((err as { name?: string }).name !== 'BucketAlreadyOwnedByYou') throw err;
+      });
     }
   }
 
