@@ -73,6 +73,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--dir', required=True)
     ap.add_argument('--port', type=int, required=True)
+    ap.add_argument('--host', default='127.0.0.1', help='address of the S3 endpoint (the backends stay on loopback)')
     ap.add_argument('--access-key', default='nestbox:snapshots', help='<account>:<user>')
     ap.add_argument('--secret-key', required=True)
     ap.add_argument('--region', default='us-east-1')
@@ -103,7 +104,8 @@ def main():
         write(os.path.join(etc, kind + '-server.conf'), common % port +
               '[pipeline:main]\npipeline = %s-server\n[app:%s-server]\nuse = egg:swift#%s\n' % (kind, kind, kind) +
               ('[%s-replicator]\n[%s-auditor]\n' % (kind, kind)))
-    write(os.path.join(etc, 'proxy-server.conf'), common % a.port + """
+    proxy_common = common.replace('bind_ip = 127.0.0.1', 'bind_ip = ' + a.host, 1)
+    write(os.path.join(etc, 'proxy-server.conf'), proxy_common % a.port + """
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
 [app:proxy-server]
@@ -160,7 +162,7 @@ use = egg:swift#dlo
         children.append(subprocess.Popen(
             [python, '-c', RUN_SERVER, etc, os.path.join(etc, kind + '-server.conf'), kind + '-server'],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
-    endpoint = 'http://127.0.0.1:%d' % a.port
+    endpoint = 'http://%s:%d' % (a.host, a.port)
     deadline = time.time() + 60
     while True:
         for c in children:

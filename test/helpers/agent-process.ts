@@ -28,6 +28,10 @@ export interface AgentProcessOptions {
   env?: Record<string, string>;
   /** More arguments of `nestbox agent` (e.g. --join URL --join-token T). */
   args?: string[];
+  /** Runs the agent in this named network namespace (`ip netns`), as if on another host. */
+  netns?: string;
+  /** The address it listens on (default loopback); in a namespace, that namespace's address. */
+  host?: string;
 }
 
 export class AgentProcess {
@@ -35,6 +39,8 @@ export class AgentProcess {
   readonly base: string;
   readonly dataDir: string;
   readonly snapshotDir: string;
+  readonly netns: string | null;
+  readonly host: string;
   readonly token = randomBytes(16).toString('hex');
   port = 0;
   proc: ChildProcess | null = null;
@@ -52,10 +58,12 @@ export class AgentProcess {
     this.base = path.join(TEST_ROOT, randomBytes(4).toString('hex'));
     this.dataDir = path.join(this.base, 'node');
     this.snapshotDir = opts.snapshotDir ?? path.join(this.base, 'snapshots');
+    this.netns = opts.netns ?? null;
+    this.host = opts.host ?? '127.0.0.1';
   }
 
   get url() {
-    return `http://127.0.0.1:${this.port}`;
+    return `http://${this.host}:${this.port}`;
   }
 
   /** Starts (or restarts, on the same port and directories) and resolves once it serves. */
@@ -63,7 +71,11 @@ export class AgentProcess {
     await mkdir(this.dataDir, { recursive: true });
     if (!this.port) this.port = await freePort();
     this.stderr = '';
-    const proc = spawn(BIN, ['agent', '--host', '127.0.0.1', '--port', String(this.port), '--node-id', this.nodeId, ...this.args], {
+    const argv = ['agent', '--host', this.host, '--port', String(this.port), '--node-id', this.nodeId, ...this.args];
+    // nsenter enters only the network namespace and execs the agent (same pid, signals reach it);
+    // mounts stay the host's, as they would on a host of its own.
+    const [cmd, ...cmdArgs] = this.netns ? ['nsenter', `--net=/run/netns/${this.netns}`, '--', BIN, ...argv] : [BIN, ...argv];
+    const proc = spawn(cmd!, cmdArgs, {
       env: {
         ...process.env, NESTBOX_DATA_DIR: this.dataDir, NESTBOX_SNAPSHOT_DIR: this.snapshotDir,
         NESTBOX_NODE_TOKEN: this.token, NESTBOX_LOG_LEVEL: 'warn', ...this.env,

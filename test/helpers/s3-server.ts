@@ -25,9 +25,11 @@ export interface TestS3Server {
 
 /**
  * A real S3 server for tests: OpenStack Swift with its s3api middleware (scripts/s3-server.py),
- * in a temporary directory, on a free loopback port, with a user of random credentials.
+ * in a temporary directory, on a free port of `host` (default loopback), with a user of random
+ * credentials.
  */
-export async function startS3Server(): Promise<TestS3Server> {
+export async function startS3Server(opts: { host?: string } = {}): Promise<TestS3Server> {
+  const host = opts.host ?? '127.0.0.1';
   const { mkdir } = await import('node:fs/promises');
   await mkdir(ROOT, { recursive: true });
   const dir = await mkdtemp(path.join(ROOT, 's3-'));
@@ -36,14 +38,14 @@ export async function startS3Server(): Promise<TestS3Server> {
   const secretAccessKey = randomBytes(24).toString('hex');
   const child: ChildProcess = spawn(
     PYTHON,
-    [path.join(repoRoot, 'scripts/s3-server.py'), '--dir', dir, '--port', String(port), '--access-key', accessKeyId, '--secret-key', secretAccessKey, '--exit-with-parent'],
+    [path.join(repoRoot, 'scripts/s3-server.py'), '--dir', dir, '--port', String(port), '--host', host, '--access-key', accessKeyId, '--secret-key', secretAccessKey, '--exit-with-parent'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
-  const endpoint = `http://127.0.0.1:${port}`;
+  const endpoint = `http://${host}:${port}`;
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
