@@ -154,7 +154,7 @@ describe('the e2b SDK against a live Nestbox', () => {
 
   test('pause, then connect: a running process still runs, files are intact, memory kept', async () => {
     await sbx.files.write('before-pause.txt', 'kept');
-    await sbx.commands.run('python3 -c "import time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n\',\'w\').write(str(i))\n  time.sleep(0.05)"', { background: true });
+    await sbx.commands.run('python3 -c "import os,time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n.new\',\'w\').write(str(i))\n  os.replace(\'/tmp/n.new\',\'/tmp/n\')\n  time.sleep(0.05)"', { background: true });
     const before = await eventually(async () => Number((await sbx.commands.run('cat /tmp/n 2>/dev/null || echo 0')).stdout), (n) => n > 0, 'the counter runs');
     assert.equal(await sbx.pause(), true);
     assert.equal((await Sandbox.getInfo(sbx.sandboxId, opts)).state, 'paused');

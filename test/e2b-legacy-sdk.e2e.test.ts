@@ -80,7 +80,7 @@ describe('e2b SDK 2.5.0 (before /connect) against a live Nestbox', () => {
   });
 
   test('betaPause, then Sandbox.connect resumes through /timeout -> /resume: files and a process survive', async () => {
-    await sbx.commands.run('python3 -c "import time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n\',\'w\').write(str(i))\n  time.sleep(0.05)"', { background: true });
+    await sbx.commands.run('python3 -c "import os,time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n.new\',\'w\').write(str(i))\n  os.replace(\'/tmp/n.new\',\'/tmp/n\')\n  time.sleep(0.05)"', { background: true });
     const before = await eventually(async () => Number((await sbx.commands.run('cat /tmp/n 2>/dev/null || echo 0')).stdout), (n) => n > 0, 'the counter runs');
 
     assert.equal(await sbx.betaPause(opts), true);

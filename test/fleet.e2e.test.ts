@@ -90,7 +90,7 @@ test('nodes join with a join token; a wrong one is refused; sandboxes spread; a 
   }
   assert.ok(placed.includes('node-a') && placed.includes('node-b'), `spread over both nodes: ${placed}`);
   for (const s of sandboxes) {
-    await s.commands.run('python3 -c "import time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n\',\'w\').write(str(i))\n  time.sleep(0.05)"', { background: true });
+    await s.commands.run('python3 -c "import os,time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n.new\',\'w\').write(str(i))\n  os.replace(\'/tmp/n.new\',\'/tmp/n\')\n  time.sleep(0.05)"', { background: true });
   }
   const count = async (s: Sandbox) => Number((await s.commands.run('cat /tmp/n 2>/dev/null || echo 0')).stdout);
   const before = await Promise.all(sandboxes.map((s) => eventually(() => count(s), (n) => n > 0, 'counter')));

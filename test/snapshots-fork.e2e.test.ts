@@ -17,12 +17,14 @@ let stack: TestStack;
 const templatesDir = path.join(TEST_ROOT, `templates-${process.pid}`);
 
 // A counter whose value lives in the process's memory: a restarted process would count from 1.
+// Each value is written whole (a new file renamed over /tmp/n): never seen half-written.
 const COUNTER = `python3 -c "
-import time
+import os, time
 i = 0
 while True:
     i += 1
-    open('/tmp/n', 'w').write(str(i))
+    open('/tmp/n.new', 'w').write(str(i))
+    os.replace('/tmp/n.new', '/tmp/n')
     time.sleep(0.05)
 "`;
 
@@ -45,12 +47,8 @@ after(async () => {
   await rm(templatesDir, { recursive: true, force: true });
 });
 
-/** The counter's value (read again when caught between its truncate and its write). */
 async function count(sbx: Sandbox): Promise<number> {
-  for (;;) {
-    const text = (await sbx.commands.run('cat /tmp/n')).stdout.trim();
-    if (text !== '') return Number(text);
-  }
+  return Number((await sbx.commands.run('cat /tmp/n')).stdout);
 }
 
 async function startCounter(sbx: Sandbox) {

@@ -127,13 +127,18 @@ export async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolea
   throw new Error(`${what} did not hold within ${deadlineMs} ms (last value ${JSON.stringify(last)}${lastError ? `, last error ${String(lastError)}` : ''})`);
 }
 
-/** A background counter whose value lives in the process's memory: a restarted process would count from 1. */
+/**
+ * A background counter whose value lives in the process's memory: a restarted process would
+ * count from 1. Each value is written whole (to a new file, renamed over /tmp/n): a reader never
+ * sees the file between a truncate and its write.
+ */
 export const COUNTER = `nohup python3 -c "
-import time
+import os, time
 i = 0
 while True:
     i += 1
-    open('/tmp/n', 'w').write(str(i))
+    open('/tmp/n.new', 'w').write(str(i))
+    os.replace('/tmp/n.new', '/tmp/n')
     time.sleep(0.05)
 " >/dev/null 2>&1 &`;
 
