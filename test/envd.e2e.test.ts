@@ -532,7 +532,7 @@ for (const binary of [false, true]) {
 
 describe('clients that go away', () => {
   async function settled() {
-    const init = a.agent.runtime.init(id);
+    const init = a.agent.runtime.initClient(id);
     for (let i = 0; i < 60 && init.openConnections > 0; i++) await sleep(50);
     return init.openConnections;
   }
@@ -552,7 +552,7 @@ describe('clients that go away', () => {
       }
       req.write(randomBytes(1024 * 1024)); // then nothing more: the client stalls, then leaves
       await sleep(300);
-      assert.ok(a.agent.runtime.init(id).openConnections >= 1, 'the upload reached the init');
+      assert.ok(a.agent.runtime.initClient(id).openConnections >= 1, 'the upload reached the init');
       req.destroy();
       assert.equal(await settled(), 0, `${kind}: init connections after the abort`);
     }
@@ -565,7 +565,7 @@ describe('clients that go away', () => {
     const s = await started(proc.start({ process: { cmd: '/bin/sleep', args: ['100'] }, stdin: false }, { signal: ac.signal }));
     const w = fs.watchDir({ path: '/tmp' }, { signal: ac.signal })[Symbol.asyncIterator]();
     await w.next();
-    assert.ok(a.agent.runtime.init(id).openConnections >= 2);
+    assert.ok(a.agent.runtime.initClient(id).openConnections >= 2);
     ac.abort();
     await s.rest.catch(() => undefined);
     await w.next().catch(() => undefined);

@@ -48,7 +48,7 @@ describe('the channel to the init', () => {
     const x = await marked('sandbox-x');
     const y = await marked('sandbox-y');
     try {
-      const ySocket = a.agent.runtime.init(y).socketPath;
+      const ySocket = a.agent.runtime.initClient(y).socketPath;
       await root(x, `ln -sfn ${ySocket} /run/nestbox/evil && mv -fT /run/nestbox/evil /run/nestbox/init.sock`);
       const answer = await whoAnswers(x);
       assert.notEqual(answer.text, 'sandbox-y', "a call for x must never run in y");
@@ -90,7 +90,7 @@ describe('the channel to the init', () => {
     const x = await marked('sandbox-x');
     const y = await marked('sandbox-y');
     try {
-      const ySocket = a.agent.runtime.init(y).socketPath;
+      const ySocket = a.agent.runtime.initClient(y).socketPath;
       await root(x, `ln -sfn ${ySocket} /run/nestbox/init.sock.y; ln -sfn / /run/nestbox/root; ln /etc/passwd /run/nestbox/hard 2>/dev/null; true`);
       await pause(x);
       await resume(x);

@@ -4,6 +4,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { NestboxError } from '../core/errors.ts';
 import { bearerToken, sameSecret } from '../http/credentials.ts';
 import { InitError } from '../runtime/init/errors.ts';
+import type { ProcessStream } from '../runtime/init/streams.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import type { DrainGate } from './drain-gate.ts';
 import type { DrainPlan } from './shutdown.ts';
@@ -114,7 +115,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   );
 
   app.post(R.pause, { schema: { params: SandboxIdParam, body: PauseBody } }, async (req): Promise<NodeSnapshotRecord> =>
-    runtime.pause(req.params.id, req.body.memory),
+    runtime.pause(req.params.id, { memory: req.body.memory }),
   );
 
   // A named snapshot (or a fork's source) of a running sandbox, which keeps running.
@@ -149,7 +150,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     const b = req.body;
     // An imported image's env, working directory and user are defaults; the request's win.
     const defaults = await templateProcessDefaults(runtime.cfg, record.template);
-    const stream = await runtime.init(req.params.id).start({
+    const stream = await runtime.initClient(req.params.id).start({
       argv: b.argv,
       env: { ...defaults.env, ...record.envVars, ...(b.env ?? {}) },
       cwd: b.cwd ?? defaults.cwd,
@@ -162,34 +163,34 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   });
 
   app.get(R.processes, { schema: { params: SandboxIdParam } }, async (req) => ({
-    processes: await runtime.init(req.params.id).list(),
+    processes: await runtime.initClient(req.params.id).list(),
   }));
 
   app.get(R.processStream, { schema: { params: PidParam } }, async (req, reply) => {
-    const stream = await runtime.init(req.params.id).attach(req.params.pid);
+    const stream = await runtime.initClient(req.params.id).attach(req.params.pid);
     return sendProcessStream(req, reply, stream);
   });
 
   app.post(R.processInput, { schema: { params: PidParam, body: InputBody } }, async (req) => {
-    await runtime.init(req.params.id).input(req.params.pid, Buffer.from(req.body.data, 'base64'));
+    await runtime.initClient(req.params.id).input(req.params.pid, Buffer.from(req.body.data, 'base64'));
     return { ok: true };
   });
   app.post(R.processCloseStdin, { schema: { params: PidParam } }, async (req) => {
-    await runtime.init(req.params.id).closeStdin(req.params.pid);
+    await runtime.initClient(req.params.id).closeStdin(req.params.pid);
     return { ok: true };
   });
   app.post(R.processSignal, { schema: { params: PidParam, body: SignalBody } }, async (req) => {
-    await runtime.init(req.params.id).signal(req.params.pid, req.body.signal);
+    await runtime.initClient(req.params.id).signal(req.params.pid, req.body.signal);
     return { ok: true };
   });
   app.post(R.processResize, { schema: { params: PidParam, body: ResizeBody } }, async (req) => {
-    await runtime.init(req.params.id).resize(req.params.pid, req.body.cols, req.body.rows);
+    await runtime.initClient(req.params.id).resize(req.params.pid, req.body.cols, req.body.rows);
     return { ok: true };
   });
 
   // --- files ----------------------------------------------------------------------------------
   app.get(R.files, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req, reply) => {
-    const file = await runtime.init(req.params.id).readFile(req.query.path, req.query.user ?? 'user');
+    const file = await runtime.initClient(req.params.id).readFile(req.query.path, req.query.user ?? 'user');
     reply.header('content-type', 'application/octet-stream');
     reply.header('content-length', String(file.size));
     return reply.send(file.stream);
@@ -198,28 +199,28 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   app.put(R.files, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => {
     const body = req.body as Readable | Buffer | undefined;
     const source = body instanceof Readable ? body : Buffer.isBuffer(body) ? body : Buffer.alloc(0);
-    const entry = await runtime.init(req.params.id).writeFile(req.query.path, source, { user: req.query.user ?? 'user' });
+    const entry = await runtime.initClient(req.params.id).writeFile(req.query.path, source, { user: req.query.user ?? 'user' });
     return { entry };
   });
 
   app.get(R.fsStat, { schema: { params: SandboxIdParam, querystring: FileQuery } }, async (req) => ({
-    entry: await runtime.init(req.params.id).stat(req.query.path, req.query.user ?? 'user'),
+    entry: await runtime.initClient(req.params.id).stat(req.query.path, req.query.user ?? 'user'),
   }));
   app.get(R.fsList, { schema: { params: SandboxIdParam, querystring: ListDirQuery } }, async (req) => ({
-    entries: await runtime.init(req.params.id).listDir(req.query.path, req.query.depth, req.query.user ?? 'user'),
+    entries: await runtime.initClient(req.params.id).listDir(req.query.path, req.query.depth, req.query.user ?? 'user'),
   }));
   app.post(R.fsMkdir, { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => ({
-    created: await runtime.init(req.params.id).mkdir(req.body.path, req.body.user ?? 'user'),
+    created: await runtime.initClient(req.params.id).mkdir(req.body.path, req.body.user ?? 'user'),
   }));
   app.post(R.fsMove, { schema: { params: SandboxIdParam, body: MoveBody } }, async (req) => ({
-    entry: await runtime.init(req.params.id).move(req.body.from, req.body.to, req.body.user ?? 'user'),
+    entry: await runtime.initClient(req.params.id).move(req.body.from, req.body.to, req.body.user ?? 'user'),
   }));
   app.post(R.fsRemove, { schema: { params: SandboxIdParam, body: PathBody } }, async (req) => {
-    await runtime.init(req.params.id).remove(req.body.path, req.body.user ?? 'user');
+    await runtime.initClient(req.params.id).remove(req.body.path, req.body.user ?? 'user');
     return { ok: true };
   });
   app.get(R.fsWatch, { schema: { params: SandboxIdParam, querystring: WatchQuery } }, async (req, reply) => {
-    const watcher = await runtime.init(req.params.id).watch(req.query.path, req.query.recursive, req.query.user ?? 'user');
+    const watcher = await runtime.initClient(req.params.id).watch(req.query.path, req.query.recursive, req.query.user ?? 'user');
     const out = new PassThrough();
     const line = (l: WatchStreamLine) => out.write(JSON.stringify(l) + '\n');
     line({ type: 'watching' });
@@ -243,8 +244,6 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
 
   return app;
 }
-
-type ProcessStream = Awaited<ReturnType<ReturnType<SandboxRuntime['init']>['start']>>;
 
 /** Streams a process as NDJSON: start, output chunks (base64), then exit. */
 function sendProcessStream(req: FastifyRequest, reply: FastifyReply, stream: ProcessStream) {

@@ -32,7 +32,7 @@ export function registerTemplateBuildRoutes(app: FastifyInstance, opts: { runtim
   typed.post(R.sandboxBuildFile, { schema: { params: SandboxIdParam, body: SandboxBuildFileBody } }, async (req) => {
     const { owner, hash, path } = req.body;
     if (!(await files.has(owner, hash))) throw notFound(`build file ${hash} was not uploaded`);
-    const entry = await runtime.init(req.params.id).writeFile(path, createReadStream(files.path(owner, hash)), { user: 'root', mode: 0o600 });
+    const entry = await runtime.initClient(req.params.id).writeFile(path, createReadStream(files.path(owner, hash)), { user: 'root', mode: 0o600 });
     return { entry };
   });
 

@@ -26,6 +26,17 @@ export class NodeJournal {
     last.set(e.sandboxId, e);
   }
 
+  /** The sandbox's container stopped (or is about to: a dump freezes it right after this). */
+  async stopped(sandboxId: string, cause: string, at: Date): Promise<void> {
+    await this.append({ sandboxId, event: 'stop', at: at.toISOString(), cause });
+  }
+
+  /** The sandbox kept running after a stop was journaled: a start at the same instant cancels it. */
+  async cancelStop(sandboxId: string): Promise<void> {
+    const last = (await this.lastEntries()).get(sandboxId);
+    if (last?.event === 'stop') await this.append({ sandboxId, event: 'start', at: last.at, cause: 'pause_failed' });
+  }
+
   /**
    * When the sandbox's container last stopped on this node, if its last entry is a stop: what a
    * control plane asks when the answer of the call that stopped it was lost.

@@ -1,83 +1,40 @@
-import { chmod, chown, copyFile, mkdir, readdir, readFile, rm, stat, symlink, writeFile, rename } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
+import { CleanupStack } from './cleanup-stack.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { createDisk, diskUsage, mountDisk, unmountDisk } from './disk.ts';
+import { createDisk, mountDisk, unmountDisk } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SandboxPaths, type SnapshotFiles } from './layout.ts';
+import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SnapshotFiles } from './layout.ts';
 import { NetworkManager } from './network.ts';
-import { buildOciSpec } from './oci-spec.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
-import { Runc, type ContainerStats } from './runc.ts';
+import { Runc } from './runc.ts';
+import { mountAndConfigure, prepareDirs, prepareDisk, writeEtcFiles } from './sandbox-directories.ts';
+import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
+import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
+import { SandboxRecovery } from './sandbox-recovery.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
 import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
-import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
-
-export interface CreateSandboxRequest {
-  sandboxId: string;
-  template: string;
-  resources: SandboxResources;
-  envVars: Record<string, string>;
-  metadata: Record<string, string>;
-  allowInternetAccess: boolean;
-}
-
-/** What the node keeps about a sandbox it runs (sandbox.json) or has paused (snapshot.json). */
-export interface SandboxRecord extends CreateSandboxRequest {
-  address: string;
-  createdAt: string;
-  /** When its container last started (create or restore) on this node. */
-  startedAt?: string;
-  /** What the node last wrote into /etc/hosts, hostname, resolv.conf (a file the sandbox changed is kept). */
-  fileHashes?: SandboxFileHashes;
-}
-
-export interface SandboxMetrics extends ContainerStats {
-  diskUsedBytes: number;
-  diskTotalBytes: number;
-}
-
-export interface SnapshotRecord {
-  sandbox: SandboxRecord;
-  memory: boolean; // CRIU images present; otherwise files only
-  pausedAt: string;
-  /** When the dump froze the sandbox (it stopped computing): where its billing ends. */
-  stoppedAt?: string;
-  sizeBytes?: number;
-}
-
-export interface InventoryEntry {
-  sandboxId: string;
-  /** stopped: the container exists but its init is dead (a zombie counts as dead); broken: no container. */
-  state: 'running' | 'stopped' | 'creating' | 'broken';
-  /** An operation on it is in progress on this node. */
-  busy: boolean;
-  startedAt: string | null;
-  pid: number | null;
-  address: string | null;
-  template: string | null;
-  metadata: Record<string, string>;
-  createdAt: string | null;
-}
 
 const INIT_READY_TIMEOUT_MS = 10_000;
 /** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
- * The container runtime of one node: create, pause (CRIU checkpoint + upper layer), resume,
- * kill, inventory and metrics. Operations on one sandbox are serialised; different sandboxes
- * proceed in parallel.
+ * The container runtime of one node: create, pause (CRIU checkpoint + the sandbox's disk),
+ * resume, kill, live snapshots and warm captures here; the inventory and metrics
+ * (sandbox-inventory.ts), recovery after an agent crash (sandbox-recovery.ts) and the
+ * directories a container starts from (sandbox-directories.ts) beside it. Operations on one
+ * sandbox are serialised; different sandboxes proceed in parallel.
  */
 export class SandboxRuntime {
   readonly network: NetworkManager;
@@ -87,6 +44,8 @@ export class SandboxRuntime {
   private readonly captureLocks = new KeyedMutex();
   private readonly warm: WarmCaptures;
   private readonly clients = new Map<string, InitClient>();
+  private readonly nodeInventory: NodeInventory;
+  private readonly recovery: SandboxRecovery;
   readonly journal: NodeJournal;
   /** Where snapshots are kept; `cfg.snapshotDir` is where pause stages and resume restores from. */
   readonly store: SnapshotStore;
@@ -100,6 +59,11 @@ export class SandboxRuntime {
     this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
+    this.nodeInventory = new NodeInventory(cfg, this.runc, this.store, this.locks);
+    this.recovery = new SandboxRecovery({
+      cfg, runc: this.runc, store: this.store, journal: this.journal, locks: this.locks, warm: this.warm, inventory: this.nodeInventory,
+      teardown: (id) => this.teardown(id), releaseDisk: (id) => this.releaseDisk(id), dropSnapshot: (id) => this.dropSnapshot(id),
+    });
   }
 
   async start(): Promise<void> {
@@ -124,7 +88,7 @@ export class SandboxRuntime {
   }
 
   /** The init client of a running sandbox; callers must not cache it across pause/resume. */
-  init(sandboxId: string): InitClient {
+  initClient(sandboxId: string): InitClient {
     let client = this.clients.get(sandboxId);
     if (!client) {
       client = new InitClient(sandboxPaths(this.cfg, sandboxId).socket, { socketOwner: this.cfg.uidShift });
@@ -135,11 +99,7 @@ export class SandboxRuntime {
 
   async record(sandboxId: string): Promise<SandboxRecord> {
     assertId(sandboxId);
-    try {
-      return JSON.parse(await readFile(sandboxPaths(this.cfg, sandboxId).record, 'utf8')) as SandboxRecord;
-    } catch {
-      throw notFound(`sandbox ${sandboxId} is not on this node`);
-    }
+    return this.nodeInventory.record(sandboxId);
   }
 
   async create(req: CreateSandboxRequest): Promise<SandboxRecord> {
@@ -166,17 +126,17 @@ export class SandboxRuntime {
       if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
       if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
       try {
-        await this.prepareDirs(p, lower);
+        await prepareDirs(p, lower);
         await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
         await mountDisk(p.diskImage, p.disk);
-        await this.prepareDisk(p, { fresh: true, freshBoot: true });
+        await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true });
         const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
         const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
-        record.fileHashes = await this.writeSandboxFiles(p, record);
-        await this.mountAndConfigure(record);
+        record.fileHashes = await writeEtcFiles(this.cfg, p, record);
+        await mountAndConfigure(this.cfg, this.network, record);
         await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
         await this.waitForInit(req.sandboxId, false);
-        if (start) await startAndAwaitReady(this.init(req.sandboxId), start);
+        if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
         return await this.started(record, 'create');
       } catch (e) {
         await this.teardown(req.sandboxId);
@@ -206,7 +166,7 @@ export class SandboxRuntime {
           throw e instanceof NestboxError ? e : new NestboxError('internal', `capturing template ${template} warm failed: ${msg(e)}`);
         } finally {
           if (await exists(sandboxPaths(this.cfg, id).dir)) {
-            await this.stopped(id, 'capture', new Date());
+            await this.journal.stopped(id, 'capture', new Date());
             await this.teardown(id);
           }
         }
@@ -219,7 +179,7 @@ export class SandboxRuntime {
    * Everything is staged under a temporary name and renamed into place at the end, so a failed
    * pause never leaves a half snapshot that resume could pick up.
    */
-  async pause(sandboxId: string, memory: boolean): Promise<SnapshotRecord> {
+  async pause(sandboxId: string, { memory }: { memory: boolean }): Promise<SnapshotRecord> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
       const record = await this.record(sandboxId);
@@ -232,7 +192,7 @@ export class SandboxRuntime {
       await mkdir(staging.dir, { mode: 0o711 });
       // Journaled before the dump: an agent that dies during it leaves the stop on record, and
       // a dump that fails with the sandbox intact cancels it (a start at the same instant).
-      await this.stopped(sandboxId, 'pause', stoppedAt);
+      await this.journal.stopped(sandboxId, 'pause', stoppedAt);
       try {
         // CRIU refuses sockets connected to the outside: drop the agent's connections first.
         this.clients.get(sandboxId)?.closeAll();
@@ -290,9 +250,7 @@ export class SandboxRuntime {
 
   async snapshot(sandboxId: string): Promise<SnapshotRecord> {
     assertId(sandboxId);
-    const snap = (await this.store.meta(sandboxId)) as SnapshotRecord | null;
-    if (!snap) throw notFound(`no snapshot of sandbox ${sandboxId}`);
-    return snap;
+    return this.nodeInventory.snapshot(sandboxId);
   }
 
   /**
@@ -386,14 +344,14 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, req.sandboxId);
     if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
     try {
-      await this.prepareDirs(p, lower);
+      await prepareDirs(p, lower);
       await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
       await mountDisk(p.diskImage, p.disk);
-      await this.prepareDisk(p, { fresh: false, freshBoot: false });
+      await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false });
       const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
-      record.fileHashes = await this.writeSandboxFiles(p, record, snap.sandbox.fileHashes);
-      await this.mountAndConfigure(record);
+      record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
+      await mountAndConfigure(this.cfg, this.network, record);
       this.inject('restore');
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
@@ -421,18 +379,23 @@ export class SandboxRuntime {
       await this.ensureTemplate(snap.sandbox.template);
       await this.store.open(sandboxId, s.dir).catch((e) => Promise.reject(wrap(e, 'resume')));
       if (!(await exists(s.diskImage))) await this.convertLegacySnapshot(sandboxId, snap);
-      let diskMoved = false;
+      const undo = new CleanupStack();
+      undo.push(() => this.teardown(sandboxId));
+      undo.push(() => this.store.close(sandboxId, s.dir));
       try {
-        await this.prepareDirs(p, lower);
+        await prepareDirs(p, lower);
         await moveTree(s.diskImage, p.diskImage);
-        diskMoved = true;
+        undo.push(async () => {
+          await this.releaseDisk(sandboxId);
+          await moveTree(p.diskImage, s.diskImage);
+        });
         await mountDisk(p.diskImage, p.disk);
         // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
-        await this.prepareDisk(p, { fresh: false, freshBoot: !snap.memory });
+        await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory });
         const net = await this.network.prepare(sandboxId, snap.sandbox.allowInternetAccess, snap.sandbox.address);
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
-        record.fileHashes = await this.writeSandboxFiles(p, record, snap.sandbox.fileHashes);
-        await this.mountAndConfigure(record);
+        record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
+        await mountAndConfigure(this.cfg, this.network, record);
         this.inject('restore');
         if (snap.memory) {
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
@@ -446,12 +409,7 @@ export class SandboxRuntime {
         return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
-        if (diskMoved) {
-          await this.releaseDisk(sandboxId);
-          await moveTree(p.diskImage, s.diskImage);
-        }
-        await this.store.close(sandboxId, s.dir);
-        await this.teardown(sandboxId);
+        await undo.unwind(); // the disk back into the snapshot before the sandbox directory goes
         throw wrap(e, 'resume');
       }
     });
@@ -490,18 +448,18 @@ export class SandboxRuntime {
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
-      await this.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
-      const state = await this.containerState(sandboxId);
+      await this.recovery.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
+      const state = await this.nodeInventory.containerState(sandboxId);
       // Nothing running: an earlier call stopped it (its answer may have been lost; its stop is
       // journaled already), or it died unseen (journaled now, when it was found).
       const journaled = await this.journal.lastStop(sandboxId);
       let stoppedAt: Date | null = null;
       if (state?.status === 'running') {
         stoppedAt = new Date();
-        await this.stopped(sandboxId, 'kill', stoppedAt);
+        await this.journal.stopped(sandboxId, 'kill', stoppedAt);
       } else if (state && journaled === null) {
         stoppedAt = new Date();
-        await this.stopped(sandboxId, 'found_dead', stoppedAt);
+        await this.journal.stopped(sandboxId, 'found_dead', stoppedAt);
       }
       await this.teardown(sandboxId);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
@@ -522,134 +480,12 @@ export class SandboxRuntime {
   }
 
   async inventory(): Promise<InventoryEntry[]> {
-    const containers = new Map((await this.runc.list()).map((c) => [c.id, c]));
-    const out: InventoryEntry[] = [];
-    const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
-    for (const id of dirs) {
-      if (!isSandboxId(id)) continue;
-      const c = containers.get(id);
-      containers.delete(id);
-      const rec = await this.record(id).catch(() => null);
-      const busy = this.locks.isBusy(id);
-      out.push({
-        sandboxId: id,
-        state: busy && !c ? 'creating' : c && isAlive(c) ? 'running' : c ? 'stopped' : 'broken',
-        busy,
-        startedAt: rec?.startedAt ?? null,
-        pid: c?.pid || null,
-        address: rec?.address ?? null,
-        template: rec?.template ?? null,
-        metadata: rec?.metadata ?? {},
-        createdAt: rec?.createdAt ?? null,
-      });
-    }
-    // Containers in our runc root without a sandbox directory: report them so they get reaped.
-    for (const c of containers.values()) {
-      out.push({
-        sandboxId: c.id, state: isAlive(c) ? 'running' : 'stopped', busy: this.locks.isBusy(c.id), startedAt: null,
-        pid: c.pid || null, address: null, template: null, metadata: {}, createdAt: null,
-      });
-    }
-    return out;
+    return this.nodeInventory.sandboxes();
   }
 
-  /**
-   * Repairs what an agent killed mid-operation left behind; run at start, before any operation
-   * (the host is the record: runc state, sandbox directories, the snapshot store). Nothing
-   * live is removed here: containers and their rows are the reconciler's business, decided
-   * with the control plane. Returns one line per repair.
-   */
-  async recover(): Promise<string[]> {
-    const notes: string[] = [];
-    const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
-    for (const id of dirs.filter(isSandboxId)) {
-      const note = await this.locks.run(id, () => this.repairSnapshot(id));
-      if (note) notes.push(note);
-    }
-    // A restore cut short leaves its rootfs mounted in runc's state directory.
-    for (const id of (await readdir(path.join(this.cfg.dataDir, 'runc')).catch(() => [] as string[])).filter(isSandboxId)) {
-      if (!dirs.includes(id) && !(await this.runc.state(id))) {
-        await this.runc.destroy(id);
-        notes.push(`${id}: runc state of a sandbox that is gone was removed`);
-      }
-    }
-    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
-      const m = /^\.([a-z0-9]{20})\.partial-[0-9a-f]+$/.exec(name);
-      if (!m || !(await exists(sandboxPaths(this.cfg, m[1]!).dir))) continue; // another node's pause
-      const note = await this.locks.run(m[1]!, () => this.finishCutPause(m[1]!, name));
-      notes.push(note);
-    }
-    // A live snapshot or fork cut short: its staging goes, its sandbox runs on (thawed below).
-    for (const name of await readdir(this.cfg.snapshotDir).catch(() => [] as string[])) {
-      const m = /^\.([a-z0-9]{20})\.(live|from)-[a-z0-9-]+$/.exec(name);
-      if (!m) continue;
-      await rm(path.join(this.cfg.snapshotDir, name), { recursive: true, force: true });
-      notes.push(`${m[1]}: a snapshot or create from a snapshot was cut short; its staging was removed`);
-    }
-    // The agent freezes a sandbox only for a dump: one still frozen was left so by a crash.
-    for (const c of await this.runc.list()) {
-      if (c.status !== 'paused' || !isSandboxId(c.id)) continue;
-      await this.runc.thaw(c.id);
-      notes.push(`${c.id}: left frozen by a dump cut short; thawed`);
-    }
-    for (const name of await this.warm.removeStaging()) notes.push(`warm capture ${name} was cut short; its staging was removed`);
-    notes.push(...(await this.store.cleanLocal(this.cfg.snapshotDir, (id) => exists(sandboxPaths(this.cfg, id).dir))));
-    return notes;
-  }
-
-  /**
-   * A resume cut short moved the snapshot's disk into the sandbox directory. If the container
-   * never came up, the disk goes back and the snapshot is whole again; if it came up, the
-   * snapshot was consumed and is removed.
-   */
-  private async repairSnapshot(sandboxId: string): Promise<string | null> {
-    const s = snapshotPaths(this.cfg, sandboxId);
-    const p = sandboxPaths(this.cfg, sandboxId);
-    if (!(await exists(s.meta)) || (await exists(s.diskImage)) || (await exists(s.legacyUpper)) || !(await exists(p.diskImage))) return null;
-    const state = await this.containerState(sandboxId);
-    if (state?.status === 'running') {
-      await this.dropSnapshot(sandboxId);
-      // Its start was not journaled: the record, written just before the restore, dates it.
-      const startedAt = (await stat(p.record).catch(() => null))?.mtime ?? new Date();
-      await this.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
-      return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
-    }
-    await this.releaseDisk(sandboxId);
-    await moveTree(p.diskImage, s.diskImage);
-    await this.store.close(sandboxId, s.dir);
-    return `${sandboxId}: resume was cut short; its disk went back to the snapshot`;
-  }
-
-  /**
-   * A pause cut short left its staging directory. If CRIU finished the dump (the container is
-   * gone and the images are complete) the snapshot is completed, so nothing is lost; otherwise
-   * the staging is removed and the container, if any, stays as it is.
-   */
-  private async finishCutPause(sandboxId: string, stagingName: string): Promise<string> {
-    const staging = snapshotPaths(this.cfg, sandboxId, stagingName);
-    const p = sandboxPaths(this.cfg, sandboxId);
-    const state = await this.containerState(sandboxId);
-    // Cut short while storing it: the staging is whole (snapshot.json is written last).
-    if (state?.status !== 'running' && (await exists(staging.meta)) && (await exists(staging.diskImage)) && !(await this.store.exists(sandboxId))) {
-      await this.store.put(sandboxId, staging.dir);
-      await this.teardown(sandboxId);
-      return `${sandboxId}: pause was cut short while its snapshot was stored; the snapshot was completed`;
-    }
-    const dumped = await exists(path.join(staging.images, 'stats-dump'));
-    const record = await this.record(sandboxId).catch(() => null);
-    if (state?.status === 'paused' && !dumped) await this.runc.thaw(sandboxId); // abandoned mid-dump
-    const now = await this.containerState(sandboxId);
-    if (now?.status === 'running' || !dumped || !record || (await this.store.exists(sandboxId)) || !(await exists(p.diskImage))) {
-      await rm(staging.dir, { recursive: true, force: true });
-      if (now?.status === 'running') await this.cancelStop(sandboxId);
-      return `${sandboxId}: pause was cut short before its dump completed; the partial snapshot was removed`;
-    }
-    await this.releaseDisk(sandboxId);
-    await moveTree(p.diskImage, staging.diskImage);
-    await writeFile(staging.meta, JSON.stringify({ sandbox: record, memory: true, pausedAt: new Date().toISOString() } satisfies SnapshotRecord));
-    await this.store.put(sandboxId, staging.dir);
-    await this.teardown(sandboxId);
-    return `${sandboxId}: pause was cut short after its dump; the snapshot was completed`;
+  /** Repairs what an agent killed mid-operation left behind (see sandbox-recovery.ts); run at start. */
+  recover(): Promise<string[]> {
+    return this.recovery.recover();
   }
 
   /** Sandboxes with an operation queued or in progress on this node. */
@@ -657,48 +493,25 @@ export class SandboxRuntime {
     return this.locks.busyKeys();
   }
 
-  /**
-   * The whole inventory of the node for the reconciler: containers, complete snapshots, and
-   * the sandboxes whose state may be in motion (an operation queued, running, or finished
-   * while the lists were read: their entries may disagree with each other).
-   */
-  async report(): Promise<{ sandboxes: InventoryEntry[]; snapshots: string[]; namedSnapshots: string[]; busy: string[] }> {
-    const mark = this.locks.mark();
-    const busyBefore = this.locks.busyKeys();
-    const sandboxes = await this.inventory();
-    const keys = await this.store.list();
-    const busy = new Set([...busyBefore, ...this.locks.busyKeys(), ...this.locks.changedSince(mark)]);
-    return { sandboxes, snapshots: keys.filter(isSandboxId), namedSnapshots: keys.filter((k) => NAMED_SNAPSHOT_ID_PATTERN.test(k)), busy: [...busy] };
+  report(): Promise<NodeReport> {
+    return this.nodeInventory.report();
   }
 
-  /** Ids of the paused sandboxes' complete snapshots in the snapshot store (staging directories are not). */
-  async snapshotIds(): Promise<string[]> {
-    return (await this.store.list()).filter(isSandboxId);
+  snapshotIds(): Promise<string[]> {
+    return this.nodeInventory.snapshotIds();
   }
 
-  /** The paused sandboxes' snapshots (named snapshots are not). */
-  async snapshots(): Promise<SnapshotRecord[]> {
-    const out: SnapshotRecord[] = [];
-    for (const name of await this.snapshotIds()) {
-      const snap = await this.snapshot(name).catch(() => null);
-      if (snap) out.push(snap);
-    }
-    return out;
+  snapshots(): Promise<SnapshotRecord[]> {
+    return this.nodeInventory.snapshots();
   }
 
   async metrics(sandboxId: string): Promise<SandboxMetrics> {
     assertId(sandboxId);
-    const stats = await this.runc.stats(sandboxId);
-    if (!stats) throw notFound(`sandbox ${sandboxId} is not running on this node`);
-    const disk = await diskUsage(sandboxPaths(this.cfg, sandboxId).disk).catch(() => ({ usedBytes: 0, totalBytes: 0 }));
-    return { ...stats, diskUsedBytes: disk.usedBytes, diskTotalBytes: disk.totalBytes };
+    return this.nodeInventory.metrics(sandboxId);
   }
 
-  /** runc's view of the container, except that a zombie init counts as stopped. */
-  async containerState(sandboxId: string) {
-    const state = await this.runc.state(sandboxId);
-    if (state && state.status === 'running' && !isAlive(state)) return { ...state, status: 'stopped' as const };
-    return state;
+  containerState(sandboxId: string) {
+    return this.nodeInventory.containerState(sandboxId);
   }
 
   // --- pieces -------------------------------------------------------------------------------
@@ -732,80 +545,6 @@ export class SandboxRuntime {
     await unmountDisk(p.disk);
   }
 
-  /** The sandbox kept running after a stop was journaled: a start at the same instant cancels it. */
-  private async cancelStop(sandboxId: string) {
-    const last = (await this.journal.read()).filter((e) => e.sandboxId === sandboxId).at(-1);
-    if (last?.event === 'stop') await this.journal.append({ sandboxId, event: 'start', at: last.at, cause: 'pause_failed' });
-  }
-
-  private async stopped(sandboxId: string, cause: string, at: Date) {
-    await this.journal.append({ sandboxId, event: 'stop', at: at.toISOString(), cause });
-  }
-
-  /** The sandbox's directory (the bundle), its rootfs mount point, and the name of its lower layer. */
-  private async prepareDirs(p: SandboxPaths, lower: string) {
-    // The sandbox's root (host uid `shift`) must be able to reach its rootfs and bind sources.
-    await mkdir(p.dir, { recursive: true, mode: 0o711 });
-    await mkdir(p.rootfs, { mode: 0o755 });
-    await mkdir(p.disk, { mode: 0o711 });
-    // The overlay names its lower layer by this link, so mountinfo shows "lower", not a host path.
-    await symlink(lower, p.lowerLink);
-  }
-
-  /**
-   * Lays out a mounted disk. The directories that name sandbox-writable ones (the disk's root,
-   * etc/, init/) are host root's, so nothing inside can replace what the agent opens; the socket
-   * directory starts empty at every start (a restored init binds its socket again).
-   */
-  private async prepareDisk(p: SandboxPaths, o: { fresh: boolean; freshBoot: boolean }) {
-    const shift = this.cfg.uidShift;
-    await chmod(p.disk, 0o711);
-    if (o.fresh) {
-      await mkdir(p.upper, { mode: 0o755 });
-      await chown(p.upper, shift, shift);
-    }
-    // A disk converted from an old snapshot holds only its upper layer.
-    await mkdir(p.work, { recursive: true, mode: 0o700 });
-    await removeTree(p.socketDir);
-    await mkdir(p.socketDir, { mode: 0o700 });
-    await chown(p.socketDir, shift, shift);
-    await mkdir(p.initDir, { recursive: true, mode: 0o755 });
-    if (o.freshBoot || !(await exists(p.initBinary))) {
-      const staged = `${p.initBinary}.new`;
-      await copyFile(this.cfg.initBinary, staged);
-      await chmod(staged, 0o555);
-      await rename(staged, p.initBinary);
-    }
-  }
-
-  /** /etc/hosts, hostname and resolv.conf of the sandbox (see sandbox-files.ts). */
-  private async writeSandboxFiles(p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
-    return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), this.cfg.uidShift, previous);
-  }
-
-  private async mountAndConfigure(record: SandboxRecord) {
-    const p = sandboxPaths(this.cfg, record.sandboxId);
-    // Relative names (from the bundle directory): the sandbox's mountinfo tells nothing of the host.
-    const rel = (to: string) => path.relative(p.dir, to);
-    await run(
-      ['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${rel(p.lowerLink)},upperdir=${rel(p.upper)},workdir=${rel(p.work)}`, rel(p.rootfs)],
-      { cwd: p.dir },
-    );
-    const spec = buildOciSpec({
-      sandboxId: record.sandboxId,
-      rootfs: p.rootfs,
-      initBinary: p.initBinary,
-      socketDir: p.socketDir,
-      etcDir: p.etcDir,
-      networkHook: this.network.hook(record.sandboxId, record.address),
-      resources: record.resources,
-      uidShift: this.cfg.uidShift,
-      uidRange: this.cfg.uidRange,
-    });
-    await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
-    await writeFile(p.record, JSON.stringify(record));
-  }
-
   /** CRIU's log of a failed dump or restore outlives the sandbox directory, for the operator. */
   private async keepLog(sandboxId: string, kind: 'dump' | 'restore') {
     const from = path.join(sandboxPaths(this.cfg, sandboxId).criuWork, `${kind}.log`);
@@ -815,7 +554,7 @@ export class SandboxRuntime {
   }
 
   private async waitForInit(sandboxId: string, restored: boolean) {
-    const client = this.init(sandboxId);
+    const client = this.initClient(sandboxId);
     const started = Date.now();
     const deadline = started + INIT_READY_TIMEOUT_MS;
     let hupSent = false;
@@ -846,18 +585,6 @@ export class SandboxRuntime {
     await this.releaseDisk(sandboxId);
     await this.network.release(sandboxId);
     await removeTree(p.dir);
-  }
-}
-
-/** runc says `running` while the init is a zombie nobody reaped yet: that sandbox is dead. */
-function isAlive(c: { status: string; pid: number }): boolean {
-  if (c.status !== 'running') return false;
-  try {
-    const stat = readFileSync(`/proc/${c.pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false; // no such process
   }
 }
 

@@ -116,7 +116,7 @@ export function registerEnvd(app: FastifyInstance, opts: EnvdOptions) {
         envVars,
         user: basicAuthUser(clientAuthorization(req.headers)) ?? defaults.user ?? requestUser(req.headers),
         cwd: defaults.cwd,
-        init: runtime.init(sandboxId),
+        init: runtime.initClient(sandboxId),
         runtime,
       };
 

@@ -1,0 +1,77 @@
+// A sandbox's directories on the node: its bundle, its disk's layout, the files the node writes
+// into it, and the overlay mount and OCI spec its container starts from (layout.ts has the map).
+import { chmod, chown, copyFile, mkdir, rename, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { run } from './command.ts';
+import type { RuntimeConfig } from './config.ts';
+import { exists, removeTree } from './fs-util.ts';
+import { sandboxPaths, type SandboxPaths } from './layout.ts';
+import type { NetworkManager } from './network.ts';
+import { buildOciSpec } from './oci-spec.ts';
+import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
+import type { SandboxRecord } from './sandbox-records.ts';
+
+/** The sandbox's directory (the bundle), its rootfs mount point, and the name of its lower layer. */
+export async function prepareDirs(p: SandboxPaths, lower: string) {
+  // The sandbox's root (host uid `shift`) must be able to reach its rootfs and bind sources.
+  await mkdir(p.dir, { recursive: true, mode: 0o711 });
+  await mkdir(p.rootfs, { mode: 0o755 });
+  await mkdir(p.disk, { mode: 0o711 });
+  // The overlay names its lower layer by this link, so mountinfo shows "lower", not a host path.
+  await symlink(lower, p.lowerLink);
+}
+
+/**
+ * Lays out a mounted disk. The directories that name sandbox-writable ones (the disk's root,
+ * etc/, init/) are host root's, so nothing inside can replace what the agent opens; the socket
+ * directory starts empty at every start (a restored init binds its socket again).
+ */
+export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fresh: boolean; freshBoot: boolean }) {
+  const shift = cfg.uidShift;
+  await chmod(p.disk, 0o711);
+  if (o.fresh) {
+    await mkdir(p.upper, { mode: 0o755 });
+    await chown(p.upper, shift, shift);
+  }
+  // A disk converted from an old snapshot holds only its upper layer.
+  await mkdir(p.work, { recursive: true, mode: 0o700 });
+  await removeTree(p.socketDir);
+  await mkdir(p.socketDir, { mode: 0o700 });
+  await chown(p.socketDir, shift, shift);
+  await mkdir(p.initDir, { recursive: true, mode: 0o755 });
+  if (o.freshBoot || !(await exists(p.initBinary))) {
+    const staged = `${p.initBinary}.new`;
+    await copyFile(cfg.initBinary, staged);
+    await chmod(staged, 0o555);
+    await rename(staged, p.initBinary);
+  }
+}
+
+/** /etc/hosts, hostname and resolv.conf of the sandbox (see sandbox-files.ts). */
+export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
+  return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), cfg.uidShift, previous);
+}
+
+/** Mounts the overlay and writes the OCI spec and the sandbox's record: the bundle is ready. */
+export async function mountAndConfigure(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
+  const p = sandboxPaths(cfg, record.sandboxId);
+  // Relative names (from the bundle directory): the sandbox's mountinfo tells nothing of the host.
+  const rel = (to: string) => path.relative(p.dir, to);
+  await run(
+    ['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${rel(p.lowerLink)},upperdir=${rel(p.upper)},workdir=${rel(p.work)}`, rel(p.rootfs)],
+    { cwd: p.dir },
+  );
+  const spec = buildOciSpec({
+    sandboxId: record.sandboxId,
+    rootfs: p.rootfs,
+    initBinary: p.initBinary,
+    socketDir: p.socketDir,
+    etcDir: p.etcDir,
+    networkHook: network.hook(record.sandboxId, record.address),
+    resources: record.resources,
+    uidShift: cfg.uidShift,
+    uidRange: cfg.uidRange,
+  });
+  await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
+  await writeFile(p.record, JSON.stringify(record));
+}
