@@ -236,7 +236,7 @@ async function benchOne(label: string, dbOpts: { databaseUrl?: string; dataDir: 
     const elu = performance.eventLoopUtilization(elu0).utilization;
     const cpu = process.cpuUsage(cpu0);
     const host1 = await hostCpu();
-    await cp.lifecycle.drain();
+    await cp.lifecycle.waitForInFlight();
     const after = await countEvents(cp.db);
     const secs = load.elapsedMs / 1000;
     const suffix = `(${label}, ${CLIENTS} clients)`;

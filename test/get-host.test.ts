@@ -82,7 +82,7 @@ forEachDatabase('getHost', (t) => {
   after(async () => {
     await proxy?.close();
     await app?.close();
-    await lifecycle?.drain();
+    await lifecycle?.waitForInFlight();
     await agent?.close();
   });
 

@@ -45,7 +45,7 @@ forEachDatabase('list and quota', (t) => {
   after(async () => {
     await proxy?.close();
     await app?.close();
-    await lifecycle?.drain();
+    await lifecycle?.waitForInFlight();
   });
 
   async function call(method: string, url: string, key: string, body?: unknown) {

@@ -68,17 +68,17 @@ test('plan: the grace period, a busy node and a silent node all hold decisions b
   assert.deepEqual(plan({ row: killedJustNow, containers: [running()] }), []);
 });
 
-test('plan: stuck transitions settle on what the nodes show', () => {
+test('plan: stuck transitions are concluded on what the nodes show', () => {
   const at = (state: SandboxState) => ({ state, nodeId: 'n1', stateChangedAt: ago(60_000) });
   const c = running();
-  assert.deepEqual(plan({ row: at('starting'), containers: [c] }), [{ kind: 'settle', to: 'running', nodeId: 'n1', startedAt: c.startedAt }]);
-  assert.deepEqual(plan({ row: at('starting') }), [{ kind: 'settle', to: 'failed' }]);
-  assert.deepEqual(plan({ row: at('pausing'), containers: [c] }), [{ kind: 'settle', to: 'running', nodeId: 'n1', startedAt: null }]);
-  assert.deepEqual(plan({ row: at('pausing'), snapshot: true }), [{ kind: 'settle', to: 'paused' }]);
+  assert.deepEqual(plan({ row: at('starting'), containers: [c] }), [{ kind: 'conclude', to: 'running', nodeId: 'n1', startedAt: c.startedAt }]);
+  assert.deepEqual(plan({ row: at('starting') }), [{ kind: 'conclude', to: 'failed' }]);
+  assert.deepEqual(plan({ row: at('pausing'), containers: [c] }), [{ kind: 'conclude', to: 'running', nodeId: 'n1', startedAt: null }]);
+  assert.deepEqual(plan({ row: at('pausing'), snapshot: true }), [{ kind: 'conclude', to: 'paused' }]);
   assert.deepEqual(plan({ row: at('pausing') }), [{ kind: 'lost' }]);
   // a resume may land on another node than the one the sandbox was paused on
-  assert.deepEqual(plan({ row: at('resuming'), containers: [running('n2')] }), [{ kind: 'settle', to: 'running', nodeId: 'n2', startedAt: c.startedAt }]);
-  assert.deepEqual(plan({ row: at('resuming'), snapshot: true }), [{ kind: 'settle', to: 'paused' }]);
+  assert.deepEqual(plan({ row: at('resuming'), containers: [running('n2')] }), [{ kind: 'conclude', to: 'running', nodeId: 'n2', startedAt: c.startedAt }]);
+  assert.deepEqual(plan({ row: at('resuming'), snapshot: true }), [{ kind: 'conclude', to: 'paused' }]);
   assert.deepEqual(plan({ row: at('resuming') }), [{ kind: 'lost' }]);
   assert.deepEqual(plan({ row: at('resuming'), containers: [running('n2')], allNodesAnswered: false }), []);
   // killing belongs to the kill sweeper
@@ -118,7 +118,7 @@ test('plan property: never destroys the container a live row runs on, never acts
           assert.notEqual(x.nodeId, a.home, 'the home container of a live row is never destroyed');
         }
       }
-      if (x.kind === 'lost' || x.kind === 'settle') {
+      if (x.kind === 'lost' || x.kind === 'conclude') {
         assert.ok(live, 'only live rows are settled or lost');
         const to = x.kind === 'lost' ? 'killing' : x.to;
         assert.ok(canTransition(a.state!, to), `${a.state} -> ${to} is legal`);
@@ -152,7 +152,7 @@ async function world(db: Database, opts: { nodeDownAfterMs?: number } = {}): Pro
   await upsertNode(db, { id: node.nodeId, url: 'memory:', token: 'none' });
   const nodes = new NodePool();
   nodes.add(node);
-  // Requests meeting a stuck transition give up fast: the loops, not the requests, settle it.
+  // Requests meeting a stuck transition give up fast: the loops, not the requests, conclude it.
   const svc = new LifecycleService({ db, nodes, clock, waitTimeoutMs: 100 });
   const reconciler = new Reconciler(db, svc, nodes, { graceMs: GRACE, nodeDownAfterMs: opts.nodeDownAfterMs });
   const sweeper = new KillSweeper(db, svc, 5_000);
@@ -282,7 +282,7 @@ forEachDatabase('reconciler', (t) => {
     while (!release) await new Promise((r) => setImmediate(r));
     w.clock.advance(GRACE);
     const report = await w.reconciler.tick();
-    assert.deepEqual(report.actions.map((a) => `${a.action}:${a.to}`), ['settle:running']);
+    assert.deepEqual(report.actions.map((a) => `${a.action}:${a.to}`), ['conclude:running']);
     release();
     const view = await pending;
     assert.equal(view.state, 'running', 'the caller gets its running sandbox, not an error');
@@ -415,7 +415,7 @@ forEachDatabase('reconciler', (t) => {
             if (!canTransition(row.state, to)) continue;
             await abandonTransition(w, id, to);
             // half the time the node call went out before the crash
-            if (o.uncertain && to === 'pausing' && w.node.containers.has(id)) await w.node.pause(id, true).catch(() => undefined);
+            if (o.uncertain && to === 'pausing' && w.node.containers.has(id)) await w.node.pause(id, { memory: true }).catch(() => undefined);
             if (o.uncertain && to === 'resuming' && w.node.snapshots.has(id)) await w.node.resume(id).catch(() => undefined);
           }
         } catch {

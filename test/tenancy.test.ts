@@ -143,7 +143,7 @@ forEachDatabase('tenancy', (t) => {
   after(async () => {
     await proxy?.close();
     await app?.close();
-    await lifecycle?.drain();
+    await lifecycle?.waitForInFlight();
     await agent?.close();
   });
 

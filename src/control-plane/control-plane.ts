@@ -12,7 +12,8 @@ import { buildApiServer } from './api/server.ts';
 import { TemplateBuildRunner } from './template-builds/runner.ts';
 import { SnapshotSweeper } from './loops/snapshot-sweeper.ts';
 import { SnapshotService } from './snapshots.ts';
-import { LifecycleService, type Clock } from './lifecycle.ts';
+import type { Clock } from './clock.ts';
+import { LifecycleService } from './lifecycle.ts';
 import { Evictor } from './loops/evictor.ts';
 import { KillSweeper } from './loops/kill-sweeper.ts';
 import { Loop } from './loops/loop.ts';
@@ -237,7 +238,7 @@ export class ControlPlane {
     await this.templateBuilds?.stop(); // builds in flight fail now, their sandboxes killed
     this.webhooks?.stop(); // a tick in progress ends after its current request
     await Promise.all(this.loops.map((l) => l.stop()));
-    await this.lifecycle?.drain();
+    await this.lifecycle?.waitForInFlight();
     await this.db?.close();
   }
 

@@ -31,8 +31,8 @@ export class FaultyNodeClient implements NodeClient {
   kill(id: string, opts?: { deleteSnapshot?: boolean }) {
     return this.maybe('kill', () => this.inner.kill(id, opts));
   }
-  pause(id: string, memory: boolean) {
-    return this.maybe('pause', () => this.inner.pause(id, memory));
+  pause(id: string, opts: { memory: boolean }) {
+    return this.maybe('pause', () => this.inner.pause(id, opts));
   }
   resume(id: string) {
     return this.maybe('resume', () => this.inner.resume(id));

@@ -31,7 +31,7 @@ export interface NodeClient {
   create(req: NodeCreateRequest): Promise<NodeStart>;
   /** Idempotent: succeeds when nothing is left. */
   kill(sandboxId: string, opts?: { deleteSnapshot?: boolean }): Promise<NodeStop>;
-  pause(sandboxId: string, memory: boolean): Promise<NodeStop>;
+  pause(sandboxId: string, opts: { memory: boolean }): Promise<NodeStop>;
   resume(sandboxId: string): Promise<NodeStart>;
   /** When the node last stopped the sandbox, from its journal (a lost answer's instant). */
   lastStop(sandboxId: string): Promise<NodeStop>;
@@ -83,8 +83,8 @@ export class HttpNodeClient implements NodeClient {
     const path = nodePath(R.sandbox, { id: sandboxId }, { deleteSnapshot: opts.deleteSnapshot ? true : undefined });
     return { stoppedAt: instant((await this.call('DELETE', path)) as NodeStop | undefined, 'stoppedAt') };
   }
-  async pause(sandboxId: string, memory: boolean): Promise<NodeStop> {
-    const body: PauseBody = { memory };
+  async pause(sandboxId: string, opts: { memory: boolean }): Promise<NodeStop> {
+    const body: PauseBody = { memory: opts.memory };
     const snapshot = (await this.call('POST', nodePath(R.pause, { id: sandboxId }), body)) as NodeSnapshotRecord;
     return { stoppedAt: instant(snapshot, 'stoppedAt') };
   }

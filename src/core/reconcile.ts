@@ -32,11 +32,11 @@ export type ReconcileAction =
   | { kind: 'delete_snapshot' }
   /** The sandbox is gone: mark it killed with reason `lost` (so billing stops). */
   | { kind: 'lost' }
-  /** A stuck transition whose outcome the nodes show: settle the row on it. */
-  | { kind: 'settle'; to: 'running'; nodeId: string; startedAt: Date | null }
-  | { kind: 'settle'; to: 'paused' }
+  /** A stuck transition whose outcome the nodes show: conclude the row on it. */
+  | { kind: 'conclude'; to: 'running'; nodeId: string; startedAt: Date | null }
+  | { kind: 'conclude'; to: 'paused' }
   /** A create whose container never came up. */
-  | { kind: 'settle'; to: 'failed' };
+  | { kind: 'conclude'; to: 'failed' };
 
 export interface ReconcilePolicy {
   /**
@@ -51,15 +51,15 @@ export interface ReconcilePolicy {
  * - live row, no container (nor snapshot, for paused): `lost`;
  * - container without a live row that expects it there: destroyed;
  * - a transitional row nobody is working on any more (its control plane died or its node call
- *   timed out): settled on what the nodes show;
+ *   timed out): concluded on what the nodes show;
  * - nothing is decided while a node is busy with the sandbox, or within the grace period, or
  *   on the word of a node that did not answer.
  */
 export function planReconcile(f: SandboxFacts, now: Date, policy: ReconcilePolicy): ReconcileAction[] {
   if (f.busy) return [];
   const row = f.row;
-  const settledFor = row ? now.getTime() - row.stateChangedAt.getTime() : Infinity;
-  const fresh = settledFor < policy.graceMs;
+  const inStateFor = row ? now.getTime() - row.stateChangedAt.getTime() : Infinity;
+  const fresh = inStateFor < policy.graceMs;
   const running = f.containers.filter((c) => c.status === 'running');
   const dead = f.containers.filter((c) => c.status === 'dead');
   const creating = f.containers.some((c) => c.status === 'creating');
@@ -91,14 +91,14 @@ export function planReconcile(f: SandboxFacts, now: Date, policy: ReconcilePolic
       if (!homeAnswered) return actions;
       destroyAll(home!);
       // The node started it but nobody recorded that: it is running (and billed from its start).
-      if (onHome) actions.push({ kind: 'settle', to: 'running', nodeId: home!, startedAt: onHome.startedAt });
-      else actions.push({ kind: 'settle', to: 'failed' });
+      if (onHome) actions.push({ kind: 'conclude', to: 'running', nodeId: home!, startedAt: onHome.startedAt });
+      else actions.push({ kind: 'conclude', to: 'failed' });
       return actions;
     case 'pausing':
       if (!homeAnswered) return actions;
       destroyAll(home!);
-      if (onHome) actions.push({ kind: 'settle', to: 'running', nodeId: home!, startedAt: null });
-      else if (f.snapshot) actions.push({ kind: 'settle', to: 'paused' });
+      if (onHome) actions.push({ kind: 'conclude', to: 'running', nodeId: home!, startedAt: null });
+      else if (f.snapshot) actions.push({ kind: 'conclude', to: 'paused' });
       else actions.push({ kind: 'lost' });
       return actions;
     case 'resuming': {
@@ -106,8 +106,8 @@ export function planReconcile(f: SandboxFacts, now: Date, policy: ReconcilePolic
       if (!f.allNodesAnswered) return actions;
       const [keep, ...extra] = running;
       extra.forEach((c) => actions.push({ kind: 'destroy', nodeId: c.nodeId }));
-      if (keep) actions.push({ kind: 'settle', to: 'running', nodeId: keep.nodeId, startedAt: keep.startedAt });
-      else if (f.snapshot) actions.push({ kind: 'settle', to: 'paused' });
+      if (keep) actions.push({ kind: 'conclude', to: 'running', nodeId: keep.nodeId, startedAt: keep.startedAt });
+      else if (f.snapshot) actions.push({ kind: 'conclude', to: 'paused' });
       else actions.push({ kind: 'lost' });
       return actions;
     }

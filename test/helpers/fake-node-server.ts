@@ -42,7 +42,7 @@ export async function startFakeNodeServer(token = 'fake-token') {
         return send(200, { state: 'running' });
       }
       if (id && action === 'pause') {
-        await node.pause(id, body?.memory ?? true);
+        await node.pause(id, { memory: body?.memory ?? true });
         return send(200, {});
       }
       if (id && action === 'resume') {

@@ -1,4 +1,4 @@
-import type { Clock } from '../../src/control-plane/lifecycle.ts';
+import type { Clock } from '../../src/control-plane/clock.ts';
 
 /** A clock that moves only when a test says so (loops and timeouts without sleeping). */
 export class ManualClock implements Clock {

@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { getSandbox, listExpired, type SandboxRow } from '../../store/sandboxes.ts';
-import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
+import { StaleWrite, type SandboxTransitions } from '../transitions.ts';
 
 /**
  * The evictor: sandboxes whose end has passed are paused (when they asked for it) or killed.
@@ -10,7 +10,7 @@ import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
 export class Evictor {
   constructor(
     private readonly db: Database,
-    private readonly lifecycle: LifecycleService,
+    private readonly lifecycle: SandboxTransitions,
     private readonly batch = 256,
   ) {}
 
@@ -28,7 +28,7 @@ export class Evictor {
         return true;
       }
       try {
-        await this.lifecycle.pauseFrom(row, 'timeout', row.autoPauseMemory);
+        await this.lifecycle.pauseFrom(row, 'timeout', { memory: row.autoPauseMemory });
         return true;
       } catch (e) {
         if (e instanceof StaleWrite) throw e;

@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { getSandbox, listStuckKilling } from '../../store/sandboxes.ts';
-import type { LifecycleService } from '../lifecycle.ts';
+import type { SandboxTransitions } from '../transitions.ts';
 
 /**
  * Kill intent is stored (`killing`) before the node is called; this loop re-issues the call for
@@ -10,7 +10,7 @@ import type { LifecycleService } from '../lifecycle.ts';
 export class KillSweeper {
   constructor(
     private readonly db: Database,
-    private readonly lifecycle: LifecycleService,
+    private readonly lifecycle: SandboxTransitions,
     private readonly graceMs = 5_000,
     private readonly batch = 64,
   ) {}
@@ -22,7 +22,7 @@ export class KillSweeper {
       const row = await getSandbox(this.db, id);
       if (row?.state !== 'killing') continue;
       try {
-        await this.lifecycle.finishKill(row, row.lastReason as never, true);
+        await this.lifecycle.finishKill(row, row.lastReason as never, { anyNode: true });
         done++;
       } catch {
         /* still unreachable: next tick */

@@ -1,7 +1,7 @@
 import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
 import { getSandbox, listRunningOnNode } from '../../store/sandboxes.ts';
-import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
+import { StaleWrite, type SandboxTransitions } from '../transitions.ts';
 import type { NodeStatus } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
 
@@ -26,7 +26,7 @@ export interface DrainTickReport {
 export class NodeDrainer {
   constructor(
     private readonly db: Database,
-    private readonly lifecycle: LifecycleService,
+    private readonly lifecycle: SandboxTransitions,
     private readonly nodes: NodePool,
     private readonly concurrency = 2,
   ) {}
@@ -64,7 +64,7 @@ export class NodeDrainer {
             await this.lifecycle.killFrom(row, 'drain');
             report.killed.push(id);
           } else if (plan.policy === 'pause') {
-            await this.lifecycle.pauseFrom(row, 'drain', true);
+            await this.lifecycle.pauseFrom(row, 'drain', { memory: true });
             report.paused.push(id);
             await this.moveAway(id, node.nodeId, report);
           }

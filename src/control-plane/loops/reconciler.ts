@@ -3,7 +3,7 @@ import { isTerminal } from '../../core/states.ts';
 import type { Database } from '../../store/database.ts';
 import { setNodeState, touchNode } from '../../store/nodes.ts';
 import { getSandbox, listPlacements, type SandboxPlacement } from '../../store/sandboxes.ts';
-import { StaleWrite, type LifecycleService } from '../lifecycle.ts';
+import { StaleWrite, type SandboxTransitions } from '../transitions.ts';
 import type { NodeInventory } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
 
@@ -39,7 +39,7 @@ export class Reconciler {
 
   constructor(
     private readonly db: Database,
-    private readonly lifecycle: LifecycleService,
+    private readonly lifecycle: SandboxTransitions,
     private readonly nodes: NodePool,
     opts: ReconcilerOptions = {},
   ) {
@@ -117,7 +117,7 @@ export class Reconciler {
       for (const action of w.actions) {
         const entry: ReconcileReport['actions'][number] = {
           sandboxId: w.id, action: action.kind, ok: true,
-          ...(action.kind === 'settle' ? { to: action.to } : {}), ...('nodeId' in action ? { nodeId: action.nodeId } : {}),
+          ...(action.kind === 'conclude' ? { to: action.to } : {}), ...('nodeId' in action ? { nodeId: action.nodeId } : {}),
         };
         try {
           const acted = await this.apply(w.id, w.row, action);
@@ -156,9 +156,9 @@ export class Reconciler {
           await this.lifecycle.markLost(row!, confirmed === undefined ? null : new Date(confirmed));
           return true;
         }
-        case 'settle':
-          if (action.to === 'running') await this.lifecycle.settle(row!, 'running', action.nodeId, action.startedAt);
-          else await this.lifecycle.settle(row!, action.to);
+        case 'conclude':
+          if (action.to === 'running') await this.lifecycle.concludeStuck(row!, 'running', { nodeId: action.nodeId, startedAt: action.startedAt });
+          else await this.lifecycle.concludeStuck(row!, action.to);
           return true;
       }
     } catch (e) {

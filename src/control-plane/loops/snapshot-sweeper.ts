@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { abandonedSnapshots, allSnapshotIds } from '../../store/snapshots.ts';
-import type { Clock } from '../lifecycle.ts';
+import type { Clock } from '../clock.ts';
 import type { NodePool } from '../scheduler.ts';
 import type { SnapshotService } from '../snapshots.ts';
 
