@@ -378,7 +378,7 @@ forEachDatabase('reconciler', (t) => {
     w.node.faults.unreachable = true;
     // (the fake answers kills while unreachable; a node that is down does not)
     w.node.kill = async () => {
-      throw new NodeCallError('unavailable', 'fake node: down', true, true);
+      throw new NodeCallError('unavailable', 'fake node: down', { uncertain: true, retryable: true });
     };
     w.clock.advance(60_000);
     await w.reconciler.tick();

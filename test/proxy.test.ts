@@ -16,7 +16,7 @@ import { fileSignature, checkEnvdAccess } from '../src/control-plane/proxy/acces
 import { parseTarget, routeRequest } from '../src/control-plane/proxy/routing.ts';
 import { forwardHttp } from '../src/http/forward.ts';
 import { buildAgentServer } from '../src/agent/server.ts';
-import { DrainGate } from '../src/agent/drain-gate.ts';
+import { StartGate } from '../src/agent/start-gate.ts';
 import type { SandboxRuntime } from '../src/runtime/sandbox-runtime.ts';
 import { newSandboxId } from '../src/core/ids.ts';
 import { upsertNode } from '../src/store/nodes.ts';
@@ -549,7 +549,7 @@ describe('proxy -> agent port forwarding -> sandbox port', () => {
         return {};
       },
     } as unknown as SandboxRuntime;
-    agentApp = buildAgentServer({ runtime, nodeToken: AGENT_TOKEN, nodeId: 'chain', drain: new DrainGate() });
+    agentApp = buildAgentServer({ runtime, nodeToken: AGENT_TOKEN, nodeId: 'chain', starts: new StartGate() });
     agentUrl = await agentApp.listen({ host: '127.0.0.1', port: 0 });
     await upsertNode(cp.db, { id: 'node-chain', url: agentUrl, token: AGENT_TOKEN });
     const sb = await create();

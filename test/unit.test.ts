@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
 import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
 import { buildOciSpec } from '../src/runtime/oci-spec.ts';
-import { DrainGate } from '../src/agent/drain-gate.ts';
+import { StartGate } from '../src/agent/start-gate.ts';
 
 describe('ids', () => {
   test('sandbox ids are 20 lower-case alphanumerics and unique', () => {
@@ -100,12 +100,12 @@ describe('OCI spec', () => {
   });
 });
 
-describe('DrainGate', () => {
+describe('StartGate', () => {
   test('admitted starts finish; later ones are refused as retryable', async () => {
-    const gate = new DrainGate();
+    const gate = new StartGate();
     let release!: () => void;
     const admitted = gate.admit(() => new Promise<string>((r) => (release = () => r('done'))));
-    const drained = gate.drain();
+    const drained = gate.closeAndWait();
     await assert.rejects(gate.admit(async () => 'late'), (e: any) => e.code === 'unavailable' && e.retryable === true);
     let drainedYet = false;
     void drained.then(() => (drainedYet = true));
@@ -188,7 +188,7 @@ test("a create that fails on the node: the API client gets the node's cause in E
   const { buildAgentServer } = await import('../src/agent/server.ts');
   // The node: whatever its runtime throws, its answer names the cause.
   const runtime = { create: async () => { throw new Error("EACCES: permission denied, mkdir '/data/node/sandboxes/x'"); } };
-  const agent = buildAgentServer({ runtime: runtime as never, nodeToken: 'tok', nodeId: 'n1', drain: new DrainGate() });
+  const agent = buildAgentServer({ runtime: runtime as never, nodeToken: 'tok', nodeId: 'n1', starts: new StartGate() });
   const body = { sandboxId: 'abcdefghij0123456789', template: 'base', cpuCount: 1, memoryMB: 256, diskMB: 512, envVars: {}, metadata: {}, allowInternetAccess: false };
   const fromNode = await agent.inject({ method: 'POST', url: '/v1/sandboxes', headers: { authorization: 'Bearer tok' }, payload: body });
   assert.equal(fromNode.statusCode, 500);
@@ -198,7 +198,7 @@ test("a create that fails on the node: the API client gets the node's cause in E
   const app = Fastify();
   installErrorHandling(app);
   app.post('/v2/sandboxes', async () => {
-    throw new NodeCallError('internal', `node n1: ${fromNode.json().message}`, false);
+    throw new NodeCallError('internal', `node n1: ${fromNode.json().message}`, { uncertain: false });
   });
   const res = await app.inject({ method: 'POST', url: '/v2/sandboxes' });
   assert.equal(res.statusCode, 500);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { runtimeConfigFromEnv, type RuntimeConfig } from '../runtime/config.ts';
 import { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
-import { DrainGate } from './drain-gate.ts';
+import { StartGate } from './start-gate.ts';
 import { defaultAdvertiseUrl, FleetMembership } from './fleet-membership.ts';
 import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
@@ -50,7 +50,7 @@ function persistentToken(dataDir: string): string {
 /** A running node agent: runtime + internal API. */
 export class Agent {
   readonly runtime: SandboxRuntime;
-  readonly drain = new DrainGate();
+  readonly starts = new StartGate();
   readonly nodeToken: string;
   /** Set once a drain has begun: what the control plane should do with the live sandboxes. */
   drainPlan: DrainPlan | null = null;
@@ -73,7 +73,7 @@ export class Agent {
       runtime: this.runtime,
       nodeToken: this.nodeToken,
       nodeId: this.opts.nodeId ?? 'local',
-      drain: this.drain,
+      starts: this.starts,
       drainPlan: () => this.drainPlan,
       logger: this.opts.logger,
     });
@@ -109,7 +109,7 @@ export class Agent {
    */
   async shutdown(opts: { deadlineMs: number; policy: DrainPolicy; handoverMs?: number; log?: (msg: string) => void }): Promise<ShutdownReport> {
     this.drainPlan = { policy: opts.policy, deadline: new Date(Date.now() + opts.deadlineMs) };
-    const report = await drainNode(this.runtime, this.drain, this.drainPlan, opts);
+    const report = await drainNode(this.runtime, this.starts, this.drainPlan, opts);
     this.membership?.stop();
     await this.server?.close();
     return report;
@@ -117,7 +117,7 @@ export class Agent {
 
   /** Stops serving once admitted starts finish; sandboxes keep running (tests, restarts). */
   async stop(): Promise<void> {
-    await this.drain.drain();
+    await this.starts.closeAndWait();
     this.membership?.stop();
     await this.server?.close();
   }

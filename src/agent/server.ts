@@ -6,7 +6,7 @@ import { bearerToken, sameSecret } from '../http/credentials.ts';
 import { InitError } from '../runtime/init/errors.ts';
 import type { ProcessStream } from '../runtime/init/streams.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
-import type { DrainGate } from './drain-gate.ts';
+import type { StartGate } from './start-gate.ts';
 import type { DrainPlan } from './shutdown.ts';
 import { registerEnvd } from './envd/index.ts';
 import { registerPortForward } from './port-forward.ts';
@@ -27,14 +27,15 @@ export interface AgentServerOptions {
   runtime: SandboxRuntime;
   nodeToken: string;
   nodeId: string;
-  drain: DrainGate;
+  /** Admission of creates and resumes (closed while the node drains). */
+  starts: StartGate;
   drainPlan?: () => DrainPlan | null;
   logger?: boolean | object;
 }
 
 /** The agent's internal API, used by the control plane; authenticated with the node token. */
 export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
-  const { runtime, drain } = opts;
+  const { runtime, starts } = opts;
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 2 * 1024 * 1024 }).withTypeProvider<TypeBoxTypeProvider>();
 
   // File uploads arrive as raw bytes and are streamed to the sandbox, never buffered whole.
@@ -72,8 +73,8 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     const plan = opts.drainPlan?.() ?? null;
     return {
       nodeId: opts.nodeId,
-      draining: drain.draining,
-      inFlightStarts: drain.inFlight,
+      draining: starts.closed,
+      inFlightStarts: starts.inFlight,
       drain: plan ? { policy: plan.policy, deadline: plan.deadline.toISOString() } : null,
     };
   });
@@ -89,7 +90,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
       metadata: b.metadata,
       allowInternetAccess: b.allowInternetAccess,
     };
-    const record: NodeSandboxRecord = await drain.admit(() =>
+    const record: NodeSandboxRecord = await starts.admit(() =>
       (b.fromSnapshot ? runtime.createFromSnapshot(request, b.fromSnapshot) : runtime.create(request)).catch((e: unknown) => {
         // The control plane passes the cause on to the API client: name it, never "internal error".
         if (e instanceof NestboxError || e instanceof InitError) throw e;
@@ -125,7 +126,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   });
 
   app.post(R.resume, { schema: { params: SandboxIdParam } }, async (req, reply) => {
-    const record: NodeSandboxRecord = await drain.admit(() => runtime.resume(req.params.id));
+    const record: NodeSandboxRecord = await starts.admit(() => runtime.resume(req.params.id));
     return reply.code(201).send(record);
   });
 

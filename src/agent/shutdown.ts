@@ -1,6 +1,6 @@
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import type { DrainPolicy } from '../node-api/wire.ts';
-import type { DrainGate } from './drain-gate.ts';
+import type { StartGate } from './start-gate.ts';
 
 export interface DrainPlan {
   policy: DrainPolicy;
@@ -30,14 +30,14 @@ const POLL_MS = 200;
  */
 export async function drainNode(
   runtime: SandboxRuntime,
-  gate: DrainGate,
+  starts: StartGate,
   plan: DrainPlan,
   opts: { handoverMs?: number; log?: (msg: string) => void } = {},
 ): Promise<ShutdownReport> {
   const log = opts.log ?? (() => undefined);
   const handoverMs = opts.handoverMs ?? 3_000;
   const report: ShutdownReport = { liveAtStart: 0, leftInTime: 0, forceStopped: [], errors: [] };
-  await gate.drain(); // admitted starts finish; nothing new is admitted
+  await starts.closeAndWait(); // admitted starts finish; nothing new is admitted
   const live = async () => {
     const inv = await runtime.inventory();
     return inv.filter((s) => s.state === 'running' || s.state === 'creating').map((s) => s.sandboxId);

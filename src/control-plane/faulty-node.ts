@@ -20,9 +20,9 @@ export class FaultyNodeClient implements NodeClient {
     if (r >= this.p) return call();
     this.injected++;
     process.stderr.write(`nestbox: injected fault: node_timeout ${what}\n`); // counted by the chaos run
-    if (r < this.p / 2) throw new NodeCallError('unavailable', `injected fault: ${what} timed out (not sent)`, true, true);
+    if (r < this.p / 2) throw new NodeCallError('unavailable', `injected fault: ${what} timed out (not sent)`, { uncertain: true, retryable: true });
     await call();
-    throw new NodeCallError('unavailable', `injected fault: ${what} timed out (took effect)`, true, true);
+    throw new NodeCallError('unavailable', `injected fault: ${what} timed out (took effect)`, { uncertain: true, retryable: true });
   }
 
   create(req: NodeCreateRequest) {

@@ -14,8 +14,12 @@ import type {
  * connection lost): the caller must not assume either outcome.
  */
 export class NodeCallError extends NestboxError {
-  constructor(code: ErrorCode, message: string, readonly uncertain: boolean, retryable = false) {
-    super(code, message, retryable);
+  /** The call may have taken effect (its answer was lost); retrying may repeat it. */
+  readonly uncertain: boolean;
+
+  constructor(code: ErrorCode, message: string, opts: { uncertain: boolean; retryable?: boolean }) {
+    super(code, message, { retryable: opts.retryable });
+    this.uncertain = opts.uncertain;
     this.name = 'NodeCallError';
   }
 }
@@ -67,12 +71,12 @@ export class HttpNodeClient implements NodeClient {
     } catch (e) {
       // A refused connection never reached the node; anything else may have: outcome unknown.
       const refused = (e as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED';
-      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, !refused, true);
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, { uncertain: !refused, retryable: true });
     }
     const text = await res.text().catch(() => '');
     if (res.ok) return text ? JSON.parse(text) : undefined;
     const f = readNodeFailure(res.status, text);
-    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, f.uncertain, f.retryable);
+    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: f.uncertain, retryable: f.retryable });
   }
 
   async create(req: NodeCreateRequest): Promise<NodeStart> {
@@ -147,12 +151,12 @@ export class HttpNodeClient implements NodeClient {
         duplex: 'half',
       } as RequestInit);
     } catch (e) {
-      throw new NodeCallError('unavailable', `node ${this.nodeId} did not take the archive: ${(e as Error).message}`, false, true);
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not take the archive: ${(e as Error).message}`, { uncertain: false, retryable: true });
     }
     if (!res.ok || !res.body) {
       // Refused before the import began: nothing happened, whatever the status.
       const f = readNodeFailure(res.status, await res.text().catch(() => ''));
-      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
+      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: false });
     }
     let buffered = '';
     const decoder = new TextDecoder();
@@ -167,12 +171,12 @@ export class HttpNodeClient implements NodeClient {
         if (ev.type === 'done') return ev.template as NodeTemplate;
         if (ev.type === 'error') {
           const code = (typeof ev.code === 'string' ? ev.code : 'internal') as ErrorCode;
-          throw new NodeCallError(code, String(ev.message ?? 'import failed'), false);
+          throw new NodeCallError(code, String(ev.message ?? 'import failed'), { uncertain: false });
         }
         opts.onEvent?.(ev);
       }
     }
-    throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, true);
+    throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, { uncertain: true });
   }
 
   // --- template builds (src/node-api/template-builds.ts) -------------------------------------
@@ -185,7 +189,7 @@ export class HttpNodeClient implements NodeClient {
     const text = await res.text().catch(() => '');
     if (res.ok) return;
     const f = readNodeFailure(res.status, text);
-    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
+    throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: false });
   }
   async copyBuildFileInto(sandboxId: string, file: SandboxBuildFileBody): Promise<void> {
     await this.call('POST', nodePath(B.sandboxBuildFile, { id: sandboxId }), file);
@@ -207,7 +211,7 @@ export class HttpNodeClient implements NodeClient {
     const res = await this.stream('POST', nodePath(R.processes, { id: sandboxId }), JSON.stringify(req), 'application/json', signal);
     if (!res.ok || !res.body) {
       const f = readNodeFailure(res.status, await res.text().catch(() => ''));
-      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, false);
+      throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: false });
     }
     let buffered = '';
     const decoder = new TextDecoder();
@@ -219,10 +223,10 @@ export class HttpNodeClient implements NodeClient {
         buffered = buffered.slice(nl + 1);
         if (m.type === 'data' && (m.channel === 'stdout' || m.channel === 'stderr')) onOutput(m.channel, Buffer.from(m.data ?? '', 'base64'));
         else if (m.type === 'exit') return { exitCode: m.exitCode ?? null, signal: m.signal ?? null };
-        else if (m.type === 'error') throw new NodeCallError('internal', `node ${this.nodeId}: ${m.message ?? 'the process stream failed'}`, false);
+        else if (m.type === 'error') throw new NodeCallError('internal', `node ${this.nodeId}: ${m.message ?? 'the process stream failed'}`, { uncertain: false });
       }
     }
-    throw new NodeCallError('unavailable', `node ${this.nodeId} ended the process stream before the exit`, true, true);
+    throw new NodeCallError('unavailable', `node ${this.nodeId} ended the process stream before the exit`, { uncertain: true, retryable: true });
   }
 
   /** A request whose body (or answer) is a stream: no overall timeout. */
@@ -233,7 +237,7 @@ export class HttpNodeClient implements NodeClient {
       } as RequestInit);
     } catch (e) {
       if (signal?.aborted) throw signal.reason;
-      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, true, true);
+      throw new NodeCallError('unavailable', `node ${this.nodeId} did not answer ${method} ${path}: ${(e as Error).message}`, { uncertain: true, retryable: true });
     }
   }
 }

@@ -13,7 +13,7 @@ export class StaleWrite extends Error {}
 /** Every node that could take a start refused it before doing anything (all draining). */
 export class NoNodeLeft extends NestboxError {
   constructor(message: string) {
-    super('unavailable', message, true);
+    super('unavailable', message, { retryable: true });
     this.name = 'NoNodeLeft';
   }
 }
@@ -262,7 +262,7 @@ function outcomeUnknown(row: SandboxRow, cause: unknown): NestboxError {
   return new NestboxError(
     'unavailable',
     `sandbox ${row.sandboxId}: the node did not confirm (${(cause as Error).message}); it stays ${row.state} until reconciled`,
-    true,
+    { retryable: true },
   );
 }
 

@@ -82,7 +82,7 @@ export class SandboxRuntime {
   private async ensureTemplate(name: string): Promise<void> {
     if (await exists(templateRootfs(this.cfg, name))) return;
     const fetched = await this.templates.fetch(name).catch((e) => {
-      throw new NestboxError('unavailable', `template "${name}" could not be fetched from ${this.templates.description}: ${msg(e)}`, true);
+      throw new NestboxError('unavailable', `template "${name}" could not be fetched from ${this.templates.description}: ${msg(e)}`, { retryable: true });
     });
     if (!fetched) throw notFound(`template "${name}" is not on this node${this.templates instanceof SharedDirectoryTemplates ? '' : ' nor in the store'}`);
   }

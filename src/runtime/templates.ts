@@ -154,7 +154,7 @@ export class TemplateStore {
     } catch (e) {
       const trash = path.join(this.cfg.templatesDir, `.delete-${name}-${randomBytes(4).toString('hex')}`);
       await rename(templateDir(this.cfg, name), trash).then(() => removeTree(trash)).catch(() => undefined);
-      throw new NestboxError('unavailable', `template "${name}" could not be stored in ${this.distribution.description}: ${e instanceof Error ? e.message : String(e)}`, true);
+      throw new NestboxError('unavailable', `template "${name}" could not be stored in ${this.distribution.description}: ${e instanceof Error ? e.message : String(e)}`, { retryable: true });
     }
   }
 

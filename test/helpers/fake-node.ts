@@ -46,16 +46,16 @@ export class FakeNode implements NodeClient {
 
   private maybeTimeout(what: string) {
     if ((this.faults.timeoutAfterEffect ?? 0) > this.random()) {
-      throw new NodeCallError('unavailable', `fake node: ${what} timed out`, true, true);
+      throw new NodeCallError('unavailable', `fake node: ${what} timed out`, { uncertain: true, retryable: true });
     }
   }
 
   async create(req: NodeCreateRequest) {
     await this.step('create', req.sandboxId);
-    if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', false, true);
-    if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', false);
-    if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', false);
-    if (req.fromSnapshot && !this.snapshots.has(req.fromSnapshot)) throw new NodeCallError('not_found', `snapshot ${req.fromSnapshot} does not exist`, false);
+    if (this.faults.draining) throw new NodeCallError('unavailable', 'node is draining', { uncertain: false, retryable: true });
+    if ((this.faults.failCreate ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: create failed', { uncertain: false });
+    if (this.containers.has(req.sandboxId)) throw new NodeCallError('conflict', 'exists', { uncertain: false });
+    if (req.fromSnapshot && !this.snapshots.has(req.fromSnapshot)) throw new NodeCallError('not_found', `snapshot ${req.fromSnapshot} does not exist`, { uncertain: false });
     const startedAt = this.now();
     this.containers.set(req.sandboxId, { startedAt });
     this.maybeTimeout('create');
@@ -75,8 +75,8 @@ export class FakeNode implements NodeClient {
 
   async pause(id: string, _opts: { memory: boolean }) {
     await this.step('pause', id);
-    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not on this node', false);
-    if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', false);
+    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not on this node', { uncertain: false });
+    if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', { uncertain: false });
     this.containers.delete(id);
     this.snapshots.add(id);
     this.stops.set(id, this.now());
@@ -86,8 +86,8 @@ export class FakeNode implements NodeClient {
 
   async resume(id: string) {
     await this.step('resume', id);
-    if (!this.snapshots.has(id)) throw new NodeCallError('not_found', 'no snapshot', false);
-    if ((this.faults.failResume ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: restore failed', false);
+    if (!this.snapshots.has(id)) throw new NodeCallError('not_found', 'no snapshot', { uncertain: false });
+    if ((this.faults.failResume ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: restore failed', { uncertain: false });
     this.snapshots.delete(id);
     const startedAt = this.now();
     this.containers.set(id, { startedAt });
@@ -108,7 +108,7 @@ export class FakeNode implements NodeClient {
   async snapshot(id: string, snapshotId: string) {
     await this.step('snapshot', id);
     const c = this.containers.get(id);
-    if (!c || c.dead) throw new NodeCallError('conflict', `sandbox ${id} is not running`, false);
+    if (!c || c.dead) throw new NodeCallError('conflict', `sandbox ${id} is not running`, { uncertain: false });
     this.snapshots.add(snapshotId);
   }
 
@@ -118,7 +118,7 @@ export class FakeNode implements NodeClient {
   }
 
   async metrics(id: string): Promise<NodeMetrics> {
-    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not running', false);
+    if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not running', { uncertain: false });
     return { cpuNs: 1e9, memoryBytes: 64 << 20, memoryLimitBytes: 512 << 20, pids: 3, diskUsedBytes: 0, diskTotalBytes: 0 };
   }
 
@@ -126,13 +126,13 @@ export class FakeNode implements NodeClient {
   drainPlan: NodeStatus['drain'] = null;
 
   async status(): Promise<NodeStatus> {
-    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
+    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', { uncertain: true, retryable: true });
     return { nodeId: this.nodeId, draining: !!this.faults.draining, inFlightStarts: 0, drain: this.faults.draining ? this.drainPlan : null };
   }
 
   async inventory(): Promise<NodeInventory> {
     if (this.faults.latencyMs) await new Promise((r) => setTimeout(r, this.faults.latencyMs));
-    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', true, true);
+    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', { uncertain: true, retryable: true });
     return {
       sandboxes: [...this.containers].map(([sandboxId, c]) => ({
         sandboxId, state: c.dead ? ('stopped' as const) : ('running' as const), busy: this.busy.has(sandboxId),

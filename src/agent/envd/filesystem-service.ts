@@ -162,7 +162,7 @@ export function filesystemService(watchers: WatcherRegistry): Partial<ServiceImp
     async getWatcherEvents(req, ctx) {
       const rc = requestContext(ctx);
       const w = watchers.get(rc.sandboxId, req.watcherId);
-      const evs = w.drain();
+      const evs = w.takeEvents();
       if (!evs.length && w.ended && w.error) throw toConnectError(w.error);
       const events = await Promise.all(evs.map((ev) => toEvent(w.init, w.path, w.user, ev, w.includeEntry)));
       return { events };

@@ -47,7 +47,7 @@ export class PolledWatcher {
   }
 
   /** Takes the buffered events. */
-  drain(): FsEvent[] {
+  takeEvents(): FsEvent[] {
     this.lastPolled = Date.now();
     const out = this.events;
     this.events = [];

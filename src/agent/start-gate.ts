@@ -1,23 +1,25 @@
 import { unavailable } from '../core/errors.ts';
 
 /**
- * Admission of new starts on a node. Once draining, new starts are refused as retryable;
- * starts already admitted run to completion and are never refused by a later check.
+ * Admission of new starts (create, resume) on a node. Closed when the node drains: new starts
+ * are then refused as retryable; starts already admitted run to completion and are never
+ * refused by a later check.
  */
-export class DrainGate {
-  private _draining = false;
+export class StartGate {
+  private _closed = false;
   private _inFlight = 0;
   private idleWaiters: Array<() => void> = [];
 
-  get draining() {
-    return this._draining;
+  /** No new start is admitted (the node is draining). */
+  get closed() {
+    return this._closed;
   }
   get inFlight() {
     return this._inFlight;
   }
 
   async admit<T>(work: () => Promise<T>): Promise<T> {
-    if (this._draining) throw unavailable('node is draining; place the sandbox elsewhere');
+    if (this._closed) throw unavailable('node is draining; place the sandbox elsewhere');
     this._inFlight++;
     try {
       return await work();
@@ -28,8 +30,8 @@ export class DrainGate {
   }
 
   /** Stops admitting and resolves when every admitted start has finished. */
-  async drain(): Promise<void> {
-    this._draining = true;
+  async closeAndWait(): Promise<void> {
+    this._closed = true;
     if (this._inFlight === 0) return;
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
