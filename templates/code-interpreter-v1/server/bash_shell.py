@@ -27,6 +27,10 @@ class ShellGone(Exception):
     pass
 
 
+async def _discard(name: str, text: str) -> None:
+    pass
+
+
 class _Stream:
     """One of the shell's output pipes, read up to the next token."""
 
@@ -37,7 +41,7 @@ class _Stream:
         self._buf = b""
 
     async def read_until_token(self, emit) -> bytes:
-        """Emits the text before the token (emit(name, text)); returns what follows it on its line."""
+        """Emits the text before the token (await emit(name, text)); returns what follows it on its line."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         keep = len(self._token) - 1  # a token may be split across reads
         while True:
@@ -45,7 +49,7 @@ class _Stream:
             if at >= 0:
                 text = decoder.decode(self._buf[:at], final=True)
                 if text:
-                    emit(self._name, text)
+                    await emit(self._name, text)
                 rest = self._buf[at + len(self._token):]
                 end = rest.find(b"\n")
                 while end < 0:
@@ -60,7 +64,7 @@ class _Stream:
                 text = decoder.decode(self._buf[: len(self._buf) - keep])
                 self._buf = self._buf[len(self._buf) - keep:]
                 if text:
-                    emit(self._name, text)
+                    await emit(self._name, text)
             chunk = await self._reader.read(65536)
             if not chunk:
                 raise ShellGone()
@@ -94,7 +98,7 @@ class BashContext(Context):
         self._send("PS1= PS2= PS0= PROMPT_COMMAND=; unset HISTFILE; set +o history\n")
         self._send(self._marker_line())
         try:
-            await asyncio.wait_for(self._read_to_marker(lambda *_: None), STARTUP_TIMEOUT_S)
+            await asyncio.wait_for(self._read_to_marker(_discard), STARTUP_TIMEOUT_S)
         except (ShellGone, asyncio.TimeoutError):
             await self._kill()
             raise RuntimeError("bash did not start")
@@ -115,10 +119,10 @@ class BashContext(Context):
 
     async def _execute(self, ex: Execution, code: str, env_vars: dict[str, str]) -> None:
         if self._dead:
-            ex.emit(outputs.error("ContextDied", self._dead))
+            ex.emit_last(outputs.error("ContextDied", self._dead))
             return
         self._count += 1
-        ex.emit(outputs.execution_count(self._count))
+        await ex.emit(outputs.execution_count(self._count))
         cell = os.path.join(self._dir, "cell.sh")
         with open(cell, "w", encoding="utf-8") as f:
             f.write(code if code.endswith("\n") else code + "\n")
@@ -132,10 +136,10 @@ class BashContext(Context):
         except (ShellGone, ConnectionError):
             code_ = await self._proc.wait()
             self._dead = f"The shell of this context exited (status {code_}); restart the context to run code in it again (its state is lost)"
-            ex.emit(outputs.error("ContextDied", self._dead))
+            ex.emit_last(outputs.error("ContextDied", self._dead))
             return
         if status != 0:
-            ex.emit(outputs.error("ExitCodeError", f"exit status {status}"))
+            ex.emit_last(outputs.error("ExitCodeError", f"exit status {status}"))
 
     async def _interrupt(self) -> None:
         if self._proc and self._proc.returncode is None:

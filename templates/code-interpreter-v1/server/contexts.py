@@ -33,26 +33,48 @@ def normalize_language(language: str | None) -> str:
     return name
 
 
+# Output lines held for a client slower than the code: beyond this, the code's output is not
+# read (the kernel or shell waits) until the client has taken half of them.
+MAX_BUFFERED_LINES = 256
+
+
 class Execution:
     """One run of code: its output lines in order, then the end. A client that left abandons it:
     the code is interrupted and its further output dropped."""
 
     def __init__(self):
         self._lines: asyncio.Queue = asyncio.Queue()
+        self._drained = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.abandoned = False
         # Why it was cut short by its context (restart, removal): reported as its error.
         self.abort_reason: tuple[str, str] | None = None
 
-    def emit(self, line: dict) -> None:
+    async def emit(self, line: dict) -> None:
+        """Queues a line; waits while the client is MAX_BUFFERED_LINES behind."""
+        if self.abandoned:
+            return
+        self._lines.put_nowait(line)
+        while self._lines.qsize() > MAX_BUFFERED_LINES and not self.abandoned:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def emit_last(self, line: dict) -> None:
+        """A line that ends the execution (its error): never waits."""
         if not self.abandoned:
             self._lines.put_nowait(line)
 
     def finish(self) -> None:
         self._lines.put_nowait(None)
 
+    def abandon(self) -> None:
+        self.abandoned = True
+        self._drained.set()
+
     async def lines(self) -> AsyncIterator[dict]:
         while (line := await self._lines.get()) is not None:
+            if self._lines.qsize() <= MAX_BUFFERED_LINES // 2:
+                self._drained.set()
             yield line
 
 
@@ -108,10 +130,10 @@ class Context:
                     self._running = None
         except asyncio.CancelledError:
             name, value = ex.abort_reason or ("ExecutionCancelled", "The execution was cancelled")
-            ex.emit(outputs.error(name, value))
+            ex.emit_last(outputs.error(name, value))
         except Exception as e:  # a fault of this server, not of the code: reported, not swallowed
             log.exception("execution in context %s failed", self.id)
-            ex.emit(outputs.error("InternalError", f"The code interpreter failed: {e}"))
+            ex.emit_last(outputs.error("InternalError", f"The code interpreter failed: {e}"))
         finally:
             self._pending.discard(ex)
             ex.finish()
@@ -119,7 +141,7 @@ class Context:
     def abandon(self, ex: Execution) -> None:
         """The client left (disconnected, or its timeout passed): interrupt the code if it runs,
         drop it if it still waits for its turn."""
-        ex.abandoned = True
+        ex.abandon()
         if ex is self._running:
             asyncio.create_task(self._interrupt_quietly())
         elif ex.task and not ex.task.done():

@@ -53,7 +53,11 @@ class PythonContext(Context):
     async def start(self) -> None:
         # The kernel inherits this server's environment (the sandbox's variables).
         await self._manager.start_kernel(cwd=self.cwd)
-        await self._connect()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._manager.shutdown_kernel(now=True)
+            raise
 
     async def _connect(self) -> None:
         client = self._manager.client()
@@ -91,7 +95,7 @@ class PythonContext(Context):
 
     async def _execute(self, ex: Execution, code: str, env_vars: dict[str, str]) -> None:
         if self._dead:
-            ex.emit(outputs.error("ContextDied", self._dead))
+            ex.emit_last(outputs.error("ContextDied", self._dead))
             return
         try:
             if env_vars:
@@ -100,11 +104,11 @@ class PythonContext(Context):
             async for msg in self._messages(msg_id):
                 line = _to_output(msg)
                 if line is not None:
-                    ex.emit(line)
+                    await ex.emit(line)
             if env_vars:
                 await self._quietly(RESTORE_ENV_CODE)
         except KernelDied as e:
-            ex.emit(outputs.error("ContextDied", str(e)))
+            ex.emit_last(outputs.error("ContextDied", str(e)))
 
     async def _interrupt(self) -> None:
         if not self._dead:
