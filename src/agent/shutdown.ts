@@ -21,7 +21,7 @@ export interface ShutdownReport {
 const POLL_MS = 200;
 
 /**
- * The one-node form of drain (design section 2), run on SIGTERM:
+ * The one-node form of drain (README, "When things fail"), run on SIGTERM:
  *  1. stop admitting starts (refused as retryable) and let the admitted ones finish;
  *  2. advertise the drain plan (GET /v1/node); the control plane pauses the live sandboxes
  *     through its lifecycle (their events: reason `drain`), or by policy lets them run on;

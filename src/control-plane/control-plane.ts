@@ -90,7 +90,7 @@ export interface LoopTimings {
 }
 
 export const DEFAULT_TIMINGS: LoopTimings = {
-  evictMs: 250, // the evictor acts within a second of a sandbox's end (design: "within 1 s")
+  evictMs: 250, // the evictor acts within a second of a sandbox's end
   sweepMs: 2_000,
   sweepGraceMs: 5_000,
   reconcileMs: 5_000,

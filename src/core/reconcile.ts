@@ -47,7 +47,7 @@ export interface ReconcilePolicy {
 }
 
 /**
- * What to do about one sandbox. The rules (design section 2):
+ * What to do about one sandbox. The rules (README, "When things fail"):
  * - live row, no container (nor snapshot, for paused): `lost`;
  * - container without a live row that expects it there: destroyed;
  * - a transitional row nobody is working on any more (its control plane died or its node call

@@ -1,4 +1,4 @@
-// The chaos run (design section 2): many concurrent clients doing random operations through the
+// The chaos run (README, "When things fail"): many concurrent clients doing random operations through the
 // public API against a real node agent (real containers) and a control plane on Postgres, both
 // killed with SIGKILL at random moments and started again; injected faults in the runtime
 // (checkpoint and restore fail), in node calls (time out before or after taking effect) and in

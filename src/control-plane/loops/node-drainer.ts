@@ -15,7 +15,7 @@ export interface DrainTickReport {
 }
 
 /**
- * Drains nodes (design section 2, "Drain"): those whose agent says it is draining (SIGTERM) and
+ * Drains nodes (README, "When things fail", "Drain"): those whose agent says it is draining (SIGTERM) and
  * those the operator drained (`nestbox nodes drain`: no deadline). A draining node gets no new
  * placements; its running sandboxes are paused through the lifecycle service (reason `drain`,
  * memory kept) when its policy says so and, when another node can take them, resumed there at

@@ -24,9 +24,9 @@ export interface ReconcileReport {
 
 /**
  * The reconciler: compares what the nodes hold with what the database says and corrects both
- * ways (design section 2). One tick reads every node's inventory, then the rows, decides each
- * sandbox with the pure planReconcile() and carries the actions out through the lifecycle
- * service, each fenced on the row's generation. Idempotent: a tick that repeats finds nothing.
+ * ways (README, "When things fail"). One tick reads every node's inventory, then the rows,
+ * decides each sandbox with the pure planReconcile() and carries the actions out through the
+ * transition verbs (transitions.ts), each fenced on the row's generation. Idempotent: a tick that repeats finds nothing.
  */
 export class Reconciler {
   private readonly graceMs: number;
