@@ -3,10 +3,10 @@
 // same run: time to the first command (sequential and 20 at once) beside raw `runc run -d` +
 // `nsenter true`; the code interpreter's first result from its warm template beside a cold
 // start of the same template; pause and resume through the object store beside the directory
-// store (same workload).
+// store (same workload); OCI import throughput beside tar.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sandbox } from 'e2b';
@@ -16,6 +16,7 @@ import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { Runc } from '../src/runtime/runc.ts';
 import { templateRootfs } from '../src/runtime/layout.ts';
 import { COUNTER, createSandbox, exec, startTestAgent, TEST_ROOT } from '../test/helpers/agent-harness.ts';
+import { dockerSaveArchive, tarOf, type LayerEntry } from '../test/helpers/image-archive.ts';
 import { startS3Server } from '../test/helpers/s3-server.ts';
 import { startStack } from '../test/helpers/stack.ts';
 import { cleanStaleRaw, rawContainer } from './raw-container.ts';
@@ -25,6 +26,7 @@ const N = Number(process.env.BENCH_N ?? 20);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 20);
 const N_CI = Number(process.env.BENCH_N_CI ?? 5);
 const N_STORE = Number(process.env.BENCH_N_STORE ?? 5);
+const N_IMPORT = Number(process.env.BENCH_N_IMPORT ?? 3);
 const opts = { requestTimeoutMs: 300_000 };
 
 async function rawFirstCommand(runc: Runc): Promise<number[]> {
@@ -136,6 +138,57 @@ async function storeRows(rows: Row[]) {
   }
 }
 
+/**
+ * OCI import throughput: a docker-save archive of 4 layers x 32 MiB (files of 1 MiB) through the
+ * agent's import, beside plain `tar -x` of the same layers into a scratch directory.
+ */
+async function importRows(rows: Row[]) {
+  const layers: Buffer[] = [];
+  for (let l = 0; l < 4; l++) {
+    const entries: LayerEntry[] = [{ name: `data${l}/`, type: 'directory' }];
+    for (let f = 0; f < 32; f++) entries.push({ name: `data${l}/f${f}`, content: randomBytes(1 << 20) });
+    layers.push(await tarOf(entries));
+  }
+  const archive = await dockerSaveArchive({ layers });
+  const mib = archive.length / (1 << 20);
+  // Its own templates directory (imports land there), holding base as the agent requires.
+  const scratch = path.join(TEST_ROOT, `import-bench-${randomBytes(3).toString('hex')}`);
+  await mkdir(scratch, { recursive: true });
+  await symlink(path.join(runtimeConfigFromEnv().templatesDir, 'base'), path.join(scratch, 'base'));
+  const a = await startTestAgent({ config: { templatesDir: scratch } });
+  try {
+    const imports: number[] = [];
+    const raw: number[] = [];
+    for (let i = 0; i < N_IMPORT; i++) {
+      const [ms] = await timed(async () => {
+        const res = await a.api('POST', `/v1/templates?name=bench-import-${i}`, new Uint8Array(archive), { 'content-type': 'application/octet-stream' });
+        const last = (await res.text()).trim().split('\n').at(-1)!;
+        if (JSON.parse(last).type !== 'done') throw new Error(`import failed: ${last}`);
+      });
+      imports.push((mib / ms) * 1000);
+      await a.api('DELETE', `/v1/templates/bench-import-${i}`);
+      const dir = path.join(scratch, `.raw-${i}`);
+      await mkdir(dir, { recursive: true });
+      const files = await Promise.all(layers.map(async (layer, l) => {
+        const f = path.join(scratch, `.layer-${i}-${l}.tar`);
+        await writeFile(f, layer);
+        return f;
+      }));
+      const [rms] = await timed(async () => {
+        for (const f of files) await run(['tar', '-x', '-C', dir, '-f', f]);
+      });
+      await Promise.all(files.map((f) => rm(f, { force: true })));
+      raw.push((mib / rms) * 1000);
+      await rm(dir, { recursive: true, force: true });
+    }
+    // MiB/s, not ms: higher is better (the ratio is the share of tar's speed).
+    rows.push({ ...row(`OCI import throughput, MiB/s (${mib.toFixed(0)} MiB archive)`, imports, raw, 'tar -x of the same layers, MiB/s'), unit: 'MiB/s' } as Row);
+  } finally {
+    await a.stop();
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
 async function main() {
   const rows: Row[] = [];
   const runc = new Runc(path.join(TEST_ROOT, 'raw-runc-sdk'), runtimeConfigFromEnv().criuBinDir);
@@ -144,6 +197,7 @@ async function main() {
   await firstCommandRows(rows, raw);
   await codeInterpreterRows(rows);
   await storeRows(rows);
+  await importRows(rows);
   printTable(rows);
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results-sdk.json');
   await writeFile(out, JSON.stringify(rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), null, 2));
