@@ -455,11 +455,11 @@ describe('public API over inject', () => {
       const r = await call({ method: 'POST', url: `/sandboxes/${v.sandboxId}/resume` });
       assert.equal(r.status, 201);
       assert.equal(r.json.sandboxID, v.sandboxId);
-      assert.deepEqual(fake.lastCall('resume')!.args, ['team-a', v.sandboxId, 15_000, undefined]);
+      assert.deepEqual(fake.lastCall('resume')!.args, ['team-a', v.sandboxId, 15_000, { autoPause: undefined }]);
       assertError(await call({ method: 'POST', url: `/sandboxes/${v.sandboxId}/resume`, body: { timeout: 5 } }), 409);
       v.state = 'paused';
       assert.equal((await call({ method: 'POST', url: `/sandboxes/${v.sandboxId}/resume`, body: { timeout: 5, autoPause: true } })).status, 201);
-      assert.deepEqual(fake.lastCall('resume')!.args, ['team-a', v.sandboxId, 5_000, true]);
+      assert.deepEqual(fake.lastCall('resume')!.args, ['team-a', v.sandboxId, 5_000, { autoPause: true }]);
       assertError(await call({ method: 'POST', url: `/sandboxes/${UNKNOWN_ID}/resume` }), 404);
     });
 

@@ -526,7 +526,7 @@ describe('init: files', () => {
   test('watch reports create, write, remove (recursively)', async () => {
     const wdir = path.join(dir, 'watched');
     await mkdir(path.join(wdir, 'pre'), { recursive: true });
-    const w = await client.watch(wdir, true, USER);
+    const w = await client.watch(wdir, { recursive: true, user: USER });
     const events: FsEvent[] = [];
     const done = (async () => {
       for await (const e of w) events.push(e);
@@ -549,7 +549,7 @@ describe('init: files', () => {
     await waitFor(() => has('new/h', 'chmod'), 3000, 'chmod');
     w.close();
     await done;
-    await assert.rejects(client.watch(path.join(dir, 'nope'), false, USER), (e: InitError) => e.code === 'not_found');
+    await assert.rejects(client.watch(path.join(dir, 'nope'), { user: USER }), (e: InitError) => e.code === 'not_found');
   });
 });
 

@@ -221,7 +221,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
     return { ok: true };
   });
   app.get(R.fsWatch, { schema: { params: SandboxIdParam, querystring: WatchQuery } }, async (req, reply) => {
-    const watcher = await runtime.initClient(req.params.id).watch(req.query.path, req.query.recursive, req.query.user ?? 'user');
+    const watcher = await runtime.initClient(req.params.id).watch(req.query.path, { recursive: req.query.recursive, user: req.query.user ?? 'user' });
     const out = new PassThrough();
     const line = (l: WatchStreamLine) => out.write(JSON.stringify(l) + '\n');
     line({ type: 'watching' });

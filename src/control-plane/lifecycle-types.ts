@@ -68,7 +68,7 @@ export interface LifecycleApi {
   /** Running: extends the timeout (never shortens). Paused: resumes. */
   connect(teamId: string, sandboxId: string, timeoutMs: number): Promise<{ sandbox: SandboxView; resumed: boolean }>;
   /** Legacy resume (SDK < 2.6): conflict when already running. */
-  resume(teamId: string, sandboxId: string, timeoutMs: number, autoPause?: boolean): Promise<SandboxView>;
+  resume(teamId: string, sandboxId: string, timeoutMs: number, opts?: { autoPause?: boolean }): Promise<SandboxView>;
   /** Sets the end of a running sandbox to now + timeout; may shorten. conflict when paused. */
   setTimeout(teamId: string, sandboxId: string, timeoutMs: number): Promise<void>;
   /** Extends to now + duration when that is later; never shortens. */

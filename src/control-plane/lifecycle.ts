@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { conflict, invalid, notFound } from '../core/errors.ts';
 import { newSandboxId } from '../core/ids.ts';
+import { DEFAULT_DISK_MB } from '../core/runtime-state.ts';
 import { isTerminal, isTransitional, type SandboxState } from '../core/states.ts';
 import {
   countRunning, getSandbox, insertSandbox, listSandboxes, writeEndAt, type SandboxRow,
@@ -15,11 +16,11 @@ import { assertRoom, NoNodeLeft, nodeInstant, SandboxTransitions, StaleWrite, ty
 export interface LifecycleOptions extends TransitionsOptions {
   /** How long a request waits for another transition of the same sandbox to finish. */
   waitTimeoutMs?: number;
-  /** Resources of a sandbox created from a template. */
-  defaultCpuCount?: number;
-  defaultMemoryMB?: number;
-  defaultDiskMB?: number;
 }
+
+/** Resources of a sandbox created from a template. */
+const DEFAULT_CPU_COUNT = 2;
+const DEFAULT_MEMORY_MB = 512;
 
 const POLL_MS = 20;
 const ALIVE: SandboxState[] = ['starting', 'running', 'pausing', 'paused', 'resuming', 'killing'];
@@ -34,7 +35,7 @@ export class LifecycleService extends SandboxTransitions implements LifecycleApi
   private readonly waitTimeoutMs: number;
   private readonly cpuSamples = new Map<string, { at: number; cpuNs: number }>();
 
-  constructor(private readonly opts: LifecycleOptions) {
+  constructor(opts: LifecycleOptions) {
     super(opts);
     this.waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   }
@@ -86,9 +87,9 @@ export class LifecycleService extends SandboxTransitions implements LifecycleApi
     if (p.timeoutMs > team.maxTimeoutS * 1000) throw invalid(`timeout exceeds the team maximum of ${team.maxTimeoutS} s`);
     const sandboxId = newSandboxId();
     // A sandbox from a snapshot has the resources the snapshot was taken with.
-    const cpuCount = p.fromSnapshot?.cpuCount ?? this.opts.defaultCpuCount ?? 2;
-    const memoryMB = p.fromSnapshot?.memoryMB ?? this.opts.defaultMemoryMB ?? 512;
-    const diskSizeMB = p.fromSnapshot?.diskSizeMB ?? this.opts.defaultDiskMB ?? 2048;
+    const cpuCount = p.fromSnapshot?.cpuCount ?? DEFAULT_CPU_COUNT;
+    const memoryMB = p.fromSnapshot?.memoryMB ?? DEFAULT_MEMORY_MB;
+    const diskSizeMB = p.fromSnapshot?.diskSizeMB ?? DEFAULT_DISK_MB;
     const want = { template: p.templateId, cpuCount, memoryMB };
     // Placed before the row is written: the row names its node from the start.
     const first = this.nodes.pick(new Set(), want);
@@ -205,14 +206,16 @@ export class LifecycleService extends SandboxTransitions implements LifecycleApi
   // --- resume / connect -----------------------------------------------------------------------
 
   async connect(teamId: string, id: string, timeoutMs: number) {
-    return this.resumeOrExtend(teamId, id, timeoutMs, false);
+    return this.resumeOrExtend(teamId, id, timeoutMs, { legacy: false });
   }
 
-  async resume(teamId: string, id: string, timeoutMs: number, autoPause?: boolean): Promise<SandboxView> {
-    return (await this.resumeOrExtend(teamId, id, timeoutMs, true, autoPause)).sandbox;
+  async resume(teamId: string, id: string, timeoutMs: number, opts: { autoPause?: boolean } = {}): Promise<SandboxView> {
+    return (await this.resumeOrExtend(teamId, id, timeoutMs, { legacy: true, autoPause: opts.autoPause })).sandbox;
   }
 
-  private async resumeOrExtend(teamId: string, id: string, timeoutMs: number, legacy: boolean, autoPause?: boolean) {
+  /** `legacy`: the resume of SDKs before 2.6 (conflict when already running); else connect. */
+  private async resumeOrExtend(teamId: string, id: string, timeoutMs: number, opts: { legacy: boolean; autoPause?: boolean }) {
+    const { legacy, autoPause } = opts;
     await this.checkTimeout(teamId, timeoutMs); // the team's own maximum, as on create
     const deadline = this.deadline();
     let joined = false;

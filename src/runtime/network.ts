@@ -139,7 +139,8 @@ export class NetworkManager {
    * the sandbox's user namespace for CRIU to checkpoint it. `preferredAddress` is kept when still
    * free, so a resumed sandbox keeps its address and restored TCP sockets stay valid.
    */
-  async prepare(sandboxId: string, allowInternet: boolean, preferredAddress?: string): Promise<SandboxNetwork> {
+  async prepare(sandboxId: string, opts: { allowInternet: boolean; preferredAddress?: string }): Promise<SandboxNetwork> {
+    const { allowInternet, preferredAddress } = opts;
     const hostIf = hostIfFor(sandboxId);
     await this.release(sandboxId); // a crashed earlier attempt may have left pieces
     const address = await this.claimAddress(sandboxId, preferredAddress);

@@ -130,7 +130,7 @@ export class SandboxRuntime {
         await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
         await mountDisk(p.diskImage, p.disk);
         await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true });
-        const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
+        const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
         const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record);
         await mountAndConfigure(this.cfg, this.network, record);
@@ -348,7 +348,7 @@ export class SandboxRuntime {
       await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
       await mountDisk(p.diskImage, p.disk);
       await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false });
-      const net = await this.network.prepare(req.sandboxId, req.allowInternetAccess);
+      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
       await mountAndConfigure(this.cfg, this.network, record);
@@ -392,7 +392,7 @@ export class SandboxRuntime {
         await mountDisk(p.diskImage, p.disk);
         // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
         await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory });
-        const net = await this.network.prepare(sandboxId, snap.sandbox.allowInternetAccess, snap.sandbox.address);
+        const net = await this.network.prepare(sandboxId, { allowInternet: snap.sandbox.allowInternetAccess, preferredAddress: snap.sandbox.address });
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
         await mountAndConfigure(this.cfg, this.network, record);

@@ -104,8 +104,9 @@ export class FakeLifecycle implements LifecycleApi {
     v.endAt = new Date(Date.now() + timeoutMs);
     return { sandbox: v, resumed };
   }
-  async resume(teamId: string, id: string, timeoutMs: number, autoPause?: boolean) {
-    this.hit('resume', teamId, id, timeoutMs, autoPause);
+  async resume(teamId: string, id: string, timeoutMs: number, opts: { autoPause?: boolean } = {}) {
+    this.hit('resume', teamId, id, timeoutMs, opts);
+    const { autoPause } = opts;
     const v = this.find(teamId, id);
     if (v.state !== 'paused') throw new NestboxError('conflict', `sandbox ${id} is ${v.state}`);
     v.state = 'running';

@@ -76,7 +76,7 @@ function requirePath(p: string, what = 'path'): string {
 async function openWatch(ctx: HandlerContext, p: string, recursive: boolean): Promise<{ dir: string; handle: FsEventSource }> {
   const rc = requestContext(ctx);
   const dir = requirePath(p);
-  return { dir, handle: hideAtomicWrites(await call(() => rc.init.watch(dir, recursive, rc.user))) };
+  return { dir, handle: hideAtomicWrites(await call(() => rc.init.watch(dir, { recursive, user: rc.user }))) };
 }
 
 export function filesystemService(watchers: WatcherRegistry): Partial<ServiceImpl<typeof Filesystem>> {

@@ -297,7 +297,7 @@ export const sandboxRoutes: FastifyPluginAsyncTypebox<SandboxRoutesOptions> = as
     },
     async (req, reply) => {
       refuseColdResume(req.body.memory);
-      const view = await lifecycle.resume(teamOf(req), sandboxIdFrom(req.params.sandboxID), req.body.timeout * 1000, req.body.autoPause);
+      const view = await lifecycle.resume(teamOf(req), sandboxIdFrom(req.params.sandboxID), req.body.timeout * 1000, { autoPause: req.body.autoPause });
       return reply.code(201).send(renderCreated(view, render));
     },
   );

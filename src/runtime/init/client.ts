@@ -12,6 +12,13 @@ import { LivenessMonitor } from './liveness.ts';
 import { ProcessStream, WatchHandle, type FileRead } from './streams.ts';
 
 const UPLOAD_CHUNK = 256 * 1024;
+/**
+ * While a call waits longer than this for the init, a ping on a fresh connection checks that
+ * the init still answers; if it does not within PING_TIMEOUT_MS, the call fails at once as
+ * "not responding" instead of waiting out its whole timeout.
+ */
+const LIVENESS_INTERVAL_MS = 2000;
+const PING_TIMEOUT_MS = 3000;
 
 export interface StartRequest {
   argv: string[];
@@ -31,13 +38,6 @@ export interface InitClientOptions {
   connectTimeoutMs?: number;
   /** Time allowed for the answer of a unary request (and for the first frame of a stream). */
   requestTimeoutMs?: number;
-  /**
-   * While a call waits longer than this for the init, a ping on a fresh connection checks that
-   * the init still answers; if it does not within `pingTimeoutMs`, the call fails at once as
-   * "not responding" instead of waiting out its whole timeout.
-   */
-  livenessMs?: number;
-  pingTimeoutMs?: number;
   /** Host uid the socket must belong to (the sandbox's mapped root); any other is refused. */
   socketOwner?: number;
 }
@@ -46,7 +46,6 @@ export class InitClient {
   private readonly conns = new Set<Conn>();
   private readonly connectTimeoutMs: number;
   private readonly requestTimeoutMs: number;
-  private readonly pingTimeoutMs: number;
   private readonly monitor: LivenessMonitor;
 
   constructor(
@@ -55,8 +54,7 @@ export class InitClient {
   ) {
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 3000;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
-    this.pingTimeoutMs = opts.pingTimeoutMs ?? 3000;
-    this.monitor = new LivenessMonitor(() => this.ping(), opts.livenessMs ?? 2000, this.pingTimeoutMs);
+    this.monitor = new LivenessMonitor(() => this.ping(), LIVENESS_INTERVAL_MS, PING_TIMEOUT_MS);
   }
 
   /** Destroys every open connection of this client (streams end, pending calls fail). */
@@ -134,7 +132,7 @@ export class InitClient {
         expectType(o, 'pong');
         return { version: str(o, 'version'), pid: int(o, 'pid', 1) };
       },
-      { timeoutMs: this.pingTimeoutMs, unwatched: true },
+      { timeoutMs: PING_TIMEOUT_MS, unwatched: true },
     );
   }
 
@@ -400,9 +398,9 @@ export class InitClient {
     return this.unaryOk({ op: 'remove', path, user });
   }
 
-  watch(path: string, recursive = false, user = 'user'): Promise<WatchHandle> {
+  watch(path: string, opts: { recursive?: boolean; user?: string } = {}): Promise<WatchHandle> {
     return this.request(
-      { op: 'watch', path, recursive, user },
+      { op: 'watch', path, recursive: opts.recursive ?? false, user: opts.user ?? 'user' },
       (o, conn) => {
         expectType(o, 'watching');
         const w = new WatchHandle(conn);
