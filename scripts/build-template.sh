@@ -85,6 +85,9 @@ chmod 0755 "$BUILD"
 ROOTFS="$BUILD/rootfs"
 APT_CACHE_MOUNT=""
 trap 'rc=$?; if [ -n "$APT_CACHE_MOUNT" ]; then umount "$APT_CACHE_MOUNT" || true; fi; if [ $rc -ne 0 ]; then log "template build failed (rc=$rc); full debootstrap log: $BUILD.debootstrap.log"; rm -rf --one-file-system "$BUILD"; fi' EXIT
+# Interrupted: the EXIT trap still unmounts the apt cache and removes the partial build.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- 1. debootstrap -----------------------------------------------------------
 step_begin "debootstrap $SUITE minbase (+$PACKAGES)"

@@ -93,9 +93,9 @@ class BashContext(Context):
         self._stdout = _Stream(self._proc.stdout, "stdout", token)
         self._stderr = _Stream(self._proc.stderr, "stderr", token)
         self._token = token.decode()
-        # No prompts or history; then the tokens, which also skip what bash says on starting
-        # without a terminal ("no job control in this shell").
-        self._send("PS1= PS2= PS0= PROMPT_COMMAND=; unset HISTFILE; set +o history\n")
+        # No prompts, history, history expansion (!) or mail checks; then the tokens, which also
+        # skip what bash says on starting without a terminal ("no job control in this shell").
+        self._send("PS1= PS2= PS0= PROMPT_COMMAND=; unset HISTFILE MAILCHECK; set +o history +H\n")
         self._send(self._marker_line())
         try:
             await asyncio.wait_for(self._read_to_marker(_discard), STARTUP_TIMEOUT_S)
