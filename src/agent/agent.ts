@@ -10,6 +10,11 @@ import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
 import type { DrainPolicy } from '../node-api/wire.ts';
 import { drainNode, type DrainPlan, type ShutdownReport } from './shutdown.ts';
+import { collectIncomplete } from '../runtime/snapshot-store.ts';
+
+/** A snapshot without a manifest untouched this long is no put in progress: it is collected. */
+const INCOMPLETE_GRACE_MS = 60 * 60_000; // a large upload writes no new object for a while
+const INCOMPLETE_SWEEP_MS = 5 * 60_000;
 
 export interface AgentOptions {
   config?: RuntimeConfig;
@@ -56,6 +61,7 @@ export class Agent {
   drainPlan: DrainPlan | null = null;
   private server?: FastifyInstance;
   membership?: FleetMembership;
+  private incompleteSweep?: NodeJS.Timeout;
   url = '';
 
   constructor(private readonly opts: AgentOptions = {}) {
@@ -79,6 +85,7 @@ export class Agent {
     });
     const host = this.opts.host ?? '127.0.0.1';
     this.url = await this.server.listen({ host, port: this.opts.port ?? 3001 });
+    this.collectIncompleteSnapshots();
     if (this.opts.join) {
       const port = Number(new URL(this.url).port);
       this.membership = new FleetMembership({
@@ -108,6 +115,7 @@ export class Agent {
    * report lists what had to be force-stopped and every failure on the way.
    */
   async shutdown(opts: { deadlineMs: number; policy: DrainPolicy; handoverMs?: number; log?: (msg: string) => void }): Promise<ShutdownReport> {
+    clearInterval(this.incompleteSweep);
     this.drainPlan = { policy: opts.policy, deadline: new Date(Date.now() + opts.deadlineMs) };
     const report = await drainNode(this.runtime, this.starts, this.drainPlan, opts);
     this.membership?.stop();
@@ -115,8 +123,23 @@ export class Agent {
     return report;
   }
 
+  /**
+   * Half-written snapshots (a pause or snapshot cut short on any node: objects without a
+   * manifest) are collected once nothing has written them for INCOMPLETE_GRACE_MS: at start and
+   * then every INCOMPLETE_SWEEP_MS. Every node may do it; a delete is idempotent.
+   */
+  private collectIncompleteSnapshots() {
+    const sweep = () => collectIncomplete(this.runtime.store, INCOMPLETE_GRACE_MS)
+      .then((notes) => notes.forEach((n) => process.stderr.write(`nestbox agent: ${n}\n`)))
+      .catch((e) => process.stderr.write(`nestbox agent: collecting incomplete snapshots failed: ${(e as Error).message}\n`));
+    void sweep();
+    this.incompleteSweep = setInterval(sweep, INCOMPLETE_SWEEP_MS);
+    this.incompleteSweep.unref();
+  }
+
   /** Stops serving once admitted starts finish; sandboxes keep running (tests, restarts). */
   async stop(): Promise<void> {
+    clearInterval(this.incompleteSweep);
     await this.starts.closeAndWait();
     this.membership?.stop();
     await this.server?.close();
