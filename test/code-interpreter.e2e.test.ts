@@ -106,6 +106,7 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
     // requestTimeoutMs 0: the SDK leaves its request timer running when the server answers an
     // error status, which would hold this process open for the whole request timeout.
     await assert.rejects(sbx.runCode('1', { context: ctx, requestTimeoutMs: 0 }), /not found/i);
+    await assert.rejects(sbx.createCodeContext({ language: 'cobol' }), /400/, 'only python and bash');
   });
 
   test('bash: the default bash context and a created one keep their state', async () => {
