@@ -39,12 +39,10 @@ export interface OpenDatabaseOptions {
   dataDir?: string;
   /** Postgres pool size (default 10). */
   poolSize?: number;
-  /** Errors of idle pooled connections (the pool drops them and reconnects on demand). */
-  onIdleError?: (err: Error) => void;
 }
 
 export async function openDatabase(opts: OpenDatabaseOptions = {}): Promise<Database> {
-  if (opts.url) return openPostgres(opts.url, opts.poolSize ?? 10, opts.onIdleError);
+  if (opts.url) return openPostgres(opts.url, opts.poolSize ?? 10);
   return openPglite(opts.dataDir);
 }
 
@@ -113,10 +111,11 @@ function pgTypes(): pg.CustomTypesConfig {
   };
 }
 
-async function openPostgres(url: string, poolSize: number, onIdleError?: (err: Error) => void): Promise<Database> {
+async function openPostgres(url: string, poolSize: number): Promise<Database> {
   const where = redactUrl(url);
   const pool = new pg.Pool({ connectionString: url, max: poolSize, types: pgTypes(), connectionTimeoutMillis: 10_000 });
-  pool.on('error', (err) => onIdleError?.(err));
+  // Errors of idle pooled connections: the pool drops them and reconnects on demand.
+  pool.on('error', () => undefined);
   try {
     const c = await pool.connect();
     c.release();
@@ -149,7 +148,6 @@ async function openPostgres(url: string, poolSize: number, onIdleError?: (err: E
         // progress fails on its own; the client is then dropped from the pool.
         const onError = (err: Error) => {
           broken ??= err;
-          onIdleError?.(err);
         };
         client.on('error', onError);
         let retry = false;

@@ -7,9 +7,12 @@ import { ErrorBody } from './schemas.ts';
 
 export interface EventRoutesOptions {
   db: Sql;
-  pollMs?: number;
-  keepaliveMs?: number;
 }
+
+/** How often an open stream reads the outbox. */
+const POLL_MS = 200;
+/** A comment line after this much silence keeps proxies from closing the stream. */
+const KEEPALIVE_MS = 15_000;
 
 export const EventsQuery = Type.Object({
   after: Type.Optional(Type.Integer({ minimum: 0, description: 'Replay events after this sequence number (the SSE id)' })),
@@ -21,8 +24,6 @@ export const EventsQuery = Type.Object({
  * Last-Event-ID (or ?after=) resumes exactly where it stopped; without either it starts now.
  */
 export const eventRoutes: FastifyPluginAsyncTypebox<EventRoutesOptions> = async (app, opts) => {
-  const pollMs = opts.pollMs ?? 200;
-  const keepaliveMs = opts.keepaliveMs ?? 15_000;
   // Open streams end when the server closes, or they would hold shutdown open for ever.
   const streams = new Set<() => void>();
   let shuttingDown = false;
@@ -72,13 +73,13 @@ export const eventRoutes: FastifyPluginAsyncTypebox<EventRoutesOptions> = async 
         } catch (err) {
           req.log.warn({ err }, 'event stream read failed; retrying');
         }
-        if (Date.now() - lastWrite > keepaliveMs) {
+        if (Date.now() - lastWrite > KEEPALIVE_MS) {
           res.write(': keepalive\n\n');
           lastWrite = Date.now();
         }
         if (closed) break;
         await new Promise<void>((r) => {
-          const t = setTimeout(r, pollMs);
+          const t = setTimeout(r, POLL_MS);
           wake = () => {
             clearTimeout(t);
             r();

@@ -30,8 +30,6 @@ export interface ApiServerOptions {
   /** envd protocol version the sandboxes speak (the SDK gates features on it). */
   envdVersion: string;
   logger?: FastifyServerOptions['logger'];
-  /** Version shown in the OpenAPI document. */
-  apiVersion?: string;
   now?: () => Date;
   /**
    * The store: when given, the usage report (GET /usage), key and webhook management, the event
@@ -74,7 +72,7 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     return parseJson(req, text, done);
   });
 
-  registerOpenApi(app, opts.apiVersion ?? '0.1.0');
+  registerOpenApi(app, '0.1.0');
   installAuth(app, opts.authenticate);
 
   // Routes are added in plugins, so that they load after the OpenAPI generator (which sees them).

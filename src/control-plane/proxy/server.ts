@@ -21,8 +21,6 @@ export interface SandboxProxyOptions {
   lifecycle: Pick<LifecycleApi, 'connect'>;
   /** How long the proxy waits for a connection to a node agent. */
   connectTimeoutMs?: number;
-  /** How long a node's address and token are cached. */
-  nodeCacheMs?: number;
   now?: () => Date;
   log?: { warn(obj: object, msg?: string): void };
 }
@@ -49,6 +47,8 @@ class ProxyError extends Error {
 const NOT_FOUND = 'The sandbox was not found';
 const notFound = (id: string) => new ProxyError(502, NOT_FOUND, id);
 const RESUMABLE: SandboxState[] = ['paused', 'pausing', 'resuming'];
+/** How long a node's address and token are cached. */
+const NODE_CACHE_MS = 5_000;
 const JSON_HEADERS = { 'content-type': 'application/json', 'access-control-allow-origin': '*', 'cache-control': 'no-store' };
 
 export class SandboxProxy {
@@ -58,11 +58,9 @@ export class SandboxProxy {
   private readonly resumes = new Map<string, Promise<string | null>>();
   private readonly upgraded = new Set<Duplex>();
   private readonly connectTimeoutMs: number;
-  private readonly nodeCacheMs: number;
 
   constructor(private readonly opts: SandboxProxyOptions) {
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 5_000;
-    this.nodeCacheMs = opts.nodeCacheMs ?? 5_000;
     // No request timeout: uploads and streams last as long as they need to.
     this.server = http.createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 });
     this.server.on('request', (req, res) => void this.onRequest(req, res));
@@ -99,7 +97,7 @@ export class SandboxProxy {
 
   private async node(id: string): Promise<NodeRecord | null> {
     const hit = this.nodes.get(id);
-    if (hit && Date.now() - hit.at < this.nodeCacheMs) return hit.node;
+    if (hit && Date.now() - hit.at < NODE_CACHE_MS) return hit.node;
     const node = await getNode(this.opts.db, id);
     this.nodes.set(id, { at: Date.now(), node });
     return node;

@@ -30,10 +30,6 @@ export interface WebhookDispatcherOptions {
   maxAttempts?: number;
   /** POSTs per webhook per tick (default 100). */
   maxEventsPerTick?: number;
-  /** Outbox rows read per webhook per tick, of all teams (default 500). */
-  scanLimit?: number;
-  /** Webhooks claimed per tick (default 50); they are delivered concurrently. */
-  maxWebhooksPerTick?: number;
   /** How long a hole in the outbox sequence is waited for (default 2 s; see HoleGate). */
   holeGraceMs?: number;
   fetch?: typeof globalThis.fetch;
@@ -54,6 +50,11 @@ interface PostResult {
   durationMs: number;
 }
 
+/** Outbox rows read per webhook per tick, of all teams. */
+const SCAN_LIMIT = 500;
+/** Webhooks claimed per tick; they are delivered concurrently. */
+const MAX_WEBHOOKS_PER_TICK = 50;
+
 export class WebhookDispatcher {
   readonly owner: string;
   private readonly clock: { now(): Date };
@@ -63,8 +64,6 @@ export class WebhookDispatcher {
   private readonly backoffCapMs: number;
   private readonly maxAttempts: number;
   private readonly maxEventsPerTick: number;
-  private readonly scanLimit: number;
-  private readonly maxWebhooksPerTick: number;
   private readonly holeGraceMs: number;
   private readonly fetch: typeof globalThis.fetch;
   // Only webhooks waiting at a hole have a gate here: the gate remembers since when.
@@ -86,8 +85,6 @@ export class WebhookDispatcher {
     this.backoffCapMs = o.backoffCapMs ?? 300_000;
     this.maxAttempts = Math.max(1, o.maxAttempts ?? 10);
     this.maxEventsPerTick = o.maxEventsPerTick ?? 100;
-    this.scanLimit = o.scanLimit ?? 500;
-    this.maxWebhooksPerTick = o.maxWebhooksPerTick ?? 50;
     this.holeGraceMs = o.holeGraceMs ?? 2_000;
     this.fetch = o.fetch ?? globalThis.fetch;
   }
@@ -113,7 +110,7 @@ export class WebhookDispatcher {
   async tick(): Promise<number> {
     if (this.stopping) return 0;
     const claimed = await claimDueWebhooks(this.db, {
-      owner: this.owner, now: this.clock.now(), leaseMs: this.leaseMs, limit: this.maxWebhooksPerTick,
+      owner: this.owner, now: this.clock.now(), leaseMs: this.leaseMs, limit: MAX_WEBHOOKS_PER_TICK,
     });
     const results = await Promise.allSettled(claimed.map((w) => this.serve(w)));
     let posts = 0;
@@ -133,7 +130,7 @@ export class WebhookDispatcher {
     let posts = 0;
     try {
       const gate = this.gates.get(w.id) ?? new HoleGate(this.holeGraceMs, () => this.clock.now().getTime());
-      const events = gate.admit(lastSeq, await readOutboxAfter(this.db, lastSeq, this.scanLimit));
+      const events = gate.admit(lastSeq, await readOutboxAfter(this.db, lastSeq, SCAN_LIMIT));
       if (gate.waiting) this.gates.set(w.id, gate);
       else this.gates.delete(w.id);
 
