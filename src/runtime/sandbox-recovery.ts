@@ -93,6 +93,12 @@ export class SandboxRecovery {
       await this.d.dropSnapshot(sandboxId);
       // Its start was not journaled: the record, written just before the restore, dates it.
       const startedAt = (await stat(p.record).catch(() => null))?.mtime ?? new Date();
+      // The record still carries the start of the run before the pause (it came from the
+      // snapshot): it gets this start, as a completed resume would have written it. Otherwise
+      // the inventory reports the old start and billing reopens at the resume's beginning,
+      // before the container ran (the chaos run's "billed = ran" invariant).
+      const record = await this.d.inventory.record(sandboxId).catch(() => null);
+      if (record) await writeFile(p.record, JSON.stringify({ ...record, startedAt: startedAt.toISOString() }));
       await this.d.journal.append({ sandboxId, event: 'start', at: startedAt.toISOString(), cause: 'resume' });
       return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
     }
