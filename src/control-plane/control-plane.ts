@@ -165,8 +165,13 @@ export class ControlPlane {
       pool.add(c);
     }
     this.lifecycle = new LifecycleService({ db: this.db, nodes: pool, clock: this.opts.clock });
+    const faults = this.opts.injectNodeTimeouts;
     this.registry = new NodeRegistry(this.db, pool, {
       unhealthyAfterMs: this.timings.unhealthyAfterMs, nodeCallTimeoutMs: this.timings.nodeCallTimeoutMs,
+      // Chaos testing: joined nodes get the same injected timeouts as configured ones.
+      makeClient: faults
+        ? (n) => new FaultyNodeClient(new HttpNodeClient(n.id, n.url, n.token, this.timings.nodeCallTimeoutMs), faults)
+        : undefined,
     });
     await this.registry.tick(); // the nodes that joined before this replica started
     this.evictor = new Evictor(this.db, this.lifecycle);
