@@ -1,5 +1,5 @@
 # The two commands a new machine needs: `make up` and `make test` (both install what is missing).
-.PHONY: setup up test typecheck bench chaos clean
+.PHONY: setup up test typecheck bench chaos chaos-fleet clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,10 @@ bench: setup
 # Crashes, faults and concurrent clients, then every lifecycle invariant checked (see test/chaos/chaos.ts).
 chaos: setup
 	@node --import tsx test/chaos/chaos.ts --ops 1000 --crashes 24
+
+# The fleet form: 2 control-plane replicas, 3 joined agents; replica and agent kills, drains.
+chaos-fleet: setup
+	@node --import tsx test/chaos/chaos.ts --fleet --agents 3 --replicas 2 --ops 1000 --crashes 24
 
 clean:
 	rm -rf node_modules sandbox-init/target

@@ -6,7 +6,17 @@
 // periods and every invariant is checked. `make chaos` runs the long version; the short one is
 // in test/chaos.e2e.test.ts.
 //
+// Fleet mode (--fleet): several control-plane replicas on the one Postgres (clients spread their
+// calls over them) and several agents joined with a join token, on this host with ports and data
+// directories of their own and one shared snapshot directory. The chaos events are then those of
+// a fleet's life, one at a time at random moments: a replica or an agent killed with SIGKILL and
+// started again (the agent rejoins with its stored credential: it is restarted without the join
+// token), a node drained by the operator and undrained, an agent stopped with SIGTERM (it drains
+// itself) and started again. The invariants are checked on every node, plus: no sandbox ran on two
+// nodes at once, and a sandbox changed node only by a pause and a resume (a drain's: reason drain).
+//
 //   node --import tsx test/chaos/chaos.ts [--ops 1000] [--crashes 20] [--clients 8]
+//   node --import tsx test/chaos/chaos.ts --fleet [--agents 3] [--replicas 2] [--ops 600] [--crashes 16]
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -15,11 +25,12 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { canTransition, type SandboxState } from '../../src/core/states.ts';
 import type { LoopTimings } from '../../src/control-plane/control-plane.ts';
-import { NodeJournal } from '../../src/runtime/journal.ts';
+import { NodeJournal, type JournalEntry } from '../../src/runtime/journal.ts';
 
 /** Billed time must equal the node's running time to within this, whatever the load. */
 const BILLING_TOLERANCE_S = 0.05;
 import { AgentProcess, freePort } from '../helpers/agent-process.ts';
+import { TEST_ROOT } from '../helpers/agent-harness.ts';
 import { MAINTENANCE_URL } from '../helpers/databases.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -37,6 +48,8 @@ export interface ChaosOptions {
   dbDrops: number;
   /** At most this many sandboxes alive at once (the host has 2 cores). */
   maxLive: number;
+  /** Fleet mode: this many joined agents and control-plane replicas (default: one of each, the node configured). */
+  fleet?: { agents: number; replicas: number };
   log: (msg: string) => void;
 }
 
@@ -50,6 +63,25 @@ export const TIMINGS: Partial<LoopTimings> = {
   nodeCallTimeoutMs: 20_000,
 };
 
+/**
+ * Fleet mode: heartbeats every second; a node silent for 6 s gets no placements (a replica's or
+ * an agent's restart takes a few seconds), and one silent for 45 s is down (its running
+ * sandboxes lost), longer than any restart here, so a node is lost only when a restart fails.
+ */
+export const FLEET_TIMINGS: Partial<LoopTimings> = {
+  ...TIMINGS,
+  heartbeatMs: 1_000,
+  unhealthyAfterMs: 6_000,
+  nodeDownAfterMs: 45_000,
+  registryMs: 1_000,
+  drainWatchMs: 500,
+};
+
+const FLEET_EVENTS = ['replica', 'agent', 'drain', 'sigterm'] as const;
+
+/** Fleet mode: an agent stopped with SIGTERM has this long to drain (NESTBOX_DRAIN_TIMEOUT_S). */
+const FLEET_DRAIN_TIMEOUT_S = 30;
+
 export interface ChaosResult {
   operations: number;
   answers: Record<string, number>;
@@ -61,6 +93,17 @@ export interface ChaosResult {
   maxBillingDiffS: number;
   convergeMs: number;
   restartRetries: number;
+  /** Fleet mode only. */
+  fleet?: {
+    nodes: number;
+    replicas: number;
+    /** Operator drains (each followed by an undrain) and agents stopped with SIGTERM. */
+    drains: number;
+    gracefulStops: number;
+    /** Sandboxes that were paused on one node and resumed on another; of those, moved by a drain. */
+    moved: number;
+    movedByDrain: number;
+  };
 }
 
 class ControlPlaneProcess {
@@ -104,23 +147,24 @@ class ControlPlaneProcess {
         void this.start(extraEnv).catch(() => undefined);
       }
     });
+    let startTimer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve, reject) => {
       let out = '';
       proc.stdout!.on('data', (d) => {
         out += d.toString();
         const line = out.split('\n').find((l) => l.startsWith('{'));
-        if (line) {
+        if (line && !serving) {
           this.url = (JSON.parse(line) as { url: string }).url;
           serving = true;
           resolve();
         }
       });
       proc.once('exit', (code) => reject(new Error(`control plane exited (${code}): ${this.stderr.slice(-2000)}`)));
-      setTimeout(() => {
+      startTimer = setTimeout(() => {
         proc.kill('SIGKILL');
         reject(new Error('control plane did not start within 30 s'));
-      }, 30_000).unref();
-    });
+      }, 30_000);
+    }).finally(() => clearTimeout(startTimer)); // once serving, it lives until killed
   }
 
   async kill(signal: NodeJS.Signals) {
@@ -137,10 +181,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const count = (text: string, needle: string) => text.split(needle).length - 1;
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
+  const fleet = o.fleet ?? null;
   const result: ChaosResult = {
     operations: 0, answers: {}, crashes: { controlPlane: 0, agent: 0 },
     faults: { checkpoint: 0, restore: 0, nodeTimeout: 0, dbDrops: 0 }, sandboxes: 0, violations: [], maxBillingDiffS: 0,
     convergeMs: 0, restartRetries: 0,
+    ...(fleet ? { fleet: { nodes: fleet.agents, replicas: fleet.replicas, drains: 0, gracefulStops: 0, moved: 0, movedByDrain: 0 } } : {}),
   };
   const dbName = `nestbox_chaos_${Date.now()}_${randomBytes(3).toString('hex')}`;
   const admin = new pg.Client({ connectionString: MAINTENANCE_URL });
@@ -149,24 +195,24 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const dbUrl = new URL(MAINTENANCE_URL);
   dbUrl.pathname = '/' + dbName;
   const key = 'e2b_' + randomBytes(20).toString('hex');
+  const adminKey = 'nestbox_admin_' + randomBytes(20).toString('hex');
+  const timings = fleet ? FLEET_TIMINGS : TIMINGS;
 
   const faultyAgentEnv = { NESTBOX_INJECT_FAULTS: `checkpoint=${o.checkpointFault},restore=${o.restoreFault}` };
-  const agent = new AgentProcess({ env: faultyAgentEnv });
-  let agentLog = '';
-  let cpLog = '';
-  await agent.start();
-  const cp = new ControlPlaneProcess({
-    DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NODE_ID: agent.nodeId, NODE_URL: agent.url, NODE_TOKEN: agent.token,
-    CHAOS_TIMINGS: JSON.stringify(TIMINGS),
-  }, await freePort());
   const faultyCpEnv = { CHAOS_NODE_TIMEOUTS: String(o.nodeTimeoutFault) };
-  await cp.start(faultyCpEnv);
-  const apiUrl = `http://127.0.0.1:${cp.port}`;
+  const agentEnv = (faulty: boolean) => ({ ...(faulty ? faultyAgentEnv : {}), ...(fleet ? { NESTBOX_DRAIN_TIMEOUT_S: String(FLEET_DRAIN_TIMEOUT_S) } : {}) });
+  const agents: AgentProcess[] = [];
+  const cps: ControlPlaneProcess[] = [];
+  const agentLogs = new Map<AgentProcess, string>();
+  const keepAgentLog = (a: AgentProcess) => agentLogs.set(a, (agentLogs.get(a) ?? '') + a.stderr);
+  let cpLog = '';
+  const sharedSnapshots = path.join(TEST_ROOT, `chaos-snapshots-${randomBytes(4).toString('hex')}`);
+  const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings) };
 
-  const api = async (method: string, p: string, body?: unknown): Promise<{ status: number; json: any }> => {
-    const res = await fetch(apiUrl + p, {
+  const call = async (base: string, k: string, method: string, p: string, body?: unknown): Promise<{ status: number; json: any }> => {
+    const res = await fetch(base + p, {
       method,
-      headers: { 'x-api-key': key, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { 'x-api-key': k, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(60_000),
     });
@@ -179,34 +225,155 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     }
     return { status: res.status, json };
   };
+  // Clients spread their calls over the replicas (one in the single-node mode).
+  const anyReplica = () => cps[Math.floor(Math.random() * cps.length)]!;
+  const api = (method: string, p: string, body?: unknown) => call(`http://127.0.0.1:${anyReplica().port}`, key, method, p, body);
+  const adminApi = (method: string, p: string, body?: unknown) => call(`http://127.0.0.1:${anyReplica().port}`, adminKey, method, p, body);
+  const nodesList = async () => {
+    const r = await adminApi('GET', '/nestbox/v1/nodes');
+    if (r.status !== 200) throw new Error(`GET /nestbox/v1/nodes: ${r.status} ${JSON.stringify(r.json)}`);
+    return r.json as Array<{ id: string; state: string; cordoned: boolean }>;
+  };
+  const waitForReadyNodes = async (why: string, ms = 60_000) => {
+    const until = Date.now() + ms;
+    let last: Array<{ id: string; state: string }> = [];
+    while (Date.now() < until) {
+      last = await nodesList().catch(() => []);
+      if (last.length === agents.length && last.every((n) => n.state === 'ready')) return;
+      await sleep(250);
+    }
+    result.violations.push(`${why}: nodes not all ready within ${ms / 1000} s: ${last.map((n) => `${n.id} ${n.state}`).join(', ')}`);
+  };
 
   try {
+    if (!fleet) {
+      const agent = new AgentProcess({ env: agentEnv(true) });
+      agents.push(agent);
+      await agent.start();
+      cps.push(new ControlPlaneProcess({ ...cpEnv, NODE_ID: agent.nodeId, NODE_URL: agent.url, NODE_TOKEN: agent.token }, await freePort()));
+      await cps[0]!.start(faultyCpEnv);
+    } else {
+      // One replica migrates the database first; the others start on it at once.
+      for (let i = 0; i < fleet.replicas; i++) cps.push(new ControlPlaneProcess(cpEnv, await freePort()));
+      await cps[0]!.start(faultyCpEnv);
+      await Promise.all(cps.slice(1).map((c) => c.start(faultyCpEnv)));
+      const made = await adminApi('POST', '/nestbox/v1/nodes/join-tokens', {});
+      if (made.status !== 201) throw new Error(`join token: ${made.status} ${JSON.stringify(made.json)}`);
+      for (let i = 0; i < fleet.agents; i++) {
+        const joinUrl = `http://127.0.0.1:${cps[i % cps.length]!.port}`;
+        const a = new AgentProcess({
+          nodeId: `chaos-${i}-${randomBytes(2).toString('hex')}`, snapshotDir: sharedSnapshots, env: agentEnv(true),
+          args: ['--join', joinUrl, '--join-token', made.json.token],
+        });
+        agents.push(a);
+        await a.start();
+        // Every later start proves the stored credential: no join token any more.
+        a.args = ['--join', joinUrl];
+      }
+      await waitForReadyNodes('after joining');
+      o.log(`fleet up: ${cps.length} replicas, ${agents.length} agents joined (${agents.map((a) => a.nodeId).join(', ')})`);
+    }
+
     // --- the storm ----------------------------------------------------------------------------
     const known: string[] = [];
     const dead = new Set<string>();
     let attempts = 0;
     const crashEvery = Math.max(1, Math.floor(o.ops / (o.crashes + 1)));
     const dropEvery = o.dbDrops ? Math.max(1, Math.floor(o.ops / (o.dbDrops + 1))) : Infinity;
-    let nextCrash = crashEvery;
+    // Fleet mode: the moments are random (half to one and a half periods apart).
+    const nextGap = () => (fleet ? Math.max(1, Math.round(crashEvery * (0.5 + Math.random()))) : crashEvery);
+    let nextCrash = nextGap();
     let nextDrop = dropEvery;
     let crashing: Promise<void> | null = null;
+    let events = 0;
+    const round: Array<(typeof FLEET_EVENTS)[number]> = [];
+
+    const restartReplica = async (c: ControlPlaneProcess, extraEnv: Record<string, string>) => {
+      await c.kill('SIGKILL');
+      cpLog += c.stderr;
+      await sleep(Math.random() * 500);
+      await c.start(extraEnv);
+    };
+    const restartAgent = async (a: AgentProcess) => {
+      a.signal('SIGKILL');
+      await a.exited;
+      keepAgentLog(a);
+      await sleep(Math.random() * 500);
+      await a.start();
+    };
+    const pickAgent = () => agents[Math.floor(Math.random() * agents.length)]!;
+
+    /** The operator drains a node, waits until nothing runs on it (or a minute passes), undrains it. */
+    const drainAndUndrain = async (a: AgentProcess) => {
+      const drained = await adminApi('POST', `/nestbox/v1/nodes/${a.nodeId}/drain`);
+      if (drained.status !== 204) throw new Error(`drain ${a.nodeId}: ${drained.status} ${JSON.stringify(drained.json)}`);
+      const until = Date.now() + 60_000;
+      let running: string[] = [];
+      for (;;) {
+        const inv = await a.json<{ sandboxes: Array<{ sandboxId: string; state: string }> }>('GET', '/v1/sandboxes');
+        running = inv.sandboxes.filter((s) => s.state === 'running' || s.state === 'creating').map((s) => s.sandboxId);
+        if (running.length === 0 || Date.now() > until) break;
+        await sleep(250);
+      }
+      if (running.length) result.violations.push(`node ${a.nodeId} drained for a minute still runs ${running.join(', ')}`);
+      await sleep(Math.random() * 2_000); // drained a while: placements go elsewhere
+      const undrained = await adminApi('POST', `/nestbox/v1/nodes/${a.nodeId}/undrain`);
+      if (undrained.status !== 204) throw new Error(`undrain ${a.nodeId}: ${undrained.status} ${JSON.stringify(undrained.json)}`);
+      result.fleet!.drains++;
+    };
+
+    /** SIGTERM: the agent drains itself (its sandboxes move away) and exits; then it is started again. */
+    const stopGracefully = async (a: AgentProcess) => {
+      a.signal('SIGTERM');
+      const code = await Promise.race([a.exited, sleep((FLEET_DRAIN_TIMEOUT_S + 30) * 1000).then(() => 'late' as const)]);
+      if (code === 'late') {
+        result.violations.push(`agent ${a.nodeId} did not exit within ${FLEET_DRAIN_TIMEOUT_S + 30} s of SIGTERM`);
+        a.signal('SIGKILL');
+        await a.exited;
+      } else if (code !== 0) {
+        o.log(`agent ${a.nodeId} drained with errors (exit ${code}): ${a.stderr.split('\n').filter((l) => /drain/.test(l)).join(' | ')}`);
+      }
+      keepAgentLog(a);
+      await sleep(Math.random() * 500);
+      await a.start();
+      result.fleet!.gracefulStops++;
+    };
 
     const crash = async () => {
-      const victim = (result.crashes.controlPlane + result.crashes.agent) % 2 === 0 ? 'controlPlane' : 'agent';
-      if (victim === 'controlPlane') {
-        await cp.kill('SIGKILL');
-        cpLog += cp.stderr;
-        await sleep(Math.random() * 500);
-        await cp.start(faultyCpEnv);
-      } else {
-        agent.signal('SIGKILL');
-        await agent.exited;
-        agentLog += agent.stderr;
-        await sleep(Math.random() * 500);
-        await agent.start();
+      if (!fleet) {
+        const victim = (result.crashes.controlPlane + result.crashes.agent) % 2 === 0 ? 'controlPlane' : 'agent';
+        if (victim === 'controlPlane') await restartReplica(cps[0]!, faultyCpEnv);
+        else await restartAgent(agents[0]!);
+        result.crashes[victim]++;
+        o.log(`crash ${result.crashes.controlPlane + result.crashes.agent}: ${victim} killed and restarted (op ${result.operations})`);
+        return;
       }
-      result.crashes[victim]++;
-      o.log(`crash ${result.crashes.controlPlane + result.crashes.agent}: ${victim} killed and restarted (op ${result.operations})`);
+      // Every kind once per round, in a random order, on a random victim.
+      if (round.length === 0) round.push(...[...FLEET_EVENTS].sort(() => Math.random() - 0.5));
+      const kind = round.pop()!;
+      events++;
+      const at = result.operations;
+      if (kind === 'replica') {
+        const i = Math.floor(Math.random() * cps.length);
+        await restartReplica(cps[i]!, faultyCpEnv);
+        result.crashes.controlPlane++;
+        o.log(`event ${events}: replica ${i} killed and restarted (op ${at})`);
+      } else if (kind === 'agent') {
+        const a = pickAgent();
+        await restartAgent(a);
+        result.crashes.agent++;
+        o.log(`event ${events}: agent ${a.nodeId} killed and restarted, rejoined with its credential (op ${at})`);
+      } else if (kind === 'drain') {
+        const a = pickAgent();
+        const t0 = Date.now();
+        await drainAndUndrain(a);
+        o.log(`event ${events}: node ${a.nodeId} drained and undrained in ${((Date.now() - t0) / 1000).toFixed(1)} s (op ${at})`);
+      } else {
+        const a = pickAgent();
+        const t0 = Date.now();
+        await stopGracefully(a);
+        o.log(`event ${events}: agent ${a.nodeId} stopped with SIGTERM (drained itself) and restarted in ${((Date.now() - t0) / 1000).toFixed(1)} s (op ${at})`);
+      }
     };
 
     const dropConnections = async () => {
@@ -266,7 +433,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       while (result.operations < o.ops && attempts < o.ops * 20) {
         attempts++;
         if (result.operations >= nextCrash && !crashing) {
-          nextCrash += crashEvery;
+          nextCrash += nextGap();
           crashing = crash()
             .catch((e) => void result.violations.push(`could not restart after a crash: ${(e as Error).message}`))
             .finally(() => (crashing = null));
@@ -283,19 +450,31 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     // --- convergence: faults off, the system left alone for two reconcile periods ------------
     o.log(`storm over: ${result.operations} operations answered; converging`);
-    await cp.kill('SIGKILL');
-    cpLog += cp.stderr;
-    agent.signal('SIGKILL');
-    await agent.exited;
-    agentLog += agent.stderr;
-    agent.env = {}; // faults off from here
-    await agent.start();
-    await cp.start();
-    o.log('faults off, both processes restarted; leaving the system alone for two reconcile periods');
+    for (const c of cps) {
+      await c.kill('SIGKILL');
+      cpLog += c.stderr;
+    }
+    for (const a of agents) {
+      a.signal('SIGKILL');
+      await a.exited;
+      keepAgentLog(a);
+      a.env = agentEnv(false); // faults off from here
+    }
+    if (!fleet) {
+      await agents[0]!.start();
+      await cps[0]!.start();
+    } else {
+      // Replicas first: a restarted agent proves its credential to its replica before it serves.
+      await Promise.all(cps.map((c) => c.start()));
+      await Promise.all(agents.map((a) => a.start()));
+      for (const n of await nodesList()) if (n.cordoned) result.violations.push(`node ${n.id} is still drained after the storm`);
+      await waitForReadyNodes('converging');
+    }
+    o.log('faults off, all processes restarted; leaving the system alone for two reconcile periods');
     const convergeStart = Date.now();
-    await sleep(2 * TIMINGS.reconcileMs!);
+    await sleep(2 * timings.reconcileMs!);
     result.convergeMs = Date.now() - convergeStart;
-    await cp.kill('SIGTERM'); // graceful: the database holds still while it is checked
+    for (const c of cps) await c.kill('SIGTERM'); // graceful: the database holds still while it is checked
     const frozenAt = Date.now();
 
     // --- invariants -----------------------------------------------------------------------------
@@ -307,18 +486,33 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         'SELECT id, state, node_id FROM sandboxes')).rows;
       result.sandboxes = rows.length;
       const byId = new Map(rows.map((r) => [r.id, r]));
-      const inv = await agent.json<{ sandboxes: Array<{ sandboxId: string; state: string }>; snapshots: string[] }>('GET', '/v1/sandboxes');
-      const containers = new Map(inv.sandboxes.map((s) => [s.sandboxId, s.state]));
-      for (const [id, state] of containers) {
+      // Every node's containers; the snapshot store (shared by the nodes in fleet mode).
+      const containers = new Map<string, Array<{ nodeId: string; state: string }>>();
+      const snapshots = new Set<string>();
+      for (const a of agents) {
+        const inv = await a.json<{ sandboxes: Array<{ sandboxId: string; state: string }>; snapshots: string[] }>('GET', '/v1/sandboxes');
+        for (const s of inv.sandboxes) containers.set(s.sandboxId, [...(containers.get(s.sandboxId) ?? []), { nodeId: a.nodeId, state: s.state }]);
+        inv.snapshots.forEach((id) => snapshots.add(id));
+      }
+      const here = (id: string) => (fleet ? ` on ${containers.get(id)?.map((c) => c.nodeId).join(', ') ?? 'no node'}` : '');
+      for (const [id, list] of containers) {
         const row = byId.get(id);
-        if (!row || row.state !== 'running') v(`container ${id} (${state}) on the node, but its row is ${row?.state ?? 'missing'}`);
+        for (const c of list) {
+          if (!row || row.state !== 'running' || row.node_id !== c.nodeId) {
+            v(`container ${id} (${c.state}) on node ${c.nodeId}, but its row is ${row?.state ?? 'missing'}${row?.node_id && row.node_id !== c.nodeId ? ` on ${row.node_id}` : ''}`);
+          }
+        }
+        if (list.filter((c) => c.state === 'running').length > 1) v(`${id} is running on two nodes:${here(id)}`);
       }
       for (const row of rows) {
-        if (row.state === 'running' && containers.get(row.id) !== 'running') v(`${row.id} is running in the database, the node has ${containers.get(row.id) ?? 'nothing'}`);
-        if (row.state === 'paused' && !inv.snapshots.includes(row.id)) v(`${row.id} is paused but has no snapshot`);
+        const onItsNode = containers.get(row.id)?.find((c) => c.nodeId === row.node_id);
+        if (row.state === 'running' && onItsNode?.state !== 'running') {
+          v(`${row.id} is running in the database on ${row.node_id}, that node has ${onItsNode?.state ?? 'nothing'}${here(row.id)}`);
+        }
+        if (row.state === 'paused' && !snapshots.has(row.id)) v(`${row.id} is paused but has no snapshot`);
         if (['starting', 'pausing', 'resuming', 'killing'].includes(row.state)) v(`${row.id} is stuck in ${row.state}`);
       }
-      for (const id of inv.snapshots) {
+      for (const id of snapshots) {
         if (byId.get(id)?.state !== 'paused') v(`snapshot of ${id} whose row is ${byId.get(id)?.state ?? 'missing'}`);
       }
       const open = (await db.query<{ sandbox_id: string }>('SELECT sandbox_id FROM usage_intervals WHERE closed_at IS NULL')).rows;
@@ -343,9 +537,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         if (byId.get(id) && list.at(-1)!.to_state !== byId.get(id)!.state) v(`${id}: row is ${byId.get(id)!.state}, last event says ${list.at(-1)!.to_state}`);
       }
 
-      // Billing against the node's own journal: time the container ran on the node while the
+      // Billing against the nodes' own journals: time the container ran on a node while the
       // sandbox was the customer's (from its creation until it ended), against the usage ledger.
-      const journal = await new NodeJournal(path.join(agent.dataDir, 'journal.jsonl')).read();
+      const journal: Array<JournalEntry & { nodeId: string }> = [];
+      for (const a of agents) {
+        for (const j of await new NodeJournal(path.join(a.dataDir, 'journal.jsonl')).read()) journal.push({ ...j, nodeId: a.nodeId });
+      }
+      journal.sort((x, y) => Date.parse(x.at) - Date.parse(y.at));
       const intervals = (await db.query<{ sandbox_id: string; opened_at: Date; closed_at: Date | null }>(
         'SELECT sandbox_id, opened_at, closed_at FROM usage_intervals')).rows;
       for (const [id, list] of perSandbox) {
@@ -353,28 +551,56 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         const endEvent = list.find((e) => e.to_state === 'killed' || e.to_state === 'failed');
         // A create that never became the customer's (it failed) is not billed, whatever ran.
         const until = !list.some((e) => e.to_state === 'running') ? from : endEvent ? endEvent.at.getTime() : frozenAt;
+        const mine = journal.filter((x) => x.sandboxId === id);
         let observed = 0;
-        let startedAt: number | null = null;
-        for (const j of journal.filter((x) => x.sandboxId === id)) {
-          const t = Date.parse(j.at);
-          if (j.event === 'start') startedAt ??= t;
-          else if (startedAt !== null) {
-            observed += Math.max(0, Math.min(t, until) - Math.max(startedAt, from));
-            startedAt = null;
+        // Runs per node: [start, stop) as each node saw them.
+        const runs: Array<{ nodeId: string; start: number; end: number; cause: string; endCause: string }> = [];
+        for (const a of agents) {
+          let startedAt: { t: number; cause: string } | null = null;
+          for (const j of mine.filter((x) => x.nodeId === a.nodeId)) {
+            const t = Date.parse(j.at);
+            if (j.event === 'start') startedAt ??= { t, cause: j.cause };
+            else if (startedAt !== null) {
+              observed += Math.max(0, Math.min(t, until) - Math.max(startedAt.t, from));
+              runs.push({ nodeId: a.nodeId, start: startedAt.t, end: t, cause: startedAt.cause, endCause: j.cause });
+              startedAt = null;
+            }
+          }
+          if (startedAt !== null) {
+            observed += Math.max(0, until - Math.max(startedAt.t, from));
+            runs.push({ nodeId: a.nodeId, start: startedAt.t, end: Number.POSITIVE_INFINITY, cause: startedAt.cause, endCause: '' });
           }
         }
-        if (startedAt !== null) observed += Math.max(0, until - Math.max(startedAt, from));
         const billed = intervals.filter((i) => i.sandbox_id === id)
           .reduce((sum, i) => sum + ((i.closed_at?.getTime() ?? frozenAt) - i.opened_at.getTime()), 0);
         const diff = Math.abs(billed - observed) / 1000;
         result.maxBillingDiffS = Math.max(result.maxBillingDiffS, diff);
+        const t0 = from;
+        const rel = (t: number) => ((t - t0) / 1000).toFixed(2);
+        const story = () => 'events ' + list.map((e) => `${rel(e.at.getTime())} ${e.to_state}(${e.reason})`).join(', ') + '; nodes ' +
+          mine.map((j) => `${rel(Date.parse(j.at))} ${fleet ? `${j.nodeId}:` : ''}${j.event}(${j.cause})`).join(', ');
         if (diff > BILLING_TOLERANCE_S) {
-          const t0 = from;
-          const rel = (t: number) => ((t - t0) / 1000).toFixed(2);
-          v(`${id}: billed ${(billed / 1000).toFixed(2)} s, ran ${(observed / 1000).toFixed(2)} s on the node; events ` +
-            list.map((e) => `${rel(e.at.getTime())} ${e.to_state}(${e.reason})`).join(', ') + '; node ' +
-            journal.filter((x) => x.sandboxId === id).map((j) => `${rel(Date.parse(j.at))} ${j.event}(${j.cause})`).join(', '));
+          v(`${id}: billed ${(billed / 1000).toFixed(2)} s, ran ${(observed / 1000).toFixed(2)} s on the nodes; ${story()}`);
         }
+        if (!fleet) continue;
+        // Never on two nodes at once (to within the billing tolerance), and from one node to
+        // another only by a pause there and a resume here.
+        runs.sort((x, y) => x.start - y.start);
+        for (let i = 1; i < runs.length; i++) {
+          const [prev, next] = [runs[i - 1]!, runs[i]!];
+          if (prev.nodeId === next.nodeId) continue;
+          if (next.start < prev.end - BILLING_TOLERANCE_S * 1000) v(`${id} ran on ${prev.nodeId} and ${next.nodeId} at once; ${story()}`);
+          else if (next.cause === 'resume' && prev.endCause !== 'pause') v(`${id} resumed on ${next.nodeId} after it ${prev.endCause} on ${prev.nodeId}, not a pause; ${story()}`);
+        }
+        const moved = runs.some((r, i) => i > 0 && r.cause === 'resume' && r.nodeId !== runs[i - 1]!.nodeId);
+        if (moved) result.fleet!.moved++;
+        // A drain's events: pausing and paused, then resuming and running elsewhere (or killed at its deadline).
+        const drainSteps: Record<string, SandboxState[]> = { pausing: ['running'], paused: ['pausing'], resuming: ['paused'], running: ['resuming'], killing: ['running'], killed: ['running', 'killing'] };
+        const byDrain = list.filter((e) => e.reason === 'drain');
+        for (const e of byDrain) {
+          if (!drainSteps[e.to_state]?.includes(e.from_state!)) v(`${id}: a drain's event ${e.from_state} -> ${e.to_state} is not a step of a drain; ${story()}`);
+        }
+        if (moved && byDrain.some((e) => e.to_state === 'resuming')) result.fleet!.movedByDrain++;
       }
     } finally {
       await db.end();
@@ -382,7 +608,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     o.log(`checked ${result.sandboxes} sandboxes; resuming the paused ones`);
     // Every paused sandbox resumes (faults off), and everything can be cleaned up.
-    await cp.start();
+    await Promise.all(cps.map((c) => c.start()));
+    if (fleet) await waitForReadyNodes('before resuming the paused sandboxes');
     const paused = (await api('GET', '/v2/sandboxes?state=paused&limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of paused) {
       const r = await api('POST', `/sandboxes/${s.sandboxID}/connect`, { timeout: 60 });
@@ -390,38 +617,48 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     }
     const all = (await api('GET', '/v2/sandboxes?limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of all) await api('DELETE', `/sandboxes/${s.sandboxID}`);
-    const left = await agent.json<{ sandboxes: unknown[]; snapshots: unknown[] }>('GET', '/v1/sandboxes');
-    if (left.sandboxes.length || left.snapshots.length) {
-      result.violations.push(`after killing everything the node still holds ${left.sandboxes.length} containers, ${left.snapshots.length} snapshots`);
+    for (const a of agents) {
+      const left = await a.json<{ sandboxes: unknown[]; snapshots: unknown[] }>('GET', '/v1/sandboxes');
+      if (left.sandboxes.length || left.snapshots.length) {
+        result.violations.push(`after killing everything node ${a.nodeId} still holds ${left.sandboxes.length} containers, ${left.snapshots.length} snapshots`);
+      }
     }
   } finally {
-    cpLog += cp.stderr;
-    agentLog += agent.stderr;
+    for (const c of cps) cpLog += c.stderr;
+    for (const a of agents) keepAgentLog(a);
+    const agentLog = [...agentLogs.values()].join('');
     result.faults.checkpoint = count(agentLog, 'injected fault: checkpoint');
     result.faults.restore = count(agentLog, 'injected fault: restore');
     result.faults.nodeTimeout = count(cpLog, 'injected fault: node_timeout');
-    result.restartRetries = cp.failedStarts.length;
-    result.violations.push(...cp.unexpectedExits);
-    for (const f of cp.failedStarts) o.log(`a control-plane start failed and was retried: ${f.split('\n').find((l) => /rror/.test(l)) ?? f.slice(0, 200)}`);
+    result.restartRetries = cps.reduce((n, c) => n + c.failedStarts.length, 0);
+    for (const c of cps) {
+      result.violations.push(...c.unexpectedExits);
+      for (const f of c.failedStarts) o.log(`a control-plane start failed and was retried: ${f.split('\n').find((l) => /rror/.test(l)) ?? f.slice(0, 200)}`);
+    }
     if (process.env.CHAOS_KEEP_LOGS) {
       const { writeFile } = await import('node:fs/promises');
-      await writeFile('/tmp/chaos-agent.log', agentLog);
+      for (const [a, log] of agentLogs) await writeFile(fleet ? `/tmp/chaos-agent-${a.nodeId}.log` : '/tmp/chaos-agent.log', log);
       await writeFile('/tmp/chaos-cp.log', cpLog);
     }
-    await cp.kill('SIGTERM').catch(() => undefined);
-    await cp.kill('SIGKILL').catch(() => undefined);
-    if (agent.proc && agent.proc.exitCode === null) {
-      // Whatever is left is removed by the runtime itself before the agent stops.
-      await agent.json<{ sandboxes: Array<{ sandboxId: string }> }>('GET', '/v1/sandboxes')
-        .then(async (inv) => {
-          for (const s of inv.sandboxes) await agent.api('DELETE', `/v1/sandboxes/${s.sandboxId}?deleteSnapshot=true`);
-        }).catch(() => undefined);
-      agent.signal('SIGKILL');
-      await agent.exited;
+    for (const c of cps) {
+      await c.kill('SIGTERM').catch(() => undefined);
+      await c.kill('SIGKILL').catch(() => undefined);
     }
-    await rm(agent.base, { recursive: true, force: true }).catch((e) => {
-      result.violations.push(`the node's directory could not be removed after the run: ${(e as Error).message}`);
-    });
+    for (const agent of agents) {
+      if (agent.proc && agent.proc.exitCode === null) {
+        // Whatever is left is removed by the runtime itself before the agent stops.
+        await agent.json<{ sandboxes: Array<{ sandboxId: string }> }>('GET', '/v1/sandboxes')
+          .then(async (inv) => {
+            for (const s of inv.sandboxes) await agent.api('DELETE', `/v1/sandboxes/${s.sandboxId}?deleteSnapshot=true`);
+          }).catch(() => undefined);
+        agent.signal('SIGKILL');
+        await agent.exited;
+      }
+      await rm(agent.base, { recursive: true, force: true }).catch((e) => {
+        result.violations.push(`the node's directory could not be removed after the run: ${(e as Error).message}`);
+      });
+    }
+    if (fleet) await rm(sharedSnapshots, { recursive: true, force: true }).catch(() => undefined);
     await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
     await admin.end();
   }
@@ -433,6 +670,10 @@ export function formatResult(r: ChaosResult): string {
     ...(r.restartRetries ? [`control-plane starts that failed and were retried: ${r.restartRetries}`] : []),
     `operations answered: ${r.operations} (${Object.entries(r.answers).sort().map(([k, n]) => `${k}: ${n}`).join(', ')})`,
     `crashes: ${r.crashes.controlPlane + r.crashes.agent} (control plane ${r.crashes.controlPlane}, agent ${r.crashes.agent})`,
+    ...(r.fleet ? [
+      `fleet: ${r.fleet.replicas} replicas, ${r.fleet.nodes} nodes; operator drains ${r.fleet.drains}, agents stopped with SIGTERM ${r.fleet.gracefulStops}; ` +
+        `sandboxes moved between nodes ${r.fleet.moved} (by a drain ${r.fleet.movedByDrain})`,
+    ] : []),
     `faults: checkpoint ${r.faults.checkpoint}, restore ${r.faults.restore}, node call timeouts ${r.faults.nodeTimeout}, database connection drops ${r.faults.dbDrops}`,
     `sandboxes: ${r.sandboxes}; converged for ${r.convergeMs} ms (two reconcile periods); largest billing difference ${r.maxBillingDiffS.toFixed(3)} s`,
     `violations: ${r.violations.length}`,
@@ -447,9 +688,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     return i > 0 ? Number(process.argv[i + 1]) : def;
   };
   const started = Date.now();
+  const fleet = process.argv.includes('--fleet') ? { agents: arg('agents', 3), replicas: arg('replicas', 2) } : undefined;
   const r = await runChaos({
     ops: arg('ops', 1000), crashes: arg('crashes', 24), clients: arg('clients', 8),
-    checkpointFault: 0.1, restoreFault: 0.1, nodeTimeoutFault: 0.05, dbDrops: arg('db-drops', 10), maxLive: 12,
+    checkpointFault: 0.1, restoreFault: 0.1, nodeTimeoutFault: 0.05, dbDrops: arg('db-drops', 10), maxLive: arg('max-live', 12), fleet,
     log: (m) => process.stderr.write(`[chaos] ${m}\n`),
   });
   process.stdout.write(formatResult(r) + `\nduration: ${((Date.now() - started) / 1000).toFixed(0)} s\n`);

@@ -1,8 +1,10 @@
 // A control-plane replica as its own OS process, for tests that race several of them on one
 // Postgres (replicas) or kill it with SIGKILL and start it again on the same port (chaos).
 // Prints {"url": ...} on stdout once it serves; SIGTERM stops it gracefully.
-//   DATABASE_URL, NODE_URL, NODE_TOKEN; optional NODE_ID, PORT (default: any), NESTBOX_API_KEY,
-//   CHAOS_TIMINGS (JSON of LoopTimings), CHAOS_NODE_TIMEOUTS (probability of injected timeouts).
+//   DATABASE_URL; NODE_URL and NODE_TOKEN (a node configured at start; without them, nodes join
+//   it with a join token, like `nestbox server`); optional NODE_ID, PORT (default: any),
+//   NESTBOX_API_KEY, NESTBOX_ADMIN_KEY, CHAOS_TIMINGS (JSON of LoopTimings), CHAOS_NODE_TIMEOUTS
+//   (probability of injected timeouts).
 import { ControlPlane, type LoopTimings } from '../../src/control-plane/control-plane.ts';
 
 const cp = new ControlPlane({
@@ -11,8 +13,11 @@ const cp = new ControlPlane({
   port: Number(process.env.PORT ?? 0),
   proxyPort: null,
   bootstrapApiKey: process.env.NESTBOX_API_KEY,
+  bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
   adminKeyFile: null, // no control directory here
-  nodes: [{ id: process.env.NODE_ID ?? 'fake-http-node', url: process.env.NODE_URL!, token: process.env.NODE_TOKEN! }],
+  nodes: process.env.NODE_URL
+    ? [{ id: process.env.NODE_ID ?? 'fake-http-node', url: process.env.NODE_URL, token: process.env.NODE_TOKEN! }]
+    : [],
   timings: JSON.parse(process.env.CHAOS_TIMINGS ?? '{}') as Partial<LoopTimings>,
   injectNodeTimeouts: Number(process.env.CHAOS_NODE_TIMEOUTS ?? 0),
 });
