@@ -16,3 +16,20 @@ test('chaos (short): crashes and faults under concurrent clients leave no invari
   assert.ok(r.sandboxes > 10, 'the run did real work');
   assert.deepEqual(r.violations, []);
 });
+
+test('chaos (short, fleet): replicas and agents killed, nodes drained, under concurrent clients leave no invariant broken', async (t) => {
+  const r = await runChaos({
+    ops: Number(process.env.CHAOS_FLEET_OPS ?? 100), crashes: 4, clients: 6,
+    checkpointFault: 0.1, restoreFault: 0.1, nodeTimeoutFault: 0.05, dbDrops: 2, maxLive: 8,
+    fleet: { agents: 3, replicas: 2 },
+    log: (m) => t.diagnostic(m),
+  });
+  t.diagnostic(formatResult(r));
+  // Four events, one of each kind: a replica and an agent killed, a drain, an agent's own drain.
+  assert.equal(r.crashes.controlPlane, 1);
+  assert.equal(r.crashes.agent, 1);
+  assert.equal(r.fleet!.drains, 1);
+  assert.equal(r.fleet!.gracefulStops, 1);
+  assert.ok(r.sandboxes > 10, 'the run did real work');
+  assert.deepEqual(r.violations, []);
+});

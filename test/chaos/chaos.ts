@@ -284,6 +284,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const nextGap = () => (fleet ? Math.max(1, Math.round(crashEvery * (0.5 + Math.random()))) : crashEvery);
     let nextCrash = nextGap();
     let nextDrop = dropEvery;
+    let drops = 0;
     let crashing: Promise<void> | null = null;
     let events = 0;
     const round: Array<(typeof FLEET_EVENTS)[number]> = [];
@@ -429,17 +430,20 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       }
     };
 
+    // Fleet mode: exactly `crashes` events; the storm goes on past `ops` until they all began.
+    const eventsLeft = () => fleet !== null && events < o.crashes;
     await Promise.all(Array.from({ length: o.clients }, async () => {
-      while (result.operations < o.ops && attempts < o.ops * 20) {
+      while ((result.operations < o.ops || eventsLeft()) && attempts < o.ops * 20) {
         attempts++;
-        if (result.operations >= nextCrash && !crashing) {
+        if ((result.operations >= nextCrash || (fleet && result.operations >= o.ops)) && !crashing && (!fleet || eventsLeft())) {
           nextCrash += nextGap();
           crashing = crash()
             .catch((e) => void result.violations.push(`could not restart after a crash: ${(e as Error).message}`))
             .finally(() => (crashing = null));
         }
-        if (result.operations >= nextDrop) {
+        if (result.operations >= nextDrop && drops < o.dbDrops) {
           nextDrop += dropEvery;
+          drops++;
           void dropConnections();
         }
         await one();
