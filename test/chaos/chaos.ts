@@ -17,6 +17,7 @@
 //
 //   node --import tsx test/chaos/chaos.ts [--ops 1000] [--crashes 20] [--clients 8]
 //   node --import tsx test/chaos/chaos.ts --fleet [--agents 3] [--replicas 2] [--ops 600] [--crashes 16]
+//     [--events replica,agent,drain,sigterm]   (only these kinds of fleet events)
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -49,7 +50,7 @@ export interface ChaosOptions {
   /** At most this many sandboxes alive at once (the host has 2 cores). */
   maxLive: number;
   /** Fleet mode: this many joined agents and control-plane replicas (default: one of each, the node configured). */
-  fleet?: { agents: number; replicas: number };
+  fleet?: { agents: number; replicas: number; /** Only these kinds of events (default: all). */ events?: FleetEvent[] };
   log: (msg: string) => void;
 }
 
@@ -77,7 +78,8 @@ export const FLEET_TIMINGS: Partial<LoopTimings> = {
   drainWatchMs: 500,
 };
 
-const FLEET_EVENTS = ['replica', 'agent', 'drain', 'sigterm'] as const;
+export const FLEET_EVENTS = ['replica', 'agent', 'drain', 'sigterm'] as const;
+export type FleetEvent = (typeof FLEET_EVENTS)[number];
 
 /** Fleet mode: an agent stopped with SIGTERM has this long to drain (NESTBOX_DRAIN_TIMEOUT_S). */
 const FLEET_DRAIN_TIMEOUT_S = 30;
@@ -207,7 +209,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const keepAgentLog = (a: AgentProcess) => agentLogs.set(a, (agentLogs.get(a) ?? '') + a.stderr);
   let cpLog = '';
   const sharedSnapshots = path.join(TEST_ROOT, `chaos-snapshots-${randomBytes(4).toString('hex')}`);
-  const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings) };
+  const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings),
+    ...(process.env.CHAOS_KEEP_LOGS ? { CHAOS_LOG: '1' } : {}) };
 
   const call = async (base: string, k: string, method: string, p: string, body?: unknown): Promise<{ status: number; json: any }> => {
     const res = await fetch(base + p, {
@@ -287,7 +290,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     let drops = 0;
     let crashing: Promise<void> | null = null;
     let events = 0;
-    const round: Array<(typeof FLEET_EVENTS)[number]> = [];
+    const round: FleetEvent[] = [];
 
     const restartReplica = async (c: ControlPlaneProcess, extraEnv: Record<string, string>) => {
       await c.kill('SIGKILL');
@@ -350,7 +353,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         return;
       }
       // Every kind once per round, in a random order, on a random victim.
-      if (round.length === 0) round.push(...[...FLEET_EVENTS].sort(() => Math.random() - 0.5));
+      if (round.length === 0) round.push(...[...(fleet.events ?? FLEET_EVENTS)].sort(() => Math.random() - 0.5));
       const kind = round.pop()!;
       events++;
       const at = result.operations;
@@ -581,7 +584,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         result.maxBillingDiffS = Math.max(result.maxBillingDiffS, diff);
         const t0 = from;
         const rel = (t: number) => ((t - t0) / 1000).toFixed(2);
-        const story = () => 'events ' + list.map((e) => `${rel(e.at.getTime())} ${e.to_state}(${e.reason})`).join(', ') + '; nodes ' +
+        const story = () => `events (0 = ${new Date(t0).toISOString()}) ` + list.map((e) => `${rel(e.at.getTime())} ${e.to_state}(${e.reason})`).join(', ') + '; nodes ' +
           mine.map((j) => `${rel(Date.parse(j.at))} ${fleet ? `${j.nodeId}:` : ''}${j.event}(${j.cause})`).join(', ');
         if (diff > BILLING_TOLERANCE_S) {
           v(`${id}: billed ${(billed / 1000).toFixed(2)} s, ran ${(observed / 1000).toFixed(2)} s on the nodes; ${story()}`);
@@ -692,7 +695,11 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     return i > 0 ? Number(process.argv[i + 1]) : def;
   };
   const started = Date.now();
-  const fleet = process.argv.includes('--fleet') ? { agents: arg('agents', 3), replicas: arg('replicas', 2) } : undefined;
+  const only = process.argv.includes('--events') ? process.argv[process.argv.indexOf('--events') + 1]!.split(',') : null;
+  for (const e of only ?? []) if (!(FLEET_EVENTS as readonly string[]).includes(e)) throw new Error(`--events: ${e} is not one of ${FLEET_EVENTS.join(', ')}`);
+  const fleet = process.argv.includes('--fleet')
+    ? { agents: arg('agents', 3), replicas: arg('replicas', 2), ...(only ? { events: only as FleetEvent[] } : {}) }
+    : undefined;
   const r = await runChaos({
     ops: arg('ops', 1000), crashes: arg('crashes', 24), clients: arg('clients', 8),
     checkpointFault: 0.1, restoreFault: 0.1, nodeTimeoutFault: 0.05, dbDrops: arg('db-drops', 10), maxLive: arg('max-live', 12), fleet,

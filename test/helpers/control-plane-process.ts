@@ -4,7 +4,7 @@
 //   DATABASE_URL; NODE_URL and NODE_TOKEN (a node configured at start; without them, nodes join
 //   it with a join token, like `nestbox server`); optional NODE_ID, PORT (default: any),
 //   NESTBOX_API_KEY, NESTBOX_ADMIN_KEY, CHAOS_TIMINGS (JSON of LoopTimings), CHAOS_NODE_TIMEOUTS
-//   (probability of injected timeouts).
+//   (probability of injected timeouts), CHAOS_LOG=1 (warnings on stderr).
 import { ControlPlane, type LoopTimings } from '../../src/control-plane/control-plane.ts';
 
 const cp = new ControlPlane({
@@ -20,6 +20,8 @@ const cp = new ControlPlane({
     : [],
   timings: JSON.parse(process.env.CHAOS_TIMINGS ?? '{}') as Partial<LoopTimings>,
   injectNodeTimeouts: Number(process.env.CHAOS_NODE_TIMEOUTS ?? 0),
+  // CHAOS_LOG=1: warnings and errors (reconcile actions, failed drains) as JSON lines on stderr.
+  logger: process.env.CHAOS_LOG === '1' ? { level: 'warn', stream: process.stderr } : false,
 });
 const started = await cp.start();
 process.stdout.write(JSON.stringify({ url: started.url }) + '\n');
