@@ -20,6 +20,7 @@ import { StartGate } from '../src/agent/start-gate.ts';
 import type { SandboxRuntime } from '../src/runtime/sandbox-runtime.ts';
 import { newSandboxId } from '../src/core/ids.ts';
 import { upsertNode } from '../src/store/nodes.ts';
+import { getSandbox } from '../src/store/sandboxes.ts';
 import { FakeNode } from './helpers/fake-node.ts';
 
 const AGENT_TOKEN = 'node-token-' + 'x'.repeat(20);
@@ -298,6 +299,19 @@ describe('sandbox proxy', () => {
     const now = await cp.lifecycle.get(teamId, sb.sandboxId);
     assert.equal(now.state, 'running');
     assert.ok(now.endAt!.getTime() - Date.now() > 100_000, 'resumed with the stored timeout');
+  });
+
+  test('a sandbox a drain is moving: requests wait for the move and are served (no autoResume needed)', async () => {
+    const sb = await create();
+    await cp.lifecycle.pauseFrom((await getSandbox(cp.db, sb.sandboxId))!, 'drain', { memory: true });
+    const pending = request(`${proxyUrl}/during-move`, { headers: envd(sb.sandboxId) });
+    await new Promise((r) => setTimeout(r, 300));
+    await cp.lifecycle.resumeFrom((await getSandbox(cp.db, sb.sandboxId))!, 'drain', 0);
+    const r = await pending;
+    assert.equal(r.status, 200, r.body);
+    // A sandbox its user paused is still not found without autoResume.
+    await cp.lifecycle.pause(teamId, sb.sandboxId, { memory: true });
+    assert.equal((await request(`${proxyUrl}/after-user-pause`, { headers: envd(sb.sandboxId) })).status, 502);
   });
 
   test('access token: required on secure sandboxes, never another sandbox’s', async () => {

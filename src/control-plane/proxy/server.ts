@@ -47,6 +47,12 @@ class ProxyError extends Error {
 const NOT_FOUND = 'The sandbox was not found';
 const notFound = (id: string) => new ProxyError(502, NOT_FOUND, id);
 const RESUMABLE: SandboxState[] = ['paused', 'pausing', 'resuming'];
+/**
+ * A drain moves a running sandbox to another node (pausing, paused, resuming, all reason
+ * `drain`): a request meanwhile waits for the move, up to this long, and goes to the new node.
+ */
+const DRAIN_MOVE_WAIT_MS = 60_000;
+const DRAIN_MOVE_POLL_MS = 100;
 /** How long a node's address and token are cached. */
 const NODE_CACHE_MS = 5_000;
 const JSON_HEADERS = { 'content-type': 'application/json', 'access-control-allow-origin': '*', 'cache-control': 'no-store' };
@@ -117,7 +123,12 @@ export class SandboxProxy {
   }
 
   private async resolve(sandboxId: string): Promise<Resolved> {
-    const row = await getSandbox(this.opts.db, sandboxId);
+    let row = await getSandbox(this.opts.db, sandboxId);
+    // Its user should see a short pause, not a stop (nor a 404 for a sandbox without auto-resume).
+    for (const until = Date.now() + DRAIN_MOVE_WAIT_MS; row && row.lastReason === 'drain' && RESUMABLE.includes(row.state) && Date.now() < until;) {
+      await new Promise((r) => setTimeout(r, DRAIN_MOVE_POLL_MS));
+      row = await getSandbox(this.opts.db, sandboxId);
+    }
     if (!row) throw notFound(sandboxId);
     let nodeId = row.nodeId;
     if (row.state !== 'running') {
