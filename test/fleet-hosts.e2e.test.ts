@@ -240,6 +240,23 @@ async function clientLoop(worker: number, made: string[]) {
   }
 }
 
+/**
+ * A client that keeps using one running sandbox (a command through each replica in turn) while
+ * the drains move it: it must see short pauses, never an error.
+ */
+async function busyLoop(id: string, worker: number) {
+  for (let k = 0; !workload.stop; k++) {
+    try {
+      const sbx = await call('connect (busy)', () => Sandbox.connect(id, sdkOpts(k)));
+      const out = await call('command (busy)', () => sbx.commands.run(`echo ${k}`));
+      assert.equal(out.stdout, `${k}\n`);
+    } catch (e) {
+      if (!calls.failed.length) calls.failed.push(`busy client ${worker}: ${(e as Error).message}`);
+      return;
+    }
+  }
+}
+
 // --- the test --------------------------------------------------------------------------------
 
 test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their memory; a killed node loses its running sandboxes', { timeout: 600_000 }, async () => {
@@ -265,7 +282,9 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
 
   // Clients at work while each node in turn is drained, stopped, restarted and undrained.
   const made: string[] = [];
-  workload.running = [clientLoop(0, made), clientLoop(1, made)];
+  const busy: string[] = [];
+  for (let i = 0; i < 2; i++) busy.push((await call('create (busy)', () => Sandbox.create('base', { ...sdkOpts(i), timeoutMs: 600_000 }))).sandboxId);
+  workload.running = [clientLoop(0, made), clientLoop(1, made), ...busy.map((id, i) => busyLoop(id, i))];
   for (const [n, a] of agents.entries()) {
     await cli(n, 'nodes', 'drain', a.nodeId);
     await eventually(async () => ({
@@ -288,9 +307,13 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
   }
   workload.stop = true;
   await Promise.all(workload.running);
-  const moves = await db!.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM lifecycle_events WHERE reason = 'drain' AND to_state = 'running' AND sandbox_id = ANY($1::text[])`, [made]);
-  lap(`${made.length} workload sandboxes (${moves[0]!.n} of their resumes by a drain); ${calls.total} client calls, ${calls.retried} retried`);
+  const moves = async (ids: string[]) => (await db!.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM lifecycle_events WHERE reason = 'drain' AND to_state = 'pausing' AND sandbox_id = ANY($1::text[])`, [ids]))[0]!.n;
+  lap(`${made.length} workload sandboxes (${await moves(made)} moves), 2 busy ones (${await moves(busy)} moves); ${calls.total} client calls, ${calls.retried} retried`);
+  // Each node was drained in turn while they ran: each was moved at least once, under its
+  // client's feet (paused by the drain; resumed elsewhere by the drain or by its client's connect).
+  for (const id of busy) assert.ok(await moves([id]) >= 1, `${id} was moved by a drain`);
+  for (const id of busy) await call('kill (busy)', () => api(0, 'DELETE', `/sandboxes/${id}`));
   assert.deepEqual(calls.failed, [], `no client call failed (${calls.total} calls, ${calls.retried} retries)`);
   assert.ok(made.length >= 4, `the clients kept working during the drains (${made.length} sandboxes)`);
   // The paused counters resume on any node, memory and all.
