@@ -3,7 +3,8 @@
 // same run: time to the first command (sequential and 20 at once) beside raw `runc run -d` +
 // `nsenter true`; the code interpreter's first result from its warm template beside a cold
 // start of the same template; pause and resume through the object store beside the directory
-// store (same workload); OCI import throughput beside tar.
+// store (same workload); OCI import throughput beside tar; a drain of 10 sandboxes beside raw
+// criu dump + restore.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
@@ -11,7 +12,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sandbox } from 'e2b';
 import { Sandbox as CodeInterpreter } from '@e2b/code-interpreter';
+import { ControlPlane } from '../src/control-plane/control-plane.ts';
 import { run } from '../src/runtime/command.ts';
+import { handOverImages } from '../src/runtime/criu-images.ts';
+import { setCordoned } from '../src/store/nodes.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { Runc } from '../src/runtime/runc.ts';
 import { templateRootfs } from '../src/runtime/layout.ts';
@@ -27,6 +31,9 @@ const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 20);
 const N_CI = Number(process.env.BENCH_N_CI ?? 5);
 const N_STORE = Number(process.env.BENCH_N_STORE ?? 5);
 const N_IMPORT = Number(process.env.BENCH_N_IMPORT ?? 3);
+const N_DRAIN = Number(process.env.BENCH_N_DRAIN ?? 5);
+/** BENCH_ONLY=drain,import: only those parts (first-command, code-interpreter, stores, import, drain). */
+const ONLY = process.env.BENCH_ONLY ? process.env.BENCH_ONLY.split(',') : null;
 const opts = { requestTimeoutMs: 300_000 };
 
 async function rawFirstCommand(runc: Runc): Promise<number[]> {
@@ -189,15 +196,103 @@ async function importRows(rows: Row[]) {
   }
 }
 
+/**
+ * A drain: 10 running sandboxes (each a counting process) moved from one node to the other with
+ * their memory (pause there, resume here), timed per moved sandbox, beside raw `criu dump` +
+ * `criu restore` (runc checkpoint + restore) of the same workload in a raw container.
+ */
+async function drainRows(rows: Row[], runc: Runc) {
+  const cfg = runtimeConfigFromEnv();
+  const raw: number[] = [];
+  const id = 'rawdrain';
+  const c = await rawContainer(cfg, id, ['/usr/bin/python3', '-c', 'import time\ni=0\nwhile True:\n  i+=1\n  time.sleep(0.05)']);
+  try {
+    await runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log'));
+    for (let i = 0; i < N_DRAIN; i++) {
+      const images = path.join(c.dir, `images${i}`);
+      await mkdir(images, { mode: 0o700 });
+      const [ms] = await timed(async () => {
+        await runc.checkpoint(id, images, path.join(c.dir, 'criu'), path.join(c.dir, 'runc.log'));
+        await runc.destroy(id);
+        await handOverImages(images, cfg.uidShift);
+        await runc.restore(id, c.dir, images, path.join(c.dir, 'criu'), path.join(c.dir, 'runc.log'));
+      });
+      raw.push(ms);
+      await rm(images, { recursive: true, force: true });
+    }
+  } finally {
+    await c.cleanup(runc);
+  }
+
+  const shared = path.join(TEST_ROOT, `drain-bench-${randomBytes(3).toString('hex')}`);
+  const [a, b] = [await startTestAgent({ snapshotDir: shared }), await startTestAgent({ snapshotDir: shared })];
+  const dir = path.join(TEST_ROOT, `drain-bench-cp-${randomBytes(3).toString('hex')}`);
+  const apiKey = 'e2b_' + randomBytes(20).toString('hex');
+  const cp = new ControlPlane({
+    dataDir: dir, port: 0, proxyPort: null, bootstrapApiKey: apiKey, adminKeyFile: null,
+    nodes: [{ id: 'a', url: a.url, token: a.agent.nodeToken }, { id: 'b', url: b.url, token: b.agent.nodeToken }],
+    timings: { drainWatchMs: 100 },
+  });
+  const started = await cp.start();
+  const api = async (method: string, p: string, body?: unknown) => {
+    const res = await fetch(started.url + p, {
+      method, headers: { 'x-api-key': apiKey, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : undefined;
+  };
+  try {
+    // Everything starts on node a (b is drained meanwhile).
+    await setCordoned(cp.db, 'b', true);
+    const ids: string[] = [];
+    while (ids.length < 10) {
+      const s = await api('POST', '/v2/sandboxes', { templateID: 'base', timeout: 600 });
+      // Until the drainer has seen b drained, a start may still land there: not one of ours.
+      if ((await api('GET', `/sandboxes/${s.sandboxID}`)).nodeId !== 'a') {
+        await api('DELETE', `/sandboxes/${s.sandboxID}`);
+        continue;
+      }
+      await exec(a, s.sandboxID, COUNTER);
+      ids.push(s.sandboxID);
+    }
+    await setCordoned(cp.db, 'b', false);
+    const [total] = await timed(async () => {
+      await setCordoned(cp.db, 'a', true);
+      await waitFor(async () => {
+        const rows = await Promise.all(ids.map((id) => api('GET', `/sandboxes/${id}`)));
+        return rows.every((r) => r.state === 'running' && r.nodeId === 'b');
+      }, 300_000, async () => JSON.stringify(await Promise.all(ids.map((id) => api('GET', `/sandboxes/${id}`).then((r) => [r.state, r.nodeId], (e) => String(e))))));
+    });
+    rows.push(row('drain: 10 running sandboxes moved, per sandbox', [total / ids.length], raw, 'criu dump + restore, same workload'));
+    for (const id of ids) await api('DELETE', `/sandboxes/${id}`);
+  } finally {
+    await cp.stop();
+    await a.stop();
+    await b.stop();
+    await rm(dir, { recursive: true, force: true });
+    await rm(shared, { recursive: true, force: true });
+  }
+}
+
+async function waitFor(ok: () => Promise<boolean>, deadlineMs = 300_000, what = () => Promise.resolve('')) {
+  const end = Date.now() + deadlineMs;
+  while (!(await ok().catch(() => false))) {
+    if (Date.now() > end) throw new Error(`the condition did not hold in time ${await what()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 async function main() {
   const rows: Row[] = [];
   const runc = new Runc(path.join(TEST_ROOT, 'raw-runc-sdk'), runtimeConfigFromEnv().criuBinDir);
   await cleanStaleRaw(runc);
-  const raw = await rawFirstCommand(runc);
-  await firstCommandRows(rows, raw);
-  await codeInterpreterRows(rows);
-  await storeRows(rows);
-  await importRows(rows);
+  const want = (name: string) => ONLY === null || ONLY.includes(name);
+  if (want('first-command')) await firstCommandRows(rows, await rawFirstCommand(runc));
+  if (want('code-interpreter')) await codeInterpreterRows(rows);
+  if (want('stores')) await storeRows(rows);
+  if (want('import')) await importRows(rows);
+  if (want('drain')) await drainRows(rows, runc);
   printTable(rows);
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results-sdk.json');
   await writeFile(out, JSON.stringify(rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), null, 2));

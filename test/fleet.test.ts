@@ -245,6 +245,38 @@ forEachDatabase('fleet', (t) => {
     f.pool.setDraining(f.b.nodeId, true);
     assert.equal((await f.svc.create(f.params)).nodeId, f.a.nodeId);
   });
+
+  test('sandboxes a drain paused while no other node could take them are moved on a later tick, once one can', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    f.pool.setDraining(f.b.nodeId, true);
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await f.svc.create(f.params)).sandboxId);
+    // b is unhealthy (silent) when a is drained: the drain pauses a's sandboxes, and they wait.
+    f.pool.setDraining(f.b.nodeId, false);
+    await db.query("UPDATE nodes SET last_seen_at = now() - interval '1 minute' WHERE id = $1", [f.b.nodeId]);
+    await setCordoned(db, f.a.nodeId, true);
+    await f.registry.tick();
+    const first = await f.drainer.tick();
+    assert.deepEqual([first.moved, first.failed], [[], []]);
+    for (const id of ids) assert.equal((await getSandbox(db, id))!.state, 'paused');
+    // b is back: the next tick moves them, with the drain's events.
+    await db.query('UPDATE nodes SET last_seen_at = now() WHERE id = $1', [f.b.nodeId]);
+    await f.registry.tick();
+    const second = await f.drainer.tick();
+    assert.deepEqual([...second.moved].sort(), [...ids].sort());
+    for (const id of ids) {
+      const row = (await getSandbox(db, id))!;
+      assert.deepEqual([row.state, row.nodeId], ['running', f.b.nodeId]);
+      const events = await db.query<{ to_state: string; reason: string }>('SELECT to_state, reason FROM lifecycle_events WHERE sandbox_id = $1 ORDER BY seq', [id]);
+      assert.deepEqual(events.map((e) => `${e.to_state}:${e.reason}`).slice(-4), ['pausing:drain', 'paused:drain', 'resuming:drain', 'running:resumed']);
+    }
+    // A sandbox its user paused is not the drain's to resume.
+    const mine = (await f.svc.create(f.params)).sandboxId;
+    await f.svc.pause(f.params.teamId, mine, { memory: true });
+    await f.drainer.tick();
+    assert.equal((await getSandbox(db, mine))!.state, 'paused');
+  });
 });
 
 test('nestbox server: node timings from the environment, checked', () => {

@@ -280,6 +280,13 @@ export async function listRunningOnNode(db: Sql, nodeId: string): Promise<string
   return rows.map((r) => r.id);
 }
 
+/** Sandboxes a drain paused (still paused): each waits to be resumed on another node. Oldest first. */
+export async function listPausedByDrain(db: Sql, limit: number): Promise<Array<{ sandboxId: string; nodeId: string | null }>> {
+  const rows = await db.query<{ id: string; node_id: string | null }>(
+    "SELECT id, node_id FROM sandboxes WHERE state = 'paused' AND last_reason = 'drain' ORDER BY state_changed_at LIMIT $1", [limit]);
+  return rows.map((r) => ({ sandboxId: r.id, nodeId: r.node_id }));
+}
+
 /** What the reconciler compares with the nodes: a sandbox's state, where and since when. */
 export interface SandboxPlacement {
   sandboxId: string;

@@ -1,6 +1,6 @@
 import type { Database } from '../../store/database.ts';
 import { getNode, setNodeState } from '../../store/nodes.ts';
-import { getSandbox, listRunningOnNode } from '../../store/sandboxes.ts';
+import { getSandbox, listRunningOnNode, listPausedByDrain } from '../../store/sandboxes.ts';
 import { StaleWrite, type SandboxTransitions } from '../transitions.ts';
 import type { NodeStatus } from '../../node-api/wire.ts';
 import type { NodePool } from '../scheduler.ts';
@@ -74,19 +74,35 @@ export class NodeDrainer {
         }
       });
     }
+    // Paused by a drain when no other node could take them (or their resume failed): moved now
+    // if a node can, on this tick or a later one, whatever became of the drained node.
+    for (const w of await listPausedByDrain(this.db, WAITING_BATCH)) {
+      try {
+        await this.moveAway(w.sandboxId, w.nodeId ?? '', report);
+      } catch (e) {
+        if (e instanceof StaleWrite) continue;
+        report.failed.push({ sandboxId: w.sandboxId, error: (e as Error).message });
+      }
+    }
     return report;
   }
 
-  /** Resumes a sandbox the drain just paused on another node, if any can take it now. */
+  /** Resumes a sandbox the drain paused on another node, if any can take it now. */
   private async moveAway(id: string, from: string, report: DrainTickReport) {
     const paused = await getSandbox(this.db, id);
     if (paused?.state !== 'paused') return;
     const want = { template: paused.templateId, cpuCount: paused.cpuCount, memoryMB: paused.memoryMB };
-    if (this.nodes.eligible(want, new Set([from])).length === 0) return; // it waits, paused, for a node
+    // Anywhere but a node still draining (the drained node itself, once undrained or back, will do).
+    if (this.nodes.eligible(want, new Set([from])).length === 0 && (this.nodes.isDraining(from) || this.nodes.eligible(want).length === 0)) {
+      return; // it waits, paused, for a node
+    }
     await this.lifecycle.resumeFrom(paused, 'drain', 0);
     report.moved.push(id);
   }
 }
+
+/** How many drain-paused sandboxes one tick tries to move. */
+const WAITING_BATCH = 32;
 
 async function pool<T>(items: T[], n: number, fn: (item: T) => Promise<void>) {
   let next = 0;
