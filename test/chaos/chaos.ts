@@ -208,6 +208,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const agentLogs = new Map<AgentProcess, string>();
   const keepAgentLog = (a: AgentProcess) => agentLogs.set(a, (agentLogs.get(a) ?? '') + a.stderr);
   let cpLog = '';
+  // With CHAOS_KEEP_LOGS: every process's stderr, and the harness's own events, by time.
+  const timeline: string[] = [];
+  const mark = (who: string, text: string) => {
+    if (!process.env.CHAOS_KEEP_LOGS) return;
+    for (const line of text.split('\n')) if (line.trim()) timeline.push(`${new Date().toISOString()} ${who} ${line}`);
+  };
+  const startAgent = async (a: AgentProcess) => {
+    await a.start();
+    mark(a.nodeId, a.stderr); // what it said before serving (recovery)
+    mark('harness', `agent ${a.nodeId} serving`);
+    a.proc?.stderr?.on('data', (d) => mark(a.nodeId, d.toString()));
+  };
   const sharedSnapshots = path.join(TEST_ROOT, `chaos-snapshots-${randomBytes(4).toString('hex')}`);
   const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings),
     ...(process.env.CHAOS_KEEP_LOGS ? { CHAOS_LOG: '1' } : {}) };
@@ -232,8 +244,16 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const anyReplica = () => cps[Math.floor(Math.random() * cps.length)]!;
   const api = (method: string, p: string, body?: unknown) => call(`http://127.0.0.1:${anyReplica().port}`, key, method, p, body);
   const adminApi = (method: string, p: string, body?: unknown) => call(`http://127.0.0.1:${anyReplica().port}`, adminKey, method, p, body);
+  /** An operator's call, retried the way an operator would on 503 (a dropped database connection) or no answer. */
+  const adminCall = async (method: string, p: string, body?: unknown) => {
+    for (let attempt = 1; ; attempt++) {
+      const r = await adminApi(method, p, body).catch(() => ({ status: 0, json: null }));
+      if ((r.status !== 503 && r.status !== 0) || attempt >= 20) return r;
+      await sleep(250);
+    }
+  };
   const nodesList = async () => {
-    const r = await adminApi('GET', '/nestbox/v1/nodes');
+    const r = await adminCall('GET', '/nestbox/v1/nodes');
     if (r.status !== 200) throw new Error(`GET /nestbox/v1/nodes: ${r.status} ${JSON.stringify(r.json)}`);
     return r.json as Array<{ id: string; state: string; cordoned: boolean }>;
   };
@@ -252,7 +272,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     if (!fleet) {
       const agent = new AgentProcess({ env: agentEnv(true) });
       agents.push(agent);
-      await agent.start();
+      await startAgent(agent);
       cps.push(new ControlPlaneProcess({ ...cpEnv, NODE_ID: agent.nodeId, NODE_URL: agent.url, NODE_TOKEN: agent.token }, await freePort()));
       await cps[0]!.start(faultyCpEnv);
     } else {
@@ -260,7 +280,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       for (let i = 0; i < fleet.replicas; i++) cps.push(new ControlPlaneProcess(cpEnv, await freePort()));
       await cps[0]!.start(faultyCpEnv);
       await Promise.all(cps.slice(1).map((c) => c.start(faultyCpEnv)));
-      const made = await adminApi('POST', '/nestbox/v1/nodes/join-tokens', {});
+      const made = await adminCall('POST', '/nestbox/v1/nodes/join-tokens', {});
       if (made.status !== 201) throw new Error(`join token: ${made.status} ${JSON.stringify(made.json)}`);
       for (let i = 0; i < fleet.agents; i++) {
         const joinUrl = `http://127.0.0.1:${cps[i % cps.length]!.port}`;
@@ -269,7 +289,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
           args: ['--join', joinUrl, '--join-token', made.json.token],
         });
         agents.push(a);
-        await a.start();
+        await startAgent(a);
         // Every later start proves the stored credential: no join token any more.
         a.args = ['--join', joinUrl];
       }
@@ -303,13 +323,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       await a.exited;
       keepAgentLog(a);
       await sleep(Math.random() * 500);
-      await a.start();
+      await startAgent(a);
     };
     const pickAgent = () => agents[Math.floor(Math.random() * agents.length)]!;
 
     /** The operator drains a node, waits until nothing runs on it (or a minute passes), undrains it. */
     const drainAndUndrain = async (a: AgentProcess) => {
-      const drained = await adminApi('POST', `/nestbox/v1/nodes/${a.nodeId}/drain`);
+      const drained = await adminCall('POST', `/nestbox/v1/nodes/${a.nodeId}/drain`);
       if (drained.status !== 204) throw new Error(`drain ${a.nodeId}: ${drained.status} ${JSON.stringify(drained.json)}`);
       const until = Date.now() + 60_000;
       let running: string[] = [];
@@ -321,7 +341,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       }
       if (running.length) result.violations.push(`node ${a.nodeId} drained for a minute still runs ${running.join(', ')}`);
       await sleep(Math.random() * 2_000); // drained a while: placements go elsewhere
-      const undrained = await adminApi('POST', `/nestbox/v1/nodes/${a.nodeId}/undrain`);
+      const undrained = await adminCall('POST', `/nestbox/v1/nodes/${a.nodeId}/undrain`);
       if (undrained.status !== 204) throw new Error(`undrain ${a.nodeId}: ${undrained.status} ${JSON.stringify(undrained.json)}`);
       result.fleet!.drains++;
     };
@@ -339,7 +359,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       }
       keepAgentLog(a);
       await sleep(Math.random() * 500);
-      await a.start();
+      await startAgent(a);
       result.fleet!.gracefulStops++;
     };
 
@@ -357,11 +377,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       const kind = round.pop()!;
       events++;
       const at = result.operations;
+      mark('harness', `event ${events}: ${kind} begins`);
       if (kind === 'replica') {
         const i = Math.floor(Math.random() * cps.length);
         await restartReplica(cps[i]!, faultyCpEnv);
         result.crashes.controlPlane++;
         o.log(`event ${events}: replica ${i} killed and restarted (op ${at})`);
+        mark('harness', `event ${events}: replica ${i} restarted`);
       } else if (kind === 'agent') {
         const a = pickAgent();
         await restartAgent(a);
@@ -473,7 +495,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     } else {
       // Replicas first: a restarted agent proves its credential to its replica before it serves.
       await Promise.all(cps.map((c) => c.start()));
-      await Promise.all(agents.map((a) => a.start()));
+      await Promise.all(agents.map((a) => startAgent(a)));
       for (const n of await nodesList()) if (n.cordoned) result.violations.push(`node ${n.id} is still drained after the storm`);
       await waitForReadyNodes('converging');
     }
@@ -646,6 +668,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       const { writeFile } = await import('node:fs/promises');
       for (const [a, log] of agentLogs) await writeFile(fleet ? `/tmp/chaos-agent-${a.nodeId}.log` : '/tmp/chaos-agent.log', log);
       await writeFile('/tmp/chaos-cp.log', cpLog);
+      await writeFile('/tmp/chaos-timeline.log', timeline.sort().join('\n') + '\n');
     }
     for (const c of cps) {
       await c.kill('SIGTERM').catch(() => undefined);
