@@ -45,6 +45,7 @@ const replicas: Array<{ proc: ChildProcess; apiUrl: string; sandboxUrl: string; 
 const agents: AgentProcess[] = [];
 /** The clients' loops: stopped at the end of the test, or by after() when it failed. */
 const workload = { stop: false, running: [] as Promise<void>[] };
+let passed = false;
 
 // --- clients ---------------------------------------------------------------------------------
 
@@ -91,6 +92,10 @@ const cli = async (i: number, ...args: string[]) => {
   const env = { ...process.env, E2B_API_URL: replica(i).apiUrl, NESTBOX_ADMIN_KEY: ADMIN_KEY, E2B_API_KEY: API_KEY };
   return JSON.parse((await promisify(execFile)(BIN, [...args, '--json'], { env })).stdout);
 };
+/** A sandbox's events, for failure messages. */
+const history = async (id: string) => (await db!.query<{ from_state: string; to_state: string; reason: string; at: Date }>(
+  'SELECT from_state, to_state, reason, at FROM lifecycle_events WHERE sandbox_id = $1 ORDER BY seq', [id]))
+  .map((e) => `${e.at.toISOString().slice(11, 23)} ${e.from_state}->${e.to_state}(${e.reason})`).join(', ');
 const rowOf = async (id: string) => (await db!.query<{ state: string; node_id: string | null }>('SELECT state, node_id FROM sandboxes WHERE id = $1', [id]))[0]!;
 
 // Written whole and renamed: a read (or a dump) between truncate and write would find it empty.
@@ -101,7 +106,10 @@ async function counterGoesOn(id: string, i: number, atLeast: number): Promise<nu
   const s = await call(`connect ${id}`, () => Sandbox.connect(id, sdkOpts(i)));
   const now = await call(`count ${id}`, () => count(s));
   assert.ok(now >= atLeast, `the counter of ${id} went on from ${atLeast} (now ${now}): memory kept`);
-  await eventually(() => call(`count ${id}`, () => count(s)), (n) => n > now, `the counter of ${id} still counts`);
+  await eventually(() => call(`count ${id}`, () => count(s)), (n) => n > now, `the counter of ${id} still counts`).catch(async (e: Error) => {
+    const ps = await s.commands.run('ps -eo pid,stat,wchan:20,cmd').then((r) => r.stdout, (err: Error) => err.message);
+    throw new Error(`${e.message}; its events: ${await history(id)}; on ${(await rowOf(id)).node_id} its processes:\n${ps}`);
+  });
   return now;
 }
 
@@ -183,6 +191,11 @@ before(async () => {
 after(async () => {
   workload.stop = true; // no create may be in flight while the agents go
   await Promise.all(workload.running);
+  if (!passed) {
+    // What the replicas and agents said (warnings and errors), for the failure at hand.
+    for (const [i, r] of replicas.entries()) process.stdout.write(`# replica ${i}:\n${r.out.split('\n').slice(-40).map((l) => `#   ${l}`).join('\n')}\n`);
+    for (const a of agents) process.stdout.write(`# ${a.nodeId}:\n${a.stderr.split('\n').slice(-20).map((l) => `#   ${l}`).join('\n')}\n`);
+  }
   // Every container and snapshot goes through its agent (a dead one is started again, alone).
   for (const a of agents) {
     if (a.proc?.exitCode !== null || a.proc?.signalCode !== null) {
@@ -301,7 +314,9 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
     lap(`${a.nodeId} restarted and undrained`);
     // Every running counter is running (wherever it is now), through either replica.
     for (const [i, id] of running.entries()) {
-      await eventually(() => rowOf(id), (r) => r.state === 'running', `${id} running again`);
+      await eventually(() => rowOf(id), (r) => r.state === 'running', `${id} running again`).catch(async (e: Error) => {
+        throw new Error(`${e.message}; its events: ${await history(id)}`);
+      });
       last.set(id, await counterGoesOn(id, i + n, last.get(id)!));
     }
   }
@@ -391,4 +406,5 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
   }
   lap(`${ids.length} sandboxes checked`);
   assert.deepEqual(calls.failed, [], `no client call failed (${calls.total} calls, ${calls.retried} retries)`);
+  passed = true;
 });
