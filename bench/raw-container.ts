@@ -18,7 +18,7 @@ export async function rawContainer(cfg: RuntimeConfig, id: string, args: string[
   await mkdir(path.join(dir, 'rootfs'), { recursive: true });
   await mkdir(path.join(dir, 'run'), { recursive: true });
   await mkdir(path.join(dir, 'etc'), { recursive: true });
-  for (const f of ['hosts', 'hostname', 'resolv.conf']) await writeFile(path.join(dir, 'etc', f), '');
+  for (const f of ['hosts', 'hostname', 'resolv.conf', 'env.json']) await writeFile(path.join(dir, 'etc', f), '');
   await run(['chown', `${cfg.uidShift}:${cfg.uidShift}`, path.join(dir, 'upper'), path.join(dir, 'run')]);
   await run(['mount', '-t', 'overlay', 'overlay', '-o',
     `lowerdir=${templateRootfs(cfg, 'base')},upperdir=${dir}/upper,workdir=${dir}/work`, `${dir}/rootfs`]);

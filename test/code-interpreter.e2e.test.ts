@@ -30,7 +30,7 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
 
   before(async () => {
     stack = await startStack(KEY);
-    sbx = await Sandbox.create({ ...opts, timeoutMs: 600_000 });
+    sbx = await Sandbox.create({ ...opts, timeoutMs: 600_000, envs: { GIVEN_AT_CREATE: 'at-create', ONLY_NOW: 'at-create' } });
   });
   after(async () => {
     await sbx?.kill().catch(() => undefined);
@@ -87,7 +87,21 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
   test('per-execution environment variables hold for that execution only', async () => {
     const ex = await sbx.runCode('import os\nos.environ.get("ONLY_NOW")', { envs: { ONLY_NOW: 'yes' } });
     assert.equal(ex.text, 'yes');
-    assert.equal((await sbx.runCode('os.environ.get("ONLY_NOW") is None')).text, 'True');
+    // Afterwards the sandbox's own value (given at create) again.
+    assert.equal((await sbx.runCode('os.environ.get("ONLY_NOW")')).text, 'at-create');
+  });
+
+  test('the variables given at create reach the code of a warm-started sandbox, python and bash', async () => {
+    assert.equal((await sbx.runCode('import os\nos.environ.get("GIVEN_AT_CREATE")')).text, 'at-create');
+    const bash = await sbx.runCode('echo "$GIVEN_AT_CREATE"', { language: 'bash' });
+    assert.deepEqual(bash.logs.stdout, ['at-create\n']);
+    // Another sandbox of the same (warm) template has its own.
+    const other = await Sandbox.create({ ...opts, envs: { GIVEN_AT_CREATE: 'other' } });
+    try {
+      assert.equal((await other.runCode('import os\nos.environ.get("GIVEN_AT_CREATE")')).text, 'other');
+    } finally {
+      await other.kill();
+    }
   });
 
   test('a second context is isolated from the first; contexts are listed and removed', async () => {

@@ -1,4 +1,5 @@
 import type { SandboxResources } from '../core/runtime-state.ts';
+import { SANDBOX_ENV_FILE, SANDBOX_ENV_PATH } from './sandbox-files.ts';
 import { seccompProfile } from './seccomp.ts';
 
 /** Paths inside the sandbox that the node provides. */
@@ -104,6 +105,12 @@ export function buildOciSpec(input: SpecInput) {
         source: `${input.etcDir}/${name}`,
         options: ['bind', 'rw', 'nosuid', 'nodev', 'noexec'],
       })),
+      {
+        destination: SANDBOX_ENV_PATH,
+        type: 'bind',
+        source: `${input.etcDir}/${SANDBOX_ENV_FILE}`,
+        options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'],
+      },
     ],
     linux: {
       uidMappings: [{ containerID: 0, hostID: input.uidShift, size: input.uidRange }],

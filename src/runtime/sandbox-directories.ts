@@ -8,7 +8,7 @@ import { exists, removeTree } from './fs-util.ts';
 import { sandboxPaths, type SandboxPaths } from './layout.ts';
 import type { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
-import { hostResolvConf, sandboxFileContents, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
+import { hostResolvConf, sandboxFileContents, writeSandboxEnv, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 import type { SandboxRecord } from './sandbox-records.ts';
 
 /** The sandbox's directory (the bundle), its rootfs mount point, and the name of its lower layer. */
@@ -47,8 +47,13 @@ export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fres
   }
 }
 
-/** /etc/hosts, hostname and resolv.conf of the sandbox (see sandbox-files.ts). */
+/**
+ * /etc/hosts, hostname and resolv.conf of the sandbox (see sandbox-files.ts), and the sandbox's
+ * variables (those of its create request) for programs started before them: a warm template's
+ * server reads /etc/nestbox/env.json (read-only to the sandbox, rewritten at every start).
+ */
 export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
+  await writeSandboxEnv(p.etcDir, record.envVars);
   return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), cfg.uidShift, previous);
 }
 

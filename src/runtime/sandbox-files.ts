@@ -32,6 +32,23 @@ export function sandboxFileContents(address: string, hostResolvConf: string): Re
   };
 }
 
+/** The file (in the etc directory) bound read-only at SANDBOX_ENV_PATH inside the sandbox. */
+export const SANDBOX_ENV_FILE = 'env.json';
+export const SANDBOX_ENV_PATH = '/etc/nestbox/env.json';
+
+/** Writes the sandbox's variables as JSON, host root's and read-only to the sandbox (never through a link). */
+export async function writeSandboxEnv(etcDir: string, env: Record<string, string>): Promise<void> {
+  await mkdir(etcDir, { recursive: true, mode: 0o755 });
+  const f = await open(path.join(etcDir, SANDBOX_ENV_FILE), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
+  try {
+    await f.writeFile(JSON.stringify(env ?? {}));
+    await f.chown(0, 0);
+    await f.chmod(0o644);
+  } finally {
+    await f.close();
+  }
+}
+
 export async function hostResolvConf(): Promise<string> {
   return readFile('/etc/resolv.conf', 'utf8').catch(() => '');
 }

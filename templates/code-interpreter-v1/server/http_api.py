@@ -9,7 +9,9 @@
 
 Errors are plain text, as E2B's server answers them (the SDK shows 404 and 502 bodies).
 The SDK also sends X-Access-Token on /execute; E2B's server uses it only to read the sandbox's
-environment from envd. Here the kernels inherit the environment of this server, so it is unused.
+environment from envd. Here the node writes the sandbox's variables (those given at create) to
+SANDBOX_ENV_FILE at every start, restores included, and every execution gets them beneath its own
+env_vars; the token is unused.
 """
 import asyncio
 import json
@@ -24,6 +26,19 @@ from contexts import Contexts, RequestError
 log = logging.getLogger("http")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SANDBOX_ENV_FILE = "/etc/nestbox/env.json"
+
+
+def sandbox_env() -> dict[str, str]:
+    """The sandbox's variables as the node wrote them; none when the file is missing or odd."""
+    try:
+        with open(SANDBOX_ENV_FILE, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, str) and _ENV_NAME.fullmatch(k) and "\0" not in v}
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -108,7 +123,7 @@ class Execute(_Handler):
             raise RequestError(400, '"code" must be a string')
         context_id = _optional_str(body, "context_id")
         language = _optional_str(body, "language")
-        env_vars = _env_vars(body)
+        env_vars = {**sandbox_env(), **_env_vars(body)}
         if context_id and language:
             raise RequestError(400, "Only one of context_id or language can be provided")
         if context_id:
