@@ -8,7 +8,7 @@ import { Sandbox } from 'e2b';
 import { getSandbox } from '../src/store/sandboxes.ts';
 import { createTeamWithKey } from '../src/store/teams.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
-import { eventually, TEST_ROOT } from './helpers/agent-harness.ts';
+import { COUNTER_PROCESS, eventually, TEST_ROOT } from './helpers/agent-harness.ts';
 import { startStack, type TestStack } from './helpers/stack.ts';
 
 const KEY = 'e2b_' + '5c'.repeat(20);
@@ -17,16 +17,8 @@ let stack: TestStack;
 const templatesDir = path.join(TEST_ROOT, `templates-${process.pid}`);
 
 // A counter whose value lives in the process's memory: a restarted process would count from 1.
-// Each value is written whole (a new file renamed over /tmp/n): never seen half-written.
-const COUNTER = `python3 -c "
-import os, time
-i = 0
-while True:
-    i += 1
-    open('/tmp/n.new', 'w').write(str(i))
-    os.replace('/tmp/n.new', '/tmp/n')
-    time.sleep(0.05)
-"`;
+// A process counting in memory into /tmp/n (started by the SDK, or as a template's start command).
+const COUNTER = COUNTER_PROCESS;
 
 before(async () => {
   // The node's templates: base, and a template whose start command is the counter.

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { NestboxError, type ErrorCode } from '../core/errors.ts';
+import { ndjsonLines } from '../http/ndjson.ts';
 import { readNodeFailure } from '../node-api/errors.ts';
 import { NODE_ROUTES as R, nodePath } from '../node-api/routes.ts';
 import { TEMPLATE_BUILD_ROUTES as B, type CaptureBody, type SandboxBuildFileBody } from '../node-api/template-builds.ts';
@@ -158,23 +159,14 @@ export class HttpNodeClient implements NodeClient {
       const f = readNodeFailure(res.status, await res.text().catch(() => ''));
       throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: false });
     }
-    let buffered = '';
-    const decoder = new TextDecoder();
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffered += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        if (!line.trim()) continue;
-        const ev = JSON.parse(line) as TemplateImportEvent;
-        if (ev.type === 'done') return ev.template as NodeTemplate;
-        if (ev.type === 'error') {
-          const code = (typeof ev.code === 'string' ? ev.code : 'internal') as ErrorCode;
-          throw new NodeCallError(code, String(ev.message ?? 'import failed'), { uncertain: false });
-        }
-        opts.onEvent?.(ev);
+    for await (const line of ndjsonLines(res.body as unknown as AsyncIterable<Uint8Array>)) {
+      const ev = line as TemplateImportEvent;
+      if (ev.type === 'done') return ev.template as NodeTemplate;
+      if (ev.type === 'error') {
+        const code = (typeof ev.code === 'string' ? ev.code : 'internal') as ErrorCode;
+        throw new NodeCallError(code, String(ev.message ?? 'import failed'), { uncertain: false });
       }
+      opts.onEvent?.(ev);
     }
     throw new NodeCallError('internal', `node ${this.nodeId} ended the import of "${name}" without an outcome`, { uncertain: true });
   }
@@ -213,18 +205,11 @@ export class HttpNodeClient implements NodeClient {
       const f = readNodeFailure(res.status, await res.text().catch(() => ''));
       throw new NodeCallError(f.code, `node ${this.nodeId}: ${f.message}`, { uncertain: false });
     }
-    let buffered = '';
-    const decoder = new TextDecoder();
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffered += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const m = JSON.parse(buffered.slice(0, nl)) as { type: string; channel?: string; data?: string; exitCode?: number | null; signal?: number | null; message?: string };
-        buffered = buffered.slice(nl + 1);
-        if (m.type === 'data' && (m.channel === 'stdout' || m.channel === 'stderr')) onOutput(m.channel, Buffer.from(m.data ?? '', 'base64'));
-        else if (m.type === 'exit') return { exitCode: m.exitCode ?? null, signal: m.signal ?? null };
-        else if (m.type === 'error') throw new NodeCallError('internal', `node ${this.nodeId}: ${m.message ?? 'the process stream failed'}`, { uncertain: false });
-      }
+    for await (const line of ndjsonLines(res.body as unknown as AsyncIterable<Uint8Array>)) {
+      const m = line as { type: string; channel?: string; data?: string; exitCode?: number | null; signal?: number | null; message?: string };
+      if (m.type === 'data' && (m.channel === 'stdout' || m.channel === 'stderr')) onOutput(m.channel, Buffer.from(m.data ?? '', 'base64'));
+      else if (m.type === 'exit') return { exitCode: m.exitCode ?? null, signal: m.signal ?? null };
+      else if (m.type === 'error') throw new NodeCallError('internal', `node ${this.nodeId}: ${m.message ?? 'the process stream failed'}`, { uncertain: false });
     }
     throw new NodeCallError('unavailable', `node ${this.nodeId} ended the process stream before the exit`, { uncertain: true, retryable: true });
   }

@@ -132,7 +132,7 @@ export async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolea
  * count from 1. Each value is written whole (to a new file, renamed over /tmp/n): a reader never
  * sees the file between a truncate and its write.
  */
-export const COUNTER = `nohup python3 -c "
+export const COUNTER_PROCESS = `python3 -c "
 import os, time
 i = 0
 while True:
@@ -140,7 +140,9 @@ while True:
     open('/tmp/n.new', 'w').write(str(i))
     os.replace('/tmp/n.new', '/tmp/n')
     time.sleep(0.05)
-" >/dev/null 2>&1 &`;
+"`;
+/** COUNTER_PROCESS started in the background of a shell command. */
+export const COUNTER = `nohup ${COUNTER_PROCESS} >/dev/null 2>&1 &`;
 
 /** The counter's last value (0 before it first wrote). */
 export async function readCount(a: TestAgent, id: string): Promise<number> {
