@@ -76,6 +76,14 @@ export class SandboxRecovery {
     }
     for (const name of await this.d.warm.removeStaging()) notes.push(`warm capture ${name} was cut short; its staging was removed`);
     notes.push(...(await this.d.store.cleanLocal(cfg.snapshotDir, (id) => exists(sandboxPaths(cfg, id).dir))));
+    // A kill journals its stop before the container goes: one cut short between the two left a
+    // stop on record while the container ran on. The journal must say it ran (the chaos run's
+    // "billed = ran on the node" audit read the false stop; the later kill journals the real one).
+    for (const id of dirs.filter(isSandboxId)) {
+      if ((await this.d.inventory.containerState(id))?.status !== 'running' || (await this.d.journal.lastStop(id)) === null) continue;
+      await this.d.journal.cancelStop(id);
+      notes.push(`${id}: a stop was journaled but the container ran on (an operation was cut short); the stop was cancelled`);
+    }
     return notes;
   }
 
