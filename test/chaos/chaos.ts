@@ -577,7 +577,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         'SELECT sandbox_id, opened_at, closed_at FROM usage_intervals')).rows;
       for (const [id, list] of perSandbox) {
         const from = list[0]!.at.getTime();
-        const endEvent = list.find((e) => e.to_state === 'killed' || e.to_state === 'failed');
+        // A sandbox found lost ended when it was found so (a container its node kept running
+        // unseen, e.g. while the node restarted, is not the customer's any more).
+        const endEvent = list.find((e) => (e.to_state === 'killing' && e.reason === 'lost') || e.to_state === 'killed' || e.to_state === 'failed');
         // A create that never became the customer's (it failed) is not billed, whatever ran.
         const until = !list.some((e) => e.to_state === 'running') ? from : endEvent ? endEvent.at.getTime() : frozenAt;
         const mine = journal.filter((x) => x.sandboxId === id);
