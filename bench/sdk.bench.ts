@@ -84,11 +84,21 @@ async function codeInterpreterRows(rows: Row[]) {
     console.log('# code-interpreter-v1 is not built (scripts/build-template.sh code-interpreter-v1): its rows are skipped');
     return;
   }
+  const restores: number[] = [];
   const measure = async (warm: boolean) => {
     const stack = await startStack('e2b_' + randomBytes(20).toString('hex'), { agentConfig: { warmTemplates: warm } });
+    // The physical limit of a warm start: runc restore (CRIU) of the capture's images, timed
+    // inside the same creates.
+    const runc = (stack.agent.agent.runtime as unknown as { runc: Runc }).runc;
+    const restore = runc.restore.bind(runc);
+    runc.restore = async (...args: Parameters<Runc['restore']>) => {
+      const [ms] = await timed(() => restore(...args));
+      restores.push(ms);
+    };
     try {
       // The first create of a warm template captures it: not counted (one per node and version).
       if (warm) await (await CodeInterpreter.create(opts)).kill();
+      restores.length = 0;
       const out: number[] = [];
       for (let i = 0; i < N_CI; i++) {
         const [ms, sbx] = await timed(async () => {
@@ -106,8 +116,10 @@ async function codeInterpreterRows(rows: Row[]) {
     }
   };
   const warm = await measure(true);
+  const raw = [...restores];
   const cold = await measure(false);
   rows.push(row('code interpreter: create -> first runCode, warm', warm, cold, 'same template started cold'));
+  rows.push(row('code interpreter: create -> first runCode, warm', warm, raw, 'runc restore of its capture (criu)'));
 }
 
 /** Pause and resume of a 64 MiB process with 32 MiB of files, through each store. */
