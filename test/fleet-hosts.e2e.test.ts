@@ -98,6 +98,7 @@ const history = async (id: string) => (await db!.query<{ from_state: string; to_
   .map((e) => `${e.at.toISOString().slice(11, 23)} ${e.from_state}->${e.to_state}(${e.reason})`).join(', ');
 const rowOf = async (id: string) => (await db!.query<{ state: string; node_id: string | null }>('SELECT state, node_id FROM sandboxes WHERE id = $1', [id]))[0]!;
 
+// Started with timeoutMs 0: the SDK's default deadline (60 s) kills a command, as envd does.
 // Written whole and renamed: a read (or a dump) between truncate and write would find it empty.
 const COUNTER = 'python3 -c "import os,time\ni=0\nwhile True:\n  i+=1\n  open(\'/tmp/n.new\',\'w\').write(str(i))\n  os.replace(\'/tmp/n.new\',\'/tmp/n\')\n  time.sleep(0.05)"';
 const count = async (s: Sandbox) => Number((await s.commands.run('cat /tmp/n 2>/dev/null || echo 0')).stdout);
@@ -283,7 +284,7 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
   const counters: string[] = [];
   for (let i = 0; i < 5; i++) {
     const s = await call('create counter', () => Sandbox.create('base', { ...sdkOpts(i), timeoutMs: 600_000 }));
-    await call('start counter', () => s.commands.run(COUNTER, { background: true }));
+    await call('start counter', () => s.commands.run(COUNTER, { background: true, timeoutMs: 0 }));
     counters.push(s.sandboxId);
   }
   const last = new Map<string, number>();
@@ -342,7 +343,7 @@ test('three hosts, two replicas, S3 snapshots: drains move sandboxes with their 
   await eventually(async () => Promise.all(counters.map(rowOf)), (rows) => rows.every((r) => r.state === 'running' && r.node_id === victim.nodeId), 'every counter on host-1', 120_000);
   const pausedThere = await call('create', () => Sandbox.create('base', { ...sdkOpts(0), timeoutMs: 600_000 }));
   assert.equal((await rowOf(pausedThere.sandboxId)).node_id, victim.nodeId);
-  await call('start counter', () => pausedThere.commands.run(COUNTER, { background: true }));
+  await call('start counter', () => pausedThere.commands.run(COUNTER, { background: true, timeoutMs: 0 }));
   const pausedAt = await eventually(() => call('count', () => count(pausedThere)), (x) => x > 0, 'the counter runs');
   await call('pause', () => pausedThere.pause());
   for (const [n, a] of agents.entries()) if (a !== victim) await cli(n, 'nodes', 'undrain', a.nodeId);
