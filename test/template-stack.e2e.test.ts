@@ -69,6 +69,13 @@ describe('imported template through the control plane', () => {
       const refused = await nestbox(['template', 'delete', NAME]);
       assert.equal(refused.code, 1);
       assert.match(refused.stderr, /in use by 1 sandbox.*\(HTTP 409\)/);
+      // A named snapshot lies on the template too: it holds the template after the sandbox is gone.
+      const snap = await sbx.createSnapshot(opts);
+      await sbx.kill();
+      const held = await nestbox(['template', 'delete', NAME]);
+      assert.equal(held.code, 1);
+      assert.match(held.stderr, new RegExp(`holds 1 snapshot \\(${snap.snapshotId}\\).*\\(HTTP 409\\)`));
+      assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, opts), true);
     } finally {
       await sbx.kill();
     }

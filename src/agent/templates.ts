@@ -36,6 +36,7 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
       const paused = (await runtime.snapshots()).filter((s) => s.sandbox.template === name).map((s) => s.sandbox.sandboxId);
       return [...new Set([...live, ...paused])];
     });
+    await runtime.forgetWarmCaptures(name);
     return reply.code(204).send();
   });
 

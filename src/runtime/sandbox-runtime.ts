@@ -150,6 +150,11 @@ export class SandboxRuntime {
    * a sandbox of the template is created, its start command started and awaited, and it is
    * dumped (then removed). One capture per template at a time; creates wait for it.
    */
+  /** A deleted template's warm captures go with it. */
+  async forgetWarmCaptures(template: string): Promise<void> {
+    await this.captureLocks.run(template, () => this.warm.forget(template));
+  }
+
   private async warmCapture(template: string, start: TemplateStart): Promise<SnapshotFiles> {
     return this.captureLocks.run(template, async () => {
       const found = await this.warm.find(template, start.version);

@@ -80,6 +80,12 @@ export async function listSnapshots(
   return { rows: page.map(fromDb), lastSeq: page.length ? Number(page[page.length - 1]!.seq) : null, more: rows.length > f.limit };
 }
 
+/** The named snapshots (any team's) whose files lie on `template`: it cannot go while they exist. */
+export async function snapshotsUsingTemplate(db: Sql, template: string, limit = 20): Promise<string[]> {
+  const rows = await db.query<{ id: string }>('SELECT id FROM snapshots WHERE template_id = $1 ORDER BY seq LIMIT $2', [template, limit]);
+  return rows.map((r) => r.id);
+}
+
 /** Forgets a snapshot (its files are deleted from the store first). */
 export async function deleteSnapshotRow(db: Sql, snapshotId: string): Promise<void> {
   await db.query('DELETE FROM snapshots WHERE id = $1', [snapshotId]);

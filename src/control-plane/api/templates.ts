@@ -5,6 +5,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type, type Static } from 'typebox';
 import { conflict, NestboxError, notFound, unavailable } from '../../core/errors.ts';
 import type { Database } from '../../store/database.ts';
+import { snapshotsUsingTemplate } from '../../store/snapshots.ts';
 import { sandboxesUsingTemplate } from '../../store/templates.ts';
 import { HttpNodeClient } from '../node-client.ts';
 import type { NodeTemplate } from '../../node-api/wire.ts';
@@ -101,6 +102,8 @@ export async function deleteTemplate(nodes: NodePool, db: Database | undefined, 
   if (db) {
     const users = await sandboxesUsingTemplate(db, name);
     if (users.length) throw conflict(`template "${name}" is in use by ${users.length === 20 ? 'at least 20' : users.length} sandbox${users.length === 1 ? '' : 'es'}: kill them first`);
+    const snapshots = await snapshotsUsingTemplate(db, name);
+    if (snapshots.length) throw conflict(`template "${name}" holds ${snapshots.length === 20 ? 'at least 20' : snapshots.length} snapshot${snapshots.length === 1 ? '' : 's'} (${snapshots.slice(0, 3).join(', ')}): delete them first`);
   }
   await templateNode(nodes).deleteTemplate(name); // the node checks its own sandboxes again
   return true;
