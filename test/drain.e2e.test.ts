@@ -1,7 +1,7 @@
 // Graceful shutdown of a node, with real containers: a node agent (its own process) with
 // sandboxes running user processes gets SIGTERM while creates are in flight. No admitted create
 // fails, new ones are refused with 503 + Retry-After, every live sandbox is paused with reason
-// `drain`, and after the agent starts again every one of them resumes on connect with its
+// `drain`, and after the agent starts again the control plane resumes every one of them with its
 // process memory intact.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -154,13 +154,16 @@ test('SIGTERM with creates in flight: admitted creates finish, live sandboxes pa
     assert.equal(open.length, 0, 'a paused sandbox bills nothing');
   }
 
-  // The node comes back: every sandbox resumes on connect, its process still counting from
-  // where it was (memory intact), the same process.
+  // The node comes back: the control plane resumes every sandbox the drain paused (reason
+  // drain), its process still counting from where it was (memory intact), the same process.
   await agent.start();
   await until('the node takes starts again', async () => !cp.lifecycle['nodes'].isDraining(agent.nodeId));
   for (const id of [...running, ...created]) {
+    await until(`${id} resumed by the drainer`, async () => (await getSandbox(cp.db, id))!.state === 'running');
+    const events = await eventsOf(cp.db, id);
+    assert.deepEqual(events.slice(-2).map((e) => `${e.to}:${e.reason}`), ['resuming:drain', 'running:resumed']);
     const res = await api('POST', `/sandboxes/${id}/connect`, { timeout: 600 });
-    assert.equal(res.status, 201, `${id} resumed: ${await res.clone().text()}`);
+    assert.equal(res.status, 200, `${id} is running: ${await res.clone().text()}`);
   }
   for (const id of running) {
     const was = before.get(id)!;

@@ -476,11 +476,15 @@ forEachDatabase('node drainer', (t) => {
     }
     await assertSettled(w, paused.sandboxId, 'paused', 'requested');
     assert.equal((await w.drainer.tick()).paused.length, 0, 'idempotent');
-    // Restarted: takes starts again, and the drained sandboxes resume.
+    // Restarted: takes starts again, and the drain's sandboxes are resumed by the drainer (the
+    // user's own paused one stays paused).
     w.node.faults.draining = false;
-    await w.drainer.tick();
+    r = await w.drainer.tick();
     assert.equal((await getNode(db, w.node.nodeId))!.state, 'ready');
-    assert.equal((await w.svc.connect(w.teamId, a.sandboxId, 60_000)).resumed, true);
+    assert.deepEqual(r.moved.sort(), [a.sandboxId, b.sandboxId].sort());
+    for (const id of [a.sandboxId, b.sandboxId]) await assertSettled(w, id, 'running');
+    await assertSettled(w, paused.sandboxId, 'paused', 'requested');
+    assert.equal((await w.svc.connect(w.teamId, a.sandboxId, 60_000)).resumed, false);
     await w.svc.create(w.params());
   });
 

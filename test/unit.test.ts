@@ -74,7 +74,10 @@ describe('OCI spec', () => {
     const binds = Object.fromEntries(spec.mounts.filter((m) => m.type === 'bind').map((m) => [m.destination, m.source]));
     assert.deepEqual(binds, {
       '/.nestbox/init': '/i', '/run/nestbox': '/s', '/etc/hosts': '/e/hosts', '/etc/hostname': '/e/hostname', '/etc/resolv.conf': '/e/resolv.conf',
+      '/etc/nestbox/env.json': '/e/env.json',
     });
+    const env = spec.mounts.find((m) => m.destination === '/etc/nestbox/env.json')!;
+    assert.ok(env.options.includes('ro'), 'the sandbox reads its variables, never writes them');
   });
 
   test('seccomp is an allow-list: what it does not name is refused; namespaces and vsock are refused', () => {

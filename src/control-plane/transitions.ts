@@ -183,6 +183,8 @@ export class SandboxTransitions {
           const killing = await this.transition(pausing, 'killing', 'pause_failed');
           await this.finishKill(killing, 'pause_failed', { anyNode: true }).catch(() => undefined);
         }
+        // The node's own account of the failure reaches the client (never a bare "internal error").
+        if (e instanceof NodeCallError) throw new NodeCallError(e.code, `pause failed: ${e.message}`, { uncertain: false });
         throw new NestboxError('internal', `pause failed: ${(e as Error).message}`);
       }
       await this.transition(pausing, 'paused', reason, undefined, { stoppedAt: nodeInstant(stoppedAt) });

@@ -221,13 +221,23 @@ export class SandboxRuntime {
         throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
       }
       // From here the container's processes are gone (checkpoint) or are stopped (files only).
-      await this.releaseDisk(sandboxId);
-      await moveTree(p.diskImage, staging.diskImage);
-      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
-      await writeFile(staging.meta, JSON.stringify(snapshot));
-      await this.store.put(sandboxId, staging.dir); // complete and durable, manifest last
-      await this.teardown(sandboxId);
-      return snapshot;
+      let step = 'releasing its disk';
+      try {
+        await this.releaseDisk(sandboxId);
+        step = 'moving its disk into the snapshot';
+        await moveTree(p.diskImage, staging.diskImage);
+        const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
+        await writeFile(staging.meta, JSON.stringify(snapshot));
+        step = `storing the snapshot in ${this.store.description}`;
+        await storeWithRetries(() => this.store.put(sandboxId, staging.dir)); // complete and durable, manifest last
+        step = 'removing what is left of the container';
+        await this.teardown(sandboxId);
+        return snapshot;
+      } catch (e) {
+        // The dump is whole in the staging directory: an agent restart completes it (recovery).
+        process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
+        throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
+      }
     });
   }
 
@@ -595,6 +605,18 @@ export class SandboxRuntime {
 
 function assertId(id: string) {
   if (!isSandboxId(id)) throw invalid(`invalid sandbox id "${id}"`);
+}
+
+/** A put that failed is tried again (a store away for a few seconds): the staging is whole. */
+async function storeWithRetries(put: () => Promise<void>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await put();
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      await new Promise((r) => setTimeout(r, attempt * 2000));
+    }
+  }
 }
 
 function msg(e: unknown) {
