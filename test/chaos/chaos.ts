@@ -219,6 +219,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     mark(a.nodeId, a.stderr); // what it said before serving (recovery)
     mark('harness', `agent ${a.nodeId} serving`);
     a.proc?.stderr?.on('data', (d) => mark(a.nodeId, d.toString()));
+    a.proc?.stdout?.on('data', (d) => mark(a.nodeId, d.toString())); // its API's warnings and errors
   };
   const sharedSnapshots = path.join(TEST_ROOT, `chaos-snapshots-${randomBytes(4).toString('hex')}`);
   const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings),
