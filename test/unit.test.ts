@@ -77,7 +77,7 @@ describe('OCI spec', () => {
       '/etc/nestbox/env.json': '/e/env.json',
     });
     const env = spec.mounts.find((m) => m.destination === '/etc/nestbox/env.json')!;
-    assert.ok(env.options.includes('ro'), 'the sandbox reads its variables, never writes them');
+    assert.ok(env.options?.includes('ro'), 'the sandbox reads its variables, never writes them');
   });
 
   test('seccomp is an allow-list: what it does not name is refused; namespaces and vsock are refused', () => {

@@ -116,7 +116,7 @@ export function buildAgentServer(opts: AgentServerOptions): FastifyInstance {
   );
 
   app.post(R.pause, { schema: { params: SandboxIdParam, body: PauseBody } }, async (req): Promise<NodeSnapshotRecord> =>
-    runtime.pause(req.params.id, { memory: req.body.memory }),
+    runtime.pause(req.params.id, { memory: req.body.memory, quiesceMs: req.body.quiesceMs }),
   );
 
   // A named snapshot (or a fork's source) of a running sandbox, which keeps running.

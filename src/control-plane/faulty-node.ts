@@ -31,7 +31,7 @@ export class FaultyNodeClient implements NodeClient {
   kill(id: string, opts?: { deleteSnapshot?: boolean }) {
     return this.maybe('kill', () => this.inner.kill(id, opts));
   }
-  pause(id: string, opts: { memory: boolean }) {
+  pause(id: string, opts: { memory: boolean; quiesceMs?: number }) {
     return this.maybe('pause', () => this.inner.pause(id, opts));
   }
   resume(id: string) {

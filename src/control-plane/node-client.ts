@@ -36,7 +36,8 @@ export interface NodeClient {
   create(req: NodeCreateRequest): Promise<NodeStart>;
   /** Idempotent: succeeds when nothing is left. */
   kill(sandboxId: string, opts?: { deleteSnapshot?: boolean }): Promise<NodeStop>;
-  pause(sandboxId: string, opts: { memory: boolean }): Promise<NodeStop>;
+  /** `quiesceMs`: the node first waits (up to that long) for requests in progress on the sandbox. */
+  pause(sandboxId: string, opts: { memory: boolean; quiesceMs?: number }): Promise<NodeStop>;
   resume(sandboxId: string): Promise<NodeStart>;
   /** When the node last stopped the sandbox, from its journal (a lost answer's instant). */
   lastStop(sandboxId: string): Promise<NodeStop>;
@@ -88,8 +89,8 @@ export class HttpNodeClient implements NodeClient {
     const path = nodePath(R.sandbox, { id: sandboxId }, { deleteSnapshot: opts.deleteSnapshot ? true : undefined });
     return { stoppedAt: instant((await this.call('DELETE', path)) as NodeStop | undefined, 'stoppedAt') };
   }
-  async pause(sandboxId: string, opts: { memory: boolean }): Promise<NodeStop> {
-    const body: PauseBody = { memory: opts.memory };
+  async pause(sandboxId: string, opts: { memory: boolean; quiesceMs?: number }): Promise<NodeStop> {
+    const body: PauseBody = { memory: opts.memory, ...(opts.quiesceMs ? { quiesceMs: opts.quiesceMs } : {}) };
     const snapshot = (await this.call('POST', nodePath(R.pause, { id: sandboxId }), body)) as NodeSnapshotRecord;
     return { stoppedAt: instant(snapshot, 'stoppedAt') };
   }

@@ -156,7 +156,7 @@ export class SandboxTransitions {
    * intact and otherwise kills the sandbox (reason pause_failed): a sandbox is never advertised
    * running while it is frozen or half torn down.
    */
-  async pauseFrom(row: SandboxRow, reason: EventReason, opts: { memory: boolean }): Promise<void> {
+  async pauseFrom(row: SandboxRow, reason: EventReason, opts: { memory: boolean; quiesceMs?: number }): Promise<void> {
     const now = this.clock.now().getTime();
     const remainingMs = Math.max(0, (row.endAt?.getTime() ?? now) - now);
     const pausing = await this.transition(row, 'pausing', reason, { endAt: null, remainingMs });
@@ -164,7 +164,7 @@ export class SandboxTransitions {
       const node = this.nodes.get(pausing.nodeId);
       let stoppedAt: string | null;
       try {
-        ({ stoppedAt } = await node.pause(pausing.sandboxId, { memory: opts.memory }));
+        ({ stoppedAt } = await node.pause(pausing.sandboxId, { memory: opts.memory, quiesceMs: opts.quiesceMs }));
       } catch (e) {
         // The pause may have happened: guessing either way could lose the sandbox or leave it
         // frozen. It stays pausing and the reconciler concludes it on what the node shows.

@@ -40,7 +40,15 @@ export type CreateSandboxBody = Static<typeof CreateSandboxBody>;
 /** The create request as the control plane sends it (fields with a default may be left out). */
 export type NodeCreateRequest = Omit<CreateSandboxBody, 'pidsLimit'> & Partial<Pick<CreateSandboxBody, 'pidsLimit'>>;
 
-export const PauseBody = Type.Object({ memory: Type.Boolean({ default: true }) }, { additionalProperties: false });
+export const PauseBody = Type.Object({
+  memory: Type.Boolean({ default: true }),
+  /**
+   * Before the dump, wait up to this long for the requests in progress on the sandbox (commands,
+   * file calls) to end: a drain moves a sandbox under its clients' feet, and a command already
+   * running when it pauses would otherwise lose its answer.
+   */
+  quiesceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000 })),
+}, { additionalProperties: false });
 export type PauseBody = Static<typeof PauseBody>;
 export const KillQuery = Type.Object({ deleteSnapshot: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
 export type KillQuery = Static<typeof KillQuery>;

@@ -150,6 +150,18 @@ export class SandboxRuntime {
    * a sandbox of the template is created, its start command started and awaited, and it is
    * dumped (then removed). One capture per template at a time; creates wait for it.
    */
+  /**
+   * Waits (up to `ms`) until no request is in progress on the sandbox's init (each command
+   * stream, file call or watch holds a connection): what was asked before a drain's pause is
+   * answered. A process that runs on (a server, a background command) keeps its connection: the
+   * wait ends at `ms`, and its stream ends with the pause as before.
+   */
+  private async quiesce(sandboxId: string, ms: number): Promise<void> {
+    const client = this.clients.get(sandboxId);
+    const deadline = Date.now() + ms;
+    while (client && client.openConnections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
   /** A deleted template's warm captures go with it. */
   async forgetWarmCaptures(template: string): Promise<void> {
     await this.captureLocks.run(template, () => this.warm.forget(template));
@@ -184,13 +196,14 @@ export class SandboxRuntime {
    * Everything is staged under a temporary name and renamed into place at the end, so a failed
    * pause never leaves a half snapshot that resume could pick up.
    */
-  async pause(sandboxId: string, { memory }: { memory: boolean }): Promise<SnapshotRecord> {
+  async pause(sandboxId: string, { memory, quiesceMs = 0 }: { memory: boolean; quiesceMs?: number }): Promise<SnapshotRecord> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
       const record = await this.record(sandboxId);
       const p = sandboxPaths(this.cfg, sandboxId);
       const state = await this.runc.state(sandboxId);
       if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+      if (quiesceMs > 0) await this.quiesce(sandboxId, quiesceMs);
       // The sandbox stops computing when the dump freezes it, right after this.
       const stoppedAt = new Date();
       const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);

@@ -73,7 +73,7 @@ export class FakeNode implements NodeClient {
     return { stoppedAt: stop === undefined ? null : new Date(stop).toISOString() };
   }
 
-  async pause(id: string, _opts: { memory: boolean }) {
+  async pause(id: string, _opts: { memory: boolean; quiesceMs?: number }) {
     await this.step('pause', id);
     if (!this.containers.has(id)) throw new NodeCallError('not_found', 'not on this node', { uncertain: false });
     if ((this.faults.failPause ?? 0) > this.random()) throw new NodeCallError('internal', 'fake node: checkpoint failed', { uncertain: false });

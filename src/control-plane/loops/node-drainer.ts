@@ -64,7 +64,8 @@ export class NodeDrainer {
             await this.lifecycle.killFrom(row, 'drain');
             report.killed.push(id);
           } else if (plan.policy === 'pause') {
-            await this.lifecycle.pauseFrom(row, 'drain', { memory: true });
+            // Its clients' requests already on the node finish first (new ones wait at the proxy).
+            await this.lifecycle.pauseFrom(row, 'drain', { memory: true, quiesceMs: DRAIN_QUIESCE_MS });
             report.paused.push(id);
             await this.moveAway(id, node.nodeId, report);
           }
@@ -100,6 +101,9 @@ export class NodeDrainer {
     report.moved.push(id);
   }
 }
+
+/** How long a drain's pause waits for the requests in progress on the sandbox to end. */
+export const DRAIN_QUIESCE_MS = 3_000;
 
 /** How many drain-paused sandboxes one tick tries to move. */
 const WAITING_BATCH = 32;
