@@ -39,7 +39,15 @@ export class DirectorySnapshotStore implements SnapshotStore {
     await mkdir(this.root, { recursive: true, mode: 0o711 });
     for (const name of await this.names()) {
       const l = localSnapshot(path.join(this.root, name));
-      if (!(await exists(l.manifest)) && (await exists(l.meta))) await this.seal(name, l.dir);
+      if (!(await exists(l.manifest)) && (await exists(l.meta))) {
+        // A shared directory: another node may be deleting this snapshot right now (its manifest
+        // goes first, so it looks unsealed). One that vanished is not sealed; it is not an error
+        // (an agent restarting next to such a delete failed to start: the chaos fleet run).
+        await this.seal(name, l.dir).catch(async (e) => {
+          if (await exists(l.meta)) throw e;
+          await rm(path.join(l.dir, `.${MANIFEST}.tmp`), { force: true });
+        });
+      }
     }
   }
 
