@@ -47,22 +47,6 @@ export async function unmountDisk(mountPoint: string): Promise<void> {
   }
 }
 
-/**
- * Waits until no loop device is attached to `image` any more. The kernel detaches a mount's loop
- * device after the unmount returns, and until then it may still write to the image (the last
- * discards punch holes): an image moved, hashed or copied before that changes under its reader
- * ("file changed as we read it" from tar, seen in a chaos run).
- */
-export async function waitForLoopDetach(image: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
-    const r = await run(['losetup', '--noheadings', '-j', image], { allowFailure: true });
-    if (r.code === 0 && r.stdout.trim() === '') return;
-    if (Date.now() > deadline) throw new Error(`the loop device of ${image} did not detach: ${r.stdout.trim() || r.stderr.trim()}`);
-    await new Promise((resolve) => setTimeout(resolve, delay));
-  }
-}
-
 export interface DiskUsage {
   usedBytes: number;
   totalBytes: number;

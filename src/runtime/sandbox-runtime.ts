@@ -8,7 +8,7 @@ import { CleanupStack } from './cleanup-stack.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { createDisk, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
+import { createDisk, mountDisk, unmountDisk } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
@@ -571,7 +571,6 @@ export class SandboxRuntime {
     await unmount(p.rootfs);
     if (await isMountPoint(p.rootfs)) throw new Error(`the root file system of ${sandboxId} is still mounted; its disk stays where it is`);
     await unmountDisk(p.disk);
-    await waitForLoopDetach(p.diskImage);
   }
 
   /** CRIU's log of a failed dump or restore outlives the sandbox directory, for the operator. */
