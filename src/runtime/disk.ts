@@ -47,6 +47,24 @@ export async function unmountDisk(mountPoint: string): Promise<void> {
   }
 }
 
+/**
+ * Waits (up to `timeoutMs`) until no loop device is attached to `image`; false if one still is.
+ * The kernel detaches a mount's loop device after the unmount returns and may write to the image
+ * until then (the last discards punch holes): an image stored right away can change under its
+ * reader ("tar: disk.img: file changed as we read it", seen in a chaos run). A loop device held
+ * longer (the mount copied into another mount namespace that has not let go yet) is not waited
+ * for: the store's retries cover the rare change then.
+ */
+export async function waitForLoopDetach(image: string, timeoutMs = 2_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
+    const r = await run(['losetup', '--noheadings', '-j', image], { allowFailure: true });
+    if (r.code === 0 && r.stdout.trim() === '') return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
 export interface DiskUsage {
   usedBytes: number;
   totalBytes: number;

@@ -8,7 +8,7 @@ import { CleanupStack } from './cleanup-stack.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { createDisk, mountDisk, unmountDisk } from './disk.ts';
+import { createDisk, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
@@ -237,6 +237,7 @@ export class SandboxRuntime {
       let step = 'releasing its disk';
       try {
         await this.releaseDisk(sandboxId);
+        if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
         step = 'moving its disk into the snapshot';
         await moveTree(p.diskImage, staging.diskImage);
         const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
