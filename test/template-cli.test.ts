@@ -84,7 +84,7 @@ before(async () => {
 
   // The node: the agent's template routes over the real importer.
   const cfg = { ...runtimeConfigFromEnv(), templatesDir };
-  const runtime = { cfg, inventory: async () => [], snapshots: async () => [] } as unknown as SandboxRuntime;
+  const runtime = { cfg, inventory: async () => [], snapshots: async () => [], forgetWarmCaptures: async () => undefined } as unknown as SandboxRuntime;
   node = Fastify();
   // As the agent's own error handler does: domain errors keep their status.
   node.setErrorHandler((err, _req, reply) => {
