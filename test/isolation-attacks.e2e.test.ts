@@ -198,6 +198,30 @@ describe('files the node writes', () => {
     }
   });
 
+  test('/etc/nestbox/env.json is read-only inside; replaced by a link to a host file, a fresh boot writes nothing on the host', async () => {
+    const victim = `/tmp/nestbox-victim-${rand()}`;
+    await writeFile(victim, 'host file\n');
+    const x = await marked('sandbox-x', { envVars: { GIVEN: 'at-create' } });
+    try {
+      assert.equal((await root(x, 'cat /etc/nestbox/env.json')).stdout, '{"GIVEN":"at-create"}');
+      const write = await root(x, 'echo "{}" > /etc/nestbox/env.json');
+      assert.notEqual(write.exitCode, 0, 'root inside cannot write the node\'s file');
+      // Root moves the mount point's directory aside and puts a link to a host path in its place.
+      await root(x, `mv /etc/nestbox /etc/nestbox.old && mkdir /etc/nestbox && ln -s ${victim} /etc/nestbox/env.json`);
+      assert.equal((await root(x, 'readlink /etc/nestbox/env.json')).stdout, `${victim}\n`, 'the attack is in place');
+      // A fresh boot (file-system pause) lays the mounts out and writes the file again: the link
+      // is resolved inside the sandbox's root, never on the host.
+      await pause(x, false);
+      await resume(x);
+      assert.equal(await readFile(victim, 'utf8'), 'host file\n');
+      assert.equal((await stat(victim)).uid, 0);
+      assert.equal((await root(x, 'cat /etc/nestbox/env.json')).stdout, '{"GIVEN":"at-create"}', 'the sandbox still reads its own variables');
+    } finally {
+      await rm(victim, { force: true });
+      await kill(x);
+    }
+  });
+
   test("a user's own edits of /etc/hosts survive pause and resume", async () => {
     const x = await marked('sandbox-x');
     try {
