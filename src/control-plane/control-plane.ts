@@ -182,6 +182,7 @@ export class ControlPlane {
     this.webhooks = new WebhookDispatcher(this.db, { clock: this.opts.clock });
     this.drainer = new NodeDrainer(this.db, this.lifecycle, pool);
     const log = (name: string, e: unknown) => this.api?.log.error({ err: e }, `${name} tick failed`);
+    const snapshots = new SnapshotService({ db: this.db, nodes: pool, lifecycle: this.lifecycle });
     if (this.opts.loops !== false) {
       const t = this.timings;
       this.loops.push(new Loop('evictor', () => this.evictor.tick(), t.evictMs, log));
@@ -195,7 +196,7 @@ export class ControlPlane {
         for (const f of r.failed) this.api?.log.error({ drain: f }, `drain of ${f.sandboxId} failed: ${f.error}`);
       }, t.drainWatchMs, log));
       this.loops.push(new Loop('webhooks', () => this.webhooks.tick(), t.webhookMs, log));
-      const snapshotSweeper = new SnapshotSweeper(this.db, pool, new SnapshotService({ db: this.db, nodes: pool, lifecycle: this.lifecycle }), this.lifecycle.clock);
+      const snapshotSweeper = new SnapshotSweeper(this.db, pool, snapshots, this.lifecycle.clock);
       this.loops.push(new Loop('snapshot-sweeper', async () => {
         const r = await snapshotSweeper.tick();
         for (const id of r.orphans) this.api?.log.warn(`removed snapshot ${id}: no row names it`);
@@ -212,6 +213,7 @@ export class ControlPlane {
       lifecycle: this.lifecycle,
       db: this.db,
       nodes: pool,
+      snapshots,
       templateBuilds: this.templateBuilds,
       authenticate: (key) => authenticateKey(this.db, key),
       envdVersion: ENVD_VERSION,

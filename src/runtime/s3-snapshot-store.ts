@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { isSnapshotKey } from '../core/ids.ts';
 import { exists } from './fs-util.ts';
+import { retried } from './retry.ts';
 import {
   ChecksumError, hashing, localSnapshot, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
   type IncompleteSnapshot, type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
@@ -256,18 +257,6 @@ export class S3SnapshotStore implements SnapshotStore {
 }
 
 /** Up to three attempts, 1 s then 3 s apart. */
-/** An S3 call tried up to three times (a store away for a few seconds is ridden out). */
-export async function retried<T>(op: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await op();
-    } catch (e) {
-      if (attempt >= 3) throw e;
-      await new Promise((r) => setTimeout(r, attempt === 1 ? 1000 : 3000));
-    }
-  }
-}
-
 /** The HTTP status of an S3 error (404 for its not-found names). */
 export function status(e: unknown): number | undefined {
   const m = (e as { $metadata?: { httpStatusCode?: number }; name?: string }) ?? {};

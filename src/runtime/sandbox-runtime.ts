@@ -16,6 +16,7 @@ import { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SnapshotFiles } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
+import { retried } from './retry.ts';
 import { Runc } from './runc.ts';
 import { mountAndConfigure, prepareDirs, prepareDisk, writeEtcFiles } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
@@ -26,6 +27,8 @@ import { WarmCaptures } from './warm-templates.ts';
 import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 const INIT_READY_TIMEOUT_MS = 10_000;
+/** A snapshot whose put failed is put again (its staging is whole): a store away for a few seconds. */
+const STORE_RETRY_DELAYS_MS = [2000, 4000];
 /** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
@@ -121,35 +124,28 @@ export class SandboxRuntime {
   /** A new container from the template's files; with `start`, its start command runs and is ready. */
   private async createFresh(req: CreateSandboxRequest, start: TemplateStart | null): Promise<SandboxRecord> {
     const lower = templateRootfs(this.cfg, req.template);
-    {
-      const p = sandboxPaths(this.cfg, req.sandboxId);
-      if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
-      if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
-      try {
-        await prepareDirs(p, lower);
-        await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
-        await mountDisk(p.diskImage, p.disk);
-        await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true });
-        const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
-        const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
-        record.fileHashes = await writeEtcFiles(this.cfg, p, record);
-        await mountAndConfigure(this.cfg, this.network, record);
-        await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
-        await this.waitForInit(req.sandboxId, false);
-        if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
-        return await this.started(record, 'create');
-      } catch (e) {
-        await this.teardown(req.sandboxId);
-        throw wrap(e, 'create');
-      }
+    const p = sandboxPaths(this.cfg, req.sandboxId);
+    if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
+    if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
+    try {
+      await prepareDirs(p, lower);
+      await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
+      await mountDisk(p.diskImage, p.disk);
+      await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true });
+      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
+      const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
+      record.fileHashes = await writeEtcFiles(this.cfg, p, record);
+      await mountAndConfigure(this.cfg, this.network, record);
+      await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
+      await this.waitForInit(req.sandboxId, false);
+      if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
+      return await this.started(record, 'create');
+    } catch (e) {
+      await this.teardown(req.sandboxId);
+      throw wrap(e, 'create');
     }
   }
 
-  /**
-   * The warm capture of a template's current version on this node, made now if there is none:
-   * a sandbox of the template is created, its start command started and awaited, and it is
-   * dumped (then removed). One capture per template at a time; creates wait for it.
-   */
   /**
    * Waits (up to `ms`) until no request is in progress on the sandbox's init (each command
    * stream, file call or watch holds a connection): what was asked before a drain's pause is
@@ -167,6 +163,11 @@ export class SandboxRuntime {
     await this.captureLocks.run(template, () => this.warm.forget(template));
   }
 
+  /**
+   * The warm capture of a template's current version on this node, made now if there is none:
+   * a sandbox of the template is created, its start command started and awaited, and it is
+   * dumped (then removed). One capture per template at a time; creates wait for it.
+   */
   private async warmCapture(template: string, start: TemplateStart): Promise<SnapshotFiles> {
     return this.captureLocks.run(template, async () => {
       const found = await this.warm.find(template, start.version);
@@ -243,7 +244,7 @@ export class SandboxRuntime {
         const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
         await writeFile(staging.meta, JSON.stringify(snapshot));
         step = `storing the snapshot in ${this.store.description}`;
-        await storeWithRetries(() => this.store.put(sandboxId, staging.dir)); // complete and durable, manifest last
+        await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
         step = 'removing what is left of the container';
         await this.teardown(sandboxId);
         return snapshot;
@@ -298,7 +299,7 @@ export class SandboxRuntime {
       await mkdir(staging.dir, { mode: 0o711 });
       try {
         const snapshot = await this.dumpLive(sandboxId, staging);
-        await this.store.put(key, staging.dir);
+        await retried(() => this.store.put(key, staging.dir), STORE_RETRY_DELAYS_MS);
         return snapshot;
       } catch (e) {
         await rm(staging.dir, { recursive: true, force: true });
@@ -355,7 +356,11 @@ export class SandboxRuntime {
       const copy = snapshotPaths(this.cfg, key, `.${req.sandboxId}.from-${key}`);
       await rm(copy.dir, { recursive: true, force: true });
       try {
-        await this.store.get(key, copy.dir).catch((e) => Promise.reject(this.store.exists(key).then((ok) => (ok ? wrap(e, 'create') : notFound(`snapshot ${key} does not exist`)))));
+        try {
+          await this.store.get(key, copy.dir);
+        } catch (e) {
+          throw (await this.store.exists(key)) ? wrap(e, 'create') : notFound(`snapshot ${key} does not exist`);
+        }
         return await this.restoreAsNew(req, copy);
       } finally {
         await rm(copy.dir, { recursive: true, force: true });
@@ -619,18 +624,6 @@ export class SandboxRuntime {
 
 function assertId(id: string) {
   if (!isSandboxId(id)) throw invalid(`invalid sandbox id "${id}"`);
-}
-
-/** A put that failed is tried again (a store away for a few seconds): the staging is whole. */
-async function storeWithRetries(put: () => Promise<void>): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await put();
-    } catch (e) {
-      if (attempt >= 3) throw e;
-      await new Promise((r) => setTimeout(r, attempt * 2000));
-    }
-  }
 }
 
 function msg(e: unknown) {

@@ -17,7 +17,8 @@ import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { exists } from './fs-util.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { retried, S3SnapshotStore, status } from './s3-snapshot-store.ts';
+import { retried } from './retry.ts';
+import { S3SnapshotStore, status } from './s3-snapshot-store.ts';
 import { hashing, type SnapshotStore } from './snapshot-store.ts';
 
 export interface TemplateDistribution {
