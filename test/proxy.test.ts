@@ -15,9 +15,11 @@ import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.t
 import { fileSignature, checkEnvdAccess } from '../src/control-plane/proxy/access.ts';
 import { parseTarget, routeRequest } from '../src/control-plane/proxy/routing.ts';
 import { forwardHttp } from '../src/http/forward.ts';
+import { NOT_HERE_HEADER } from '../src/node-api/routes.ts';
 import { buildAgentServer } from '../src/agent/server.ts';
 import { StartGate } from '../src/agent/start-gate.ts';
 import type { SandboxRuntime } from '../src/runtime/sandbox-runtime.ts';
+import { RequestAdmission } from '../src/runtime/request-admission.ts';
 import { newSandboxId } from '../src/core/ids.ts';
 import { upsertNode } from '../src/store/nodes.ts';
 import { getSandbox } from '../src/store/sandboxes.ts';
@@ -314,6 +316,59 @@ describe('sandbox proxy', () => {
     assert.equal((await request(`${proxyUrl}/after-user-pause`, { headers: envd(sb.sandboxId) })).status, 502);
   });
 
+  test('a request the node answers "not here" (its sandbox is being moved away) is sent again, body and all, to where it went', async () => {
+    const sb = await create();
+    const bodies: string[] = [];
+    let refusals = 0;
+    agent.special.set('/moving', (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', async () => {
+        bodies.push(Buffer.concat(chunks).toString());
+        if (refusals++ === 0) {
+          // The drain takes the sandbox away as the request arrives: the node refuses it untouched.
+          await cp.lifecycle.pauseFrom((await getSandbox(cp.db, sb.sandboxId))!, 'drain', { memory: true });
+          setTimeout(() => void getSandbox(cp.db, sb.sandboxId).then((row) => cp.lifecycle.resumeFrom(row!, 'drain', 0)), 300);
+          res.writeHead(502, { 'content-type': 'application/json', [NOT_HERE_HEADER]: '1' }).end(JSON.stringify({ sandboxId: sb.sandboxId, message: 'The sandbox was not found', code: 502 }));
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'text/plain' }).end(`served: ${bodies.at(-1)}`);
+      });
+    });
+    try {
+      const r = await request(`${proxyUrl}/moving`, { method: 'POST', headers: envd(sb.sandboxId), body: 'the command' });
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.body, 'served: the command');
+      assert.deepEqual(bodies, ['the command', 'the command'], 'sent twice, the same body');
+      assert.equal((await getSandbox(cp.db, sb.sandboxId))!.state, 'running');
+
+      // A node that keeps saying "not here" while the row says the sandbox runs there: a bounded
+      // number of sends, then its answer (without the node's marker).
+      bodies.length = 0;
+      agent.special.set('/gone', (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          bodies.push('x');
+          res.writeHead(502, { 'content-type': 'application/json', [NOT_HERE_HEADER]: '1' }).end(JSON.stringify({ sandboxId: sb.sandboxId, message: 'The sandbox was not found', code: 502 }));
+        });
+      });
+      const gone = await request(`${proxyUrl}/gone`, { method: 'POST', headers: envd(sb.sandboxId), body: 'y' });
+      assert.equal(gone.status, 502);
+      assert.equal(gone.json().message, 'The sandbox was not found');
+      assert.equal(gone.headers[NOT_HERE_HEADER], undefined);
+      assert.equal(bodies.length, 3, 'sent three times in all');
+
+      // A body too large to keep streams through: the node's refusal is the client's answer.
+      bodies.length = 0;
+      const big = await request(`${proxyUrl}/gone`, { method: 'POST', headers: envd(sb.sandboxId), body: 'z'.repeat((1 << 20) + 1) });
+      assert.equal(big.status, 502);
+      assert.equal(bodies.length, 1, 'a streamed body is sent once');
+    } finally {
+      agent.special.delete('/moving');
+      agent.special.delete('/gone');
+    }
+  });
+
   test('access token: required on secure sandboxes, never another sandbox’s', async () => {
     const a = await create({ secure: true });
     const b = await create({ secure: true });
@@ -562,6 +617,7 @@ describe('proxy -> agent port forwarding -> sandbox port', () => {
         paused.push(id);
         return {};
       },
+      admission: new RequestAdmission(),
     } as unknown as SandboxRuntime;
     agentApp = buildAgentServer({ runtime, nodeToken: AGENT_TOKEN, nodeId: 'chain', starts: new StartGate() });
     agentUrl = await agentApp.listen({ host: '127.0.0.1', port: 0 });

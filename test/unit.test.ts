@@ -7,6 +7,7 @@ import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
 import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
 import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { StartGate } from '../src/agent/start-gate.ts';
+import { RequestAdmission } from '../src/runtime/request-admission.ts';
 
 describe('ids', () => {
   test('sandbox ids are 20 lower-case alphanumerics and unique', () => {
@@ -100,6 +101,35 @@ describe('OCI spec', () => {
     }
     assert.equal(rule('clone3')[0]!.errnoRet, 38, 'clone3 says ENOSYS, so C libraries fall back to clone');
     assert.deepEqual(rule('socket')[0]!.args, [{ index: 0, value: 40, op: 'SCMP_CMP_NE' }], 'every socket family but AF_VSOCK');
+  });
+});
+
+describe('RequestAdmission', () => {
+  test('a closed sandbox admits nothing new; idle waits for the requests in progress, at most the time given', async () => {
+    const a = new RequestAdmission();
+    const first = a.enter('s1')!;
+    const second = a.enter('s1')!;
+    assert.equal(a.count('s1'), 2);
+    a.close('s1');
+    assert.equal(a.enter('s1'), null, 'closed: refused');
+    assert.ok(a.enter('s2'), 'another sandbox is not affected');
+    let idle = false;
+    const waiting = a.idle('s1', 60_000).then(() => (idle = true));
+    first();
+    first(); // released twice counts once
+    await new Promise((r) => setImmediate(r));
+    assert.equal(idle, false, 'one request is still in progress');
+    second();
+    await waiting;
+    assert.equal(a.count('s1'), 0);
+    // A request that stays (a background command's stream): the wait ends at its bound.
+    a.open('s1');
+    a.enter('s1');
+    const t0 = Date.now();
+    await a.idle('s1', 50);
+    assert.ok(Date.now() - t0 >= 45);
+    a.forget('s1');
+    assert.ok(a.enter('s1'), 'forgotten: a sandbox of that id takes requests again');
   });
 });
 

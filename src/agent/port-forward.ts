@@ -8,11 +8,11 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { isSandboxId } from '../core/ids.ts';
 import { bearerToken, sameSecret } from '../http/credentials.ts';
 import { endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../http/forward.ts';
-import { NODE_ROUTES, parsePortUrl } from '../node-api/routes.ts';
+import { NODE_ROUTES, NOT_HERE_HEADER, parsePortUrl } from '../node-api/routes.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 
 export interface PortForwardOptions {
-  runtime: Pick<SandboxRuntime, 'record'>;
+  runtime: Pick<SandboxRuntime, 'record' | 'admission'>;
   nodeToken: string;
   /** How long to wait for the sandbox to accept a connection (default 5 s). */
   connectTimeoutMs?: number;
@@ -43,10 +43,14 @@ function sandboxHeaders(req: IncomingMessage, fallbackHost: string): OutgoingHtt
 }
 
 class ForwardError extends Error {
-  constructor(readonly status: number, readonly body: Record<string, unknown>) {
+  constructor(readonly status: number, readonly body: Record<string, unknown>, readonly headers: Record<string, string> = {}) {
     super(String(body.message));
   }
 }
+
+/** The sandbox is not on this node (or is being paused away): the proxy may send the request on. */
+const notHere = (sandboxId: string) =>
+  new ForwardError(502, { sandboxId, message: 'The sandbox was not found', code: 502 }, { [NOT_HERE_HEADER]: '1' });
 
 /**
  * Registers the port-forward routes and the upgrade handler on the agent's server, and cuts a
@@ -87,7 +91,7 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
     } catch {
       address = null;
     }
-    if (!address) throw new ForwardError(502, { sandboxId, message: 'The sandbox was not found', code: 502 });
+    if (!address || opts.runtime.admission.isClosed(sandboxId)) throw notHere(sandboxId);
     return { sandboxId, port, origin: `http://${address}:${port}`, path: rest, host: `${address}:${port}` };
   };
 
@@ -108,7 +112,7 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
       try {
         t = await target(req.raw.url ?? '');
       } catch (e) {
-        if (e instanceof ForwardError) return reply.code(e.status).send(e.body);
+        if (e instanceof ForwardError) return reply.code(e.status).headers(e.headers).send(e.body);
         throw e;
       }
       reply.hijack();
@@ -165,7 +169,7 @@ export function registerPortForward(app: FastifyInstance, opts: PortForwardOptio
       },
       (e: unknown) => {
         const fe = e instanceof ForwardError ? e : new ForwardError(500, { code: 500, message: 'internal error' });
-        writeRawResponse(socket, fe.status, JSON_HEADERS, JSON.stringify(fe.body));
+        writeRawResponse(socket, fe.status, { ...JSON_HEADERS, ...fe.headers }, JSON.stringify(fe.body));
       },
     );
   });

@@ -56,6 +56,13 @@ export interface ForwardOptions {
    * to the socket with writeRawResponse).
    */
   onError: (err: Error) => void;
+  /** The request's body, read beforehand: sent instead of streaming the request. */
+  body?: Buffer;
+  /**
+   * Sees the upstream's answer before the client does: true keeps it from the client (it is
+   * discarded, and the caller answers or sends the request elsewhere).
+   */
+  intercept?: (up: IncomingMessage) => boolean;
 }
 
 function requestUpstream(o: ForwardOptions, method: string, headers: OutgoingHttpHeaders, agent: http.Agent | false | undefined): ClientRequest {
@@ -100,11 +107,17 @@ function responseHeaders(up: IncomingMessage): OutgoingHttpHeaders {
 export function forwardHttp(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): void {
   const headers = { ...o.headers };
   // A body of unknown length stays chunked whatever the method (Node picks by method otherwise).
-  if (req.headers['transfer-encoding'] && req.headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
+  if (o.body) {
+    if (o.body.length || req.headers['content-length'] !== undefined) headers['content-length'] = String(o.body.length);
+  } else if (req.headers['transfer-encoding'] && req.headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
   const upstream = requestUpstream(o, req.method ?? 'GET', headers, o.agent);
   let answered = false;
   upstream.on('response', (up) => {
     answered = true;
+    if (o.intercept?.(up)) {
+      up.resume();
+      return;
+    }
     if (res.destroyed) {
       up.destroy();
       return;
@@ -126,7 +139,23 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, o: Forwar
   });
   req.on('error', () => upstream.destroy());
   upstream.flushHeaders();
-  req.pipe(upstream);
+  if (o.body) upstream.end(o.body);
+  else req.pipe(upstream);
+}
+
+/**
+ * The request's whole body when it is small enough to keep (at most `limit` bytes, its length
+ * given); undefined for a larger or chunked body, which is streamed. Rejects when the client
+ * goes away meanwhile.
+ */
+export async function readSmallBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
+  const declared = req.headers['content-length'];
+  if (declared === undefined) return req.headers['transfer-encoding'] === undefined ? Buffer.alloc(0) : undefined;
+  const length = Number(declared);
+  if (!Number.isSafeInteger(length) || length > limit) return undefined;
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }
 
 /** Writes a complete HTTP/1.1 response on a raw socket and closes it (upgrade failures). */

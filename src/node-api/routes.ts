@@ -79,3 +79,10 @@ export function parsePortUrl(url: string): { sandboxId: string; port: string; re
   if (rest === '' || rest.startsWith('?')) rest = '/' + rest;
   return { sandboxId: m[1]!, port: m[2]!, rest };
 }
+
+/**
+ * Set by the agent on its "sandbox not found" answer to a request for a sandbox (envd, ports):
+ * this node does not hold the sandbox, or is pausing it and takes no more requests for it. The
+ * request was not acted on, so the proxy may send it again to wherever the sandbox is now.
+ */
+export const NOT_HERE_HEADER = 'nestbox-sandbox-not-here';

@@ -5,6 +5,7 @@ import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { CleanupStack } from './cleanup-stack.ts';
+import { RequestAdmission } from './request-admission.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
@@ -47,6 +48,8 @@ export class SandboxRuntime {
   private readonly captureLocks = new KeyedMutex();
   private readonly warm: WarmCaptures;
   private readonly clients = new Map<string, InitClient>();
+  /** Requests in progress on each sandbox; a pause takes no new ones (the agent's envd and port routes ask). */
+  readonly admission = new RequestAdmission();
   private readonly nodeInventory: NodeInventory;
   private readonly recovery: SandboxRecovery;
   readonly journal: NodeJournal;
@@ -147,15 +150,15 @@ export class SandboxRuntime {
   }
 
   /**
-   * Waits (up to `ms`) until no request is in progress on the sandbox's init (each command
-   * stream, file call or watch holds a connection): what was asked before a drain's pause is
-   * answered. A process that runs on (a server, a background command) keeps its connection: the
-   * wait ends at `ms`, and its stream ends with the pause as before.
+   * Before a pause: the sandbox takes no new requests (the agent answers them "not here", and
+   * the proxy sends them on to wherever the sandbox goes next), and those in progress (each
+   * command stream, file call or watch) are waited for up to `ms`: what was asked before a
+   * drain's pause is answered. A process that runs on (a server, a background command) keeps
+   * its request open: the wait ends at `ms`, and its stream ends with the pause.
    */
   private async quiesce(sandboxId: string, ms: number): Promise<void> {
-    const client = this.clients.get(sandboxId);
-    const deadline = Date.now() + ms;
-    while (client && client.openConnections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.admission.close(sandboxId);
+    await this.admission.idle(sandboxId, ms);
   }
 
   /** A deleted template's warm captures go with it. */
@@ -200,60 +203,70 @@ export class SandboxRuntime {
   async pause(sandboxId: string, { memory, quiesceMs = 0 }: { memory: boolean; quiesceMs?: number }): Promise<SnapshotRecord> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
-      const record = await this.record(sandboxId);
-      const p = sandboxPaths(this.cfg, sandboxId);
-      const state = await this.runc.state(sandboxId);
-      if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
-      if (quiesceMs > 0) await this.quiesce(sandboxId, quiesceMs);
-      // The sandbox stops computing when the dump freezes it, right after this.
-      const stoppedAt = new Date();
-      const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
-      await mkdir(staging.dir, { mode: 0o711 });
-      // Journaled before the dump: an agent that dies during it leaves the stop on record, and
-      // a dump that fails with the sandbox intact cancels it (a start at the same instant).
-      await this.journal.stopped(sandboxId, 'pause', stoppedAt);
       try {
-        // CRIU refuses sockets connected to the outside: drop the agent's connections first.
-        this.clients.get(sandboxId)?.closeAll();
-        this.inject('checkpoint');
-        if (memory) {
-          await mkdir(staging.images, { mode: 0o700 });
-          await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
-          await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
-          await handOverImages(staging.images, this.cfg.uidShift);
-        }
+        return await this.pauseLocked(sandboxId, memory, quiesceMs);
       } catch (e) {
-        await this.keepLog(sandboxId, 'dump');
-        await rm(staging.dir, { recursive: true, force: true });
-        // CRIU resumes the tasks when a dump fails; only a running container may stay.
-        const after = await this.runc.state(sandboxId);
-        if (after?.status === 'running') {
-          await this.journal.append({ sandboxId, event: 'start', at: stoppedAt.toISOString(), cause: 'pause_failed' });
-          throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
-        }
-        await this.teardown(sandboxId);
-        throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
-      }
-      // From here the container's processes are gone (checkpoint) or are stopped (files only).
-      let step = 'releasing its disk';
-      try {
-        await this.releaseDisk(sandboxId);
-        if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
-        step = 'moving its disk into the snapshot';
-        await moveTree(p.diskImage, staging.diskImage);
-        const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
-        await writeFile(staging.meta, JSON.stringify(snapshot));
-        step = `storing the snapshot in ${this.store.description}`;
-        await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
-        step = 'removing what is left of the container';
-        await this.teardown(sandboxId);
-        return snapshot;
-      } catch (e) {
-        // The dump is whole in the staging directory: an agent restart completes it (recovery).
-        process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
-        throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
+        // A pause that failed with the sandbox still running: it takes requests again.
+        if ((await this.runc.state(sandboxId).catch(() => null))?.status === 'running') this.admission.open(sandboxId);
+        throw e;
       }
     });
+  }
+
+  private async pauseLocked(sandboxId: string, memory: boolean, quiesceMs: number): Promise<SnapshotRecord> {
+    const record = await this.record(sandboxId);
+    const p = sandboxPaths(this.cfg, sandboxId);
+    const state = await this.runc.state(sandboxId);
+    if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
+    await this.quiesce(sandboxId, quiesceMs);
+    // The sandbox stops computing when the dump freezes it, right after this.
+    const stoppedAt = new Date();
+    const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
+    await mkdir(staging.dir, { mode: 0o711 });
+    // Journaled before the dump: an agent that dies during it leaves the stop on record, and
+    // a dump that fails with the sandbox intact cancels it (a start at the same instant).
+    await this.journal.stopped(sandboxId, 'pause', stoppedAt);
+    try {
+      // CRIU refuses sockets connected to the outside: drop the agent's connections first.
+      this.clients.get(sandboxId)?.closeAll();
+      this.inject('checkpoint');
+      if (memory) {
+        await mkdir(staging.images, { mode: 0o700 });
+        await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+        await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
+        await handOverImages(staging.images, this.cfg.uidShift);
+      }
+    } catch (e) {
+      await this.keepLog(sandboxId, 'dump');
+      await rm(staging.dir, { recursive: true, force: true });
+      // CRIU resumes the tasks when a dump fails; only a running container may stay.
+      const after = await this.runc.state(sandboxId);
+      if (after?.status === 'running') {
+        await this.journal.append({ sandboxId, event: 'start', at: stoppedAt.toISOString(), cause: 'pause_failed' });
+        throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
+      }
+      await this.teardown(sandboxId);
+      throw new NestboxError('internal', `pause failed and the sandbox was lost: ${msg(e)}`);
+    }
+    // From here the container's processes are gone (checkpoint) or are stopped (files only).
+    let step = 'releasing its disk';
+    try {
+      await this.releaseDisk(sandboxId);
+      if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
+      step = 'moving its disk into the snapshot';
+      await moveTree(p.diskImage, staging.diskImage);
+      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
+      await writeFile(staging.meta, JSON.stringify(snapshot));
+      step = `storing the snapshot in ${this.store.description}`;
+      await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
+      step = 'removing what is left of the container';
+      await this.teardown(sandboxId);
+      return snapshot;
+    } catch (e) {
+      // The dump is whole in the staging directory: an agent restart completes it (recovery).
+      process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
+      throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
+    }
   }
 
   /**
@@ -562,6 +575,7 @@ export class SandboxRuntime {
   /** Records a start: in the sandbox's record (the inventory reports it) and the journal. */
   private async started(record: SandboxRecord, cause: 'create' | 'resume'): Promise<SandboxRecord> {
     const withStart = { ...record, startedAt: new Date().toISOString() };
+    this.admission.open(record.sandboxId);
     await writeFile(sandboxPaths(this.cfg, record.sandboxId).record, JSON.stringify(withStart));
     await this.journal.append({ sandboxId: record.sandboxId, event: 'start', at: withStart.startedAt, cause });
     return withStart;
@@ -616,6 +630,7 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, sandboxId);
     this.clients.get(sandboxId)?.closeAll();
     this.clients.delete(sandboxId);
+    this.admission.forget(sandboxId);
     await this.releaseDisk(sandboxId);
     await this.network.release(sandboxId);
     await removeTree(p.dir);

@@ -8,7 +8,7 @@ import type { UniversalHandler } from '@connectrpc/connect/protocol';
 import {
   compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse,
 } from '@connectrpc/connect-node';
-import { NODE_ROUTES } from '../../node-api/routes.ts';
+import { NODE_ROUTES, NOT_HERE_HEADER } from '../../node-api/routes.ts';
 import type { SandboxRuntime } from '../../runtime/sandbox-runtime.ts';
 import { basicAuthUser, clientAuthorization, envdContextKey, requestUser, type EnvdRequestContext } from './context.ts';
 import { templateProcessDefaults, type ProcessDefaults } from '../../runtime/templates.ts';
@@ -25,9 +25,13 @@ export interface EnvdOptions {
   runtime: SandboxRuntime;
 }
 
-/** E2B's proxy answer for a sandbox that is not running (the SDK's isRunning() reads 502 as false). */
+/**
+ * E2B's proxy answer for a sandbox that is not running (the SDK's isRunning() reads 502 as
+ * false), marked "not here" for the proxy: nothing was done, it may send the request on.
+ */
 function sandboxNotFound(reply: FastifyReply, sandboxId: string) {
-  return reply.code(502).header('content-type', 'application/json').send({ sandboxId, message: 'The sandbox was not found', code: 502 });
+  return reply.code(502).header('content-type', 'application/json').header(NOT_HERE_HEADER, '1')
+    .send({ sandboxId, message: 'The sandbox was not found', code: 502 });
 }
 
 // envd answers browsers with permissive CORS (the SDK runs in browsers too).
@@ -111,6 +115,13 @@ export function registerEnvd(app: FastifyInstance, opts: EnvdOptions) {
         req.raw.resume();
         return sandboxNotFound(reply, sandboxId);
       }
+      // Counted while it is answered (streams included): a pause waits for it, or refuses it untouched.
+      const release = runtime.admission.enter(sandboxId);
+      if (!release) {
+        req.raw.resume();
+        return sandboxNotFound(reply, sandboxId);
+      }
+      reply.raw.once('close', release);
       const rc: EnvdRequestContext = {
         sandboxId,
         envVars,

@@ -11,8 +11,8 @@ import { getNode, type NodeRecord } from '../../store/nodes.ts';
 import { getSandbox } from '../../store/sandboxes.ts';
 import type { LifecycleApi } from '../lifecycle-types.ts';
 import { checkEnvdAccess } from './access.ts';
-import { NODE_ROUTES, nodePath } from '../../node-api/routes.ts';
-import { addForwardedHeaders, endToEndHeaders, forwardHttp, forwardUpgrade, writeRawResponse } from '../../http/forward.ts';
+import { NODE_ROUTES, NOT_HERE_HEADER, nodePath } from '../../node-api/routes.ts';
+import { addForwardedHeaders, endToEndHeaders, forwardHttp, forwardUpgrade, readSmallBody, writeRawResponse } from '../../http/forward.ts';
 import { ENVD_PORT, parseTarget, routeRequest, type RequestTarget } from './routing.ts';
 
 export interface SandboxProxyOptions {
@@ -30,6 +30,13 @@ interface Resolved {
   secure: boolean;
   envdAccessToken: string;
   node: NodeRecord;
+}
+
+interface Prepared {
+  r: Resolved;
+  port: number;
+  path: string;
+  headers: OutgoingHttpHeaders;
 }
 
 class ProxyError extends Error {
@@ -53,6 +60,13 @@ const RESUMABLE: SandboxState[] = ['paused', 'pausing', 'resuming'];
  */
 const DRAIN_MOVE_WAIT_MS = 60_000;
 const DRAIN_MOVE_POLL_MS = 100;
+/**
+ * Bodies up to this size are kept, so that a request the node answered "not here" (the
+ * sandbox left it mid-move) can be sent again, at most MAX_SENDS times in all; larger
+ * bodies stream straight through, and such a request fails as before.
+ */
+const REPLAYABLE_BODY_BYTES = 1 << 20;
+const MAX_SENDS = 3;
 /** How long a node's address and token are cached. */
 const NODE_CACHE_MS = 5_000;
 const JSON_HEADERS = { 'content-type': 'application/json', 'access-control-allow-origin': '*', 'cache-control': 'no-store' };
@@ -152,7 +166,7 @@ export class SandboxProxy {
   }
 
   /** Where the request goes on the node, with the headers for that hop; throws ProxyError. */
-  private async prepare(req: IncomingMessage): Promise<{ r: Resolved; port: number; path: string; headers: OutgoingHttpHeaders }> {
+  private async prepare(req: IncomingMessage): Promise<Prepared> {
     const route = routeRequest(req.headers);
     if (!route.ok) {
       if (route.sandboxId) throw notFound(route.sandboxId);
@@ -215,32 +229,58 @@ export class SandboxProxy {
   }
 
   private async onRequest(req: IncomingMessage, res: ServerResponse) {
-    let prepared;
+    // A small body is read first, so that a request the node refused untouched (the sandbox
+    // left it: a drain moved it) can be sent again to wherever the sandbox is now.
+    let body: Buffer | undefined;
     try {
-      prepared = await this.prepare(req);
-    } catch (e) {
-      // Unread request bodies are drained so the connection stays usable.
-      req.resume();
-      this.send(res, this.failure(e, null));
-      return;
+      body = await readSmallBody(req, REPLAYABLE_BODY_BYTES);
+    } catch {
+      return; // the client went away
     }
-    if (res.destroyed) return; // the client left while the sandbox was being resumed
+    for (let sends = 1; ; sends++) {
+      let prepared;
+      try {
+        prepared = await this.prepare(req);
+      } catch (e) {
+        // Unread request bodies are drained so the connection stays usable.
+        if (!body) req.resume();
+        this.send(res, this.failure(e, null));
+        return;
+      }
+      if (res.destroyed) return; // the client left while the sandbox was being resumed
+      if (!(await this.forward(req, res, prepared, sends < MAX_SENDS ? body : undefined, body))) return;
+    }
+  }
+
+  /** Forwards once; true when the node refused it untouched and it may be sent again. */
+  private forward(req: IncomingMessage, res: ServerResponse, prepared: Prepared, replayable: Buffer | undefined, body: Buffer | undefined): Promise<boolean> {
     const { r, path, headers } = prepared;
-    try {
-      forwardHttp(req, res, {
-        origin: r.node.url,
-        path,
-        headers,
-        agent: this.agent,
-        connectTimeoutMs: this.connectTimeoutMs,
-        onError: (err) => {
-          this.nodes.delete(r.node.id);
-          this.send(res, this.nodeDown(r, err));
-        },
-      });
-    } catch (e) {
-      this.send(res, this.failure(e, r.sandboxId));
-    }
+    return new Promise<boolean>((resolve) => {
+      try {
+        forwardHttp(req, res, {
+          origin: r.node.url,
+          path,
+          headers,
+          agent: this.agent,
+          connectTimeoutMs: this.connectTimeoutMs,
+          body,
+          intercept: (up) => {
+            const notHere = up.statusCode === 502 && up.headers[NOT_HERE_HEADER] !== undefined;
+            delete up.headers[NOT_HERE_HEADER];
+            resolve(notHere && replayable !== undefined);
+            return notHere && replayable !== undefined;
+          },
+          onError: (err) => {
+            this.nodes.delete(r.node.id);
+            this.send(res, this.nodeDown(r, err));
+            resolve(false);
+          },
+        });
+      } catch (e) {
+        this.send(res, this.failure(e, r.sandboxId));
+        resolve(false);
+      }
+    });
   }
 
   // --- upgrades (WebSocket) -------------------------------------------------------------------
