@@ -4,6 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CommandExitError, Sandbox } from 'e2b';
 import type { ControlPlane } from '../src/control-plane/control-plane.ts';
@@ -163,6 +164,30 @@ describe('the e2b SDK against a live Nestbox', () => {
     assert.ok(after1 >= before, `counter continued from ${before}: ${after1}`);
     await eventually(async () => Number((await again.commands.run('cat /tmp/n')).stdout), (n) => n > after1, 'the counter keeps counting');
     assert.equal(await again.files.read('before-pause.txt'), 'kept');
+  });
+
+  test('boot id: each sandbox has its own; kept by a pause with memory, new after a file-system-only pause (a reboot); read-only', async () => {
+    const s = await Sandbox.create('base', opts);
+    try {
+      const bootId = async (x: Sandbox) => (await x.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout;
+      const first = await bootId(s);
+      assert.match(first, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$/);
+      assert.notEqual(first, await readFile('/proc/sys/kernel/random/boot_id', 'utf8'), 'not the host\'s');
+      assert.notEqual(first, await bootId(sbx), 'not another sandbox\'s');
+      const write = await s.commands.run('echo 00000000-0000-4000-8000-000000000000 | sudo -n tee /proc/sys/kernel/random/boot_id; sudo -n umount /proc/sys/kernel/random/boot_id; echo rc=$?', { user: 'root' }).catch((e: CommandExitError) => e);
+      assert.match(write.stdout + write.stderr, /rc=[1-9]/, 'root cannot unmount it');
+      assert.equal(await bootId(s), first, 'nor write it');
+      assert.equal(await s.pause(), true);
+      const resumed = await Sandbox.connect(s.sandboxId, opts);
+      assert.equal(await bootId(resumed), first, 'memory kept: the same boot goes on');
+      assert.equal(await resumed.pause({ keepMemory: false }), true);
+      const rebooted = await Sandbox.connect(s.sandboxId, opts);
+      const second = await bootId(rebooted);
+      assert.match(second, /^[0-9a-f-]{36}\n$/);
+      assert.notEqual(second, first, 'a file-system-only pause resumes as a new boot');
+    } finally {
+      await Sandbox.kill(s.sandboxId, opts);
+    }
   });
 
   test('sudo: password-less for user, as in E2B; the seccomp filter still holds after it', async () => {

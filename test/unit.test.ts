@@ -51,7 +51,7 @@ describe('KeyedMutex', () => {
 describe('OCI spec', () => {
   const spec = buildOciSpec({
     sandboxId: 'a'.repeat(20), rootfs: '/r', initBinary: '/i', socketDir: '/s', etcDir: '/e',
-    networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 },
+    networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 }, criuConfig: '/b/criu.conf',
     resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
   });
 

@@ -11,7 +11,8 @@ import type { RuntimeConfig } from './config.ts';
  *     disk/                    its mount point; the file system's root is host root's, 0711
  *       upper/ work/           the overlay's upper and work directories
  *       run/                   the init's socket directory, bound at /run/nestbox (sandbox-writable)
- *       etc/                   hosts, hostname, resolv.conf: bound over the sandbox's own (host root's dir)
+ *       etc/                   hosts, hostname, resolv.conf: bound over the sandbox's own (host root's dir);
+                              env.json and boot_id, host root's files bound read-only
  *       init/nestbox-init      the init binary this sandbox runs, bound read-only
  *     rootfs/                  the overlay mount
  *
@@ -37,6 +38,8 @@ export function sandboxPaths(cfg: RuntimeConfig, id: string) {
     rootfs: path.join(dir, 'rootfs'),
     runcLog: path.join(dir, 'runc.log'),
     criuWork: path.join(dir, 'criu-work'),
+    /** CRIU's configuration for this sandbox (the boot id mount). */
+    criuConfig: path.join(dir, 'criu.conf'),
   };
 }
 export type SandboxPaths = ReturnType<typeof sandboxPaths>;

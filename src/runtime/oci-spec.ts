@@ -1,6 +1,10 @@
 import type { SandboxResources } from '../core/runtime-state.ts';
-import { SANDBOX_ENV_FILE, SANDBOX_ENV_PATH } from './sandbox-files.ts';
+import { BOOT_ID_FILE, BOOT_ID_PATH, SANDBOX_ENV_FILE, SANDBOX_ENV_PATH } from './sandbox-files.ts';
 import { seccompProfile } from './seccomp.ts';
+
+/** runc reads this annotation for a CRIU configuration file of the container's own. */
+const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
+const MOUNT_BINARY = '/bin/mount';
 
 /** Paths inside the sandbox that the node provides. */
 export const INIT_PATH_IN_SANDBOX = '/.nestbox/init';
@@ -14,6 +18,8 @@ export interface SpecInput {
   socketDir: string; // host path (on the sandbox's disk), bound at SOCKET_DIR_IN_SANDBOX
   etcDir: string; // host path holding hosts, hostname and resolv.conf, each bound over /etc's
   networkHook: { path: string; args: string[]; timeout: number };
+  /** Host path of the sandbox's CRIU configuration (runc hands it to CRIU at dump and restore). */
+  criuConfig: string;
   resources: SandboxResources;
   uidShift: number;
   uidRange: number;
@@ -63,7 +69,19 @@ export function buildOciSpec(input: SpecInput) {
       noNewPrivileges: false,
     },
     root: { path: input.rootfs, readonly: false },
-    hooks: { createRuntime: [input.networkHook] },
+    hooks: {
+      createRuntime: [input.networkHook],
+      // The sandbox's own boot id over the host's. runc refuses spec mounts below /proc, so
+      // this bind is made in the container's mount namespace before pivot_root, where /proc is
+      // the procfs runc just mounted on a real directory (runc refuses anything else there).
+      // CRIU keeps it as an external mount (criuConfig names it) and binds it again at restore.
+      createContainer: [{
+        path: MOUNT_BINARY,
+        args: ['mount', '-n', '--bind', `${input.etcDir}/${BOOT_ID_FILE}`, `${input.rootfs}${BOOT_ID_PATH}`],
+        timeout: 10,
+      }],
+    },
+    annotations: { [CRIU_CONFIG_ANNOTATION]: input.criuConfig },
     hostname: 'nestbox',
     mounts: [
       { destination: '/proc', type: 'proc', source: 'proc' },

@@ -8,7 +8,7 @@ import { exists, removeTree } from './fs-util.ts';
 import { sandboxPaths, type SandboxPaths } from './layout.ts';
 import type { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
-import { hostResolvConf, sandboxFileContents, writeSandboxEnv, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
+import { hostResolvConf, sandboxFileContents, BOOT_ID_FILE, BOOT_ID_PATH, writeBootId, writeSandboxEnv, writeSandboxFiles, type SandboxFileHashes } from './sandbox-files.ts';
 import type { SandboxRecord } from './sandbox-records.ts';
 
 /** The sandbox's directory (the bundle), its rootfs mount point, and the name of its lower layer. */
@@ -26,7 +26,7 @@ export async function prepareDirs(p: SandboxPaths, lower: string) {
  * etc/, init/) are host root's, so nothing inside can replace what the agent opens; the socket
  * directory starts empty at every start (a restored init binds its socket again).
  */
-export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fresh: boolean; freshBoot: boolean }) {
+export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fresh: boolean; freshBoot: boolean; bootId: 'new' | 'keep' }) {
   const shift = cfg.uidShift;
   await chmod(p.disk, 0o711);
   if (o.fresh) {
@@ -45,6 +45,7 @@ export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fres
     await chmod(staged, 0o555);
     await rename(staged, p.initBinary);
   }
+  await writeBootId(p.etcDir, { keep: o.bootId === 'keep' });
 }
 
 /**
@@ -56,6 +57,20 @@ export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record:
   await writeSandboxEnv(p.etcDir, record.envVars);
   return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), cfg.uidShift, previous);
 }
+
+/**
+ * The sandbox's CRIU configuration (runc passes it to CRIU at dump and restore, beside its own
+ * options): the boot id bind is an external mount, recorded by a key at dump and bound again
+ * from this node's file at restore. Each line serves one direction; the other ignores it.
+ */
+function criuConfig(p: SandboxPaths): string {
+  return [
+    `ext-mount-map ${BOOT_ID_PATH}:${BOOT_ID_MOUNT_KEY}`,
+    `ext-mount-map ${BOOT_ID_MOUNT_KEY}:${path.join(p.etcDir, BOOT_ID_FILE)}`,
+    '',
+  ].join('\n');
+}
+const BOOT_ID_MOUNT_KEY = 'nestbox-boot-id';
 
 /** Mounts the overlay and writes the OCI spec and the sandbox's record: the bundle is ready. */
 export async function mountAndConfigure(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
@@ -73,10 +88,12 @@ export async function mountAndConfigure(cfg: RuntimeConfig, network: NetworkMana
     socketDir: p.socketDir,
     etcDir: p.etcDir,
     networkHook: network.hook(record.sandboxId, record.address),
+    criuConfig: p.criuConfig,
     resources: record.resources,
     uidShift: cfg.uidShift,
     uidRange: cfg.uidRange,
   });
   await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
+  await writeFile(p.criuConfig, criuConfig(p));
   await writeFile(p.record, JSON.stringify(record));
 }

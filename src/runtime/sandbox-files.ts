@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -38,10 +38,31 @@ export const SANDBOX_ENV_PATH = '/etc/nestbox/env.json';
 
 /** Writes the sandbox's variables as JSON, host root's and read-only to the sandbox (never through a link). */
 export async function writeSandboxEnv(etcDir: string, env: Record<string, string>): Promise<void> {
+  await writeHostRootFile(etcDir, SANDBOX_ENV_FILE, JSON.stringify(env ?? {}));
+}
+
+/**
+ * The sandbox's boot id, bound over /proc/sys/kernel/random/boot_id (the host's otherwise):
+ * a new one at each boot (create, resume without memory) and for each new sandbox restored
+ * from another's memory; a resume with memory keeps it (the same boot goes on).
+ */
+export const BOOT_ID_FILE = 'boot_id';
+export const BOOT_ID_PATH = '/proc/sys/kernel/random/boot_id';
+
+export async function writeBootId(etcDir: string, o: { keep: boolean }): Promise<void> {
+  if (o.keep) {
+    const kept = await readFile(path.join(etcDir, BOOT_ID_FILE), 'utf8').catch(() => '');
+    if (/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$/.test(kept)) return;
+  }
+  await writeHostRootFile(etcDir, BOOT_ID_FILE, `${randomUUID()}\n`);
+}
+
+/** A file of host root's, 0644, in the etc directory (opened without following links). */
+async function writeHostRootFile(etcDir: string, name: string, contents: string): Promise<void> {
   await mkdir(etcDir, { recursive: true, mode: 0o755 });
-  const f = await open(path.join(etcDir, SANDBOX_ENV_FILE), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
+  const f = await open(path.join(etcDir, name), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
   try {
-    await f.writeFile(JSON.stringify(env ?? {}));
+    await f.writeFile(contents);
     await f.chown(0, 0);
     await f.chmod(0o644);
   } finally {

@@ -134,7 +134,7 @@ export class SandboxRuntime {
       await prepareDirs(p, lower);
       await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
       await mountDisk(p.diskImage, p.disk);
-      await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true });
+      await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
       const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
       const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record);
@@ -394,7 +394,8 @@ export class SandboxRuntime {
       await prepareDirs(p, lower);
       await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
       await mountDisk(p.diskImage, p.disk);
-      await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false });
+      // A new sandbox, though its memory goes on from another's: a boot id of its own.
+      await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false, bootId: 'new' });
       const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
@@ -438,7 +439,7 @@ export class SandboxRuntime {
         });
         await mountDisk(p.diskImage, p.disk);
         // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
-        await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory });
+        await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory, bootId: snap.memory ? 'keep' : 'new' });
         const net = await this.network.prepare(sandboxId, { allowInternet: snap.sandbox.allowInternetAccess, preferredAddress: snap.sandbox.address });
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
