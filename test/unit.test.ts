@@ -58,6 +58,9 @@ describe('OCI spec', () => {
   test('a sandbox gets every namespace, its limits, a seccomp filter, setuid allowed (sudo) and masked /proc', () => {
     assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'user', 'uts']);
     assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
+    // The sandbox's boot id over the host's, a mount CRIU is told about through the container's own configuration.
+    assert.deepEqual(spec.hooks.createContainer[0]!.args.slice(-2), ['/e/boot_id', '/r/proc/sys/kernel/random/boot_id']);
+    assert.equal(spec.annotations['org.criu.config'], '/b/criu.conf');
     assert.equal(spec.linux.uidMappings[0]!.hostID, 100000);
     assert.equal(spec.linux.resources.memory.limit, 256 * 1024 * 1024);
     assert.equal(spec.linux.resources.cpu.quota, 50_000);
