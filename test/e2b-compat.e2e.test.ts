@@ -190,6 +190,19 @@ describe('the e2b SDK against a live Nestbox', () => {
     }
   });
 
+  test('a command\'s timeout goes with its sandbox: passed while paused, it still kills the command after the resume', async () => {
+    const s = await Sandbox.create('base', opts);
+    try {
+      const h = await s.commands.run('sleep 600', { background: true, timeoutMs: 2_000 });
+      assert.equal(await s.pause(), true);
+      await sleep(3_000); // the deadline passes on the wall clock while nothing runs
+      const again = await Sandbox.connect(s.sandboxId, opts);
+      await eventually(async () => (await again.commands.run(`kill -0 ${h.pid} 2>/dev/null; echo $?`)).stdout, (o) => o === '1\n', 'the command killed by its timeout', 60_000);
+    } finally {
+      await Sandbox.kill(s.sandboxId, opts);
+    }
+  });
+
   test('sudo: password-less for user, as in E2B; the seccomp filter still holds after it', async () => {
     assert.equal((await sbx.commands.run('sudo -n true && sudo -n id -u')).stdout, '0\n');
     assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n', 'commands still run as user by default');

@@ -8,6 +8,7 @@ import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
 import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { StartGate } from '../src/agent/start-gate.ts';
 import { RequestAdmission } from '../src/runtime/request-admission.ts';
+import { CommandDeadlines } from '../src/runtime/command-deadlines.ts';
 
 describe('ids', () => {
   test('sandbox ids are 20 lower-case alphanumerics and unique', () => {
@@ -133,6 +134,43 @@ describe('RequestAdmission', () => {
     assert.ok(Date.now() - t0 >= 45);
     a.forget('s1');
     assert.ok(a.enter('s1'), 'forgotten: a sandbox of that id takes requests again');
+  });
+});
+
+describe('CommandDeadlines', () => {
+  test('a passed deadline kills; one the sandbox cannot take now is tried again; a pause keeps what is left, a resume arms it', async () => {
+    const killed: string[] = [];
+    let reachable = false;
+    const d = new CommandDeadlines(async (id, pid, argv0) => {
+      if (!reachable) throw new Error('paused');
+      killed.push(`${id}:${pid}:${argv0}`);
+    });
+    d.arm('s1', 10, 'sleep', 40_000);
+    d.arm('s1', 11, 'python3', 20);
+    d.arm('s2', 12, 'sleep', 60_000);
+    // Stopped (paused) 10 s in: what is left of each, exactly; the sandbox's clock stops there.
+    const stoppedAt = new Date(Date.now() + 10_000);
+    const left = d.remaining('s1', stoppedAt);
+    assert.equal(left.length, 2);
+    const long = left.find((x) => x.pid === 10)!;
+    assert.ok(long.remainingMs > 29_000 && long.remainingMs <= 30_000, String(long.remainingMs));
+    assert.equal(left.find((x) => x.pid === 11)!.remainingMs, 0, 'passed: nothing left');
+    // pid 11's deadline passes while the sandbox cannot be reached: not dropped, tried again.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(killed, []);
+    reachable = true;
+    await new Promise((r) => setTimeout(r, 1_200));
+    assert.deepEqual(killed, ['s1:11:python3']);
+    assert.deepEqual(d.remaining('s1', new Date()).map((x) => x.pid), [10], 'the killed one is gone');
+    // The sandbox leaves the node; its snapshot's deadlines are armed where it resumes.
+    d.forget('s1');
+    assert.deepEqual(d.remaining('s1', new Date()), []);
+    d.restore('s3', [{ pid: 7, argv0: 'node', remainingMs: 10 }, { pid: -1, argv0: 'x', remainingMs: 5 }, { pid: 8, argv0: 'y', remainingMs: Number.NaN }] as never);
+    assert.deepEqual(d.remaining('s3', new Date(0)).map((x) => x.pid), [7], 'nonsense is left out');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(killed, ['s1:11:python3', 's3:7:node']);
+    d.disarm('s2', 12);
+    assert.deepEqual(d.remaining('s2', new Date()), [], 'ended: disarmed');
   });
 });
 

@@ -1,6 +1,7 @@
 // What the node keeps about the sandboxes it runs and the snapshots it paused.
 import type { SandboxResources } from '../core/runtime-state.ts';
 import type { SandboxFileHashes } from './sandbox-files.ts';
+import type { PendingDeadline } from './command-deadlines.ts';
 
 export interface CreateSandboxRequest {
   sandboxId: string;
@@ -28,4 +29,6 @@ export interface SnapshotRecord {
   /** When the dump froze the sandbox (it stopped computing): where its billing ends. */
   stoppedAt?: string;
   sizeBytes?: number;
+  /** With memory: what was left of each command's timeout when the sandbox stopped. */
+  commandDeadlines?: PendingDeadline[];
 }

@@ -6,6 +6,7 @@ import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TE
 import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
 import { CleanupStack } from './cleanup-stack.ts';
 import { RequestAdmission } from './request-admission.ts';
+import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
@@ -50,6 +51,8 @@ export class SandboxRuntime {
   private readonly clients = new Map<string, InitClient>();
   /** Requests in progress on each sandbox; a pause takes no new ones (the agent's envd and port routes ask). */
   readonly admission = new RequestAdmission();
+  /** Commands' timeouts, which go with the sandbox through pause and resume. */
+  readonly commandDeadlines = new CommandDeadlines((id, pid, argv0) => this.killCommand(id, pid, argv0));
   private readonly nodeInventory: NodeInventory;
   private readonly recovery: SandboxRecovery;
   readonly journal: NodeJournal;
@@ -255,7 +258,10 @@ export class SandboxRuntime {
       if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
       step = 'moving its disk into the snapshot';
       await moveTree(p.diskImage, staging.diskImage);
-      const snapshot: SnapshotRecord = { sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString() };
+      const snapshot: SnapshotRecord = {
+        sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString(),
+        ...(memory ? { commandDeadlines: this.commandDeadlines.remaining(sandboxId, stoppedAt) } : {}),
+      };
       await writeFile(staging.meta, JSON.stringify(snapshot));
       step = `storing the snapshot in ${this.store.description}`;
       await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
@@ -346,7 +352,10 @@ export class SandboxRuntime {
     } finally {
       await this.runc.thaw(sandboxId);
     }
-    const snapshot: SnapshotRecord = { sandbox: record, memory: true, pausedAt: new Date().toISOString(), stoppedAt: frozenAt.toISOString() };
+    const snapshot: SnapshotRecord = {
+      sandbox: record, memory: true, pausedAt: new Date().toISOString(), stoppedAt: frozenAt.toISOString(),
+      commandDeadlines: this.commandDeadlines.remaining(sandboxId, frozenAt),
+    };
     await writeFile(into.meta, JSON.stringify(snapshot));
     return snapshot;
   }
@@ -404,6 +413,7 @@ export class SandboxRuntime {
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
       await this.waitForInit(req.sandboxId, true);
+      this.commandDeadlines.restore(req.sandboxId, snap.commandDeadlines);
       return await this.started(record, 'create');
     } catch (e) {
       await this.keepLog(req.sandboxId, 'restore');
@@ -454,6 +464,7 @@ export class SandboxRuntime {
         await this.waitForInit(sandboxId, snap.memory);
         // The sandbox runs: a snapshot that cannot be deleted now is left to the reconciler.
         await this.dropSnapshot(sandboxId).catch((e) => process.stderr.write(`nestbox: ${sandboxId} resumed, its snapshot stays: ${msg(e)}\n`));
+        if (snap.memory) this.commandDeadlines.restore(sandboxId, snap.commandDeadlines);
         return await this.started(record, 'resume');
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
@@ -626,12 +637,21 @@ export class SandboxRuntime {
     throw new Error(`sandbox init did not answer within ${INIT_READY_TIMEOUT_MS} ms: ${msg(lastError)}`);
   }
 
+  /** A command whose timeout passed: killed if it still runs (the same program at that pid). */
+  private async killCommand(sandboxId: string, pid: number, argv0: string): Promise<void> {
+    if (this.admission.isClosed(sandboxId)) throw new Error(`sandbox ${sandboxId} is being paused`);
+    const client = this.initClient(sandboxId);
+    const still = (await client.list()).some((p) => p.pid === pid && p.argv[0] === argv0);
+    if (still) await client.signal(pid, 9);
+  }
+
   /** Removes the container, mounts, network and directory of a sandbox; idempotent. */
   private async teardown(sandboxId: string) {
     const p = sandboxPaths(this.cfg, sandboxId);
     this.clients.get(sandboxId)?.closeAll();
     this.clients.delete(sandboxId);
     this.admission.forget(sandboxId);
+    this.commandDeadlines.forget(sandboxId);
     await this.releaseDisk(sandboxId);
     await this.network.release(sandboxId);
     await removeTree(p.dir);

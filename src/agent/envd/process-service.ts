@@ -108,20 +108,14 @@ export const processService: Partial<ServiceImpl<typeof Process>> = {
       throw toConnectError(e);
     }
     // As envd does, a deadline (Connect-Timeout-Ms, the SDK's timeoutMs) kills the process,
-    // whether or not the client is still there when it passes.
+    // whether or not the client is still there when it passes. The runtime keeps it: it goes
+    // with the sandbox through a pause and a resume, and time paused does not count.
     const timeoutMs = ctx.timeoutMs();
     if (timeoutMs !== undefined && timeoutMs > 0) {
       const pid = stream.pid;
-      const argv0 = cfg.cmd;
-      const kill = async () => {
-        // After a detach the process may have ended meanwhile: kill only what is still ours.
-        const still = (await rc.init.list()).some((p) => p.pid === pid && p.argv[0] === argv0);
-        if (still) await rc.init.signal(pid, 9);
-      };
-      const timer = setTimeout(() => void kill().catch(() => undefined), timeoutMs);
-      timer.unref();
+      rc.runtime.commandDeadlines.arm(rc.sandboxId, pid, cfg.cmd, timeoutMs);
       stream.exited.then(
-        () => clearTimeout(timer),
+        () => rc.runtime.commandDeadlines.disarm(rc.sandboxId, pid),
         () => undefined, // detached: the process may still run, the deadline still applies
       );
     }
