@@ -368,6 +368,33 @@ forEachDatabase('reconciler', (t) => {
     assert.equal((await getSandbox(db, s.sandboxId))!.state, 'killed');
   });
 
+  test('a pause whose answer was lost, on a node that then went down: billing ends when its snapshot says the sandbox stopped', async () => {
+    const w = await world(db, { nodeDownAfterMs: 60_000 });
+    const s = await w.svc.create(w.params());
+    const other = new FakeNode(`other-${Math.random().toString(36).slice(2, 8)}`, Math.random, w.node.snapshots, w.node.snapshotStops);
+    other.now = () => w.clock.t;
+    await upsertNode(db, { id: other.nodeId, url: 'memory:', token: 'none' });
+    w.nodes.add(other);
+    w.clock.advance(5_000);
+    const frozeAt = w.clock.t;
+    w.node.faults.timeoutAfterEffect = 1;
+    await assert.rejects(w.svc.pause(w.teamId, s.sandboxId, { memory: true }), /stays pausing/);
+    w.node.faults.timeoutAfterEffect = 0;
+    // The node goes down with its journal: only the snapshot in the shared store knows the instant.
+    w.node.faults.unreachable = true;
+    w.node.lastStop = async () => {
+      throw new NodeCallError('unavailable', 'fake node: down', { uncertain: true, retryable: true });
+    };
+    w.clock.advance(60_000);
+    await w.reconciler.tick();
+    assert.equal((await getSandbox(db, s.sandboxId))!.state, 'paused');
+    const ivs = await intervals(db, s.sandboxId);
+    assert.equal(ivs.length, 1);
+    assert.equal(ivs[0]!.closed_at?.getTime(), frozeAt, 'closed when the dump froze it, not a minute later when the reconciler decided');
+    await assertLegalHistory(db, s.sandboxId);
+    await assertLedger(db, s.sandboxId);
+  });
+
   test('a node down for good: its lost sandboxes are killed through another node, which deletes their snapshots', async () => {
     const w = await world(db, { nodeDownAfterMs: 60_000 });
     const s = await w.svc.create(w.params());

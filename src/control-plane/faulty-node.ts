@@ -40,6 +40,9 @@ export class FaultyNodeClient implements NodeClient {
   lastStop(id: string) {
     return this.inner.lastStop(id);
   }
+  snapshotStop(id: string) {
+    return this.inner.snapshotStop(id);
+  }
   deleteSnapshot(id: string) {
     return this.inner.deleteSnapshot(id);
   }

@@ -41,6 +41,8 @@ export interface NodeClient {
   resume(sandboxId: string): Promise<NodeStart>;
   /** When the node last stopped the sandbox, from its journal (a lost answer's instant). */
   lastStop(sandboxId: string): Promise<NodeStop>;
+  /** When a paused sandbox stopped, as its snapshot says (any node reads the shared store). */
+  snapshotStop(sandboxId: string): Promise<NodeStop>;
   /** Deletes a snapshot by its store key (a paused sandbox's id or a named snapshot's id). */
   deleteSnapshot(key: string): Promise<void>;
   /** A live snapshot of a running sandbox (it keeps running), stored complete under `snapshotId`. */
@@ -96,6 +98,9 @@ export class HttpNodeClient implements NodeClient {
   }
   async lastStop(sandboxId: string): Promise<NodeStop> {
     return { stoppedAt: instant((await this.call('GET', nodePath(R.lastStop, { id: sandboxId }))) as NodeStop, 'stoppedAt') };
+  }
+  async snapshotStop(sandboxId: string): Promise<NodeStop> {
+    return { stoppedAt: instant((await this.call('GET', nodePath(R.snapshot, { id: sandboxId }))) as NodeSnapshotRecord, 'stoppedAt') };
   }
   async resume(sandboxId: string): Promise<NodeStart> {
     const record = (await this.call('POST', nodePath(R.resume, { id: sandboxId }))) as NodeSandboxRecord;

@@ -238,8 +238,9 @@ export class SandboxTransitions {
     const now = this.clock.now().getTime();
     if (outcome === 'failed') return this.transition(row, 'failed', 'create_failed', { endAt: null });
     if (outcome === 'paused') {
-      // A pause whose answer was lost: billing ends when the dump froze it, as the node's journal says.
-      const stoppedAt = row.state === 'pausing' ? await this.lastStopOnNode(row) : null;
+      // A pause whose answer was lost: billing ends when the dump froze it, as the node's journal
+      // says, or, when that node cannot answer (it went down after the pause), its snapshot.
+      const stoppedAt = row.state === 'pausing' ? (await this.lastStopOnNode(row)) ?? (await this.stopInSnapshot(row)) : null;
       return this.transition(row, 'paused', row.state === 'resuming' ? 'resume_failed' : 'recovered', undefined, { stoppedAt });
     }
     // running: the time left is what the row kept (pausing, resuming) or its whole timeout (starting).
@@ -248,6 +249,15 @@ export class SandboxTransitions {
     return this.transition(row, 'running', row.state === 'pausing' ? 'pause_failed' : 'recovered', {
       nodeId: on.nodeId ?? row.nodeId, endAt: new Date(base + left), remainingMs: null,
     }, { startedAt: on.startedAt });
+  }
+
+  /** When the sandbox stopped, as its snapshot in the shared store says (read through a node that answers). */
+  private async stopInSnapshot(row: SandboxRow): Promise<Date | null> {
+    try {
+      return nodeInstant((await this.nodes.forLost(row.nodeId).snapshotStop(row.sandboxId)).stoppedAt);
+    } catch {
+      return null; // no node can say: the moment of concluding stands
+    }
   }
 
   private async lastStopOnNode(row: SandboxRow): Promise<Date | null> {

@@ -34,8 +34,15 @@ export class FakeNode implements NodeClient {
   /** The node's clock (container start times). */
   now: () => number = Date.now;
 
-  constructor(readonly nodeId = 'fake-node', private readonly random: () => number = Math.random, snapshots = new Set<string>()) {
+  /** When each snapshot's sandbox stopped (what its snapshot.json says); shared like `snapshots`. */
+  readonly snapshotStops: Map<string, number>;
+
+  constructor(
+    readonly nodeId = 'fake-node', private readonly random: () => number = Math.random, snapshots = new Set<string>(),
+    snapshotStops = new Map<string, number>(),
+  ) {
     this.snapshots = snapshots;
+    this.snapshotStops = snapshotStops;
   }
 
   private async step(name: string, id: string) {
@@ -80,6 +87,7 @@ export class FakeNode implements NodeClient {
     this.containers.delete(id);
     this.snapshots.add(id);
     this.stops.set(id, this.now());
+    this.snapshotStops.set(id, this.now());
     this.maybeTimeout('pause');
     return { stoppedAt: new Date(this.now()).toISOString() };
   }
@@ -100,9 +108,17 @@ export class FakeNode implements NodeClient {
     return { stoppedAt: stop === undefined || this.containers.has(id) ? null : new Date(stop).toISOString() };
   }
 
+  async snapshotStop(id: string) {
+    if (this.faults.unreachable) throw new NodeCallError('unavailable', 'fake node: unreachable', { uncertain: true, retryable: true });
+    if (!this.snapshots.has(id)) throw new NodeCallError('not_found', `no snapshot of sandbox ${id}`, { uncertain: false });
+    const stop = this.snapshotStops.get(id);
+    return { stoppedAt: stop === undefined ? null : new Date(stop).toISOString() };
+  }
+
   async deleteSnapshot(id: string) {
     await this.step('deleteSnapshot', id);
     this.snapshots.delete(id);
+    this.snapshotStops.delete(id);
   }
 
   async snapshot(id: string, snapshotId: string) {
