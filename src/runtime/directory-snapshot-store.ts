@@ -7,7 +7,7 @@ import { run } from './command.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
   ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
-  type IncompleteSnapshot, type Manifest, type SnapshotStore,
+  type IncompleteSnapshot, type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
 } from './snapshot-store.ts';
 
 /**
@@ -20,6 +20,8 @@ import {
  */
 export class DirectorySnapshotStore implements SnapshotStore {
   readonly description: string;
+  /** prestage()'s work, by staging directory: each object's manifest entry, once hashed and synced. */
+  private readonly headStarts = new Map<string, Map<ObjectName, Promise<ManifestEntry>>>();
 
   constructor(readonly root: string) {
     this.description = `directory ${root}`;
@@ -51,10 +53,20 @@ export class DirectorySnapshotStore implements SnapshotStore {
     }
   }
 
+  prestage(staging: string, name: ObjectName): void {
+    const key = path.resolve(staging);
+    let started = this.headStarts.get(key);
+    if (!started) this.headStarts.set(key, (started = new Map()));
+    const entry = Promise.all([hashObject(staging, name), syncObject(staging, name)]).then(([e]) => e);
+    entry.catch(() => undefined); // seal() hashes the object itself then
+    started.set(name, entry);
+  }
+
   async put(id: string, staging: string): Promise<void> {
     const final = this.dir(id);
     if (await exists(final)) throw new Error(`snapshot ${id} already exists`);
     await this.seal(id, staging);
+    this.headStarts.delete(path.resolve(staging));
     await moveTree(staging, final);
     await fsyncDir(this.root);
   }
@@ -151,9 +163,16 @@ export class DirectorySnapshotStore implements SnapshotStore {
    * the snapshot the manifest describes.
    */
   private async seal(id: string, dir: string): Promise<void> {
-    await syncSnapshotFiles(dir);
-    // The objects are hashed side by side (tar reads one while the other is hashed).
-    const objects = await Promise.all((await objectsOf(dir)).map((name) => hashObject(dir, name)));
+    const started = this.headStarts.get(path.resolve(dir));
+    // The objects are hashed side by side (tar reads one while the other is hashed), while the
+    // files are synced (quick for those prestage() synced already); the manifest waits for both.
+    const [objects] = await Promise.all([
+      Promise.all((await objectsOf(dir)).map(async (name) => {
+        const early = await started?.get(name)?.catch(() => undefined);
+        return early ?? hashObject(dir, name);
+      })),
+      syncSnapshotFiles(dir),
+    ]);
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
     const tmp = path.join(dir, `.${MANIFEST}.tmp`);
     const f = await open(tmp, 'w', 0o600);
@@ -188,6 +207,24 @@ async function syncSnapshotFiles(dir: string) {
     }
   }));
   if (await exists(l.images)) await fsyncDir(l.images);
+}
+
+/** fsync of one object's files (the checkpoint's images and their directory, or the disk image). */
+async function syncObject(dir: string, name: ObjectName) {
+  const l = localSnapshot(dir);
+  if (name === 'snapshot.json') return syncFile(l.meta);
+  if (name === 'disk') return syncFile(l.diskImage);
+  await Promise.all((await readdir(l.images)).map((f) => syncFile(path.join(l.images, f))));
+  await fsyncDir(l.images);
+}
+
+async function syncFile(file: string) {
+  const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    await f.sync();
+  } finally {
+    await f.close();
+  }
 }
 
 async function fsyncDir(dir: string) {
