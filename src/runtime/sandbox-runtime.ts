@@ -15,7 +15,7 @@ import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.t
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SnapshotFiles } from './layout.ts';
+import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SandboxPaths, type SnapshotFiles } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
@@ -133,19 +133,33 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, req.sandboxId);
     if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
     if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
+    const t = new StepTimes('create', req.sandboxId);
+    t.step('checks');
     try {
       await prepareDirs(p, lower);
+      t.step('dirs');
       await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
+      t.step('mkfs');
       await mountDisk(p.diskImage, p.disk);
+      t.step('mount');
       await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
+      t.step('prepareDisk');
       const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
+      t.step('network');
       const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record);
+      t.step('etc');
       await mountAndConfigure(this.cfg, this.network, record);
+      t.step('overlay');
       await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
+      t.step('runc');
       await this.waitForInit(req.sandboxId, false);
+      t.step('init');
       if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
-      return await this.started(record, 'create');
+      const out = await this.started(record, 'create');
+      t.step('started');
+      t.end();
+      return out;
     } catch (e) {
       await this.teardown(req.sandboxId);
       throw wrap(e, 'create');
@@ -217,11 +231,13 @@ export class SandboxRuntime {
   }
 
   private async pauseLocked(sandboxId: string, memory: boolean, quiesceMs: number): Promise<SnapshotRecord> {
+    const t = new StepTimes('pause', sandboxId);
     const record = await this.record(sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
     const state = await this.runc.state(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     await this.quiesce(sandboxId, quiesceMs);
+    t.step('checks');
     // The sandbox stops computing when the dump freezes it, right after this.
     const stoppedAt = new Date();
     const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
@@ -229,6 +245,7 @@ export class SandboxRuntime {
     // Journaled before the dump: an agent that dies during it leaves the stop on record, and
     // a dump that fails with the sandbox intact cancels it (a start at the same instant).
     await this.journal.stopped(sandboxId, 'pause', stoppedAt);
+    t.step('journal');
     try {
       // CRIU refuses sockets connected to the outside: drop the agent's connections first.
       this.clients.get(sandboxId)?.closeAll();
@@ -237,7 +254,11 @@ export class SandboxRuntime {
         await mkdir(staging.images, { mode: 0o700 });
         await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
         await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
+        t.step('dump');
         await handOverImages(staging.images, this.cfg.uidShift);
+        t.step('handOver');
+        // The images are final: the store hashes and syncs them beside the steps below.
+        this.store.prestage?.(staging.dir, 'checkpoint');
       }
     } catch (e) {
       await this.keepLog(sandboxId, 'dump');
@@ -253,20 +274,33 @@ export class SandboxRuntime {
     }
     // From here the container's processes are gone (checkpoint) or are stopped (files only).
     let step = 'releasing its disk';
+    // Its network goes meanwhile (a resume claims one again, preferring the same address).
+    const networkReleased = this.network.release(sandboxId);
+    networkReleased.catch(() => undefined); // awaited below
     try {
       await this.releaseDisk(sandboxId);
+      t.step('releaseDisk');
       if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
+      t.step('loopDetach');
       step = 'moving its disk into the snapshot';
       await moveTree(p.diskImage, staging.diskImage);
+      this.store.prestage?.(staging.dir, 'disk');
       const snapshot: SnapshotRecord = {
         sandbox: record, memory, pausedAt: new Date().toISOString(), stoppedAt: stoppedAt.toISOString(),
         ...(memory ? { commandDeadlines: this.commandDeadlines.remaining(sandboxId, stoppedAt) } : {}),
       };
       await writeFile(staging.meta, JSON.stringify(snapshot));
+      t.step('move');
       step = `storing the snapshot in ${this.store.description}`;
       await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
+      t.step('put');
       step = 'removing what is left of the container';
-      await this.teardown(sandboxId);
+      // The container is gone and nothing is mounted any more (releaseDisk): its directory goes.
+      await networkReleased;
+      this.forgetClients(sandboxId);
+      await removeTree(p.dir);
+      t.step('removeDir');
+      t.end();
       return snapshot;
     } catch (e) {
       // The dump is whole in the staging directory: an agent restart completes it (recovery).
@@ -429,6 +463,7 @@ export class SandboxRuntime {
   async resume(sandboxId: string): Promise<SandboxRecord> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
+      const t = new StepTimes('resume', sandboxId);
       const snap = await this.snapshot(sandboxId);
       const s = snapshotPaths(this.cfg, sandboxId);
       const p = sandboxPaths(this.cfg, sandboxId);
@@ -440,20 +475,27 @@ export class SandboxRuntime {
       const undo = new CleanupStack();
       undo.push(() => this.teardown(sandboxId));
       undo.push(() => this.store.close(sandboxId, s.dir));
+      t.step('open');
       try {
         await prepareDirs(p, lower);
         await moveTree(s.diskImage, p.diskImage);
+        t.step('dirs');
         undo.push(async () => {
           await this.releaseDisk(sandboxId);
           await moveTree(p.diskImage, s.diskImage);
         });
         await mountDisk(p.diskImage, p.disk);
+        t.step('mount');
         // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
         await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory, bootId: snap.memory ? 'keep' : 'new' });
+        t.step('prepareDisk');
         const net = await this.network.prepare(sandboxId, { allowInternet: snap.sandbox.allowInternetAccess, preferredAddress: snap.sandbox.address });
+        t.step('network');
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
+        t.step('etc');
         await mountAndConfigure(this.cfg, this.network, record);
+        t.step('overlay');
         this.inject('restore');
         if (snap.memory) {
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
@@ -461,11 +503,17 @@ export class SandboxRuntime {
         } else {
           await this.runc.runDetached(sandboxId, p.dir, p.runcLog);
         }
+        t.step('restore');
         await this.waitForInit(sandboxId, snap.memory);
+        t.step('init');
         // The sandbox runs: a snapshot that cannot be deleted now is left to the reconciler.
         await this.dropSnapshot(sandboxId).catch((e) => process.stderr.write(`nestbox: ${sandboxId} resumed, its snapshot stays: ${msg(e)}\n`));
+        t.step('dropSnapshot');
         if (snap.memory) this.commandDeadlines.restore(sandboxId, snap.commandDeadlines);
-        return await this.started(record, 'resume');
+        const out = await this.started(record, 'resume');
+        t.step('started');
+        t.end();
+        return out;
       } catch (e) {
         await this.keepLog(sandboxId, 'restore');
         await undo.unwind(); // the disk back into the snapshot before the sandbox directory goes
@@ -507,8 +555,11 @@ export class SandboxRuntime {
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
     return this.locks.run(sandboxId, async () => {
+      const t = new StepTimes('kill', sandboxId);
       await this.recovery.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
+      t.step('repair');
       const state = await this.nodeInventory.containerState(sandboxId);
+      t.step('state');
       // Nothing running: an earlier call stopped it (its answer may have been lost; its stop is
       // journaled already), or it died unseen (journaled now, when it was found).
       const journaled = await this.journal.lastStop(sandboxId);
@@ -520,8 +571,10 @@ export class SandboxRuntime {
         stoppedAt = new Date();
         await this.journal.stopped(sandboxId, 'found_dead', stoppedAt);
       }
-      await this.teardown(sandboxId);
+      t.step('journal');
+      await this.teardown(sandboxId, t);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
+      t.end();
       return { stoppedAt: stoppedAt?.toISOString() ?? journaled };
     });
   }
@@ -597,11 +650,18 @@ export class SandboxRuntime {
    * Before a sandbox's disk moves: its container is gone, no overlay uses the disk any more (its
    * rootfs, or CRIU's mount of it) and the disk itself is unmounted; otherwise the move is refused.
    */
-  private async releaseDisk(sandboxId: string) {
+  private async releaseDisk(sandboxId: string, t?: StepTimes) {
     const p = sandboxPaths(this.cfg, sandboxId);
     await this.runc.destroy(sandboxId);
+    t?.step('runcDestroy');
+    await this.unmountAll(p);
+    t?.step('unmounted');
+  }
+
+  /** The node's mounts of a sandbox: the overlay first (its upper layer is on the disk), then the disk. */
+  private async unmountAll(p: SandboxPaths) {
     await unmount(p.rootfs);
-    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system of ${sandboxId} is still mounted; its disk stays where it is`);
+    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system at ${p.rootfs} is still mounted; its disk stays where it is`);
     await unmountDisk(p.disk);
   }
 
@@ -646,15 +706,55 @@ export class SandboxRuntime {
   }
 
   /** Removes the container, mounts, network and directory of a sandbox; idempotent. */
-  private async teardown(sandboxId: string) {
+  private async teardown(sandboxId: string, t?: StepTimes) {
     const p = sandboxPaths(this.cfg, sandboxId);
+    this.forgetClients(sandboxId);
+    // The container, the node's mounts and the network go at once (the disk is not moved
+    // after this, so it need not wait for the container: a container still dying keeps its own
+    // view of its mounts until it is gone), each of them tried; the directory goes last.
+    const results = await Promise.allSettled([
+      this.runc.destroy(sandboxId).then(() => t?.step('runcDestroy')),
+      this.unmountAll(p).then(() => t?.step('unmounted')),
+      this.network.release(sandboxId).then(() => t?.step('networkReleased')),
+    ]);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    await removeTree(p.dir);
+    t?.step('removeDir');
+  }
+
+  /** The agent's connections to the sandbox's init, its admission state and its commands' deadlines go. */
+  private forgetClients(sandboxId: string) {
     this.clients.get(sandboxId)?.closeAll();
     this.clients.delete(sandboxId);
     this.admission.forget(sandboxId);
     this.commandDeadlines.forget(sandboxId);
-    await this.releaseDisk(sandboxId);
-    await this.network.release(sandboxId);
-    await removeTree(p.dir);
+  }
+}
+
+/**
+ * NESTBOX_TRACE_STEPS=1: every create, pause, resume and kill writes one line to stderr with the
+ * time each of its steps took (ms), to see where an operation's time goes beside runc and CRIU.
+ */
+const TRACE_STEPS = !!process.env.NESTBOX_TRACE_STEPS;
+
+class StepTimes {
+  private readonly t0 = performance.now();
+  private last = this.t0;
+  private readonly steps: string[] = [];
+
+  constructor(private readonly op: string, private readonly sandboxId: string) {}
+
+  /** The step that just ended. */
+  step(name: string) {
+    if (!TRACE_STEPS) return;
+    const now = performance.now();
+    this.steps.push(`${name}=${(now - this.last).toFixed(1)}`);
+    this.last = now;
+  }
+
+  end() {
+    if (!TRACE_STEPS) return;
+    process.stderr.write(`nestbox: steps ${this.op} ${this.sandboxId} total=${(performance.now() - this.t0).toFixed(1)} ${this.steps.join(' ')}\n`);
   }
 }
 
