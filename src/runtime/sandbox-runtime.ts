@@ -10,7 +10,7 @@ import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { createDisk, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
+import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
@@ -60,6 +60,8 @@ export class SandboxRuntime {
   readonly store: SnapshotStore;
   /** How templates reach the nodes that lack them (the object store, or a shared directory). */
   readonly templates: TemplateDistribution;
+  /** New disks of the default size, made ahead of the creates that take them. */
+  private readonly disks: DiskPool;
 
   constructor(readonly cfg: RuntimeConfig) {
     this.store = createSnapshotStore(cfg);
@@ -68,6 +70,7 @@ export class SandboxRuntime {
     this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
+    this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
     this.nodeInventory = new NodeInventory(cfg, this.runc, this.store, this.locks);
     this.recovery = new SandboxRecovery({
       cfg, runc: this.runc, store: this.store, journal: this.journal, locks: this.locks, warm: this.warm, inventory: this.nodeInventory,
@@ -85,6 +88,7 @@ export class SandboxRuntime {
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
     await this.store.prepare();
     await this.network.setupHost();
+    await this.disks.start();
   }
 
   /** The template's files on this node, fetched from the store when the node lacks them. */
@@ -138,14 +142,16 @@ export class SandboxRuntime {
     try {
       await prepareDirs(p, lower);
       t.step('dirs');
-      await createDisk(p.diskImage, req.resources.diskMB ?? DEFAULT_DISK_MB);
-      t.step('mkfs');
-      await mountDisk(p.diskImage, p.disk);
-      t.step('mount');
-      await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
-      t.step('prepareDisk');
-      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
-      t.step('network');
+      const [net] = await settled(
+        this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess }),
+        (async () => {
+          const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
+          if (!(await this.disks.take(p.diskImage, sizeMB))) await createDisk(p.diskImage, sizeMB);
+          await mountDisk(p.diskImage, p.disk);
+          await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
+        })(),
+      );
+      t.step('diskAndNetwork');
       const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record);
       t.step('etc');
@@ -484,13 +490,15 @@ export class SandboxRuntime {
           await this.releaseDisk(sandboxId);
           await moveTree(p.diskImage, s.diskImage);
         });
-        await mountDisk(p.diskImage, p.disk);
-        t.step('mount');
-        // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
-        await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory, bootId: snap.memory ? 'keep' : 'new' });
-        t.step('prepareDisk');
-        const net = await this.network.prepare(sandboxId, { allowInternet: snap.sandbox.allowInternetAccess, preferredAddress: snap.sandbox.address });
-        t.step('network');
+        const [net] = await settled(
+          this.network.prepare(sandboxId, { allowInternet: snap.sandbox.allowInternetAccess, preferredAddress: snap.sandbox.address }),
+          (async () => {
+            await mountDisk(p.diskImage, p.disk);
+            // A restored init must find the very binary it was dumped from; a fresh boot gets today's.
+            await prepareDisk(this.cfg, p, { fresh: false, freshBoot: !snap.memory, bootId: snap.memory ? 'keep' : 'new' });
+          })(),
+        );
+        t.step('diskAndNetwork');
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
         t.step('etc');
@@ -679,7 +687,9 @@ export class SandboxRuntime {
     const deadline = started + INIT_READY_TIMEOUT_MS;
     let hupSent = false;
     let lastError: unknown;
-    for (let delay = 2; Date.now() < deadline; delay = Math.min(delay * 2, 50)) {
+    // An init answers a few ms after runc returns: polled every ms at first, then less often.
+    for (let attempt = 0; Date.now() < deadline; attempt++) {
+      const delay = attempt < 20 ? 1 : Math.min(attempt - 15, 50);
       try {
         await client.ping();
         return;
@@ -756,6 +766,17 @@ class StepTimes {
     if (!TRACE_STEPS) return;
     process.stderr.write(`nestbox: steps ${this.op} ${this.sandboxId} total=${(performance.now() - this.t0).toFixed(1)} ${this.steps.join(' ')}\n`);
   }
+}
+
+/**
+ * Independent steps run side by side: their results once all of them ended, or the first
+ * failure (once all ended too, so that a cleanup after it never runs beside one of them).
+ */
+async function settled<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+  const [ra, rb] = await Promise.allSettled([a, b]);
+  if (ra.status === 'rejected') throw ra.reason;
+  if (rb.status === 'rejected') throw rb.reason;
+  return [ra.value, rb.value];
 }
 
 function assertId(id: string) {
