@@ -18,7 +18,8 @@ export async function handOverImages(dir: string, uid: number): Promise<void> {
   if (!st.isDirectory()) throw new Error(`checkpoint images: ${dir} is not a directory`);
   await chown(dir, uid, uid);
   await chmod(dir, 0o711);
-  for (const name of await readdir(dir)) {
+  // The files side by side (a dump makes tens of them; a pause waits for this).
+  const results = await Promise.allSettled((await readdir(dir)).map(async (name) => {
     const f = await open(path.join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
       if (!(await f.stat()).isFile()) throw new Error(`checkpoint images: ${name} is not a plain file`);
@@ -27,5 +28,6 @@ export async function handOverImages(dir: string, uid: number): Promise<void> {
     } finally {
       await f.close();
     }
-  }
+  }));
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

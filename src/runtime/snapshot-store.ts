@@ -248,7 +248,7 @@ async function hashCheckpointDirectly(dir: string): Promise<ManifestEntry | null
   };
   put(tarHeader('checkpoint/', st.mode, st.uid, st.gid, 0, '5'));
   // Two buffers: the next piece is read (in the thread pool) while this one is hashed.
-  const bufs = [Buffer.allocUnsafe(4 << 20), Buffer.allocUnsafe(4 << 20)];
+  const bufs = [Buffer.allocUnsafe(1 << 20), Buffer.allocUnsafe(1 << 20)];
   for (const name of names) {
     const f = await open(path.join(root, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
