@@ -15,6 +15,9 @@ import { printTable, row, timed, type Row } from './stats.ts';
 const N = Number(process.env.BENCH_N ?? 20);
 const N_SNAPSHOT = Number(process.env.BENCH_N_SNAPSHOT ?? 8);
 const DENSITY = Number(process.env.BENCH_DENSITY ?? 200);
+/** BENCH_ONLY=create,pause (any of create, exec, pause, snapshot, kill, density): those parts only; kill is timed with create. */
+const ONLY = process.env.BENCH_ONLY?.split(',').map((s) => s.trim()).filter(Boolean) ?? null;
+const part = (name: string) => !ONLY || ONLY.includes(name) || (name === 'create' && ONLY.includes('kill'));
 const WORKLOAD_100M = 'import os,time\nx=bytearray(os.urandom(1<<20)*100)\nwhile True: time.sleep(1)';
 
 /**
@@ -39,118 +42,130 @@ async function main() {
   try {
     // --- create: request to first exec possible, beside raw `runc run -d` ----------------------
     const rawRun: number[] = [];
-    for (let i = 0; i < N; i++) {
-      const id = `rawrun${i}`;
-      const c = await rawContainer(a.agent.runtime.cfg, id, ['/.nestbox/init', '--socket', '/run/nestbox/init.sock']);
-      const [ms] = await timed(() => runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log')));
-      rawRun.push(ms);
-      await c.cleanup(runc);
-    }
     const create: number[] = [];
     const kill: number[] = [];
-    for (let i = 0; i < N; i++) {
-      const [ms, id] = await timed(() => createSandbox(a));
-      create.push(ms);
-      const [kms] = await timed(() => a.json('DELETE', `/v1/sandboxes/${id}`));
-      kill.push(kms);
+    if (part('create')) {
+      for (let i = 0; i < N; i++) {
+        const id = `rawrun${i}`;
+        const c = await rawContainer(a.agent.runtime.cfg, id, ['/.nestbox/init', '--socket', '/run/nestbox/init.sock']);
+        const [ms] = await timed(() => runc.runDetached(id, c.dir, path.join(c.dir, 'runc.log')));
+        rawRun.push(ms);
+        await c.cleanup(runc);
+      }
+      for (let i = 0; i < N; i++) {
+        const [ms, id] = await timed(() => createSandbox(a));
+        create.push(ms);
+        const [kms] = await timed(() => a.json('DELETE', `/v1/sandboxes/${id}`));
+        kill.push(kms);
+      }
+      rows.push(row('create (request -> init answers)', create, rawRun, 'runc run -d'));
     }
-    rows.push(row('create (request -> init answers)', create, rawRun, 'runc run -d'));
 
     // --- exec round trip of `true`, beside nsenter into the same sandbox ------------------------
-    const id = await createSandbox(a);
-    const state = await a.agent.runtime.containerState(id);
-    const pid = state!.pid;
-    const rawExec: number[] = [];
-    const apiExec: number[] = [];
-    const socketExec: number[] = [];
-    const client = new InitClient(sandboxPaths(cfg, id).socket, { socketOwner: cfg.uidShift });
-    for (let i = 0; i < N * 2; i++) {
-      rawExec.push((await timed(() => run(['nsenter', '-t', String(pid), '-U', '-m', '-p', '-n', '-i', '-u', '--preserve-credentials', '/bin/true'])))[0]);
-      apiExec.push((await timed(() => exec(a, id, 'true').then(() => undefined)))[0]);
-      socketExec.push((await timed(async () => {
-        const s = await client.start({ argv: ['/bin/true'], env: {}, user: 'user', pty: null, stdin: false });
-        for await (const _ of s) { /* drain */ }
-        await s.exited;
-      }))[0]);
+    if (part('exec')) {
+      const id = await createSandbox(a);
+      const state = await a.agent.runtime.containerState(id);
+      const pid = state!.pid;
+      const rawExec: number[] = [];
+      const apiExec: number[] = [];
+      const socketExec: number[] = [];
+      const client = new InitClient(sandboxPaths(cfg, id).socket, { socketOwner: cfg.uidShift });
+      for (let i = 0; i < N * 2; i++) {
+        rawExec.push((await timed(() => run(['nsenter', '-t', String(pid), '-U', '-m', '-p', '-n', '-i', '-u', '--preserve-credentials', '/bin/true'])))[0]);
+        apiExec.push((await timed(() => exec(a, id, 'true').then(() => undefined)))[0]);
+        socketExec.push((await timed(async () => {
+          const s = await client.start({ argv: ['/bin/true'], env: {}, user: 'user', pty: null, stdin: false });
+          for await (const _ of s) { /* drain */ }
+          await s.exited;
+        }))[0]);
     }
     client.closeAll();
     rows.push(row('exec `true` via agent API', apiExec, rawExec, 'nsenter true'));
     rows.push(row('exec `true` via init socket', socketExec, rawExec, 'nsenter true'));
     await a.json('DELETE', `/v1/sandboxes/${id}`);
+    }
 
     // --- pause / resume with a 100 MiB process, beside runc checkpoint / restore (CRIU) ---------
-    const rawId = 'rawcriu';
-    const raw = await rawContainer(a.agent.runtime.cfg, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
-    await runc.runDetached(rawId, raw.dir, path.join(raw.dir, 'runc.log'));
-    await new Promise((r) => setTimeout(r, 1500));
-    const rawDump: number[] = [];
-    const rawRestore: number[] = [];
-    for (let i = 0; i < N_SNAPSHOT; i++) {
-      const images = path.join(raw.dir, `images${i}`);
-      await mkdir(images, { mode: 0o700 });
-      rawDump.push((await timed(() => runc.checkpoint(rawId, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
-      await runc.destroy(rawId);
-      await handOverImages(images, cfg.uidShift);
-      rawRestore.push((await timed(() => runc.restore(rawId, raw.dir, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
-      await rm(images, { recursive: true, force: true });
-    }
-    const rss = await run(['sh', '-c', `grep VmRSS /proc/${(await runc.state(rawId))!.pid}/status`]);
-    extra.raw_workload_rss_kib = Number(rss.stdout.replace(/\D+/g, ''));
-    await raw.cleanup(runc);
+    if (part('pause') || part('snapshot')) {
+      const rawId = 'rawcriu';
+      const raw = await rawContainer(a.agent.runtime.cfg, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
+      await runc.runDetached(rawId, raw.dir, path.join(raw.dir, 'runc.log'));
+      await new Promise((r) => setTimeout(r, 1500));
+      const rawDump: number[] = [];
+      const rawRestore: number[] = [];
+      for (let i = 0; i < N_SNAPSHOT; i++) {
+        const images = path.join(raw.dir, `images${i}`);
+        await mkdir(images, { mode: 0o700 });
+        rawDump.push((await timed(() => runc.checkpoint(rawId, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
+        await runc.destroy(rawId);
+        await handOverImages(images, cfg.uidShift);
+        rawRestore.push((await timed(() => runc.restore(rawId, raw.dir, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
+        await rm(images, { recursive: true, force: true });
+      }
+      const rss = await run(['sh', '-c', `grep VmRSS /proc/${(await runc.state(rawId))!.pid}/status`]);
+      extra.raw_workload_rss_kib = Number(rss.stdout.replace(/\D+/g, ''));
+      await raw.cleanup(runc);
 
-    const sid = await createSandbox(a, { memoryMB: 1024 });
-    await a.api('POST', `/v1/sandboxes/${sid}/processes`, { argv: ['/usr/bin/python3', '-c', WORKLOAD_100M] }).then((r) => r.body?.cancel());
-    await new Promise((r) => setTimeout(r, 1500));
-    const pause: number[] = [];
-    const resume: number[] = [];
-    for (let i = 0; i < N_SNAPSHOT; i++) {
-      pause.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/pause`, { memory: true })))[0]);
-      resume.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/resume`)))[0]);
-    }
-    rows.push(row('pause, 100 MiB process', pause, rawDump, 'runc checkpoint (criu dump)'));
-    rows.push(row('resume, 100 MiB process', resume, rawRestore, 'runc restore (criu restore)'));
+      const sid = await createSandbox(a, { memoryMB: 1024 });
+      await a.api('POST', `/v1/sandboxes/${sid}/processes`, { argv: ['/usr/bin/python3', '-c', WORKLOAD_100M] }).then((r) => r.body?.cancel());
+      await new Promise((r) => setTimeout(r, 1500));
+      const pause: number[] = [];
+      const resume: number[] = [];
+      for (let i = 0; i < N_SNAPSHOT && part('pause'); i++) {
+        pause.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/pause`, { memory: true })))[0]);
+        resume.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/resume`)))[0]);
+      }
+      if (part('pause')) {
+        rows.push(row('pause, 100 MiB process', pause, rawDump, 'runc checkpoint (criu dump)'));
+        rows.push(row('resume, 100 MiB process', resume, rawRestore, 'runc restore (criu restore)'));
+      }
 
-    // --- live snapshot (the sandbox runs on) and a fork child from it, same workload ------------
-    const snapshot: number[] = [];
-    const forkChild: number[] = [];
-    for (let i = 0; i < N_SNAPSHOT; i++) {
-      const snapshotId = newNamedSnapshotId();
-      snapshot.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/snapshots`, { snapshotId })))[0]);
-      const child = newSandboxId();
-      forkChild.push((await timed(() => a.json('POST', '/v1/sandboxes', {
-        sandboxId: child, template: 'base', memoryMB: 1024, envVars: {}, metadata: {}, allowInternetAccess: false, fromSnapshot: snapshotId,
-      })))[0]);
-      await a.json('DELETE', `/v1/sandboxes/${child}`);
-      await a.api('DELETE', `/v1/snapshots/${snapshotId}`);
+      // --- live snapshot (the sandbox runs on) and a fork child from it, same workload ------------
+      const snapshot: number[] = [];
+      const forkChild: number[] = [];
+      for (let i = 0; i < N_SNAPSHOT && part('snapshot'); i++) {
+        const snapshotId = newNamedSnapshotId();
+        snapshot.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/snapshots`, { snapshotId })))[0]);
+        const child = newSandboxId();
+        forkChild.push((await timed(() => a.json('POST', '/v1/sandboxes', {
+          sandboxId: child, template: 'base', memoryMB: 1024, envVars: {}, metadata: {}, allowInternetAccess: false, fromSnapshot: snapshotId,
+        })))[0]);
+        await a.json('DELETE', `/v1/sandboxes/${child}`);
+        await a.api('DELETE', `/v1/snapshots/${snapshotId}`);
+      }
+      if (part('snapshot')) {
+        rows.push(row('snapshot (live), 100 MiB process', snapshot, rawDump, 'runc checkpoint (criu dump)'));
+        rows.push(row('fork child from it, 100 MiB process', forkChild, rawRestore, 'runc restore (criu restore)'));
+      }
+      await a.json('DELETE', `/v1/sandboxes/${sid}`);
     }
-    rows.push(row('snapshot (live), 100 MiB process', snapshot, rawDump, 'runc checkpoint (criu dump)'));
-    rows.push(row('fork child from it, 100 MiB process', forkChild, rawRestore, 'runc restore (criu restore)'));
-    await a.json('DELETE', `/v1/sandboxes/${sid}`);
 
     // --- kill, beside raw runc kill + delete -----------------------------------------------------
     const rawKill: number[] = [];
-    for (let i = 0; i < N; i++) {
+    for (let i = 0; i < N && part('kill'); i++) {
       const rid = `rawkill${i}`;
       const c = await rawContainer(a.agent.runtime.cfg, rid, ['/bin/sleep', 'infinity']);
       await runc.runDetached(rid, c.dir, path.join(c.dir, 'runc.log'));
       rawKill.push((await timed(() => runc.destroy(rid)))[0]);
       await c.cleanup(runc);
     }
-    rows.push(row('kill (everything removed)', kill, rawKill, 'runc kill + delete'));
+    if (part('kill')) rows.push(row('kill (everything removed)', kill, rawKill, 'runc kill + delete'));
 
     // --- density: host memory per idle sandbox beyond its own processes --------------------------
-    const before = await hostUsedKiB();
-    const ids: string[] = [];
-    for (let i = 0; i < DENSITY; i++) ids.push(await createSandbox(a, { memoryMB: 64 }));
-    await new Promise((r) => setTimeout(r, 2000));
-    const afterKiB = await hostUsedKiB();
-    let ownKiB = 0;
-    for (const s of ids) ownKiB += (await a.agent.runtime.metrics(s)).memoryBytes / 1024;
-    extra.density_sandboxes = ids.length;
-    extra.density_host_kib_per_sandbox = Math.round((afterKiB - before) / ids.length);
-    extra.density_own_kib_per_sandbox = Math.round(ownKiB / ids.length);
-    extra.density_overhead_kib_per_sandbox = Math.round((afterKiB - before - ownKiB) / ids.length);
-    for (const s of ids) await a.json('DELETE', `/v1/sandboxes/${s}`);
+    if (part('density')) {
+      const before = await hostUsedKiB();
+      const ids: string[] = [];
+      for (let i = 0; i < DENSITY; i++) ids.push(await createSandbox(a, { memoryMB: 64 }));
+      await new Promise((r) => setTimeout(r, 2000));
+      const afterKiB = await hostUsedKiB();
+      let ownKiB = 0;
+      for (const s of ids) ownKiB += (await a.agent.runtime.metrics(s)).memoryBytes / 1024;
+      extra.density_sandboxes = ids.length;
+      extra.density_host_kib_per_sandbox = Math.round((afterKiB - before) / ids.length);
+      extra.density_own_kib_per_sandbox = Math.round(ownKiB / ids.length);
+      extra.density_overhead_kib_per_sandbox = Math.round((afterKiB - before - ownKiB) / ids.length);
+      for (const s of ids) await a.json('DELETE', `/v1/sandboxes/${s}`);
+    }
   } finally {
     await a.stop();
     await rm(path.join(TEST_ROOT, 'raw-runc'), { recursive: true, force: true });
