@@ -8,7 +8,8 @@ import { newSandboxId } from '../src/core/ids.ts';
 import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { S3SnapshotStore } from '../src/runtime/s3-snapshot-store.ts';
 import { s3ConfigFromEnv } from '../src/runtime/config.ts';
-import { ChecksumError, collectIncomplete, createSnapshotStore, hashObject, MANIFEST, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
+import { ChecksumError, collectIncomplete, createSnapshotStore, hashing, hashObject, MANIFEST, objectStream, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
+import { pipeline } from 'node:stream/promises';
 import { TEST_ROOT } from './helpers/agent-harness.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
@@ -299,5 +300,44 @@ describe('S3 store: the local directory at restart', () => {
     assert.equal(notes.length, 3);
     assert.ok(await store.exists(downloaded!), 'the stored snapshot is untouched');
     await store.delete(downloaded!);
+  });
+});
+
+describe('checkpoint hash', () => {
+  test('property: the manifest entry hashed without tar is the hash of the very stream tar makes (the bytes uploaded and checked)', async () => {
+    const fc = (await import('fast-check')).default;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,40}$/), { minLength: 0, maxLength: 6 }),
+        fc.array(fc.oneof(fc.constantFrom(0, 1, 511, 512, 513, 10239, 10240, 10241), fc.integer({ min: 0, max: 3 << 20 })), { minLength: 6, maxLength: 6 }),
+        fc.constantFrom(0o600, 0o644, 0o400),
+        fc.constantFrom(0, UID, UID + 65535),
+        async (names, sizes, mode, owner) => {
+          const dir = path.join(base, `hash-${randomBytes(4).toString('hex')}`);
+          const images = path.join(dir, 'checkpoint');
+          await mkdir(images, { recursive: true, mode: 0o700 });
+          for (const [i, name] of names.entries()) {
+            const file = path.join(images, name);
+            await writeFile(file, randomBytes(sizes[i]!));
+            await chmod(file, mode);
+            await chown(file, owner, owner);
+          }
+          await chown(images, owner, owner);
+          try {
+            const direct = await hashObject(dir, 'checkpoint');
+            const { stream, done } = objectStream(dir, 'checkpoint');
+            const h = hashing();
+            await pipeline(stream, h, async function* (source) {
+              for await (const _ of source) yield* [];
+            });
+            await done;
+            assert.deepEqual(direct, { name: 'checkpoint', ...h.digest() });
+          } finally {
+            await rm(dir, { recursive: true, force: true });
+          }
+        },
+      ),
+      { numRuns: 25 },
+    );
   });
 });
