@@ -149,7 +149,7 @@ async function main() {
       rawKill.push((await timed(() => runc.destroy(rid)))[0]);
       await c.cleanup(runc);
     }
-    if (part('kill')) rows.push(row('kill (everything removed)', kill, rawKill, 'runc kill + delete'));
+    if (part('kill')) rows.push(row('kill (stopped, unmounted, network gone)', kill, rawKill, 'runc kill + delete'));
 
     // --- density: host memory per idle sandbox beyond its own processes --------------------------
     if (part('density')) {

@@ -31,6 +31,15 @@ export interface RecoveryDeps {
   dropSnapshot(sandboxId: string): Promise<void>;
 }
 
+/**
+ * Written into a sandbox's directory by a kill once its container, mounts and network are gone,
+ * before it answers; the directory goes after the answer. A directory holding it at agent start
+ * is the remains of a kill cut short: recovery removes them.
+ */
+export function killedMarker(cfg: RuntimeConfig, sandboxId: string): string {
+  return path.join(sandboxPaths(cfg, sandboxId).dir, 'killed');
+}
+
 export class SandboxRecovery {
   constructor(private readonly d: RecoveryDeps) {}
 
@@ -47,6 +56,12 @@ export class SandboxRecovery {
     for (const id of dirs.filter(isSandboxId)) {
       const note = await locks.run(id, () => this.repairSnapshot(id));
       if (note) notes.push(note);
+    }
+    // A kill that answered, and whose agent died before the network and the directory went.
+    for (const id of dirs.filter(isSandboxId)) {
+      if (!(await exists(killedMarker(cfg, id)))) continue;
+      await locks.run(id, () => this.d.teardown(id));
+      notes.push(`${id}: the remains of a kill (its directory) were removed`);
     }
     // A restore cut short leaves its rootfs mounted in runc's state directory.
     for (const id of (await readdir(path.join(cfg.dataDir, 'runc')).catch(() => [] as string[])).filter(isSandboxId)) {

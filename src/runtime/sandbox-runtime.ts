@@ -23,7 +23,7 @@ import { Runc } from './runc.ts';
 import { mountAndConfigure, prepareDirs, prepareDisk, writeEtcFiles } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
-import { SandboxRecovery } from './sandbox-recovery.ts';
+import { killedMarker, SandboxRecovery } from './sandbox-recovery.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
 import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
@@ -558,11 +558,16 @@ export class SandboxRuntime {
 
   /**
    * Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked),
-   * and answers when the container stopped, as journaled (null: the journal knows no stop).
+   * and answers when the container stopped, as journaled (null: the journal knows no stop),
+   * once the container, the node's mounts of it and its network are gone (its directory follows
+   * under the sandbox's lock).
    */
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
-    return this.locks.run(sandboxId, async () => {
+    let answer: (r: { stoppedAt: string | null }) => void = () => undefined;
+    let wasAnswered = false;
+    const answered = new Promise<{ stoppedAt: string | null }>((resolve) => (answer = resolve));
+    const done = this.locks.run(sandboxId, async () => {
       const t = new StepTimes('kill', sandboxId);
       await this.recovery.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
       t.step('repair');
@@ -580,11 +585,35 @@ export class SandboxRuntime {
         await this.journal.stopped(sandboxId, 'found_dead', stoppedAt);
       }
       t.step('journal');
-      await this.teardown(sandboxId, t);
+      const result = { stoppedAt: stoppedAt?.toISOString() ?? journaled };
+      // The container, the node's mounts of it and its network go, then the caller has its
+      // answer; the directory (plain files, nothing mounted in it any more) goes right after,
+      // still under the lock: the next operation on the sandbox, a repeated kill among them,
+      // waits for it, and the inventory meanwhile shows a busy sandbox without a container
+      // (never a running one). The directory is marked first: an agent that dies before it
+      // went removes it at its start (recovery).
+      const p = sandboxPaths(this.cfg, sandboxId);
+      this.forgetClients(sandboxId);
+      const results = await Promise.allSettled([
+        this.runc.destroy(sandboxId).then(() => t.step('runcDestroy')),
+        this.unmountAll(p).then(() => t.step('unmounted')),
+        this.network.release(sandboxId).then(() => t.step('networkReleased')),
+      ]);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
+      if (await exists(p.dir)) await writeFile(killedMarker(this.cfg, sandboxId), '');
+      wasAnswered = true;
+      answer(result);
+      t.step('answered');
+      await removeTree(p.dir);
+      t.step('removed');
       t.end();
-      return { stoppedAt: stoppedAt?.toISOString() ?? journaled };
+      return result;
     });
+    done.catch((e) => {
+      if (wasAnswered) process.stderr.write(`nestbox: ${sandboxId} was killed, but removing what was left of it failed: ${msg(e)}\n`);
+    });
+    return Promise.race([answered, done]);
   }
 
   /** Deletes a snapshot by its store key: a paused sandbox's id or a named snapshot's. */
