@@ -22,12 +22,13 @@ addr add $gateway/32 dev $host_if
 link set $host_if up
 route replace $address/32 dev $host_if
 BATCH
-# Inside: /proc/sys/net is the namespace of whoever writes it, hence nsenter. Loopback keeps ::1.
+# Inside (one process): /proc/sys/net is the namespace of whoever writes it, hence nsenter.
+# Loopback keeps ::1.
 nsenter -t "$pid" -n sh -c '
   echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
   echo "0 2147483647" > /proc/sys/net/ipv4/ping_group_range
-'
-nsenter -t "$pid" -n ip -batch - <<BATCH
+  exec ip -batch -
+' <<BATCH
 link set lo up
 addr add $address/32 dev eth0
 link set eth0 up

@@ -75,12 +75,23 @@ const BOOT_ID_MOUNT_KEY = 'nestbox-boot-id';
 /** Mounts the overlay and writes the OCI spec and the sandbox's record: the bundle is ready. */
 export async function mountAndConfigure(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
   const p = sandboxPaths(cfg, record.sandboxId);
+  await mountRootfs(p);
+  await writeBundle(cfg, network, record);
+}
+
+/** The overlay (template below, the disk's upper layer above) at the rootfs: it needs only the laid-out disk. */
+export async function mountRootfs(p: SandboxPaths) {
   // Relative names (from the bundle directory): the sandbox's mountinfo tells nothing of the host.
   const rel = (to: string) => path.relative(p.dir, to);
   await run(
     ['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${rel(p.lowerLink)},upperdir=${rel(p.upper)},workdir=${rel(p.work)}`, rel(p.rootfs)],
     { cwd: p.dir },
   );
+}
+
+/** The OCI spec, the sandbox's CRIU configuration and its record (the rootfs mounted or not yet). */
+export async function writeBundle(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
+  const p = sandboxPaths(cfg, record.sandboxId);
   const spec = buildOciSpec({
     sandboxId: record.sandboxId,
     rootfs: p.rootfs,

@@ -20,7 +20,7 @@ import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
 import { Runc } from './runc.ts';
-import { mountAndConfigure, prepareDirs, prepareDisk, writeEtcFiles } from './sandbox-directories.ts';
+import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, writeBundle, writeEtcFiles } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
 import { killedMarker, SandboxRecovery } from './sandbox-recovery.ts';
@@ -51,6 +51,8 @@ export class SandboxRuntime {
   private readonly clients = new Map<string, InitClient>();
   /** Requests in progress on each sandbox; a pause takes no new ones (the agent's envd and port routes ask). */
   readonly admission = new RequestAdmission();
+  /** Killed (the caller has its answer) while their directories are still being removed: gone to everyone. */
+  private readonly killedNotRemoved = new Set<string>();
   /** Commands' timeouts, which go with the sandbox through pause and resume. */
   readonly commandDeadlines = new CommandDeadlines((id, pid, argv0) => this.killCommand(id, pid, argv0));
   private readonly nodeInventory: NodeInventory;
@@ -112,6 +114,7 @@ export class SandboxRuntime {
 
   async record(sandboxId: string): Promise<SandboxRecord> {
     assertId(sandboxId);
+    if (this.killedNotRemoved.has(sandboxId)) throw notFound(`sandbox ${sandboxId} not found`);
     return this.nodeInventory.record(sandboxId);
   }
 
@@ -149,14 +152,15 @@ export class SandboxRuntime {
           if (!(await this.disks.take(p.diskImage, sizeMB))) await createDisk(p.diskImage, sizeMB);
           await mountDisk(p.diskImage, p.disk);
           await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
+          await mountRootfs(p);
         })(),
       );
-      t.step('diskAndNetwork');
+      t.step('diskNetworkOverlay');
       const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record);
       t.step('etc');
-      await mountAndConfigure(this.cfg, this.network, record);
-      t.step('overlay');
+      await writeBundle(this.cfg, this.network, record);
+      t.step('bundle');
       await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
       t.step('runc');
       await this.waitForInit(req.sandboxId, false);
@@ -603,9 +607,11 @@ export class SandboxRuntime {
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
       if (await exists(p.dir)) await writeFile(killedMarker(this.cfg, sandboxId), '');
       wasAnswered = true;
+      this.killedNotRemoved.add(sandboxId);
       answer(result);
       t.step('answered');
-      await removeTree(p.dir);
+      await removeTree(p.dir); // (should it fail, the marked remains stay gone to everyone; recovery removes them)
+      this.killedNotRemoved.delete(sandboxId);
       t.step('removed');
       t.end();
       return result;
