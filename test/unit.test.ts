@@ -174,6 +174,32 @@ describe('CommandDeadlines', () => {
   });
 });
 
+describe('host commands through the spawner', () => {
+  test('output, exit codes, input, timeouts, a missing program, many at once; a spawner that dies fails what it ran and is started again', async () => {
+    const { run, CommandError } = await import('../src/runtime/command.ts');
+    assert.deepEqual(await run(['sh', '-c', 'echo out; echo err >&2']), { stdout: 'out\n', stderr: 'err\n', code: 0 });
+    await assert.rejects(run(['sh', '-c', 'echo nope >&2; exit 3']), (e: Error) => e instanceof CommandError && /exited 3: nope/.test(e.message));
+    assert.equal((await run(['sh', '-c', 'exit 4'], { allowFailure: true })).code, 4);
+    assert.equal((await run(['cat'], { input: 'fed' })).stdout, 'fed');
+    assert.equal((await run(['pwd'], { cwd: '/tmp' })).stdout, '/tmp\n');
+    assert.equal((await run(['sh', '-c', 'echo $X'], { env: { X: 'given', PATH: process.env.PATH } })).stdout, 'given\n');
+    const slow = await run(['sleep', '10'], { timeoutMs: 100, allowFailure: true });
+    assert.match(slow.stderr, /killed by SIGKILL/);
+    assert.deepEqual(await run(['sh', '-c', 'echo hidden'], { capture: false }), { stdout: '', stderr: '', code: 0 });
+    await assert.rejects(run(['/nonexistent/program']), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+    const many = await Promise.all(Array.from({ length: 40 }, (_, i) => run(['echo', String(i)])));
+    assert.deepEqual(many.map((r) => r.stdout), Array.from({ length: 40 }, (_, i) => `${i}\n`));
+    // The spawner is killed while a command runs: that command fails, the next one works.
+    const pid = Number((await run(['sh', '-c', 'echo $PPID'])).stdout);
+    const cut = run(['sleep', '30']);
+    await new Promise((r) => setTimeout(r, 100));
+    process.kill(pid, 'SIGKILL');
+    await assert.rejects(cut, /spawner exited/);
+    assert.equal((await run(['echo', 'again'])).stdout, 'again\n');
+    assert.notEqual(Number((await run(['sh', '-c', 'echo $PPID'])).stdout), pid, 'a new spawner');
+  });
+});
+
 describe('StartGate', () => {
   test('admitted starts finish; later ones are refused as retryable', async () => {
     const gate = new StartGate();

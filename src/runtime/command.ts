@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { spawnerEnabled, spawnThroughSpawner } from './spawner.ts';
 
 export interface CommandResult {
   stdout: string;
@@ -24,22 +25,42 @@ export interface RunOptions {
   /** Resolve with the result instead of rejecting on a non-zero exit. */
   allowFailure?: boolean;
   cwd?: string;
+  /** false: stdin, stdout and stderr are /dev/null (a detached runc hands them to the container); nothing is captured. */
+  capture?: boolean;
 }
 
-/** Runs a host command with its stdio captured; no shell is involved. */
-export function run(argv: readonly string[], opts: RunOptions = {}): Promise<CommandResult> {
+/**
+ * Runs a host command with its stdio captured; no shell is involved. Through the spawner (a
+ * small process of the node's: see spawner.ts), unless NESTBOX_SPAWNER=0.
+ */
+export async function run(argv: readonly string[], opts: RunOptions = {}): Promise<CommandResult> {
+  if (!argv[0]) throw new Error('empty command');
+  if (!spawnerEnabled()) return runHere(argv, opts);
+  const r = await spawnThroughSpawner({
+    argv, cwd: opts.cwd, env: opts.env, input: opts.input, timeoutMs: opts.timeoutMs, capture: opts.capture ?? true,
+  });
+  return finish(argv, opts, r.code, r.signal, r.stdout, r.stderr);
+}
+
+function finish(argv: readonly string[], opts: RunOptions, code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string): CommandResult {
+  const result = { stdout, stderr: stderr + (signal ? `\nkilled by ${signal}` : ''), code: code ?? 128 };
+  if (result.code !== 0 && !opts.allowFailure) throw new CommandError(argv, result);
+  return result;
+}
+
+/** Starts the command from this process. */
+function runHere(argv: readonly string[], opts: RunOptions): Promise<CommandResult> {
   const [cmd, ...args] = argv;
-  if (!cmd) throw new Error('empty command');
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
+    const child = spawn(cmd!, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      stdio: opts.capture === false ? 'ignore' : [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout!.on('data', (b: Buffer) => out.push(b));
-    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    child.stdout?.on('data', (b: Buffer) => out.push(b));
+    child.stderr?.on('data', (b: Buffer) => err.push(b));
     let timer: NodeJS.Timeout | undefined;
     if (opts.timeoutMs) {
       timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
@@ -50,14 +71,12 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Com
     });
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
-      const result = {
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8') + (signal ? `\nkilled by ${signal}` : ''),
-        code: code ?? 128,
-      };
-      if (result.code !== 0 && !opts.allowFailure) reject(new CommandError(argv, result));
-      else resolve(result);
+      try {
+        resolve(finish(argv, opts, code, signal, Buffer.concat(out).toString('utf8'), Buffer.concat(err).toString('utf8')));
+      } catch (e) {
+        reject(e);
+      }
     });
-    if (opts.input !== undefined) child.stdin!.end(opts.input);
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }

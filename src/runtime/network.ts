@@ -138,11 +138,15 @@ export class NetworkManager {
    * network hook (network-hook.sh) inside runc, because the namespace must be created by runc in
    * the sandbox's user namespace for CRIU to checkpoint it. `preferredAddress` is kept when still
    * free, so a resumed sandbox keeps its address and restored TCP sockets stay valid.
+   * `newSandbox`: the id is new on this node (a create), so nothing of it can be left to remove.
    */
-  async prepare(sandboxId: string, opts: { allowInternet: boolean; preferredAddress?: string }): Promise<SandboxNetwork> {
+  async prepare(sandboxId: string, opts: { allowInternet: boolean; preferredAddress?: string; newSandbox?: boolean }): Promise<SandboxNetwork> {
     const { allowInternet, preferredAddress } = opts;
     const hostIf = hostIfFor(sandboxId);
-    await this.release(sandboxId); // a crashed earlier attempt may have left pieces
+    // A resume may follow an attempt that crashed and left pieces; a new sandbox's id has had
+    // none on this node (whatever a failed create made, its teardown or the agent's recovery
+    // removed), and two process spawns are a good part of a create's time on a busy host.
+    if (!opts.newSandbox) await this.release(sandboxId);
     const address = await this.claimAddress(sandboxId, preferredAddress);
     try {
       if (allowInternet) {

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { removeTree, unmount } from './fs-util.ts';
@@ -34,27 +33,14 @@ export class Runc {
    * checkpoint stdio that leads outside the container: so these get /dev/null, and runc's own
    * errors are read from its log file.
    */
-  private detached(args: string[], logFile: string, timeoutMs = 60_000): Promise<void> {
-    return new Promise((resolve, reject) => {
-      // runc dies with the agent (parent-death signal): a checkpoint or restore cut short by an
-      // agent crash is then abandoned by CRIU (which resumes the tasks) instead of finishing
-      // unseen while the restarted agent repairs the same directories.
-      const runc = ['runc', '--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
-      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...runc], {
-        stdio: 'ignore',
-        env: this.env(),
-      });
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-      child.on('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-      child.on('close', async (code) => {
-        clearTimeout(timer);
-        if (code === 0) return resolve();
-        reject(new Error(await lastLogError(logFile)));
-      });
-    });
+  private async detached(args: string[], logFile: string, timeoutMs = 60_000): Promise<void> {
+    // runc dies with the agent (parent-death signal; started by the agent's spawner, which exits
+    // when the agent goes): a checkpoint or restore cut short by an agent crash is then
+    // abandoned by CRIU (which resumes the tasks) instead of finishing unseen while the
+    // restarted agent repairs the same directories.
+    const runc = ['runc', '--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
+    const r = await run(['setpriv', '--pdeathsig', 'KILL', '--', ...runc], { env: this.env(), timeoutMs, allowFailure: true, capture: false });
+    if (r.code !== 0) throw new Error(await lastLogError(logFile));
   }
 
   async runDetached(id: string, bundle: string, logFile: string) {

@@ -146,7 +146,7 @@ export class SandboxRuntime {
       await prepareDirs(p, lower);
       t.step('dirs');
       const [net] = await settled(
-        this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess }),
+        this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true }),
         (async () => {
           const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
           if (!(await this.disks.take(p.diskImage, sizeMB))) await createDisk(p.diskImage, sizeMB);
@@ -449,7 +449,7 @@ export class SandboxRuntime {
       await mountDisk(p.diskImage, p.disk);
       // A new sandbox, though its memory goes on from another's: a boot id of its own.
       await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false, bootId: 'new' });
-      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess });
+      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true });
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
       await mountAndConfigure(this.cfg, this.network, record);
