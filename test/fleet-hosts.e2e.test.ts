@@ -105,7 +105,9 @@ const count = async (s: Sandbox) => Number((await s.commands.run('cat /tmp/n 2>/
 /** The counter of a sandbox through replica i (resuming it if paused), and that it still counts. */
 async function counterGoesOn(id: string, i: number, atLeast: number): Promise<number> {
   const s = await call(`connect ${id}`, () => Sandbox.connect(id, sdkOpts(i)));
-  const now = await call(`count ${id}`, () => count(s));
+  const now = await call(`count ${id}`, () => count(s)).catch(async (e: Error) => {
+    throw new Error(`counting in ${id} through replica ${i % 2}: ${e.message}; its events: ${await history(id)}; row: ${JSON.stringify(await rowOf(id))}`);
+  });
   assert.ok(now >= atLeast, `the counter of ${id} went on from ${atLeast} (now ${now}): memory kept`);
   await eventually(() => call(`count ${id}`, () => count(s)), (n) => n > now, `the counter of ${id} still counts`).catch(async (e: Error) => {
     const ps = await s.commands.run('ps -eo pid,stat,wchan:20,cmd').then((r) => r.stdout, (err: Error) => err.message);

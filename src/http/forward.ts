@@ -112,9 +112,12 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, o: Forwar
   } else if (req.headers['transfer-encoding'] && req.headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
   const upstream = requestUpstream(o, req.method ?? 'GET', headers, o.agent);
   let answered = false;
+  let intercepted = false;
   upstream.on('response', (up) => {
     answered = true;
     if (o.intercept?.(up)) {
+      // The caller answers (or sends the request again): nothing of this exchange may touch the client's response.
+      intercepted = true;
       up.resume();
       return;
     }
@@ -130,6 +133,7 @@ export function forwardHttp(req: IncomingMessage, res: ServerResponse, o: Forwar
     });
   });
   upstream.on('error', (err) => {
+    if (intercepted) return;
     if (!answered && !res.headersSent && !res.destroyed) o.onError(err);
     else res.destroy();
   });
