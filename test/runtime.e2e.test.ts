@@ -225,4 +225,34 @@ describe('sandbox lifecycle on one node', () => {
     assert.equal(m.memoryLimitBytes, 512 * 1024 * 1024);
     await a.json('DELETE', `/v1/sandboxes/${id}`);
   });
+
+  test('the inventory never reports a running sandbox gone while others are created and killed beside it', async () => {
+    // `runc list` fails when a container is deleted while it lists: read as "no containers",
+    // every sandbox of the node looked gone, and the reconciler removed them as lost.
+    const stable = [await createSandbox(a), await createSandbox(a)];
+    let stop = false;
+    let reports = 0;
+    const wrong: string[] = [];
+    const poll = (async () => {
+      while (!stop) {
+        const res = await a.api('GET', '/v1/sandboxes');
+        if (!res.ok) continue; // a node that cannot tell this round says so: the reconciler decides nothing
+        reports++;
+        const inv = await res.json();
+        for (const id of stable) {
+          const e = inv.sandboxes.find((s: any) => s.sandboxId === id);
+          if (e?.state !== 'running') wrong.push(`${id}: ${JSON.stringify(e ?? 'missing')}`);
+        }
+      }
+    })();
+    const churn = async () => {
+      for (let i = 0; i < 6; i++) await a.json('DELETE', `/v1/sandboxes/${await createSandbox(a)}`);
+    };
+    await Promise.all([churn(), churn()]);
+    stop = true;
+    await poll;
+    assert.ok(reports >= 5, `the inventory was read while containers came and went (${reports} reports)`);
+    assert.deepEqual(wrong, []);
+    for (const id of stable) await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
 });

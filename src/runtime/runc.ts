@@ -17,6 +17,8 @@ export interface ContainerStats {
   pids: number;
 }
 
+const LIST_ATTEMPTS = 4;
+
 /** Thin wrapper over the runc binary, with a private state root per agent. */
 export class Runc {
   constructor(
@@ -83,10 +85,20 @@ export class Runc {
     return JSON.parse(r.stdout) as ContainerState;
   }
 
+  /**
+   * The containers of this root. `runc list` fails outright when a container is deleted while
+   * it lists (it cannot stat the state directory it just read), and leaves out, with a line on
+   * stderr, one whose state it could not load just then: so a failed listing is tried again and
+   * then thrown, never taken for an empty root, and callers must not take a container missing
+   * from it for one that is gone (see sandbox-inventory.ts). Taking a failed listing for "no
+   * containers" once made a node report every sandbox gone, and the reconciler removed them.
+   */
   async list(): Promise<ContainerState[]> {
-    const r = await run(['runc', '--root', this.root, 'list', '--format', 'json'], { allowFailure: true });
-    if (r.code !== 0 || !r.stdout.trim()) return [];
-    return (JSON.parse(r.stdout) as ContainerState[] | null) ?? [];
+    for (let attempt = 1; ; attempt++) {
+      const r = await run(['runc', '--root', this.root, 'list', '--format', 'json'], { allowFailure: attempt < LIST_ATTEMPTS });
+      if (r.code === 0) return r.stdout.trim() ? ((JSON.parse(r.stdout) as ContainerState[] | null) ?? []) : [];
+      await new Promise((resolve) => setTimeout(resolve, 10 * attempt));
+    }
   }
 
   /** Stops and removes the container; succeeds when it is already gone. */

@@ -68,7 +68,9 @@ export class NodeInventory {
     const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
     for (const id of dirs) {
       if (!isSandboxId(id)) continue;
-      const c = containers.get(id);
+      // Not listed: runc may have skipped it (its state unreadable for a moment): asked alone
+      // before it is reported without a container, which the reconciler would remove.
+      const c = containers.get(id) ?? (await this.runc.state(id)) ?? undefined;
       containers.delete(id);
       const rec = await this.record(id).catch(() => null);
       const busy = this.locks.isBusy(id);
