@@ -220,15 +220,8 @@ async function syncSnapshotFiles(dir: string) {
   const l = localSnapshot(dir);
   const files = [l.meta, l.diskImage];
   for (const name of await readdir(l.images).catch(() => [] as string[])) files.push(path.join(l.images, name));
-  await Promise.all(files.map(async (file) => {
-    const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => null);
-    if (!f) return; // a snapshot without a disk (made before sandboxes had one) or images
-    try {
-      await f.sync();
-    } finally {
-      await f.close();
-    }
-  }));
+  // (a snapshot without a disk, made before sandboxes had one, or without images: nothing to sync)
+  await Promise.all(files.map((file) => syncFile(file, { missingOk: true })));
   if (await exists(l.images)) await fsyncDir(l.images);
 }
 
@@ -243,8 +236,11 @@ async function syncObject(dir: string, name: ObjectName) {
   await fsyncDir(l.images);
 }
 
-async function syncFile(file: string) {
-  const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+/** fsync of a file opened without following links; `missingOk`: one that cannot be opened is skipped. */
+async function syncFile(file: string, o: { missingOk?: boolean } = {}) {
+  const opened = open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const f = o.missingOk ? await opened.catch(() => null) : await opened;
+  if (!f) return;
   try {
     await f.sync();
   } finally {

@@ -38,6 +38,11 @@ export function sandboxPaths(cfg: RuntimeConfig, id: string) {
     rootfs: path.join(dir, 'rootfs'),
     runcLog: path.join(dir, 'runc.log'),
     criuWork: path.join(dir, 'criu-work'),
+    /**
+     * Written by a kill once container, mounts and network are gone, before it answers; the
+     * directory goes after the answer. One found at agent start is a kill's remains (recovery).
+     */
+    killedMarker: path.join(dir, 'killed'),
     /** CRIU's configuration for this sandbox (the boot id mount). */
     criuConfig: path.join(dir, 'criu.conf'),
   };

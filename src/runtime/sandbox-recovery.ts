@@ -31,15 +31,6 @@ export interface RecoveryDeps {
   dropSnapshot(sandboxId: string): Promise<void>;
 }
 
-/**
- * Written into a sandbox's directory by a kill once its container, mounts and network are gone,
- * before it answers; the directory goes after the answer. A directory holding it at agent start
- * is the remains of a kill cut short: recovery removes them.
- */
-export function killedMarker(cfg: RuntimeConfig, sandboxId: string): string {
-  return path.join(sandboxPaths(cfg, sandboxId).dir, 'killed');
-}
-
 export class SandboxRecovery {
   constructor(private readonly d: RecoveryDeps) {}
 
@@ -59,7 +50,7 @@ export class SandboxRecovery {
     }
     // A kill that answered, and whose agent died before the network and the directory went.
     for (const id of dirs.filter(isSandboxId)) {
-      if (!(await exists(killedMarker(cfg, id)))) continue;
+      if (!(await exists(sandboxPaths(cfg, id).killedMarker))) continue;
       await locks.run(id, () => this.d.teardown(id));
       notes.push(`${id}: the remains of a kill (its directory) were removed`);
     }

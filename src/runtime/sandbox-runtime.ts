@@ -23,7 +23,8 @@ import { Runc } from './runc.ts';
 import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, writeBundle, writeEtcFiles } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
-import { killedMarker, SandboxRecovery } from './sandbox-recovery.ts';
+import { SandboxRecovery } from './sandbox-recovery.ts';
+import { StepTimes } from './step-times.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
 import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
@@ -597,15 +598,9 @@ export class SandboxRuntime {
       // (never a running one). The directory is marked first: an agent that dies before it
       // went removes it at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
-      this.forgetClients(sandboxId);
-      const results = await Promise.allSettled([
-        this.runc.destroy(sandboxId).then(() => t.step('runcDestroy')),
-        this.unmountAll(p).then(() => t.step('unmounted')),
-        this.network.release(sandboxId).then(() => t.step('networkReleased')),
-      ]);
-      for (const r of results) if (r.status === 'rejected') throw r.reason;
+      await this.removeContainer(sandboxId, t);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
-      if (await exists(p.dir)) await writeFile(killedMarker(this.cfg, sandboxId), '');
+      if (await exists(p.dir)) await writeFile(p.killedMarker, '');
       wasAnswered = true;
       this.killedNotRemoved.add(sandboxId);
       answer(result);
@@ -752,19 +747,25 @@ export class SandboxRuntime {
 
   /** Removes the container, mounts, network and directory of a sandbox; idempotent. */
   private async teardown(sandboxId: string, t?: StepTimes) {
-    const p = sandboxPaths(this.cfg, sandboxId);
+    await this.removeContainer(sandboxId, t);
+    await removeTree(sandboxPaths(this.cfg, sandboxId).dir);
+    t?.step('removeDir');
+  }
+
+  /**
+   * The agent's hold on the sandbox, then its container, the node's mounts and its network, at
+   * once (the disk is not moved after this, so it need not wait for the container: a container
+   * still dying keeps its own view of its mounts until it is gone), each of them tried. What is
+   * left is its directory, plain files.
+   */
+  private async removeContainer(sandboxId: string, t?: StepTimes) {
     this.forgetClients(sandboxId);
-    // The container, the node's mounts and the network go at once (the disk is not moved
-    // after this, so it need not wait for the container: a container still dying keeps its own
-    // view of its mounts until it is gone), each of them tried; the directory goes last.
     const results = await Promise.allSettled([
       this.runc.destroy(sandboxId).then(() => t?.step('runcDestroy')),
-      this.unmountAll(p).then(() => t?.step('unmounted')),
+      this.unmountAll(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted')),
       this.network.release(sandboxId).then(() => t?.step('networkReleased')),
     ]);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
-    await removeTree(p.dir);
-    t?.step('removeDir');
   }
 
   /** The agent's connections to the sandbox's init, its admission state and its commands' deadlines go. */
@@ -773,33 +774,6 @@ export class SandboxRuntime {
     this.clients.delete(sandboxId);
     this.admission.forget(sandboxId);
     this.commandDeadlines.forget(sandboxId);
-  }
-}
-
-/**
- * NESTBOX_TRACE_STEPS=1: every create, pause, resume and kill writes one line to stderr with the
- * time each of its steps took (ms), to see where an operation's time goes beside runc and CRIU.
- */
-const TRACE_STEPS = !!process.env.NESTBOX_TRACE_STEPS;
-
-class StepTimes {
-  private readonly t0 = performance.now();
-  private last = this.t0;
-  private readonly steps: string[] = [];
-
-  constructor(private readonly op: string, private readonly sandboxId: string) {}
-
-  /** The step that just ended. */
-  step(name: string) {
-    if (!TRACE_STEPS) return;
-    const now = performance.now();
-    this.steps.push(`${name}=${(now - this.last).toFixed(1)}`);
-    this.last = now;
-  }
-
-  end() {
-    if (!TRACE_STEPS) return;
-    process.stderr.write(`nestbox: steps ${this.op} ${this.sandboxId} total=${(performance.now() - this.t0).toFixed(1)} ${this.steps.join(' ')}\n`);
   }
 }
 
