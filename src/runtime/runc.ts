@@ -2,6 +2,7 @@ import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
+import { retried } from './retry.ts';
 
 export interface ContainerState {
   id: string;
@@ -17,7 +18,8 @@ export interface ContainerStats {
   pids: number;
 }
 
-const LIST_ATTEMPTS = 4;
+/** `runc list` tried again after these (a delete racing it passes in a moment). */
+const LIST_RETRY_DELAYS_MS = [10, 20, 30];
 
 /** Thin wrapper over the runc binary, with a private state root per agent. */
 export class Runc {
@@ -94,11 +96,8 @@ export class Runc {
    * containers" once made a node report every sandbox gone, and the reconciler removed them.
    */
   async list(): Promise<ContainerState[]> {
-    for (let attempt = 1; ; attempt++) {
-      const r = await run(['runc', '--root', this.root, 'list', '--format', 'json'], { allowFailure: attempt < LIST_ATTEMPTS });
-      if (r.code === 0) return r.stdout.trim() ? ((JSON.parse(r.stdout) as ContainerState[] | null) ?? []) : [];
-      await new Promise((resolve) => setTimeout(resolve, 10 * attempt));
-    }
+    const r = await retried(() => run(['runc', '--root', this.root, 'list', '--format', 'json']), LIST_RETRY_DELAYS_MS);
+    return r.stdout.trim() ? ((JSON.parse(r.stdout) as ContainerState[] | null) ?? []) : [];
   }
 
   /** Stops and removes the container; succeeds when it is already gone. */
