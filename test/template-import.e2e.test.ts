@@ -3,7 +3,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, rm, symlink } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, symlink } from 'node:fs/promises';
+import { newSandboxId } from '../src/core/ids.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -86,6 +87,25 @@ describe('imported templates run', () => {
     const who = await exec(a, id, 'echo "$(id -un) $(pwd)"; ls -A /opq');
     assert.equal(who.stdout, 'app /home/app\nupper\n', who.stderr);
     await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test("an image whose /proc is a link: no sandbox starts from it, and the boot id's bind lands nowhere", async () => {
+    // The node binds the sandbox's boot id over <rootfs>/proc/sys/kernel/random/boot_id before
+    // the container's root is entered: that path must never lead anywhere but the procfs runc
+    // mounted there. runc refuses a /proc that is not a directory, so no bind is made at all.
+    const layers = [...(await runnableLayers()), await tarOf([{ name: 'tmp/', type: 'directory' }, { name: 'tmp/sys/kernel/random/boot_id', content: 'bait\n' }, { name: 'proc', type: 'symlink', linkname: 'tmp' }])];
+    const lines = await importVia('imgproc', await dockerSaveArchive({ layers, ...RUNNABLE_CONFIG }));
+    if (lines.at(-1).type === 'done') {
+      const res = await a.api('POST', '/v1/sandboxes', { sandboxId: newSandboxId(), template: 'imgproc', envVars: {}, metadata: {}, allowInternetAccess: false });
+      const body = await res.text();
+      assert.ok(res.status >= 400, `refused: ${res.status} ${body}`);
+      assert.match(body, /proc/);
+    } else {
+      assert.equal(lines.at(-1).type, 'error', JSON.stringify(lines.at(-1)));
+    }
+    const mounts = await readFile('/proc/self/mountinfo', 'utf8');
+    assert.deepEqual(mounts.split('\n').filter((l) => l.includes('kernel/random/boot_id')), [], 'no boot id bound anywhere in the host\'s mounts');
+    assert.deepEqual((await a.json('GET', '/v1/sandboxes')).sandboxes.filter((s: any) => s.template === 'imgproc'), [], 'nothing left of it');
   });
 
   test('hostile archive through the API: refused with the entry named, nothing left, host untouched', async () => {
