@@ -2,7 +2,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { run } from '../src/runtime/command.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
 import { createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
@@ -205,6 +205,8 @@ describe('sandbox lifecycle on one node', () => {
     const res1 = await a.api('DELETE', `/v1/sandboxes/${id}`);
     assert.equal(res1.status, 200);
     const first = (await res1.json()).stoppedAt;
+    const inventory = async () => ((await a.json('GET', '/v1/sandboxes')).sandboxes as Array<{ sandboxId: string }>).map((s) => s.sandboxId);
+    assert.ok(!(await inventory()).includes(id), 'once the kill is answered the node lists it no more, while its remains go');
     const stopped = Date.parse(first);
     assert.ok(stopped >= before && stopped <= Date.now(), 'the node says when the container stopped: billing ends there');
     const res2 = await a.api('DELETE', `/v1/sandboxes/${id}`);
@@ -212,6 +214,15 @@ describe('sandbox lifecycle on one node', () => {
     assert.deepEqual(await res2.json(), { stoppedAt: first }, 'a repeated kill (its answer lost) gets the same instant, from the journal');
     assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
     assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404);
+    // Remains of a killed sandbox (marked, not yet removed) are not a sandbox to anyone.
+    const remains = sandboxPaths(a.agent.runtime.cfg, 'ikilledremains000000');
+    await mkdir(remains.dir, { recursive: true });
+    await writeFile(remains.killedMarker, '');
+    try {
+      assert.ok(!(await inventory()).includes('ikilledremains000000'));
+    } finally {
+      await rm(remains.dir, { recursive: true, force: true });
+    }
   });
 
   test('inventory and metrics', async () => {

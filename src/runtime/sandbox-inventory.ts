@@ -6,6 +6,7 @@ import { notFound } from '../core/errors.ts';
 import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
 import { diskUsage } from './disk.ts';
+import { exists } from './fs-util.ts';
 import type { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths } from './layout.ts';
 import type { ContainerStats, Runc } from './runc.ts';
@@ -68,6 +69,9 @@ export class NodeInventory {
     const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
     for (const id of dirs) {
       if (!isSandboxId(id)) continue;
+      // Killed, its remains being removed (its container, mounts and network are gone): not a
+      // sandbox any more, whoever asks.
+      if (containers.has(id) === false && (await exists(sandboxPaths(this.cfg, id).killedMarker))) continue;
       // Not listed: runc may have skipped it (its state unreadable for a moment): asked alone
       // before it is reported without a container, which the reconciler would remove.
       const c = containers.get(id) ?? (await this.runc.state(id)) ?? undefined;

@@ -650,9 +650,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const all = (await api('GET', '/v2/sandboxes?limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of all) await api('DELETE', `/sandboxes/${s.sandboxID}`);
     for (const a of agents) {
-      const left = await a.json<{ sandboxes: unknown[]; snapshots: unknown[] }>('GET', '/v1/sandboxes');
+      const left = await a.json<{ sandboxes: Array<{ sandboxId: string; state: string; busy: boolean }>; snapshots: string[] }>('GET', '/v1/sandboxes');
       if (left.sandboxes.length || left.snapshots.length) {
-        result.violations.push(`after killing everything node ${a.nodeId} still holds ${left.sandboxes.length} containers, ${left.snapshots.length} snapshots`);
+        const which = [...left.sandboxes.map((s) => `${s.sandboxId} (${s.state}${s.busy ? ', busy' : ''})`), ...left.snapshots.map((s) => `snapshot ${s}`)];
+        result.violations.push(`after killing everything node ${a.nodeId} still holds ${left.sandboxes.length} containers, ${left.snapshots.length} snapshots: ${which.join(', ')}`);
       }
     }
   } finally {
