@@ -35,7 +35,8 @@ async function hostUsedKiB() {
 async function main() {
   const a = await startTestAgent();
   const cfg = a.agent.runtime.cfg;
-  const runc = new Runc(path.join(TEST_ROOT, 'raw-runc'), cfg.criuBinDir);
+  const rawRuncRoot = path.join(TEST_ROOT, 'raw-runc');
+  const runc = new Runc(rawRuncRoot, cfg.criuBinDir);
   await cleanStaleRaw(runc);
   const rows: Row[] = [];
   const extra: Record<string, number> = {};
@@ -146,10 +147,14 @@ async function main() {
       const rid = `rawkill${i}`;
       const c = await rawContainer(a.agent.runtime.cfg, rid, ['/bin/sleep', 'infinity']);
       await runc.runDetached(rid, c.dir, path.join(c.dir, 'runc.log'));
-      rawKill.push((await timed(() => runc.destroy(rid)))[0]);
+      // runc's own way: kill, then delete (the runtime kills the init itself: see Runc.stop)
+      rawKill.push((await timed(async () => {
+        await run(['runc', '--root', rawRuncRoot, 'kill', rid, 'KILL']);
+        await run(['runc', '--root', rawRuncRoot, 'delete', '--force', rid]);
+      }))[0]);
       await c.cleanup(runc);
     }
-    if (part('kill')) rows.push(row('kill (stopped, unmounted, network gone)', kill, rawKill, 'runc kill + delete'));
+    if (part('kill')) rows.push(row('kill (processes dead, unmounted)', kill, rawKill, 'runc kill + delete'));
 
     // --- density: host memory per idle sandbox beyond its own processes --------------------------
     if (part('density')) {

@@ -3,7 +3,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
+import { Runc } from '../src/runtime/runc.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
 import { createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
@@ -235,6 +237,26 @@ describe('sandbox lifecycle on one node', () => {
     assert.ok(m.memoryBytes > 0);
     assert.equal(m.memoryLimitBytes, 512 * 1024 * 1024);
     await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test("the runtime's own reading of a container's status agrees with runc's, running, killed, and gone", async () => {
+    const runc = new Runc(path.join(a.agent.runtime.cfg.dataDir, 'runc'), a.agent.runtime.cfg.criuBinDir);
+    const id = await createSandbox(a);
+    const byRunc = async () => {
+      const st = await runc.state(id);
+      return st ? { pid: st.pid, status: st.status } : null;
+    };
+    assert.deepEqual(await runc.status(id), await byRunc());
+    assert.equal((await runc.status(id))?.status, 'running');
+    // The init killed behind runc's back: a zombie or gone, stopped to both.
+    const pid = (await runc.status(id))!.pid;
+    process.kill(pid, 'SIGKILL');
+    await eventually(byRunc, (st) => st?.status === 'stopped', 'runc to see the init dead');
+    assert.deepEqual(await runc.status(id), { pid, status: 'stopped' });
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+    await a.json('DELETE', `/v1/sandboxes/${id}`); // answered once what the first left is gone
+    assert.equal(await runc.status(id), null);
+    assert.equal(await byRunc(), null);
   });
 
   test('the inventory never reports a running sandbox gone while others are created and killed beside it', async () => {

@@ -69,9 +69,12 @@ export class NodeInventory {
     const dirs = await readdir(path.join(this.cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
     for (const id of dirs) {
       if (!isSandboxId(id)) continue;
-      // Killed, its remains being removed (its container, mounts and network are gone): not a
-      // sandbox any more, whoever asks.
-      if (containers.has(id) === false && (await exists(sandboxPaths(this.cfg, id).killedMarker))) continue;
+      // Killed, its remains being removed (its processes, mounts and network are gone; runc's
+      // record of it may still be): not a sandbox any more, whoever asks.
+      if (await exists(sandboxPaths(this.cfg, id).killedMarker)) {
+        containers.delete(id);
+        continue;
+      }
       // Not listed: runc may have skipped it (its state unreadable for a moment): asked alone
       // before it is reported without a container, which the reconciler would remove.
       const c = containers.get(id) ?? (await this.runc.state(id)) ?? undefined;

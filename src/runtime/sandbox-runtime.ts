@@ -245,7 +245,7 @@ export class SandboxRuntime {
     const t = new StepTimes('pause', sandboxId);
     const record = await this.record(sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
-    const state = await this.runc.state(sandboxId);
+    const state = await this.runc.status(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     await this.quiesce(sandboxId, quiesceMs);
     t.step('checks');
@@ -289,8 +289,7 @@ export class SandboxRuntime {
     const networkReleased = this.network.release(sandboxId);
     networkReleased.catch(() => undefined); // awaited below
     try {
-      await this.releaseDisk(sandboxId);
-      t.step('releaseDisk');
+      await this.releaseDisk(sandboxId, t);
       if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
       t.step('loopDetach');
       step = 'moving its disk into the snapshot';
@@ -564,8 +563,8 @@ export class SandboxRuntime {
   /**
    * Kill is idempotent: it removes whatever is left of the sandbox (and its snapshot if asked),
    * and answers when the container stopped, as journaled (null: the journal knows no stop),
-   * once the container, the node's mounts of it and its network are gone (its directory follows
-   * under the sandbox's lock).
+   * once the container's processes and the node's mounts of it are gone (runc's record of the
+   * container, its network and the directory follow under the sandbox's lock).
    */
   async kill(sandboxId: string, opts: { deleteSnapshot?: boolean } = {}): Promise<{ stoppedAt: string | null }> {
     assertId(sandboxId);
@@ -576,7 +575,7 @@ export class SandboxRuntime {
       const t = new StepTimes('kill', sandboxId);
       await this.recovery.repairSnapshot(sandboxId); // never delete the only copy of a layer with the remains
       t.step('repair');
-      const state = await this.nodeInventory.containerState(sandboxId);
+      const state = await this.runc.status(sandboxId);
       t.step('state');
       // Nothing running: an earlier call stopped it (its answer may have been lost; its stop is
       // journaled already), or it died unseen (journaled now, when it was found).
@@ -591,21 +590,26 @@ export class SandboxRuntime {
       }
       t.step('journal');
       const result = { stoppedAt: stoppedAt?.toISOString() ?? journaled };
-      // The container, the node's mounts of it and its network go, then the caller has its
-      // answer; the directory (plain files, nothing mounted in it any more) goes right after,
+      // The container's processes and the node's mounts of it go, then the caller has its
+      // answer (with its processes its network namespace is dead: nothing in it sends or
+      // receives); runc's record of the container (its cgroup, its state), the host's side of
+      // its network (a link's deletion waits for the kernel's RCU: 15-20 ms) and the
+      // directory (plain files, nothing mounted in it any more) go right after,
       // still under the lock: the next operation on the sandbox, a repeated kill among them,
       // waits for it, and the inventory meanwhile shows a busy sandbox without a container
       // (never a running one). The directory is marked first: an agent that dies before it
       // went removes it at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
-      await this.removeContainer(sandboxId, t);
+      await this.stopContainer(sandboxId, t);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
       if (await exists(p.dir)) await writeFile(p.killedMarker, '');
       wasAnswered = true;
       this.killedNotRemoved.add(sandboxId);
       answer(result);
       t.step('answered');
-      await removeTree(p.dir); // (should it fail, the marked remains stay gone to everyone; recovery removes them)
+      // (should this fail, the marked remains stay gone to everyone; recovery removes them)
+      await this.releaseContainer(sandboxId, t);
+      await removeTree(p.dir);
       this.killedNotRemoved.delete(sandboxId);
       t.step('removed');
       t.end();
@@ -660,7 +664,9 @@ export class SandboxRuntime {
     return this.nodeInventory.metrics(sandboxId);
   }
 
-  containerState(sandboxId: string) {
+  /** runc's view of the sandbox's container (null: none; a killed one whose remains are going has none). */
+  async containerState(sandboxId: string) {
+    if (this.killedNotRemoved.has(sandboxId)) return null;
     return this.nodeInventory.containerState(sandboxId);
   }
 
@@ -690,16 +696,19 @@ export class SandboxRuntime {
    */
   private async releaseDisk(sandboxId: string, t?: StepTimes) {
     const p = sandboxPaths(this.cfg, sandboxId);
-    await this.runc.destroy(sandboxId);
-    t?.step('runcDestroy');
-    await this.unmountAll(p);
-    t?.step('unmounted');
+    await this.runc.stop(sandboxId);
+    // runc's record of the container (cgroup, state) goes beside the unmounts: neither needs the other.
+    await allTried([
+      this.runc.remove(sandboxId).then(() => t?.step('runcRemoved')),
+      this.unmountAll(p, t).then(() => t?.step('unmounted')),
+    ]);
   }
 
   /** The node's mounts of a sandbox: the overlay first (its upper layer is on the disk), then the disk. */
-  private async unmountAll(p: SandboxPaths) {
+  private async unmountAll(p: SandboxPaths, t?: StepTimes) {
     await unmount(p.rootfs);
     if (await isMountPoint(p.rootfs)) throw new Error(`the root file system at ${p.rootfs} is still mounted; its disk stays where it is`);
+    t?.step('rootfsUnmounted');
     await unmountDisk(p.disk);
   }
 
@@ -753,19 +762,33 @@ export class SandboxRuntime {
   }
 
   /**
-   * The agent's hold on the sandbox, then its container, the node's mounts and its network, at
-   * once (the disk is not moved after this, so it need not wait for the container: a container
-   * still dying keeps its own view of its mounts until it is gone), each of them tried. What is
-   * left is its directory, plain files.
+   * The agent's hold on the sandbox, its container, the node's mounts of it and its network,
+   * each of them tried. What is left is its directory, plain files.
    */
   private async removeContainer(sandboxId: string, t?: StepTimes) {
+    await this.stopContainer(sandboxId, t);
+    await this.releaseContainer(sandboxId, t);
+  }
+
+  /**
+   * The agent's hold on the sandbox, then its processes and the node's mounts, at once (the
+   * disk is not moved after this, so it need not wait for the container: a container still
+   * dying keeps its own view of its mounts until it is gone): none of its processes runs after.
+   */
+  private async stopContainer(sandboxId: string, t?: StepTimes) {
     this.forgetClients(sandboxId);
-    const results = await Promise.allSettled([
-      this.runc.destroy(sandboxId).then(() => t?.step('runcDestroy')),
+    await allTried([
+      this.runc.stop(sandboxId).then(() => t?.step('runcStopped')),
       this.unmountAll(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted')),
+    ]);
+  }
+
+  /** What is left of a stopped container: runc's record of it (cgroup, state) and its network. */
+  private async releaseContainer(sandboxId: string, t?: StepTimes) {
+    await allTried([
+      this.runc.remove(sandboxId).then(() => t?.step('runcRemoved')),
       this.network.release(sandboxId).then(() => t?.step('networkReleased')),
     ]);
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
   /** The agent's connections to the sandbox's init, its admission state and its commands' deadlines go. */
@@ -786,6 +809,11 @@ async function settled<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
   if (ra.status === 'rejected') throw ra.reason;
   if (rb.status === 'rejected') throw rb.reason;
   return [ra.value, rb.value];
+}
+
+/** Runs steps side by side, each to its end; the first failure is thrown once all ended. */
+async function allTried(steps: Promise<unknown>[]): Promise<void> {
+  for (const r of await Promise.allSettled(steps)) if (r.status === 'rejected') throw r.reason;
 }
 
 function assertId(id: string) {
