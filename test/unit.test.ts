@@ -323,3 +323,21 @@ test('KeyedMutex tells which keys finished work after a mark (the inventory flag
   assert.deepEqual(m.changedSince(mark).sort(), ['a', 'b']);
   assert.deepEqual(m.busyKeys(), []);
 });
+
+test('KeyedMutex.idle waits for all work, also work queued while it waits (a graceful stop waits for what follows a kill\'s answer)', async () => {
+  const m = new KeyedMutex();
+  await m.idle(); // nothing to wait for
+  const order: string[] = [];
+  let releaseA!: () => void;
+  void m.run('a', () => new Promise<void>((r) => (releaseA = r))).then(() => order.push('a'));
+  const idle = m.idle().then(() => order.push('idle'));
+  await new Promise((r) => setImmediate(r));
+  void m.run('b', async () => {
+    await new Promise((r) => setTimeout(r, 5));
+    order.push('b');
+  });
+  releaseA();
+  await idle;
+  assert.deepEqual(order, ['a', 'b', 'idle']);
+  assert.deepEqual(m.busyKeys(), []);
+});

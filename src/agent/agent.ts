@@ -143,5 +143,6 @@ export class Agent {
     await this.starts.closeAndWait();
     this.membership?.stop();
     await this.server?.close();
+    await this.runtime.idle();
   }
 }

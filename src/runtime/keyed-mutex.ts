@@ -37,6 +37,11 @@ export class KeyedMutex {
     return [...this.tails.keys()];
   }
 
+  /** Resolves once no key has work queued or running (work queued meanwhile included). */
+  async idle(): Promise<void> {
+    while (this.tails.size) await Promise.all(this.tails.values());
+  }
+
   /** A mark to pass to changedSince(). */
   mark(): number {
     return this.finishedCount;

@@ -637,6 +637,16 @@ export class SandboxRuntime {
     return this.nodeInventory.sandboxes();
   }
 
+  /**
+   * Resolves once no operation runs, the work that follows an answer included (a kill's
+   * remains); a graceful stop waits for it, up to `timeoutMs` (what is cut short, recovery repairs).
+   */
+  async idle(timeoutMs = 30_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.locks.idle(), new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+    clearTimeout(timer);
+  }
+
   /** Repairs what an agent killed mid-operation left behind (see sandbox-recovery.ts); run at start. */
   recover(): Promise<string[]> {
     return this.recovery.recover();
