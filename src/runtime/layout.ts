@@ -39,8 +39,9 @@ export function sandboxPaths(cfg: RuntimeConfig, id: string) {
     runcLog: path.join(dir, 'runc.log'),
     criuWork: path.join(dir, 'criu-work'),
     /**
-     * Written by a kill once container, mounts and network are gone, before it answers; the
-     * directory goes after the answer. One found at agent start is a kill's remains (recovery).
+     * Written by a kill once the container's processes and the mounts are gone, before it
+     * answers; runc's record, the network and the directory go after the answer. One found at
+     * agent start is a kill's remains (recovery).
      */
     killedMarker: path.join(dir, 'killed'),
     /** CRIU's configuration for this sandbox (the boot id mount). */
