@@ -3,6 +3,7 @@
 // fails, new ones are refused with 503 + Retry-After, every live sandbox is paused with reason
 // `drain`, and after the agent starts again the control plane resumes every one of them with its
 // process memory intact.
+import { unmountPoolLeftovers } from './helpers/pool-leftovers.ts';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -83,6 +84,7 @@ after(async () => {
     await agent.exited;
   }
   await rm(dir, { recursive: true, force: true });
+  await unmountPoolLeftovers(agent.base);
   await rm(agent.base, { recursive: true, force: true });
 });
 
@@ -193,6 +195,7 @@ test('the drain deadline is honoured: with nobody to pause them, the node stops 
   } finally {
     lonely.signal('SIGKILL');
     await lonely.exited;
+    await unmountPoolLeftovers(lonely.base);
     await rm(lonely.base, { recursive: true, force: true });
   }
 });

@@ -10,6 +10,7 @@
 // Checked at the end: no failed client call (retryable refusals are retried as the SDK does),
 // no container left on a drained node, every sandbox's events a legal walk, and each billed
 // interval matches the time the container ran on its node (the node's journal) within 50 ms.
+import { unmountPoolLeftovers } from './helpers/pool-leftovers.ts';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -220,6 +221,7 @@ after(async () => {
   await s3?.stop();
   await net.cleanup();
   // Every directory is tried; one still busy (a mount left behind) fails the suite, named.
+  for (const a of agents) await unmountPoolLeftovers(a.base);
   const left = await Promise.all([...agents.map((a) => a.base), base].map((d) => rm(d, { recursive: true, force: true }).then(() => null, (e: Error) => e.message)));
   assert.deepEqual(left.filter(Boolean), [], 'everything removed');
 });

@@ -2,6 +2,7 @@
 // snapshot store, driven through the CLI and the e2b SDK. Nodes join with a join token,
 // sandboxes spread over them, and draining one moves its sandboxes to the other with their
 // memory (a counter goes on where it was).
+import { unmountPoolLeftovers } from './helpers/pool-leftovers.ts';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -57,6 +58,7 @@ after(async () => {
     }
     a.signal('SIGKILL');
     await a.exited;
+    await unmountPoolLeftovers(a.base);
     await rm(a.base, { recursive: true, force: true });
   }
   server?.kill('SIGTERM');
@@ -69,6 +71,7 @@ test('nodes join with a join token; a wrong one is refused; sandboxes spread; a 
   const snapshotDir = path.join(base, 'snapshots');
   const intruder = new AgentProcess({ nodeId: 'intruder', snapshotDir, args: ['--join', apiUrl, '--join-token', `nbjoin_${'0'.repeat(40)}`] });
   await assert.rejects(intruder.start(), /invalid join token/);
+  await unmountPoolLeftovers(intruder.base);
   await rm(intruder.base, { recursive: true, force: true });
   for (const id of ['node-a', 'node-b']) {
     const a = new AgentProcess({ nodeId: id, snapshotDir, args: ['--join', apiUrl, '--join-token', token] });

@@ -120,6 +120,7 @@ export class Agent {
     const report = await drainNode(this.runtime, this.starts, this.drainPlan, opts);
     this.membership?.stop();
     await this.server?.close();
+    await this.runtime.close();
     return report;
   }
 
@@ -143,6 +144,6 @@ export class Agent {
     await this.starts.closeAndWait();
     this.membership?.stop();
     await this.server?.close();
-    await this.runtime.idle();
+    await this.runtime.close();
   }
 }

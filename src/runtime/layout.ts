@@ -20,7 +20,11 @@ import type { RuntimeConfig } from './config.ts';
  * directories that name them are host root's, so no path the agent resolves can be redirected.
  */
 export function sandboxPaths(cfg: RuntimeConfig, id: string) {
-  const dir = path.join(cfg.dataDir, 'sandboxes', id);
+  return sandboxPathsAt(path.join(cfg.dataDir, 'sandboxes', id));
+}
+
+/** The same layout under any directory (a pooled one, laid out before it is a sandbox's). */
+export function sandboxPathsAt(dir: string) {
   const disk = path.join(dir, 'disk');
   return {
     dir, // also the OCI bundle: config.json lives here

@@ -11,6 +11,7 @@ import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
+import { RootPool } from './root-pool.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
@@ -33,6 +34,8 @@ const INIT_READY_TIMEOUT_MS = 10_000;
 /** A snapshot whose put failed is put again (its staging is whole): a store away for a few seconds. */
 const STORE_RETRY_DELAYS_MS = [2000, 4000];
 /** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
+/** The template whose sandbox directories are laid out ahead: E2B's default, most creates'. */
+const POOLED_TEMPLATE = 'base';
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
@@ -65,6 +68,8 @@ export class SandboxRuntime {
   readonly templates: TemplateDistribution;
   /** New disks of the default size, made ahead of the creates that take them. */
   private readonly disks: DiskPool;
+  /** Directories of new sandboxes of the default template, laid out and mounted ahead. */
+  private readonly roots: RootPool;
 
   constructor(readonly cfg: RuntimeConfig) {
     this.store = createSnapshotStore(cfg);
@@ -74,6 +79,7 @@ export class SandboxRuntime {
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
     this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
+    this.roots = new RootPool(cfg, path.join(cfg.dataDir, 'root-pool'), this.disks, POOLED_TEMPLATE, DEFAULT_DISK_MB);
     this.nodeInventory = new NodeInventory(cfg, this.runc, this.store, this.locks);
     this.recovery = new SandboxRecovery({
       cfg, runc: this.runc, store: this.store, journal: this.journal, locks: this.locks, warm: this.warm, inventory: this.nodeInventory,
@@ -92,6 +98,7 @@ export class SandboxRuntime {
     await this.store.prepare();
     await this.network.setupHost();
     await this.disks.start();
+    await this.roots.start();
   }
 
   /** The template's files on this node, fetched from the store when the node lacks them. */
@@ -144,12 +151,14 @@ export class SandboxRuntime {
     const t = new StepTimes('create', req.sandboxId);
     t.step('checks');
     try {
-      await prepareDirs(p, lower);
-      t.step('dirs');
+      const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
+      const pooled = await this.roots.take(req.template, sizeMB, p.dir);
+      if (!pooled) await prepareDirs(p, lower);
+      t.step(pooled ? 'pooledDir' : 'dirs');
       const [net] = await settled(
         this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true }),
         (async () => {
-          const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
+          if (pooled) return; // its disk and overlay are mounted, laid out as below
           if (!(await this.disks.take(p.diskImage, sizeMB))) await createDisk(p.diskImage, sizeMB);
           await mountDisk(p.diskImage, p.disk);
           await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
@@ -174,6 +183,8 @@ export class SandboxRuntime {
     } catch (e) {
       await this.teardown(req.sandboxId);
       throw wrap(e, 'create');
+    } finally {
+      this.roots.refill();
     }
   }
 
@@ -645,6 +656,12 @@ export class SandboxRuntime {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.locks.idle(), new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
     clearTimeout(timer);
+  }
+
+  /** A graceful stop: the work in progress ends (bounded, see idle), and the pooled directories go. */
+  async close(): Promise<void> {
+    await this.idle();
+    await this.roots.stop();
   }
 
   /** Repairs what an agent killed mid-operation left behind (see sandbox-recovery.ts); run at start. */

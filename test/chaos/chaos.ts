@@ -18,6 +18,7 @@
 //   node --import tsx test/chaos/chaos.ts [--ops 1000] [--crashes 20] [--clients 8]
 //   node --import tsx test/chaos/chaos.ts --fleet [--agents 3] [--replicas 2] [--ops 600] [--crashes 16]
 //     [--events replica,agent,drain,sigterm]   (only these kinds of fleet events)
+import { unmountPoolLeftovers } from '../helpers/pool-leftovers.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -688,6 +689,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         agent.signal('SIGKILL');
         await agent.exited;
       }
+      await unmountPoolLeftovers(agent.base);
       await rm(agent.base, { recursive: true, force: true }).catch((e) => {
         result.violations.push(`the node's directory could not be removed after the run: ${(e as Error).message}`);
       });
