@@ -650,11 +650,29 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     }
     const all = (await api('GET', '/v2/sandboxes?limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of all) await api('DELETE', `/sandboxes/${s.sandboxID}`);
+    // What a failed operation left (a directory without a container, say) is the reconciler's
+    // to remove at its next tick; what is still there two periods later is a leak. Either way
+    // the agent's lines about it are shown.
     for (const a of agents) {
-      const left = await a.json<{ sandboxes: Array<{ sandboxId: string; state: string; busy: boolean }>; snapshots: string[] }>('GET', '/v1/sandboxes');
+      type Left = { sandboxes: Array<{ sandboxId: string; state: string; busy: boolean }>; snapshots: string[] };
+      const read = () => a.json<Left>('GET', '/v1/sandboxes');
+      const describe = (left: Left) => [...left.sandboxes.map((s) => `${s.sandboxId} (${s.state}${s.busy ? ', busy' : ''})`), ...left.snapshots.map((s) => `snapshot ${s}`)];
+      const first = await read();
+      if (!first.sandboxes.length && !first.snapshots.length) continue;
+      const since = Date.now();
+      let left = first;
+      while ((left.sandboxes.length || left.snapshots.length) && Date.now() - since < 2 * timings.reconcileMs! + 1000) {
+        await sleep(250);
+        left = await read();
+      }
+      keepAgentLog(a);
+      const ids = [...first.sandboxes.map((s) => s.sandboxId), ...first.snapshots];
+      const lines = (agentLogs.get(a) ?? '').split('\n').filter((l) => ids.some((id) => l.includes(id))).slice(-20);
+      const held = `node ${a.nodeId} held ${describe(first).join(', ')} right after everything was killed`;
       if (left.sandboxes.length || left.snapshots.length) {
-        const which = [...left.sandboxes.map((s) => `${s.sandboxId} (${s.state}${s.busy ? ', busy' : ''})`), ...left.snapshots.map((s) => `snapshot ${s}`)];
-        result.violations.push(`after killing everything node ${a.nodeId} still holds ${left.sandboxes.length} containers, ${left.snapshots.length} snapshots: ${which.join(', ')}`);
+        result.violations.push(`${held}, and still holds ${describe(left).join(', ')} two reconcile periods later; its lines: ${lines.join(' | ')}`);
+      } else {
+        o.log(`${held}; the reconciler removed it within ${Date.now() - since} ms; the agent's lines about it: ${lines.join(' | ') || '(none)'}`);
       }
     }
   } finally {
