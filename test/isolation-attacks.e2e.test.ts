@@ -430,6 +430,51 @@ describe('the network', () => {
     }
   });
 
+  test('without internet access nothing leaves, also with an internet-range source forged from inside; with it, the same request passes', async () => {
+    const log = await internet.listen(9001); // udp and tcp
+    const closed = await createSandbox(a, { allowInternetAccess: false });
+    const open = await createSandbox(a, { allowInternetAccess: true });
+    try {
+      const closedAddress = (await a.json('GET', `/v1/sandboxes/${closed}`)).address as string;
+      const openAddress = (await a.json('GET', `/v1/sandboxes/${open}`)).address as string;
+      assert.equal(a.agent.runtime.network.hasInternet(closedAddress), false);
+      assert.equal(a.agent.runtime.network.hasInternet(openAddress), true);
+      const probe = `timeout 5 bash -c 'exec 3<>/dev/tcp/198.51.100.2/9001 && head -1 <&3' 2>&1 | head -1 | grep -q hello && echo open || echo closed`;
+      assert.equal((await exec(a, closed, probe)).stdout.trim(), 'closed');
+      assert.equal((await exec(a, open, probe)).stdout.trim(), 'open');
+      // Host root sends from inside the closed sandbox's namespace, as the address of an
+      // internet-range sandbox (its neighbour's, and a free one): the source check drops both.
+      const freeInRange = `${a.agent.runtime.cfg.subnetPrefix}.250.250`;
+      const sender = [
+        'import socket, struct',
+        'def send(src, payload):',
+        '    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
+        '    udp = struct.pack("!HHHH", 40000, 9001, 8 + len(payload), 0) + payload',
+        '    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton("198.51.100.2"))',
+        '    s.sendto(ip + udp, ("198.51.100.2", 0))',
+        `send(${JSON.stringify(closedAddress)}, b"closed-own")`,
+        `send(${JSON.stringify(openAddress)}, b"closed-as-open")`,
+        `send(${JSON.stringify(freeInRange)}, b"closed-as-free")`,
+      ].join('\n');
+      const pid = (await a.agent.runtime.containerState(closed))!.pid;
+      await run(['nsenter', '-t', String(pid), '-n', 'python3', '-c', sender]);
+      // The open sandbox's own packet, sent after them on the same path, marks the end.
+      await exec(a, open, `python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"open-own", ("198.51.100.2", 9001))'`);
+      let lines: string[] = [];
+      for (let i = 0; i < 200 && !lines.some((l) => l.includes('open-own')); i++) {
+        lines = await log.lines();
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      assert.ok(lines.some((l) => l.includes('open-own')), `the internet sandbox's packet arrives: ${lines.join(' | ')}`);
+      await new Promise((res) => setTimeout(res, 1000));
+      lines = await log.lines();
+      assert.deepEqual(lines.filter((l) => l.includes('closed-')), [], 'nothing of the closed sandbox left the node');
+    } finally {
+      await kill(closed);
+      await kill(open);
+    }
+  });
+
   test('with internet access: no cloud metadata, no LAN, unless the operator allows a range', async () => {
     const metadata = await startPeer({ address: '169.254.169.254', hostAddress: '203.0.113.3' });
     const lan = await startPeer({ address: '192.168.213.2', hostAddress: '192.168.213.1', hostPrefix: 24 });

@@ -201,7 +201,7 @@ describe('sandbox lifecycle on one node', () => {
 
   test('kill is idempotent and leaves nothing behind', async () => {
     const id = await createSandbox(a, { allowInternetAccess: true });
-    assert.equal((await a.agent.runtime.network.rulesFor(id)).length, 1, 'an internet sandbox has its rule');
+    assert.ok(a.agent.runtime.network.hasInternet((await a.json('GET', `/v1/sandboxes/${id}`)).address), 'an internet sandbox has an address of the internet range');
     await exec(a, id, '(sleep 1000 &); (python3 -c "import time; time.sleep(1000)" &)');
     const before = Date.now();
     const res1 = await a.api('DELETE', `/v1/sandboxes/${id}`);

@@ -49,6 +49,26 @@ export interface NetworkOptions {
   egressDeny?: string[];
 }
 
+const INTERNET_THIRD_OCTET = 128;
+const INTERNET_RANGE_COMMENT = 'nestbox:internet-range';
+
+/** How long release() waits for the kernel to remove a dead sandbox's link before it deletes it. */
+const LINK_GONE_WAIT_MS = 500;
+
+/**
+ * Whether the link is gone from this process's network namespace (read from /proc/self/net/dev,
+ * which is always ours, unlike a /sys mounted elsewhere), waiting up to `ms` for it to go.
+ */
+async function linkGoneWithin(name: string, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+    const table = await readFile('/proc/self/net/dev', 'utf8');
+    if (!table.split('\n').some((line) => line.trimStart().startsWith(`${name}:`))) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
 function hostIfFor(sandboxId: string) {
   return `${HOST_IF_PREFIX}${sandboxId.slice(0, 12)}`;
 }
@@ -83,6 +103,8 @@ async function replaceChains(table: string, chains: Record<string, string[][]>, 
 export class NetworkManager {
   private readonly subnetPrefix: string;
   private policy: EgressPolicy | null = null;
+  /** Per-sandbox ACCEPTs made by earlier versions are still in NESTBOX-INTERNET: a release removes its own. */
+  private perSandboxRules = true;
 
   constructor(private readonly opts: NetworkOptions) {
     this.subnetPrefix = opts.subnetPrefix;
@@ -101,6 +123,10 @@ export class NetworkManager {
     for (const chain of [CHAIN_INPUT, CHAIN_FORWARD_OUT, CHAIN_FORWARD_IN, CHAIN_EGRESS, CHAIN_INTERNET]) await ensureChain('filter', chain);
     await ensureChain('raw', CHAIN_SOURCES);
     await this.moveOldInternetRules();
+    // Internet access by address range (the source check below makes the source address the
+    // sandbox's own): one rule per subnet, kept beside what other agents of the host added.
+    await ensureRule('filter', CHAIN_INTERNET, ['-s', this.internetRange, '-m', 'comment', '--comment', INTERNET_RANGE_COMMENT, '-j', 'ACCEPT']);
+    this.perSandboxRules = (await this.rulesIn(CHAIN_INTERNET)).some((r) => !r.includes(INTERNET_RANGE_COMMENT));
     await replaceChains('filter', {
       // Sandbox -> host: only answers to connections the host opened (proxying into the sandbox).
       [CHAIN_INPUT]: [['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'], ['-j', 'DROP']],
@@ -129,6 +155,20 @@ export class NetworkManager {
     return this.policy;
   }
 
+  /**
+   * The addresses of sandboxes with internet access: x.y.128.0/17 (third octet 128-254); those
+   * without have x.y.1-127.z. NESTBOX-INTERNET accepts this range, so a create with internet
+   * access adds no rule of its own.
+   */
+  get internetRange() {
+    return `${this.subnetPrefix}.${INTERNET_THIRD_OCTET}.0/17`;
+  }
+
+  hasInternet(address: string): boolean {
+    const third = Number(address.split('.')[2]);
+    return address.startsWith(`${this.subnetPrefix}.`) && third >= INTERNET_THIRD_OCTET;
+  }
+
   get gateway() {
     return `${this.subnetPrefix}.0.1`;
   }
@@ -147,15 +187,8 @@ export class NetworkManager {
     // none on this node (whatever a failed create made, its teardown or the agent's recovery
     // removed), and two process spawns are a good part of a create's time on a busy host.
     if (!opts.newSandbox) await this.release(sandboxId);
-    const address = await this.claimAddress(sandboxId, preferredAddress);
-    try {
-      if (allowInternet) {
-        await iptables(['-A', CHAIN_INTERNET, '-i', hostIf, '-m', 'comment', '--comment', `nestbox:${sandboxId}`, '-j', 'ACCEPT']);
-      }
-    } catch (e) {
-      await this.release(sandboxId);
-      throw e;
-    }
+    // Internet access is the address itself (no rule of its own to add): see internetRange.
+    const address = await this.claimAddress(sandboxId, allowInternet, preferredAddress);
     return { hostIf, address, allowInternet };
   }
 
@@ -168,10 +201,12 @@ export class NetworkManager {
    * Address claims are files in a host-wide directory created with O_EXCL, so two agents on one
    * host never hand out the same address; /run is emptied at boot, like the links themselves.
    */
-  private async claimAddress(sandboxId: string, preferred?: string): Promise<string> {
+  private async claimAddress(sandboxId: string, allowInternet: boolean, preferred?: string): Promise<string> {
     await mkdir(CLAIMS_DIR, { recursive: true, mode: 0o700 });
-    const candidates = preferred ? [preferred] : [];
-    for (let i = 0; i < 64; i++) candidates.push(`${this.subnetPrefix}.${randomInt(1, 255)}.${randomInt(2, 255)}`);
+    // A preferred address of the other kind (a snapshot older than address ranges) is not kept.
+    const candidates = preferred && this.hasInternet(preferred) === allowInternet ? [preferred] : [];
+    const [low, high] = allowInternet ? [INTERNET_THIRD_OCTET, 255] : [1, INTERNET_THIRD_OCTET];
+    for (let i = 0; i < 64; i++) candidates.push(`${this.subnetPrefix}.${randomInt(low, high)}.${randomInt(2, 255)}`);
     for (const address of candidates) {
       try {
         await writeFile(path.join(CLAIMS_DIR, address), sandboxId, { flag: 'wx' });
@@ -185,8 +220,13 @@ export class NetworkManager {
 
   /** Removes everything prepare() and the hook made; safe for a sandbox that has nothing left. */
   async release(sandboxId: string): Promise<void> {
-    await run(['ip', 'link', 'del', hostIfFor(sandboxId)], { allowFailure: true });
-    await this.removeRules(sandboxId, CHAIN_INTERNET);
+    // The kernel deletes both ends of the pair once the sandbox's namespace dies with its last
+    // process (5-20 ms later, measured): deleting it too only queues behind the kernel for the
+    // same lock. So a link whose sandbox is gone is waited for, and deleted only if it stays
+    // (a namespace something still holds, say).
+    const hostIf = hostIfFor(sandboxId);
+    if (!(await linkGoneWithin(hostIf, LINK_GONE_WAIT_MS))) await run(['ip', 'link', 'del', hostIf], { allowFailure: true });
+    if (this.perSandboxRules) await this.removeRules(sandboxId, CHAIN_INTERNET);
     for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
       const owner = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
       if (owner === sandboxId) await rm(path.join(CLAIMS_DIR, address), { force: true });
