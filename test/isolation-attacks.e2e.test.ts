@@ -364,29 +364,12 @@ describe('the network', () => {
       assert.equal(inside.stdout.trim(), 'raw refused 1');
       // ... and should it ever get them back, the node still drops every packet whose source is
       // not the sandbox's own address. Host root sends them from inside x's network namespace.
-      const sender = [
-        'import socket, struct, sys',
-        'def send(src, payload):',
-        '    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
-        '    udp = struct.pack("!HHHH", 40000, 9000, 8 + len(payload), 0) + payload',
-        '    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton("198.51.100.2"))',
-        '    s.sendto(ip + udp, ("198.51.100.2", 0))',
-        `send(${JSON.stringify(xAddress)}, b"legit")`,
-        'send("1.2.3.4", b"spoof-internet")',
-        `send(${JSON.stringify(yAddress)}, b"spoof-neighbour")`,
-        'send("10.88.0.1", b"spoof-gateway")',
-      ].join('\n');
+      const sender = forgedUdp(9000, [[xAddress, 'legit'], ['1.2.3.4', 'spoof-internet'], [yAddress, 'spoof-neighbour'], ['10.88.0.1', 'spoof-gateway']]);
       const pid = (await a.agent.runtime.containerState(x))!.pid;
       await run(['nsenter', '-t', String(pid), '-n', 'python3', '-c', sender]);
-      let lines: string[] = [];
-      for (let i = 0; i < 200 && !lines.some((l) => l.includes('legit')); i++) {
-        lines = await log.lines();
-        await new Promise((res) => setTimeout(res, 50));
-      }
+      // The forged ones were sent after the honest one, on the same path: had they passed, they would be here.
+      const lines = await linesAfter(log, 'legit');
       assert.ok(lines.includes('udp 203.0.113.1 legit'), `the honest packet arrives, from the node's address: ${lines.join(' | ')}`);
-      // The forged ones were sent after it, on the same path: had they passed, they would be here.
-      await new Promise((res) => setTimeout(res, 1000));
-      lines = await log.lines();
       assert.deepEqual(lines.filter((l) => l.includes('spoof')), [], 'no forged packet left the node');
     } finally {
       await kill(x);
@@ -445,29 +428,13 @@ describe('the network', () => {
       // Host root sends from inside the closed sandbox's namespace, as the address of an
       // internet-range sandbox (its neighbour's, and a free one): the source check drops both.
       const freeInRange = `${a.agent.runtime.cfg.subnetPrefix}.250.250`;
-      const sender = [
-        'import socket, struct',
-        'def send(src, payload):',
-        '    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
-        '    udp = struct.pack("!HHHH", 40000, 9001, 8 + len(payload), 0) + payload',
-        '    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton("198.51.100.2"))',
-        '    s.sendto(ip + udp, ("198.51.100.2", 0))',
-        `send(${JSON.stringify(closedAddress)}, b"closed-own")`,
-        `send(${JSON.stringify(openAddress)}, b"closed-as-open")`,
-        `send(${JSON.stringify(freeInRange)}, b"closed-as-free")`,
-      ].join('\n');
+      const sender = forgedUdp(9001, [[closedAddress, 'closed-own'], [openAddress, 'closed-as-open'], [freeInRange, 'closed-as-free']]);
       const pid = (await a.agent.runtime.containerState(closed))!.pid;
       await run(['nsenter', '-t', String(pid), '-n', 'python3', '-c', sender]);
       // The open sandbox's own packet, sent after them on the same path, marks the end.
       await exec(a, open, `python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"open-own", ("198.51.100.2", 9001))'`);
-      let lines: string[] = [];
-      for (let i = 0; i < 200 && !lines.some((l) => l.includes('open-own')); i++) {
-        lines = await log.lines();
-        await new Promise((res) => setTimeout(res, 50));
-      }
+      const lines = await linesAfter(log, 'open-own');
       assert.ok(lines.some((l) => l.includes('open-own')), `the internet sandbox's packet arrives: ${lines.join(' | ')}`);
-      await new Promise((res) => setTimeout(res, 1000));
-      lines = await log.lines();
       assert.deepEqual(lines.filter((l) => l.includes('closed-')), [], 'nothing of the closed sandbox left the node');
     } finally {
       await kill(closed);
@@ -518,3 +485,23 @@ describe('the network', () => {
     }
   });
 });
+
+/** A Python script that sends UDP packets to the internet peer (198.51.100.2) from any source address, by raw socket. */
+function forgedUdp(port: number, packets: Array<[source: string, payload: string]>): string {
+  return [
+    'import socket, struct',
+    'def send(src, payload):',
+    '    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)',
+    `    udp = struct.pack("!HHHH", 40000, ${port}, 8 + len(payload), 0) + payload`,
+    '    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton("198.51.100.2"))',
+    '    s.sendto(ip + udp, ("198.51.100.2", 0))',
+    ...packets.map(([src, payload]) => `send(${JSON.stringify(src)}, ${JSON.stringify(payload)}.encode())`),
+  ].join('\n');
+}
+
+/** The peer's log once `marker` arrived (or 10 s passed), and a second more: what was sent before the marker has arrived by then. */
+async function linesAfter(log: { lines(): Promise<string[]> }, marker: string): Promise<string[]> {
+  for (let i = 0; i < 200 && !(await log.lines()).some((l) => l.includes(marker)); i++) await new Promise((res) => setTimeout(res, 50));
+  await new Promise((res) => setTimeout(res, 1000));
+  return log.lines();
+}

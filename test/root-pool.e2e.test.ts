@@ -29,6 +29,13 @@ async function writeTemplate(marker: string) {
   await rename(staged, path.join(cfg.templatesDir, 'tiny', 'rootfs')); // into place, as templates are
 }
 
+/** What a create would do with a taken entry at its end: its mounts go, then the directory. */
+async function removeTaken(dir: string) {
+  const p = sandboxPathsAt(dir);
+  for (const m of [p.rootfs, p.disk]) await unmount(m);
+  await rm(dir, { recursive: true, force: true });
+}
+
 function pool(dir = path.join(base, 'root-pool')) {
   const disks = new DiskPool(path.join(base, 'disk-pool'), SIZE_MB, 0);
   return new RootPool(cfg, dir, disks, 'tiny', SIZE_MB, 1);
@@ -70,11 +77,7 @@ test('a taken entry is a new sandbox\'s layout over the template: disk and overl
     const dir2 = path.join(base, 'sandboxes', 'aaaaaaaaaaaaaaaaaaa2');
     assert.equal(await p1.take('tiny', SIZE_MB, dir2), true);
     assert.notEqual(await readFile(path.join(sandboxPathsAt(dir2).etcDir, 'boot_id'), 'utf8'), bootId);
-    for (const d of [dir, dir2]) {
-      const q = sandboxPathsAt(d);
-      for (const m of [q.rootfs, q.disk]) await unmount(m);
-      await rm(d, { recursive: true, force: true });
-    }
+    for (const d of [dir, dir2]) await removeTaken(d);
   } finally {
     await p1.stop();
   }
@@ -94,9 +97,7 @@ test('an entry made over a template that was replaced since is discarded, never 
     await eventually(async () => p1.readyCount, (n) => n === 1, 'an entry over the new template');
     assert.equal(await p1.take('tiny', SIZE_MB, dir), true);
     assert.equal(await readFile(path.join(sandboxPathsAt(dir).rootfs, 'etc', 'which'), 'utf8'), 'two');
-    const q = sandboxPathsAt(dir);
-    for (const m of [q.rootfs, q.disk]) await unmount(m);
-    await rm(dir, { recursive: true, force: true });
+    await removeTaken(dir);
   } finally {
     await p1.stop();
   }
