@@ -33,9 +33,9 @@ import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDist
 const INIT_READY_TIMEOUT_MS = 10_000;
 /** A snapshot whose put failed is put again (its staging is whole): a store away for a few seconds. */
 const STORE_RETRY_DELAYS_MS = [2000, 4000];
-/** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
 /** The template whose sandbox directories are laid out ahead: E2B's default, most creates'. */
 const POOLED_TEMPLATE = 'base';
+/** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
@@ -604,12 +604,11 @@ export class SandboxRuntime {
       // The container's processes and the node's mounts of it go, then the caller has its
       // answer (with its processes its network namespace is dead: nothing in it sends or
       // receives); runc's record of the container (its cgroup, its state), the host's side of
-      // its network (a link's deletion waits for the kernel's RCU: 15-20 ms) and the
-      // directory (plain files, nothing mounted in it any more) go right after,
-      // still under the lock: the next operation on the sandbox, a repeated kill among them,
-      // waits for it, and the inventory meanwhile shows a busy sandbox without a container
-      // (never a running one). The directory is marked first: an agent that dies before it
-      // went removes it at its start (recovery).
+      // its network (the kernel deletes the link with the namespace, see NetworkManager.release)
+      // and the directory (plain files, nothing mounted in it any more) go right after, still
+      // under the lock: the next operation on the sandbox, a repeated kill among them, waits
+      // for it. The directory is marked first: the inventory lists marked remains no more, and
+      // an agent that dies before they went removes them at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
       await this.stopContainer(sandboxId, t);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
