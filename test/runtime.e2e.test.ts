@@ -22,7 +22,7 @@ async function leftovers(id: string) {
   const mounts = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(id));
   const links = (await run(['ip', '-o', 'link'])).stdout.split('\n').filter((l) => l.includes(`nbh${id.slice(0, 12)}`));
   const netns = (await run(['ip', 'netns', 'list'])).stdout.split('\n').filter((l) => l.includes(id));
-  const rules = await a.agent.runtime.network.rulesFor(id);
+  const network = await a.agent.runtime.network.heldBy(id);
   const cgroups = (await run(['find', '/sys/fs/cgroup', '-maxdepth', '3', '-name', id], { allowFailure: true })).stdout.trim();
   // any live process still in one of the sandbox's cgroups (a zombie waiting for the host's
   // PID 1 to reap it holds nothing but its pid)
@@ -34,7 +34,7 @@ async function leftovers(id: string) {
     if (cg.includes(id) && !zombie) procs += `${pid} `;
   }
   const dirExists = await readFile(p.record).then(() => true, () => false);
-  return { mounts, links, netns, rules, cgroups, procs, dirExists };
+  return { mounts, links, netns, network, cgroups, procs, dirExists };
 }
 
 describe('sandbox lifecycle on one node', () => {
@@ -139,7 +139,7 @@ describe('sandbox lifecycle on one node', () => {
     const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
     assert.equal(snap.memory, true);
     const gone = await leftovers(id);
-    assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
+    assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     await sleep(300);
 
     await a.json('POST', `/v1/sandboxes/${id}/resume`);
@@ -214,7 +214,7 @@ describe('sandbox lifecycle on one node', () => {
     const res2 = await a.api('DELETE', `/v1/sandboxes/${id}`);
     assert.equal(res2.status, 200);
     assert.deepEqual(await res2.json(), { stoppedAt: first }, 'a repeated kill (its answer lost) gets the same instant, from the journal');
-    assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], rules: [], cgroups: '', procs: '', dirExists: false });
+    assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404);
     // Remains of a killed sandbox (marked, not yet removed) are not a sandbox to anyone.
     const remains = sandboxPaths(a.agent.runtime.cfg, 'ikilledremains000000');

@@ -256,9 +256,14 @@ export class NetworkManager {
     }
   }
 
-  async rulesFor(sandboxId: string): Promise<string[]> {
+  /** What of the node's network still names the sandbox: firewall rules and its address claim. */
+  async heldBy(sandboxId: string): Promise<string[]> {
     const listing = await iptables(['-S'], true);
-    return listing.stdout.split('\n').filter((l) => l.includes(`nestbox:${sandboxId}`));
+    const out = listing.stdout.split('\n').filter((l) => l.includes(`nestbox:${sandboxId}`));
+    for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
+      if ((await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '')) === sandboxId) out.push(`address claim ${address}`);
+    }
+    return out;
   }
 }
 
