@@ -12,6 +12,7 @@ import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { RootPool } from './root-pool.ts';
+import { initLetGoOfHostSockets } from './init-sockets.ts';
 import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
@@ -259,6 +260,10 @@ export class SandboxRuntime {
     const state = await this.runc.status(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     await this.quiesce(sandboxId, quiesceMs);
+    // CRIU refuses sockets connected to the outside: the agent's connections go first, and the
+    // init is given a moment to close its ends (the sandbox runs meanwhile: before its stop).
+    this.clients.get(sandboxId)?.closeAll();
+    await initLetGoOfHostSockets(state.pid);
     t.step('checks');
     // The sandbox stops computing when the dump freezes it, right after this.
     const stoppedAt = new Date();
@@ -269,8 +274,6 @@ export class SandboxRuntime {
     await this.journal.stopped(sandboxId, 'pause', stoppedAt);
     t.step('journal');
     try {
-      // CRIU refuses sockets connected to the outside: drop the agent's connections first.
-      this.clients.get(sandboxId)?.closeAll();
       this.inject('checkpoint');
       if (memory) {
         await mkdir(staging.images, { mode: 0o700 });
@@ -389,6 +392,7 @@ export class SandboxRuntime {
     const state = await this.runc.state(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     this.clients.get(sandboxId)?.closeAll();
+    await initLetGoOfHostSockets(state.pid); // (before the freeze: a frozen init closes nothing)
     await this.runc.freeze(sandboxId);
     const frozenAt = new Date();
     try {
