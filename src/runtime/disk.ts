@@ -3,6 +3,7 @@ import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from './command.ts';
 import { isMountPoint } from './fs-util.ts';
+import { waitUntil } from './retry.ts';
 
 /**
  * A sandbox's disk: a sparse file holding an ext4 file system of the sandbox's disk size,
@@ -128,13 +129,10 @@ export async function unmountDisk(mountPoint: string): Promise<void> {
  * for: the store's retries cover the rare change then.
  */
 export async function waitForLoopDetach(image: string, timeoutMs = 2_000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
+  return waitUntil(async () => {
     const r = await run(['losetup', '--noheadings', '-j', image], { allowFailure: true });
-    if (r.code === 0 && r.stdout.trim() === '') return true;
-    if (Date.now() > deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, delay));
-  }
+    return r.code === 0 && r.stdout.trim() === '';
+  }, { timeoutMs, firstDelayMs: 2, maxDelayMs: 100 });
 }
 
 export interface DiskUsage {

@@ -4,6 +4,7 @@
 // once it reads the end of each, which it may not have done yet when the dump begins (seen:
 // "unix: Unix socket … not found", the dump failed).
 import { readdir, readFile, readlink } from 'node:fs/promises';
+import { waitUntil } from './retry.ts';
 
 /** How long a dump waits for the init to close the agent's connections before it goes on. */
 const LET_GO_WAIT_MS = 500;
@@ -12,13 +13,8 @@ const LET_GO_WAIT_MS = 500;
  * Waits until none of the init's sockets is foreign to its network namespace (an agent's
  * connection it has not closed yet), or `timeoutMs` passed; true when none is.
  */
-export async function initLetGoOfHostSockets(initPid: number, timeoutMs = LET_GO_WAIT_MS): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
-    if ((await foreignSockets(initPid)) === 0) return true;
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, delay));
-  }
+export function initLetGoOfHostSockets(initPid: number, timeoutMs = LET_GO_WAIT_MS): Promise<boolean> {
+  return waitUntil(async () => (await foreignSockets(initPid)) === 0, { timeoutMs, maxDelayMs: 20 });
 }
 
 /** The init's open sockets that its network namespace's socket tables do not list. */

@@ -3,6 +3,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './command.ts';
+import { waitUntil } from './retry.ts';
 import { egressPolicy, egressRules, nameServersOf, networkOf, type EgressPolicy } from './egress-policy.ts';
 
 const HOOK_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), 'network-hook.sh');
@@ -59,14 +60,20 @@ const LINK_GONE_WAIT_MS = 500;
  * Whether the link is gone from this process's network namespace (read from /proc/self/net/dev,
  * which is always ours, unlike a /sys mounted elsewhere), waiting up to `ms` for it to go.
  */
-async function linkGoneWithin(name: string, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+function linkGoneWithin(name: string, ms: number): Promise<boolean> {
+  return waitUntil(async () => {
     const table = await readFile('/proc/self/net/dev', 'utf8');
-    if (!table.split('\n').some((line) => line.trimStart().startsWith(`${name}:`))) return true;
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, delay));
+    return !table.split('\n').some((line) => line.trimStart().startsWith(`${name}:`));
+  }, { timeoutMs: ms, maxDelayMs: 20 });
+}
+
+/** The addresses claimed for a sandbox (the claim files that name it). */
+async function claimsOf(sandboxId: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
+    if ((await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '')) === sandboxId) out.push(address);
   }
+  return out;
 }
 
 function hostIfFor(sandboxId: string) {
@@ -227,10 +234,7 @@ export class NetworkManager {
     const hostIf = hostIfFor(sandboxId);
     if (!(await linkGoneWithin(hostIf, LINK_GONE_WAIT_MS))) await run(['ip', 'link', 'del', hostIf], { allowFailure: true });
     if (this.perSandboxRules) await this.removeRules(sandboxId, CHAIN_INTERNET);
-    for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
-      const owner = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
-      if (owner === sandboxId) await rm(path.join(CLAIMS_DIR, address), { force: true });
-    }
+    for (const address of await claimsOf(sandboxId)) await rm(path.join(CLAIMS_DIR, address), { force: true });
   }
 
   private async removeRules(sandboxId: string, chain: string) {
@@ -259,11 +263,8 @@ export class NetworkManager {
   /** What of the node's network still names the sandbox: firewall rules and its address claim. */
   async heldBy(sandboxId: string): Promise<string[]> {
     const listing = await iptables(['-S'], true);
-    const out = listing.stdout.split('\n').filter((l) => l.includes(`nestbox:${sandboxId}`));
-    for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
-      if ((await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '')) === sandboxId) out.push(`address claim ${address}`);
-    }
-    return out;
+    const rules = listing.stdout.split('\n').filter((l) => l.includes(`nestbox:${sandboxId}`));
+    return [...rules, ...(await claimsOf(sandboxId)).map((address) => `address claim ${address}`)];
   }
 }
 

@@ -3,10 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { RuntimeConfig } from './config.ts';
-import { createDisk, mountDisk, unmountDisk, type DiskPool } from './disk.ts';
-import { exists, isMountPoint, removeTree, unmount } from './fs-util.ts';
+import { createDisk, mountDisk, type DiskPool } from './disk.ts';
+import { removeTree } from './fs-util.ts';
 import { sandboxPathsAt, templateRootfs } from './layout.ts';
-import { prepareDirs, prepareDisk, mountRootfs } from './sandbox-directories.ts';
+import { prepareDirs, prepareDisk, mountRootfs, unmountSandbox } from './sandbox-directories.ts';
 
 /**
  * A few sandbox directories of one template and the default disk size, made ahead (in the
@@ -122,12 +122,9 @@ async function templateVersion(cfg: RuntimeConfig, template: string): Promise<st
   return st ? `${st.dev}:${st.ino}` : null;
 }
 
-/** An entry's mounts go (the overlay first: its upper layer is on the disk), then the entry. */
+/** An entry's mounts go, then the entry. */
 async function discard(dir: string) {
-  const p = sandboxPathsAt(dir);
-  await unmount(p.rootfs);
-  if (await isMountPoint(p.rootfs)) throw new Error(`${p.rootfs} is still mounted`);
-  if (await exists(p.disk)) await unmountDisk(p.disk);
+  await unmountSandbox(sandboxPathsAt(dir));
   await removeTree(dir);
 }
 

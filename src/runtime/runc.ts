@@ -2,7 +2,7 @@ import { access, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
-import { retried } from './retry.ts';
+import { retried, waitUntil } from './retry.ts';
 
 export interface ContainerState {
   id: string;
@@ -211,10 +211,8 @@ async function procStat(pid: number): Promise<{ state: string; startTime: string
 
 /** Waits (a bounded while) until a killed init is a zombie or gone: its namespace's processes are dead then. */
 async function initEnded(pid: number, timeoutMs = 5_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (let delay = 0; Date.now() < deadline; delay = Math.min(delay + 1, 20)) {
+  await waitUntil(async () => {
     const st = await procStat(pid);
-    if (!st || st.state === 'Z' || st.state === 'X') return;
-    await new Promise((resolve) => setTimeout(resolve, delay));
-  }
+    return !st || st.state === 'Z' || st.state === 'X';
+  }, { timeoutMs, maxDelayMs: 20 });
 }

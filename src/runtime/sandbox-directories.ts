@@ -4,7 +4,8 @@ import { chmod, chown, copyFile, mkdir, rename, symlink, writeFile } from 'node:
 import path from 'node:path';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
-import { exists, removeTree } from './fs-util.ts';
+import { unmountDisk } from './disk.ts';
+import { exists, isMountPoint, removeTree, unmount } from './fs-util.ts';
 import { sandboxPaths, type SandboxPaths } from './layout.ts';
 import type { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
@@ -87,6 +88,13 @@ export async function mountRootfs(p: SandboxPaths) {
     ['mount', '-t', 'overlay', 'overlay', '-o', `lowerdir=${rel(p.lowerLink)},upperdir=${rel(p.upper)},workdir=${rel(p.work)}`, rel(p.rootfs)],
     { cwd: p.dir },
   );
+}
+
+/** The node's mounts of a sandbox: the overlay first (its upper layer is on the disk), then the disk. */
+export async function unmountSandbox(p: SandboxPaths) {
+  await unmount(p.rootfs);
+  if (await isMountPoint(p.rootfs)) throw new Error(`the root file system at ${p.rootfs} is still mounted; its disk stays where it is`);
+  await unmountDisk(p.disk);
 }
 
 /** The OCI spec, the sandbox's CRIU configuration and its record (the rootfs mounted or not yet). */

@@ -13,16 +13,16 @@ import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { RootPool } from './root-pool.ts';
 import { initLetGoOfHostSockets } from './init-sockets.ts';
-import { exists, isMountPoint, moveTree, removeTree, unmount } from './fs-util.ts';
+import { exists, isMountPoint, moveTree, removeTree } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
-import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SandboxPaths, type SnapshotFiles } from './layout.ts';
+import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type SnapshotFiles } from './layout.ts';
 import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
 import { Runc } from './runc.ts';
-import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, writeBundle, writeEtcFiles } from './sandbox-directories.ts';
+import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
 import { SandboxRecovery } from './sandbox-recovery.ts';
@@ -260,10 +260,8 @@ export class SandboxRuntime {
     const state = await this.runc.status(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     await this.quiesce(sandboxId, quiesceMs);
-    // CRIU refuses sockets connected to the outside: the agent's connections go first, and the
-    // init is given a moment to close its ends (the sandbox runs meanwhile: before its stop).
-    this.clients.get(sandboxId)?.closeAll();
-    await initLetGoOfHostSockets(state.pid);
+    // (the sandbox runs while the init lets go: before its stop instant)
+    await this.dropAgentConnections(sandboxId, state.pid);
     t.step('checks');
     // The sandbox stops computing when the dump freezes it, right after this.
     const stoppedAt = new Date();
@@ -391,8 +389,7 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, sandboxId);
     const state = await this.runc.state(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
-    this.clients.get(sandboxId)?.closeAll();
-    await initLetGoOfHostSockets(state.pid); // (before the freeze: a frozen init closes nothing)
+    await this.dropAgentConnections(sandboxId, state.pid); // (before the freeze: a frozen init closes nothing)
     await this.runc.freeze(sandboxId);
     const frozenAt = new Date();
     try {
@@ -728,18 +725,10 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, sandboxId);
     await this.runc.stop(sandboxId);
     // runc's record of the container (cgroup, state) goes beside the unmounts: neither needs the other.
-    await allTried([
+    await settled(
       this.runc.remove(sandboxId).then(() => t?.step('runcRemoved')),
-      this.unmountAll(p, t).then(() => t?.step('unmounted')),
-    ]);
-  }
-
-  /** The node's mounts of a sandbox: the overlay first (its upper layer is on the disk), then the disk. */
-  private async unmountAll(p: SandboxPaths, t?: StepTimes) {
-    await unmount(p.rootfs);
-    if (await isMountPoint(p.rootfs)) throw new Error(`the root file system at ${p.rootfs} is still mounted; its disk stays where it is`);
-    t?.step('rootfsUnmounted');
-    await unmountDisk(p.disk);
+      unmountSandbox(p).then(() => t?.step('unmounted')),
+    );
   }
 
   /** CRIU's log of a failed dump or restore outlives the sandbox directory, for the operator. */
@@ -807,18 +796,27 @@ export class SandboxRuntime {
    */
   private async stopContainer(sandboxId: string, t?: StepTimes) {
     this.forgetClients(sandboxId);
-    await allTried([
+    await settled(
       this.runc.stop(sandboxId).then(() => t?.step('runcStopped')),
-      this.unmountAll(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted')),
-    ]);
+      unmountSandbox(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted')),
+    );
   }
 
   /** What is left of a stopped container: runc's record of it (cgroup, state) and its network. */
   private async releaseContainer(sandboxId: string, t?: StepTimes) {
-    await allTried([
+    await settled(
       this.runc.remove(sandboxId).then(() => t?.step('runcRemoved')),
       this.network.release(sandboxId).then(() => t?.step('networkReleased')),
-    ]);
+    );
+  }
+
+  /**
+   * Before a dump: CRIU refuses sockets connected to the outside, so the agent's connections to
+   * the init go, and the init is given a moment to close its ends (see init-sockets.ts).
+   */
+  private async dropAgentConnections(sandboxId: string, initPid: number) {
+    this.clients.get(sandboxId)?.closeAll();
+    await initLetGoOfHostSockets(initPid);
   }
 
   /** The agent's connections to the sandbox's init, its admission state and its commands' deadlines go. */
@@ -839,11 +837,6 @@ async function settled<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
   if (ra.status === 'rejected') throw ra.reason;
   if (rb.status === 'rejected') throw rb.reason;
   return [ra.value, rb.value];
-}
-
-/** Runs steps side by side, each to its end; the first failure is thrown once all ended. */
-async function allTried(steps: Promise<unknown>[]): Promise<void> {
-  for (const r of await Promise.allSettled(steps)) if (r.status === 'rejected') throw r.reason;
 }
 
 function assertId(id: string) {
