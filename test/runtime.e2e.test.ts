@@ -154,6 +154,34 @@ describe('sandbox lifecycle on one node', () => {
     await a.json('DELETE', `/v1/sandboxes/${id}`);
   });
 
+  test('a pause whose dump fails leaves the sandbox running, thawed (it was frozen for the dump)', async () => {
+    const id = await createSandbox(a);
+    const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, {
+      argv: ['/bin/sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done'],
+    });
+    await start.body?.cancel();
+    const count = async () => Number((await exec(a, id, 'cat /tmp/count 2>/dev/null || echo 0')).stdout);
+    await eventually(count, (n) => n > 0, 'the counter runs');
+    const cfg = a.agent.runtime.cfg as { faults?: Record<string, number> };
+    const saved = cfg.faults;
+    cfg.faults = { checkpoint: 1 }; // the dump fails after the freeze, before CRIU
+    try {
+      const r = await a.api('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+      assert.notEqual(r.status, 200);
+      assert.match(await r.text(), /sandbox still running/);
+    } finally {
+      cfg.faults = saved;
+    }
+    const runc = new Runc(path.join(a.agent.runtime.cfg.dataDir, 'runc'), '/nonexistent');
+    assert.equal((await runc.state(id))?.status, 'running', 'runc reports it running, not paused (frozen)');
+    const after = await count();
+    await eventually(count, (n) => n > after, 'the counter goes on');
+    await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+    await a.json('POST', `/v1/sandboxes/${id}/resume`);
+    await eventually(count, (n) => n > after, 'and after a pause that worked');
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
   test('a sandbox can be paused again and again, also after file operations as its user', async () => {
     const id = await createSandbox(a);
     for (let round = 0; round < 3; round++) {

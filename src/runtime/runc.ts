@@ -1,6 +1,7 @@
 import { access, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { removeTree, unmount } from './fs-util.ts';
+import { freeze, freezerOf, thaw, type Freezer } from './cgroup-freezer.ts';
+import { exists, removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
 import { retried, waitUntil } from './retry.ts';
 
@@ -63,9 +64,14 @@ export class Runc {
     );
   }
 
-  /** Freezes every process of the container (cgroup freezer); `thaw` lets them go on. */
+  /**
+   * Freezes every process of the container through its cgroup's freezer (where runc's state
+   * file says it is) and resolves once all are frozen; `thaw` lets them go on.
+   */
   async freeze(id: string) {
-    await run(['runc', '--root', this.root, 'pause', id]);
+    const f = await this.freezer(id);
+    if (!f) throw new Error(`container ${id} has no freezer on record`);
+    await freeze(f);
   }
 
   async restore(id: string, bundle: string, imagePath: string, workPath: string, logFile: string) {
@@ -76,9 +82,26 @@ export class Runc {
     );
   }
 
-  /** Thaws a container left frozen (a dump abandoned half-way). */
+  /** Thaws a container left frozen (a dump abandoned half-way); nothing when it is gone. */
   async thaw(id: string) {
-    await run(['runc', '--root', this.root, 'resume', id], { allowFailure: true });
+    const f = await this.freezer(id);
+    if (f) await thaw(f);
+  }
+
+  /** The container's freezer, from the cgroup paths in runc's state file; null: no container. */
+  private async freezer(id: string): Promise<Freezer | null> {
+    const saved = await this.savedState(id);
+    return saved ? freezerOf(saved.cgroup_paths as Record<string, unknown> | undefined) : null;
+  }
+
+  /** runc's state file of the container (written by runc, in the agent's own root); null: none. */
+  private async savedState(id: string): Promise<Record<string, unknown> | null> {
+    try {
+      return JSON.parse(await readFile(path.join(this.root, id, 'state.json'), 'utf8'));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
   }
 
   async state(id: string): Promise<ContainerState | null> {
@@ -95,13 +118,8 @@ export class Runc {
    * sandboxes are frozen only inside an operation that holds their lock.
    */
   async status(id: string): Promise<{ pid: number; status: 'created' | 'running' | 'stopped' } | null> {
-    let saved: { init_process_pid?: unknown; init_process_start?: unknown };
-    try {
-      saved = JSON.parse(await readFile(path.join(this.root, id, 'state.json'), 'utf8'));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
-    }
+    const saved = await this.savedState(id);
+    if (!saved) return null;
     const pid = Number(saved.init_process_pid);
     if (!Number.isSafeInteger(pid) || pid <= 0) return { pid: 0, status: 'stopped' };
     const proc = await procStat(pid);
@@ -156,6 +174,8 @@ export class Runc {
    */
   async remove(id: string) {
     await unmount(path.join(this.root, id, 'criu-root'));
+    // Gone already (a checkpoint's runc destroys what it dumped): no runc process for nothing.
+    if (!(await exists(path.join(this.root, id)))) return;
     const r = await run(['runc', '--root', this.root, 'delete', '--force', id], { allowFailure: true });
     if (r.code !== 0 && (await this.state(id)) !== null) {
       throw new Error(`runc delete ${id}: ${r.stderr.trim()}`);

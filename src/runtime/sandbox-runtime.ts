@@ -263,8 +263,12 @@ export class SandboxRuntime {
     // (the sandbox runs while the init lets go: before its stop instant)
     await this.dropAgentConnections(sandboxId, state.pid);
     t.step('checks');
-    // The sandbox stops computing when the dump freezes it, right after this.
+    // A memory pause freezes the sandbox itself before CRIU does (CRIU waits for a freeze in
+    // steps of 100 ms); it stops computing then. (A files-only pause kills it: a task frozen
+    // by cgroup v1's freezer cannot die, so that one is not frozen.)
+    if (memory) await this.runc.freeze(sandboxId);
     const stoppedAt = new Date();
+    t.step('freeze');
     const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
     await mkdir(staging.dir, { mode: 0o711 });
     // Journaled before the dump: an agent that dies during it leaves the stop on record, and
@@ -286,7 +290,9 @@ export class SandboxRuntime {
     } catch (e) {
       await this.keepLog(sandboxId, 'dump');
       await rm(staging.dir, { recursive: true, force: true });
-      // CRIU resumes the tasks when a dump fails; only a running container may stay.
+      // CRIU resumes the tasks when a dump fails, frozen as it found them; only a running
+      // container may stay.
+      await this.runc.thaw(sandboxId);
       const after = await this.runc.state(sandboxId);
       if (after?.status === 'running') {
         await this.journal.append({ sandboxId, event: 'start', at: stoppedAt.toISOString(), cause: 'pause_failed' });
