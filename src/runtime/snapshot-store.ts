@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { constants, createReadStream } from 'node:fs';
-import { lstat, open, readdir } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { lstat, readdir } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
+import { hashCheckpointOffThread } from './checkpoint-hasher.ts';
 import { run } from './command.ts';
 import { exists } from './fs-util.ts';
 // Implementations (they import this file's helpers; nothing of theirs runs at load time).
@@ -207,7 +208,8 @@ export function hashing(): Transform & { digest: () => { sha256: string; size: n
 /** The manifest entry of one object of a local snapshot, computed from its canonical stream. */
 export async function hashObject(dir: string, name: ObjectName): Promise<ManifestEntry> {
   if (name === 'checkpoint') {
-    const entry = await hashCheckpointDirectly(dir);
+    // In a thread of its own: a pause hashes its whole memory image meanwhile its other steps go on.
+    const entry = await hashCheckpointOffThread(dir);
     if (entry) return entry;
   }
   const { stream, done } = objectStream(dir, name);
@@ -217,86 +219,6 @@ export async function hashObject(dir: string, name: ObjectName): Promise<Manifes
   });
   await done;
   return { name, ...h.digest() };
-}
-
-const TAR_BLOCK = 512;
-const TAR_RECORD = 20 * TAR_BLOCK;
-/** Largest size, uid and gid a header's octal fields hold (GNU tar switches to base-256 beyond). */
-const TAR_MAX_SIZE = 0o77777777777;
-const TAR_MAX_ID = 0o7777777;
-
-/**
- * The checkpoint object's manifest entry without tar: the very bytes `objectStream` makes for a
- * directory of plain files (GNU format: the directory's header, then each file's header and
- * contents in name order, mtimes 0, numeric owners, two zero blocks, padded to a 10 KiB record),
- * hashed as the files are read in large pieces, in this process. Several times cheaper than
- * tar through a pipe (a pause hashes its whole memory image). Anything this does not write the
- * way tar does (a long or non-ASCII name, a link or anything but a plain file, sizes or ids
- * beyond the octal fields) gets null: tar's own stream is hashed then.
- */
-async function hashCheckpointDirectly(dir: string): Promise<ManifestEntry | null> {
-  const root = path.join(dir, 'checkpoint');
-  const st = await lstat(root);
-  if (!st.isDirectory() || st.uid > TAR_MAX_ID || st.gid > TAR_MAX_ID) return null;
-  const names = (await readdir(root)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-  if (names.some((n) => !/^[\x21-\x7e]+$/.test(n) || `checkpoint/${n}`.length >= 100)) return null;
-  const h = createHash('sha256');
-  let size = 0;
-  const put = (b: Buffer) => {
-    h.update(b);
-    size += b.length;
-  };
-  put(tarHeader('checkpoint/', st.mode, st.uid, st.gid, 0, '5'));
-  // Two buffers: the next piece is read (in the thread pool) while this one is hashed.
-  const bufs = [Buffer.allocUnsafe(1 << 20), Buffer.allocUnsafe(1 << 20)];
-  for (const name of names) {
-    const f = await open(path.join(root, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      const fst = await f.stat();
-      if (!fst.isFile() || fst.nlink !== 1 || fst.size > TAR_MAX_SIZE || fst.uid > TAR_MAX_ID || fst.gid > TAR_MAX_ID) return null;
-      put(tarHeader(`checkpoint/${name}`, fst.mode, fst.uid, fst.gid, fst.size, '0'));
-      let left = fst.size;
-      let i = 0;
-      const readNext = () => f.read(bufs[i]!, 0, Math.min(bufs[i]!.length, left), null);
-      let reading = left > 0 ? readNext() : null;
-      while (reading) {
-        const { bytesRead, buffer } = await reading;
-        if (bytesRead === 0) throw new Error(`checkpoint image ${name} shrank while it was hashed`);
-        left -= bytesRead;
-        i ^= 1;
-        reading = left > 0 ? readNext() : null;
-        put(buffer.subarray(0, bytesRead));
-      }
-      if ((await f.stat()).size !== fst.size) throw new Error(`checkpoint image ${name} changed while it was hashed`);
-      const pad = (TAR_BLOCK - (fst.size % TAR_BLOCK)) % TAR_BLOCK;
-      if (pad) put(Buffer.alloc(pad));
-    } finally {
-      await f.close();
-    }
-  }
-  put(Buffer.alloc(2 * TAR_BLOCK));
-  const tail = (TAR_RECORD - (size % TAR_RECORD)) % TAR_RECORD;
-  if (tail) put(Buffer.alloc(tail));
-  return { name: 'checkpoint', sha256: h.digest('hex'), size };
-}
-
-/** A GNU tar header as `tar --format=gnu --numeric-owner --mtime=@0` writes it. */
-function tarHeader(name: string, mode: number, uid: number, gid: number, size: number, type: '0' | '5'): Buffer {
-  const b = Buffer.alloc(TAR_BLOCK);
-  const octal = (value: number, at: number, width: number) => b.write(value.toString(8).padStart(width - 1, '0') + '\0', at, 'latin1');
-  b.write(name, 0, 'latin1');
-  octal(mode & 0o7777, 100, 8);
-  octal(uid, 108, 8);
-  octal(gid, 116, 8);
-  octal(size, 124, 12);
-  octal(0, 136, 12);
-  b.write(type, 156, 'latin1');
-  b.write('ustar  \0', 257, 'latin1');
-  b.fill(' ', 148, 156);
-  let sum = 0;
-  for (const byte of b) sum += byte;
-  b.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
-  return b;
 }
 
 /** Unpacks a verified object file into a local snapshot directory. */
