@@ -14,7 +14,8 @@ const LET_GO_WAIT_MS = 500;
  * connection it has not closed yet), or `timeoutMs` passed; true when none is.
  */
 export function initLetGoOfHostSockets(initPid: number, timeoutMs = LET_GO_WAIT_MS): Promise<boolean> {
-  return waitUntil(async () => (await foreignSockets(initPid)) === 0, { timeoutMs, maxDelayMs: 20 });
+  // Checked every 2 ms: the init lets go within a few ms, and a pause waits for it.
+  return waitUntil(async () => (await foreignSockets(initPid)) === 0, { timeoutMs, maxDelayMs: 2 });
 }
 
 /** The init's open sockets that its network namespace's socket tables do not list. */
