@@ -26,7 +26,7 @@ export class NodeJournal {
     last.set(e.sandboxId, e);
   }
 
-  /** The sandbox's container stopped (or is about to: a dump freezes it right after this). */
+  /** The sandbox stopped computing: its container died or was killed, or it was frozen for a dump. */
   async stopped(sandboxId: string, cause: string, at: Date): Promise<void> {
     await this.append({ sandboxId, event: 'stop', at: at.toISOString(), cause });
   }
