@@ -222,13 +222,14 @@ describe('host preflight', () => {
     const { preflight, formatProblems } = await import('../src/agent/preflight.ts');
     const { runtimeConfigFromEnv } = await import('../src/runtime/config.ts');
     const cfg = {
-      ...runtimeConfigFromEnv(), criuBinDir: '/nonexistent/bin', initBinary: '/nonexistent/init', templatesDir: '/nonexistent/templates',
+      ...runtimeConfigFromEnv(), criuBinDir: '/nonexistent/bin', initBinary: '/nonexistent/init', networkHook: '/nonexistent/net-hook', templatesDir: '/nonexistent/templates',
     };
     const problems = await preflight(cfg);
     const text = formatProblems(problems);
     assert.match(text, /^This host cannot run Nestbox sandboxes yet:/);
     assert.match(text, /CRIU is not installed at \/nonexistent\/bin\/criu: run `make setup`/);
     assert.match(text, /the sandbox init is not built .*: run `make setup`/);
+    assert.match(text, /the network hook is not built \(\/nonexistent\/net-hook\): run `make setup`/);
     assert.match(text, /template "base" is not built in \/nonexistent\/templates/);
     assert.doesNotMatch(text, /\n\s+at /, 'no stack trace');
     // and a host that has everything has nothing to say

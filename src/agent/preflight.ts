@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../runtime/command.ts';
@@ -55,6 +56,9 @@ export async function preflight(cfg: RuntimeConfig, templates: string[] = ['base
   }
   if (!(await access(cfg.initBinary).then(() => true, () => false))) {
     problems.push({ what: `the sandbox init is not built (${cfg.initBinary})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
+  }
+  if (!(await access(cfg.networkHook, constants.X_OK).then(() => true, () => false))) {
+    problems.push({ what: `the network hook is not built (${cfg.networkHook})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
   }
   // runc starts each sandbox as its mapped root, which must reach the sandbox's root file system
   // (in the data directory) and, on resume, its checkpoint (in the snapshot directory).

@@ -21,6 +21,8 @@ export interface RuntimeConfig {
   s3?: S3StoreConfig;
   /** The static sandbox init binary, bind-mounted read-only into every sandbox. */
   initBinary: string;
+  /** The host-side program runc runs to wire each sandbox's network namespace (sandbox-init/). */
+  networkHook: string;
   /** Directory holding the `criu` wrapper, put first on PATH when runc checkpoints/restores. */
   criuBinDir: string;
   /** Host uid/gid that container root maps to, and the size of the range. */
@@ -69,6 +71,7 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     snapshotDir: env.NESTBOX_SNAPSHOT_DIR ?? (s3 ? path.join(dataDir, 'snapshots') : path.join(home, 'snapshots')),
     initBinary:
       env.NESTBOX_INIT_BINARY ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-init'),
+    networkHook: env.NESTBOX_NETWORK_HOOK ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-net-hook'),
     criuBinDir: env.NESTBOX_CRIU_BIN_DIR ?? path.join(home, 'deps/bin'),
     uidShift: 100000,
     uidRange: 65536,

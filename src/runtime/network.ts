@@ -1,12 +1,10 @@
 import { randomInt } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { run } from './command.ts';
 import { waitUntil } from './retry.ts';
 import { egressPolicy, egressRules, nameServersOf, networkOf, type EgressPolicy } from './egress-policy.ts';
 
-const HOOK_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), 'network-hook.sh');
 const CLAIMS_DIR = '/run/nestbox/addresses';
 
 /**
@@ -44,6 +42,8 @@ export interface SandboxNetwork {
 
 export interface NetworkOptions {
   subnetPrefix: string; // e.g. "10.88"
+  /** The createRuntime hook that builds a sandbox's link (nestbox-net-hook, sandbox-init/). */
+  hookBinary: string;
   /** Ranges the operator lets sandboxes with internet access reach although the floor refuses them. */
   egressAllow?: string[];
   /** Ranges refused beyond the floor. */
@@ -182,7 +182,7 @@ export class NetworkManager {
 
   /**
    * Claims an address and the firewall rule of one sandbox. The link itself is made by the
-   * network hook (network-hook.sh) inside runc, because the namespace must be created by runc in
+   * network hook (nestbox-net-hook) inside runc, because the namespace must be created by runc in
    * the sandbox's user namespace for CRIU to checkpoint it. `preferredAddress` is kept when still
    * free, so a resumed sandbox keeps its address and restored TCP sockets stay valid.
    * `newSandbox`: the id is new on this node (a create), so nothing of it can be left to remove.
@@ -201,7 +201,7 @@ export class NetworkManager {
 
   /** The OCI hook that builds the link when runc creates (or restores) the namespace. */
   hook(sandboxId: string, address: string) {
-    return { path: HOOK_PATH, args: ['nestbox-network-hook', hostIfFor(sandboxId), address, this.gateway], timeout: 10 };
+    return { path: this.opts.hookBinary, args: ['nestbox-net-hook', hostIfFor(sandboxId), address, this.gateway], timeout: 10 };
   }
 
   /**

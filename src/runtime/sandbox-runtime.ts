@@ -76,7 +76,9 @@ export class SandboxRuntime {
     this.store = createSnapshotStore(cfg);
     this.warm = new WarmCaptures(cfg);
     this.templates = createTemplateDistribution(cfg, this.store);
-    this.network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny });
+    this.network = new NetworkManager({
+      subnetPrefix: cfg.subnetPrefix, hookBinary: cfg.networkHook, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny,
+    });
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
     this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
