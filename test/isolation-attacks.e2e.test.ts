@@ -325,6 +325,17 @@ describe('the kernel surface', () => {
     }
   });
 
+  test('no x32 system calls: the filter knows no such ABI, and a call through it ends the caller (SIGSYS)', async () => {
+    const x = await createSandbox(a);
+    try {
+      // getpid through the x32 ABI (its number with bit 30 set), as root
+      const r = await py(x, 'import ctypes\nprint(ctypes.CDLL(None, use_errno=True).syscall(0x40000000 | 39), ctypes.get_errno())');
+      assert.deepEqual({ stdout: r.stdout, signal: r.signal }, { stdout: '', signal: 31 });
+    } finally {
+      await kill(x);
+    }
+  });
+
   test('nothing inside names a host path: mountinfo, cgroup, kernel config', async () => {
     const x = await createSandbox(a);
     try {
