@@ -10,30 +10,42 @@ import { waitUntil } from './retry.ts';
 const LET_GO_WAIT_MS = 500;
 
 /**
- * Waits until none of the init's sockets is foreign to its network namespace (an agent's
- * connection it has not closed yet), or `timeoutMs` passed; true when none is.
+ * Waits until the init holds none of the host's unix sockets (an agent's connection it has not
+ * closed yet), or `timeoutMs` passed; true when it holds none.
  */
 export function initLetGoOfHostSockets(initPid: number, timeoutMs = LET_GO_WAIT_MS): Promise<boolean> {
   // Checked every 2 ms: the init lets go within a few ms, and a pause waits for it.
-  return waitUntil(async () => (await foreignSockets(initPid)) === 0, { timeoutMs, maxDelayMs: 2 });
+  return waitUntil(async () => (await hostSocketsHeld(initPid)) === 0, { timeoutMs, maxDelayMs: 2 });
 }
 
-/** The init's open sockets that its network namespace's socket tables do not list. */
-async function foreignSockets(pid: number): Promise<number> {
-  const own = new Set<string>();
-  // unix: inode is the 7th field; tcp/udp: the 10th.
-  for (const [table, field] of [['unix', 6], ['tcp', 9], ['tcp6', 9], ['udp', 9], ['udp6', 9]] as const) {
-    const text = await readFile(`/proc/${pid}/net/${table}`, 'utf8').catch(() => '');
-    for (const line of text.split('\n').slice(1)) {
-      const inode = line.trim().split(/\s+/)[field];
-      if (inode) own.add(inode);
-    }
-  }
-  let foreign = 0;
+/**
+ * How many of the init's open sockets are unix sockets of the agent's (the host's) network
+ * namespace. Most checks end at the init's own namespace's unix table, which lists all its
+ * sockets once the agent's connections are gone; the host's table is read only for what is
+ * left. (Not the TCP and UDP tables: reading one walks the kernel's whole hash table, ~5 ms
+ * each, and the init holds no TCP or UDP socket of the host's.)
+ */
+async function hostSocketsHeld(pid: number): Promise<number> {
+  const held: string[] = [];
   for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
-    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-    const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
-    if (inode && !own.has(inode)) foreign++;
+    const inode = /^socket:\[(\d+)\]$/.exec(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))?.[1];
+    if (inode) held.push(inode);
   }
-  return foreign;
+  if (held.length === 0) return 0;
+  const own = await unixSocketInodes(`/proc/${pid}/net/unix`);
+  const unknown = held.filter((inode) => !own.has(inode));
+  if (unknown.length === 0) return 0;
+  const host = await unixSocketInodes('/proc/self/net/unix');
+  return unknown.filter((inode) => host.has(inode)).length;
+}
+
+/** The inodes a /proc/<pid>/net/unix table lists (its 7th field). */
+async function unixSocketInodes(table: string): Promise<Set<string>> {
+  const text = await readFile(table, 'utf8').catch(() => '');
+  const out = new Set<string>();
+  for (const line of text.split('\n').slice(1)) {
+    const inode = line.trim().split(/\s+/)[6];
+    if (inode) out.add(inode);
+  }
+  return out;
 }
