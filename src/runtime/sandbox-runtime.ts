@@ -8,6 +8,7 @@ import { CleanupStack } from './cleanup-stack.ts';
 import { RequestAdmission } from './request-admission.ts';
 import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
+import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
@@ -98,6 +99,7 @@ export class SandboxRuntime {
       await chmod(dir, 0o711);
     }
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
+    await ensureCriuKernelCache(this.cfg.criuBinDir, this.cfg.dataDir);
     await this.store.prepare();
     await this.network.setupHost();
     await this.disks.start();
