@@ -26,13 +26,22 @@ export async function exists(p: string): Promise<boolean> {
  * process's mount table: no process per check, which teardown and pause do several times.
  */
 export async function isMountPoint(p: string): Promise<boolean> {
+  return (await mountedAmong([p])).has(p);
+}
+
+/** Which of `paths` (absolute, without links) something is mounted at: one read of the mount table. */
+export async function mountedAmong(paths: readonly string[]): Promise<Set<string>> {
+  const wanted = new Set(paths);
+  const found = new Set<string>();
   const table = await readFile('/proc/self/mountinfo', 'utf8');
   for (const line of table.split('\n')) {
     // id parent major:minor root MOUNT-POINT options ... (octal escapes for space, tab, newline, backslash)
     const field = line.split(' ')[4];
-    if (field !== undefined && unescapeMountField(field) === p) return true;
+    if (field === undefined) continue;
+    const mountPoint = unescapeMountField(field);
+    if (wanted.has(mountPoint)) found.add(mountPoint);
   }
-  return false;
+  return found;
 }
 
 function unescapeMountField(f: string): string {

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
 import { unmountDisk } from './disk.ts';
-import { exists, isMountPoint, removeTree, unmount } from './fs-util.ts';
+import { exists, isMountPoint, mountedAmong, removeTree, unmount } from './fs-util.ts';
 import { sandboxPaths, type SandboxPaths } from './layout.ts';
 import type { NetworkManager } from './network.ts';
 import { buildOciSpec } from './oci-spec.ts';
@@ -92,6 +92,12 @@ export async function mountRootfs(p: SandboxPaths) {
 
 /** The node's mounts of a sandbox: the overlay first (its upper layer is on the disk), then the disk. */
 export async function unmountSandbox(p: SandboxPaths) {
+  // Both by one umount process, in that order (a process less on every kill and pause); what
+  // it left, if anything, goes one by one below.
+  const mounted = await mountedAmong([p.rootfs, p.disk]);
+  const first = [p.rootfs, p.disk].filter((m) => mounted.has(m));
+  if (first.length > 0) await run(['umount', ...first], { allowFailure: true });
+  if ((await mountedAmong([p.rootfs, p.disk])).size === 0) return;
   await unmount(p.rootfs);
   if (await isMountPoint(p.rootfs)) throw new Error(`the root file system at ${p.rootfs} is still mounted; its disk stays where it is`);
   await unmountDisk(p.disk);
