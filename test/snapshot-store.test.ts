@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -304,6 +304,39 @@ describe('S3 store: the local directory at restart', () => {
 });
 
 describe('checkpoint hash', () => {
+  test("the disk's entry, hashed where tar runs (spawner or not), is the hash of the very stream uploaded", async () => {
+    const dir = path.join(base, `disk-hash-${randomBytes(4).toString('hex')}`);
+    await mkdir(dir, { recursive: true });
+    const disk = path.join(dir, 'disk.img');
+    await writeFile(disk, '');
+    await truncate(disk, 64 * 1024 ** 2);
+    const f = await open(disk, 'r+');
+    await f.write(randomBytes(300_000), 0, 300_000, 5 * 1024 ** 2);
+    await f.close();
+    try {
+      const { stream, done } = objectStream(dir, 'disk');
+      const h = hashing();
+      await pipeline(stream, h, async function* (source) {
+        for await (const _ of source) yield* [];
+      });
+      await done;
+      const want = { name: 'disk', ...h.digest() };
+      assert.deepEqual(await hashObject(dir, 'disk'), want);
+      const saved = process.env.NESTBOX_SPAWNER;
+      process.env.NESTBOX_SPAWNER = '0';
+      try {
+        assert.deepEqual(await hashObject(dir, 'disk'), want);
+      } finally {
+        if (saved === undefined) delete process.env.NESTBOX_SPAWNER;
+        else process.env.NESTBOX_SPAWNER = saved;
+      }
+      await rm(disk);
+      await assert.rejects(hashObject(dir, 'disk'), /tar of disk\.img failed/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test('property: the manifest entry hashed without tar is the hash of the very stream tar makes (the bytes uploaded and checked)', async () => {
     const fc = (await import('fast-check')).default;
     await fc.assert(

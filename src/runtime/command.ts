@@ -1,10 +1,18 @@
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { spawnerEnabled, spawnThroughSpawner } from './spawner.ts';
 
 export interface CommandResult {
   stdout: string;
   stderr: string;
   code: number;
+  /** With `digestStdout`: the sha256 and size of what the command wrote to stdout. */
+  stdoutDigest?: OutputDigest;
+}
+
+export interface OutputDigest {
+  sha256: string;
+  size: number;
 }
 
 export class CommandError extends Error {
@@ -27,6 +35,11 @@ export interface RunOptions {
   cwd?: string;
   /** false: stdin, stdout and stderr are /dev/null (a detached runc hands them to the container); nothing is captured. */
   capture?: boolean;
+  /**
+   * stdout is hashed and counted where the command runs (the spawner), not captured: for a
+   * stream too large to hold, kept off the agent's own thread.
+   */
+  digestStdout?: boolean;
 }
 
 /**
@@ -38,12 +51,16 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   if (!spawnerEnabled()) return runHere(argv, opts);
   const r = await spawnThroughSpawner({
     argv, cwd: opts.cwd, env: opts.env, input: opts.input, timeoutMs: opts.timeoutMs, capture: opts.capture ?? true,
+    digest: opts.digestStdout,
   });
-  return finish(argv, opts, r.code, r.signal, r.stdout, r.stderr);
+  return finish(argv, opts, r.code, r.signal, r.stdout, r.stderr, r.digest);
 }
 
-function finish(argv: readonly string[], opts: RunOptions, code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string): CommandResult {
-  const result = { stdout, stderr: stderr + (signal ? `\nkilled by ${signal}` : ''), code: code ?? 128 };
+function finish(
+  argv: readonly string[], opts: RunOptions, code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string,
+  stdoutDigest?: OutputDigest,
+): CommandResult {
+  const result = { stdout, stderr: stderr + (signal ? `\nkilled by ${signal}` : ''), code: code ?? 128, ...(stdoutDigest ? { stdoutDigest } : {}) };
   if (result.code !== 0 && !opts.allowFailure) throw new CommandError(argv, result);
   return result;
 }
@@ -59,7 +76,12 @@ function runHere(argv: readonly string[], opts: RunOptions): Promise<CommandResu
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout?.on('data', (b: Buffer) => out.push(b));
+    const digest = opts.digestStdout ? { hash: createHash('sha256'), size: 0 } : null;
+    child.stdout?.on('data', (b: Buffer) => {
+      if (!digest) return void out.push(b);
+      digest.hash.update(b);
+      digest.size += b.length;
+    });
     child.stderr?.on('data', (b: Buffer) => err.push(b));
     let timer: NodeJS.Timeout | undefined;
     if (opts.timeoutMs) {
@@ -72,7 +94,8 @@ function runHere(argv: readonly string[], opts: RunOptions): Promise<CommandResu
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
       try {
-        resolve(finish(argv, opts, code, signal, Buffer.concat(out).toString('utf8'), Buffer.concat(err).toString('utf8')));
+        const stdoutDigest = digest ? { sha256: digest.hash.digest('hex'), size: digest.size } : undefined;
+        resolve(finish(argv, opts, code, signal, Buffer.concat(out).toString('utf8'), Buffer.concat(err).toString('utf8'), stdoutDigest));
       } catch (e) {
         reject(e);
       }

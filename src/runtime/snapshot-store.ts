@@ -177,8 +177,7 @@ export function objectStream(dir: string, name: ObjectName): { stream: Readable;
     return { stream, done: Promise.resolve() };
   }
   const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
-  const args = ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk' ? ['--sparse'] : []), '-cf', '-', '--', member];
-  const child = spawn('tar', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('tar', packArgs(dir, name), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   const done = new Promise<void>((resolve, reject) => {
@@ -187,6 +186,12 @@ export function objectStream(dir: string, name: ObjectName): { stream: Readable;
   });
   done.catch(() => undefined); // observed by whoever awaits it
   return { stream: child.stdout, done };
+}
+
+/** tar's arguments for the canonical stream of the checkpoint or the disk (to its stdout). */
+function packArgs(dir: string, name: 'checkpoint' | 'disk'): string[] {
+  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
+  return ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk' ? ['--sparse'] : []), '-cf', '-', '--', member];
 }
 
 /** A pass-through that hashes and counts what goes through it. */
@@ -212,13 +217,19 @@ export async function hashObject(dir: string, name: ObjectName): Promise<Manifes
     const entry = await hashCheckpointOffThread(dir);
     if (entry) return entry;
   }
-  const { stream, done } = objectStream(dir, name);
-  const h = hashing();
-  await pipeline(stream, h, async function* (source) {
-    for await (const _ of source) { /* discard */ }
-  });
-  await done;
-  return { name, ...h.digest() };
+  if (name === 'snapshot.json') {
+    const { stream } = objectStream(dir, name);
+    const h = hashing();
+    await pipeline(stream, h, async function* (source) {
+      for await (const _ of source) { /* discard */ }
+    });
+    return { name, ...h.digest() };
+  }
+  // tar's stream is hashed where tar runs (the spawner), never in the agent's thread: a disk may
+  // hold gigabytes, and a fork from the agent costs it 15-20 ms beside an embedded database.
+  const r = await run(['tar', ...packArgs(dir, name)], { digestStdout: true, allowFailure: true });
+  if (r.code !== 0 || !r.stdoutDigest) throw new Error(`tar of ${name === 'disk' ? 'disk.img' : name} failed (${r.code}): ${r.stderr.trim()}`);
+  return { name, ...r.stdoutDigest };
 }
 
 /** Unpacks a verified object file into a local snapshot directory. */

@@ -4,11 +4,14 @@
 // this small, 15-20 ms from an agent sharing its process with an embedded database. Plain
 // JavaScript, so it starts in a few tens of milliseconds and stays small.
 //
-// Requests come over the IPC channel: { id, argv, cwd, env, input, timeoutMs, capture }; each
-// gets { id, code, signal, stdout, stderr } or { id, error: { message, code } }. When the agent
+// Requests come over the IPC channel: { id, argv, cwd, env, input, timeoutMs, capture, digest };
+// each gets { id, code, signal, stdout, stderr, digest } or { id, error: { message, code } }. With
+// `digest`, stdout is hashed (sha256) and counted here instead of sent back: a snapshot's disk,
+// packed by tar, is hashed without passing through the agent. When the agent
 // goes (the channel closes), the spawner kills what it started and exits: commands started with
 // a parent-death signal (runc under setpriv) die with it.
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 
 const running = new Set();
 
@@ -28,7 +31,12 @@ process.on('message', (req) => {
   running.add(child);
   const out = [];
   const err = [];
-  child.stdout?.on('data', (b) => out.push(b));
+  const digest = req.digest ? { hash: createHash('sha256'), size: 0 } : null;
+  child.stdout?.on('data', (b) => {
+    if (!digest) return void out.push(b);
+    digest.hash.update(b);
+    digest.size += b.length;
+  });
   child.stderr?.on('data', (b) => err.push(b));
   const timer = req.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), req.timeoutMs) : undefined;
   let failed = null;
@@ -39,7 +47,10 @@ process.on('message', (req) => {
     clearTimeout(timer);
     running.delete(child);
     if (failed) reply({ error: { message: failed.message, code: failed.code } });
-    else reply({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    else {
+      const stdoutDigest = digest ? { sha256: digest.hash.digest('hex'), size: digest.size } : undefined;
+      reply({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), digest: stdoutDigest });
+    }
   });
   if (req.input !== undefined) child.stdin?.end(req.input);
 });

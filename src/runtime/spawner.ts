@@ -14,6 +14,8 @@ export interface SpawnRequest {
   timeoutMs?: number;
   /** Capture stdout and stderr (else all three are /dev/null: a detached runc hands them to the container). */
   capture: boolean;
+  /** stdout is hashed (sha256) and counted by the spawner instead of sent back. */
+  digest?: boolean;
 }
 
 export interface SpawnResult {
@@ -21,6 +23,7 @@ export interface SpawnResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  digest?: { sha256: string; size: number };
 }
 
 interface Pending {
@@ -42,7 +45,7 @@ class Spawner {
       this.pending.set(id, { resolve, reject });
       // While anything is pending the channel keeps this process alive; idle, it does not.
       child.channel?.ref();
-      child.send({ id, argv: req.argv, cwd: req.cwd, env: req.env, input: req.input, timeoutMs: req.timeoutMs, capture: req.capture }, (e) => {
+      child.send({ id, argv: req.argv, cwd: req.cwd, env: req.env, input: req.input, timeoutMs: req.timeoutMs, capture: req.capture, digest: req.digest }, (e) => {
         if (e) this.settle(id, (p) => p.reject(e));
       });
     });
@@ -52,10 +55,10 @@ class Spawner {
     // execArgv empty: no TypeScript loader or inspector of the agent's in the spawner.
     const child = fork(CHILD, [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
     child.unref();
-    child.on('message', (m: { id: number; error?: { message: string; code?: string }; code?: number | null; signal?: NodeJS.Signals | null; stdout?: string; stderr?: string }) => {
+    child.on('message', (m: { id: number; error?: { message: string; code?: string }; code?: number | null; signal?: NodeJS.Signals | null; stdout?: string; stderr?: string; digest?: SpawnResult['digest'] }) => {
       this.settle(m.id, (p) => {
         if (m.error) p.reject(Object.assign(new Error(m.error.message), { code: m.error.code }));
-        else p.resolve({ code: m.code ?? null, signal: m.signal ?? null, stdout: m.stdout ?? '', stderr: m.stderr ?? '' });
+        else p.resolve({ code: m.code ?? null, signal: m.signal ?? null, stdout: m.stdout ?? '', stderr: m.stderr ?? '', ...(m.digest ? { digest: m.digest } : {}) });
       });
     });
     const gone = (why: string) => {
