@@ -643,10 +643,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     // Every paused sandbox resumes (faults off), and everything can be cleaned up.
     await Promise.all(cps.map((c) => c.start()));
     if (fleet) await waitForReadyNodes('before resuming the paused sandboxes');
+    // Room first (the team may run 20 at once, and more than that may be paused): the running
+    // ones, checked already, go; then each paused one resumes, and goes.
+    const running = (await api('GET', '/v2/sandboxes?state=running&limit=100')).json as Array<{ sandboxID: string }>;
+    for (const s of running) await api('DELETE', `/sandboxes/${s.sandboxID}`);
     const paused = (await api('GET', '/v2/sandboxes?state=paused&limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of paused) {
       const r = await api('POST', `/sandboxes/${s.sandboxID}/connect`, { timeout: 60 });
       if (r.status !== 201) result.violations.push(`paused ${s.sandboxID} did not resume: ${r.status} ${JSON.stringify(r.json)}`);
+      else await api('DELETE', `/sandboxes/${s.sandboxID}`);
     }
     const all = (await api('GET', '/v2/sandboxes?limit=100')).json as Array<{ sandboxID: string }>;
     for (const s of all) await api('DELETE', `/sandboxes/${s.sandboxID}`);
