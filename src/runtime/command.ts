@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { spawnerEnabled, spawnThroughSpawner } from './spawner.ts';
+import { spawnerEnabled, spawnThroughSpawner, type OutputDigest } from './spawner.ts';
 
 export interface CommandResult {
   stdout: string;
@@ -8,11 +8,6 @@ export interface CommandResult {
   code: number;
   /** With `digestStdout`: the sha256 and size of what the command wrote to stdout. */
   stdoutDigest?: OutputDigest;
-}
-
-export interface OutputDigest {
-  sha256: string;
-  size: number;
 }
 
 export class CommandError extends Error {

@@ -1,8 +1,4 @@
 /**
- * Runs `op`, and again after each of `delaysMs` while it fails (a store away for a few seconds
- * is ridden out); the last failure is thrown.
- */
-/**
  * Checks `ready` until it holds or `timeoutMs` passed, waiting a little longer after each miss
  * (from `firstDelayMs`, doubling, up to `maxDelayMs`); whether it held.
  */
@@ -15,6 +11,10 @@ export async function waitUntil(ready: () => Promise<boolean>, o: { timeoutMs: n
   }
 }
 
+/**
+ * Runs `op`, and again after each of `delaysMs` while it fails (a store away for a few seconds
+ * is ridden out); the last failure is thrown.
+ */
 export async function retried<T>(op: () => Promise<T>, delaysMs: readonly number[] = [1000, 3000]): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     try {

@@ -176,7 +176,7 @@ export function objectStream(dir: string, name: ObjectName): { stream: Readable;
     const stream = createReadStream(path.join(dir, 'snapshot.json'));
     return { stream, done: Promise.resolve() };
   }
-  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
+  const member = packedMember(name);
   const child = spawn('tar', packArgs(dir, name), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
@@ -188,10 +188,14 @@ export function objectStream(dir: string, name: ObjectName): { stream: Readable;
   return { stream: child.stdout, done };
 }
 
+/** The entry of a local snapshot directory that the checkpoint or the disk object packs. */
+function packedMember(name: 'checkpoint' | 'disk'): string {
+  return name === 'checkpoint' ? 'checkpoint' : 'disk.img';
+}
+
 /** tar's arguments for the canonical stream of the checkpoint or the disk (to its stdout). */
 function packArgs(dir: string, name: 'checkpoint' | 'disk'): string[] {
-  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
-  return ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk' ? ['--sparse'] : []), '-cf', '-', '--', member];
+  return ['-C', dir, '--sort=name', '--mtime=@0', '--numeric-owner', '--format=gnu', ...(name === 'disk' ? ['--sparse'] : []), '-cf', '-', '--', packedMember(name)];
 }
 
 /** A pass-through that hashes and counts what goes through it. */
@@ -228,7 +232,7 @@ export async function hashObject(dir: string, name: ObjectName): Promise<Manifes
   // tar's stream is hashed where tar runs (the spawner), never in the agent's thread: a disk may
   // hold gigabytes, and a fork from the agent costs it 15-20 ms beside an embedded database.
   const r = await run(['tar', ...packArgs(dir, name)], { digestStdout: true, allowFailure: true });
-  if (r.code !== 0 || !r.stdoutDigest) throw new Error(`tar of ${name === 'disk' ? 'disk.img' : name} failed (${r.code}): ${r.stderr.trim()}`);
+  if (r.code !== 0 || !r.stdoutDigest) throw new Error(`tar of ${packedMember(name)} failed (${r.code}): ${r.stderr.trim()}`);
   return { name, ...r.stdoutDigest };
 }
 
@@ -237,7 +241,7 @@ export async function unpackObject(file: string, name: ObjectName, into: string)
   if (name === 'snapshot.json') throw new Error('snapshot.json is not unpacked');
   // Only the one member the object is made of; owners and modes as stored (the images belong
   // to the sandbox's mapped root, 0600).
-  const member = name === 'checkpoint' ? 'checkpoint' : 'disk.img';
+  const member = packedMember(name);
   await run(['tar', '-C', into, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file, '--', member]);
   // What a snapshot is made of, and nothing else: a plain disk image, a directory of plain files
   // (a link here would be followed by the mount or by CRIU).

@@ -18,12 +18,18 @@ export interface SpawnRequest {
   digest?: boolean;
 }
 
+/** The sha256 and size of a command's stdout. */
+export interface OutputDigest {
+  sha256: string;
+  size: number;
+}
+
 export interface SpawnResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
-  digest?: { sha256: string; size: number };
+  digest?: OutputDigest;
 }
 
 interface Pending {
@@ -55,7 +61,7 @@ class Spawner {
     // execArgv empty: no TypeScript loader or inspector of the agent's in the spawner.
     const child = fork(CHILD, [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
     child.unref();
-    child.on('message', (m: { id: number; error?: { message: string; code?: string }; code?: number | null; signal?: NodeJS.Signals | null; stdout?: string; stderr?: string; digest?: SpawnResult['digest'] }) => {
+    child.on('message', (m: { id: number; error?: { message: string; code?: string }; code?: number | null; signal?: NodeJS.Signals | null; stdout?: string; stderr?: string; digest?: OutputDigest }) => {
       this.settle(m.id, (p) => {
         if (m.error) p.reject(Object.assign(new Error(m.error.message), { code: m.error.code }));
         else p.resolve({ code: m.code ?? null, signal: m.signal ?? null, stdout: m.stdout ?? '', stderr: m.stderr ?? '', ...(m.digest ? { digest: m.digest } : {}) });
