@@ -47,7 +47,8 @@ describe('template import', () => {
     assert.equal(suid.uid, SHIFT);
     assert.equal((await stat(path.join(root, 'usr/bin/alias'))).ino, suid.ino, 'hard link within the image');
     assert.equal(await readlink(path.join(root, 'bin')), 'usr/bin');
-    assert.equal(await readlink(path.join(root, 'escape')), '/etc/shadow', 'a link out of the root stays a link');
+    assert.equal(await readlink(path.join(root, 'usr/bin/python3')), '/usr/bin/python3.11', 'an absolute link is kept as it is');
+    assert.equal(await readlink(path.join(root, 'usr/bin/sh-link')), '../../bin/su-like', 'a relative link that stays inside is kept');
     assert.equal((await lstat(path.join(root, 'home/app'))).mode & 0o7777, 0o750);
     assert.equal((await stat(root)).uid, SHIFT);
     assert.equal(info.meta?.user, 'app');
@@ -157,10 +158,21 @@ describe('template import', () => {
         /entry "evil\/pwned": "evil" is a symbolic link/);
       await hostile('h3b', [await tarOf([{ name: 'evil', type: 'symlink', linkname: '/tmp' }]), await tarOf([{ name: 'evil/pwned', content: 'x' }])],
         /layer 2 .*entry "evil\/pwned": "evil" is a symbolic link/);
-      // A relative link that climbs, and a directory replaced by a link in a later layer.
-      await hostile('h3c', [await tarOf([{ name: 'd/', type: 'directory' }]), await tarOf([{ name: 'd', type: 'symlink', linkname: '../../../../tmp' }, { name: 'd/pwned', content: 'x' }])],
-        /"d" is a symbolic link/);
+      // A directory replaced by a link in a later layer.
+      await hostile('h3c', [await tarOf([{ name: 'd/', type: 'directory' }]), await tarOf([{ name: 'd', type: 'symlink', linkname: '/tmp' }, { name: 'd/pwned', content: 'x' }])],
+        /layer 2 .*entry "d\/pwned": "d" is a symbolic link/);
       assert.equal(existsSync('/tmp/pwned'), false);
+    });
+
+    test('a symbolic link whose relative target climbs above the root', async () => {
+      await hostile('h12', [await tarOf([{ name: 'a/', type: 'directory' }, { name: 'a/b', type: 'symlink', linkname: '../../../etc/shadow' }])],
+        /entry "a\/b": symbolic link to "..\/..\/..\/etc\/shadow" points out of the image/);
+      // At the root, one ".." is already out; climbing out and back in is out on the way.
+      await hostile('h12b', [await tarOf([{ name: 'up', type: 'symlink', linkname: '../etc' }])], /entry "up": symbolic link to "..\/etc" points out/);
+      await hostile('h12c', [await tarOf([{ name: 'a/', type: 'directory' }, { name: 'a/b', type: 'symlink', linkname: 'x/../../../a' }])], /entry "a\/b": symbolic link .* points out/);
+      // In a later layer, after good ones: the whole import goes.
+      await hostile('h12d', [await tarOf([{ name: 'ok', content: 'x' }]), await tarOf([{ name: 'usr/lib/', type: 'directory' }, { name: 'usr/lib/l', type: 'symlink', linkname: './../../../tmp' }])],
+        /layer 2 .*entry "usr\/lib\/l": symbolic link to ".\/..\/..\/..\/tmp" points out/);
     });
 
     test('a hard link to /etc/shadow, or to a file not extracted yet', async () => {
@@ -182,6 +194,29 @@ describe('template import', () => {
         await hostile('h10', [await tarOf([{ name: 'l', type: 'symlink', linkname: outside }, { name: 'l/.wh.canary' }])], /entry "l\/.wh.canary": "l" is a symbolic link/);
         await hostile('h10b', [await tarOf([{ name: 'l', type: 'symlink', linkname: outside }]), await tarOf([{ name: 'l/.wh..wh..opq' }])], /entry "l\/.wh..wh..opq": "l" is a symbolic link/);
         assert.equal(await readFile(path.join(outside, 'canary'), 'utf8'), 'alive');
+      } finally {
+        await rm(outside, { recursive: true, force: true });
+      }
+    });
+
+    test('a whiteout or an opaque marker over a link removes the link, not what it points at', async () => {
+      const { mkdtemp, writeFile } = await import('node:fs/promises');
+      const outside = await mkdtemp(path.join(os.tmpdir(), 'nestbox-canary-'));
+      await writeFile(path.join(outside, 'canary'), 'alive');
+      try {
+        const archive = await dockerSaveArchive({
+          layers: [
+            await tarOf([{ name: 'f', type: 'symlink', linkname: path.join(outside, 'canary') }, { name: 'd/', type: 'directory' }, { name: 'd/l', type: 'symlink', linkname: outside }]),
+            await tarOf([{ name: '.wh.f' }, { name: 'd/', type: 'directory' }, { name: 'd/.wh..wh..opq' }]),
+          ],
+        });
+        await store.import('wlinks', fromBuffer(archive));
+        const root = path.join(dir, 'wlinks', 'rootfs');
+        assert.equal(existsSync(path.join(root, 'f')), false);
+        assert.deepEqual(await readdir(path.join(root, 'd')), []);
+        assert.deepEqual(await readdir(outside), ['canary']);
+        assert.equal(await readFile(path.join(outside, 'canary'), 'utf8'), 'alive');
+        await store.delete('wlinks', async () => []);
       } finally {
         await rm(outside, { recursive: true, force: true });
       }

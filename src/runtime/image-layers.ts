@@ -1,8 +1,10 @@
 // Applying an image's layers onto a new root filesystem. The layers are hostile: every entry's
 // name is checked (no absolute path, no `..`), its parent is resolved one component at a time
 // with lstat inside the new root (a symbolic link on the way is refused, never followed), and
-// the entry itself is created with O_EXCL|O_NOFOLLOW after whatever was there is removed. So no
-// write ever lands outside the new root, whatever links earlier entries or layers made.
+// the entry itself is created with O_EXCL|O_NOFOLLOW after whatever was there is removed (a
+// whiteout or an opaque marker removes links, never what they point at). So no write ever lands
+// outside the new root, whatever links earlier entries or layers made. A symbolic link whose
+// relative target climbs above the root is refused (see climbsAboveRoot).
 import fs, { constants, createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
@@ -44,6 +46,26 @@ export function entryComponents(name: string, what = 'entry'): string[] {
     out.push(part);
   }
   return out;
+}
+
+/**
+ * Whether a link's target, resolved lexically from the link's own directory (`depth`
+ * components below the root), climbs above the root: `a/b -> ../../etc` does, `a/b -> ../etc`
+ * does not. Only relative targets can: an absolute one (`/usr/bin/python3 -> /usr/bin/python3.11`,
+ * `/etc/localtime -> /usr/share/zoneinfo/UTC`, in every real image) is how an image names its own
+ * files, and the sandbox resolves it in its own root, so it stays. A relative one that climbs has
+ * no meaning inside the image (the kernel stops ".." at the root): only a crafted archive makes
+ * one, aimed at whatever on the host follows links in the template's files.
+ */
+export function climbsAboveRoot(depth: number, target: string): boolean {
+  if (target.startsWith('/')) return false;
+  let level = depth;
+  for (const part of target.split('/')) {
+    if (part === '' || part === '.') continue;
+    level += part === '..' ? -1 : 1;
+    if (level < 0) return true;
+  }
+  return false;
 }
 
 /** The first bytes of a file: gzip (1f 8b), zstd (28 b5 2f fd), or plain tar. */
@@ -268,7 +290,9 @@ class LayerApplier {
     if (type === 'symlink') {
       const target = h.linkname ?? '';
       if (!target || target.includes('\0')) this.fail(name, 'symbolic link without a valid target');
-      // Any target is fine as a link: it is only ever resolved inside the sandbox.
+      if (climbsAboveRoot(parts.length - 1, target)) {
+        this.fail(name, `symbolic link to ${JSON.stringify(target)} points out of the image (its ".." climb above the root)`);
+      }
       await symlink(target, full);
       await lchown(full, uid, gid);
       await lutimes(full, mtime, mtime).catch(() => undefined);

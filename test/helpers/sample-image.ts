@@ -29,7 +29,10 @@ export async function sampleLayers(): Promise<Buffer[]> {
     { name: 'usr/bin/su-like', content: '#!/bin/sh\n', mode: 0o4755 },
     { name: 'usr/bin/alias', type: 'link', linkname: 'usr/bin/su-like' },
     { name: 'bin', type: 'symlink', linkname: 'usr/bin' },
-    { name: 'escape', type: 'symlink', linkname: '/etc/shadow' },
+    // Absolute links name the image's own files (resolved in the sandbox's root); a relative
+    // one may climb as long as it stays inside.
+    { name: 'usr/bin/python3', type: 'symlink', linkname: '/usr/bin/python3.11' },
+    { name: 'usr/bin/sh-link', type: 'symlink', linkname: '../../bin/su-like' },
   ];
   const l3: LayerEntry[] = [{ name: 'srv/', type: 'directory' }, { name: 'srv/data/', type: 'directory', uid: 1000, gid: 1000 }, { name: 'srv/data/hello', content: 'hi' }];
   return [await tarOf(l1), gzip(await tarOf(l2)), await tarOf(l3)];
