@@ -172,8 +172,8 @@ describe('files the node writes', () => {
       assert.equal(await readFile(victim, 'utf8'), 'host file\n', 'the host file is untouched');
       assert.equal((await stat(victim)).uid, 0, 'and still host root\'s');
       await assert.rejects(stat(absent), 'no host file was created');
-      const hosts = await root(x, 'cat /etc/hosts; cat /etc/hostname');
-      assert.match(hosts.stdout, /\tnestbox\n/, "the sandbox has the node's files");
+      const hosts = await root(x, 'cat /etc/hosts; cat /etc/hostname; hostname');
+      assert.match(hosts.stdout, new RegExp(`\\t${x}\\n${x}\\n${x}\\n$`), "the sandbox has the node's files, and its host name through both resumes");
     } finally {
       await rm(victim, { force: true });
       await rm(absent, { force: true });

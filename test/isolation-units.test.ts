@@ -56,13 +56,14 @@ describe("the node's files in a sandbox", () => {
     try {
       await writeFile(victim, 'untouched');
       const etc = path.join(dir, 'etc');
-      await writeSandboxFiles(etc, sandboxFileContents('10.88.1.2', 'nameserver 127.0.0.53\nnameserver 10.0.0.2\n'), process.getuid!());
-      assert.match(await readFile(path.join(etc, 'hosts'), 'utf8'), /^10\.88\.1\.2\tnestbox$/m);
+      await writeSandboxFiles(etc, sandboxFileContents('sbxhost', '10.88.1.2', 'nameserver 127.0.0.53\nnameserver 10.0.0.2\n'), process.getuid!());
+      assert.match(await readFile(path.join(etc, 'hosts'), 'utf8'), /^10\.88\.1\.2\tsbxhost$/m);
+      assert.equal(await readFile(path.join(etc, 'hostname'), 'utf8'), 'sbxhost\n', 'the host name given, not a constant');
       assert.equal(await readFile(path.join(etc, 'resolv.conf'), 'utf8'), 'nameserver 10.0.0.2\n');
       await rm(path.join(etc, 'hosts'));
       await symlink(victim, path.join(etc, 'hosts'));
       await assert.rejects(
-        writeSandboxFiles(etc, sandboxFileContents('10.88.1.3', ''), process.getuid!()),
+        writeSandboxFiles(etc, sandboxFileContents('sbxhost', '10.88.1.3', ''), process.getuid!()),
         (e: NodeJS.ErrnoException) => e.code === 'ELOOP',
       );
       assert.equal(await readFile(victim, 'utf8'), 'untouched');
@@ -76,17 +77,17 @@ describe("the node's files in a sandbox", () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'nestbox-files-'));
     try {
       const uid = process.getuid!();
-      const first = await writeSandboxFiles(dir, sandboxFileContents('10.88.1.2', 'nameserver 10.0.0.2\n'), uid);
+      const first = await writeSandboxFiles(dir, sandboxFileContents('sbxhost', '10.88.1.2', 'nameserver 10.0.0.2\n'), uid);
       await writeFile(path.join(dir, 'resolv.conf'), 'nameserver 9.9.9.9\n'); // the sandbox's own choice
-      const second = await writeSandboxFiles(dir, sandboxFileContents('10.88.7.7', 'nameserver 10.0.0.3\n'), uid, first);
+      const second = await writeSandboxFiles(dir, sandboxFileContents('sbxhost', '10.88.7.7', 'nameserver 10.0.0.3\n'), uid, first);
       assert.equal(await readFile(path.join(dir, 'resolv.conf'), 'utf8'), 'nameserver 9.9.9.9\n');
-      assert.match(await readFile(path.join(dir, 'hosts'), 'utf8'), /^10\.88\.7\.7\tnestbox$/m, 'the address follows the node');
+      assert.match(await readFile(path.join(dir, 'hosts'), 'utf8'), /^10\.88\.7\.7\tsbxhost$/m, 'the address follows the node');
       // and the sandbox's file stays its own on the next start too
-      await writeSandboxFiles(dir, sandboxFileContents('10.88.7.8', 'nameserver 10.0.0.4\n'), uid, second);
+      await writeSandboxFiles(dir, sandboxFileContents('sbxhost', '10.88.7.8', 'nameserver 10.0.0.4\n'), uid, second);
       assert.equal(await readFile(path.join(dir, 'resolv.conf'), 'utf8'), 'nameserver 9.9.9.9\n');
       // a huge file cannot be the node's: it is kept too, and never read whole
       await writeFile(path.join(dir, 'hostname'), 'x'.repeat(1 << 20));
-      await writeSandboxFiles(dir, sandboxFileContents('10.88.7.9', ''), uid, second);
+      await writeSandboxFiles(dir, sandboxFileContents('sbxhost', '10.88.7.9', ''), uid, second);
       assert.equal((await stat(path.join(dir, 'hostname'))).size, 1 << 20);
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -43,6 +43,31 @@ async function count(sbx: Sandbox): Promise<number> {
   return Number((await sbx.commands.run('cat /tmp/n')).stdout);
 }
 
+/** The sandbox's host name (as its processes see it), /etc/hostname, and the address its name resolves to. */
+async function identity(sbx: Sandbox): Promise<{ hostname: string; etcHostname: string; resolved: string; address: string }> {
+  const r = await sbx.commands.run('hostname; cat /etc/hostname; getent hosts "$(hostname)" | cut -f1 -d" "; hostname -I');
+  const [hostname = '', etcHostname = '', resolved = '', address = ''] = r.stdout.split('\n').map((l) => l.trim());
+  return { hostname, etcHostname, resolved, address };
+}
+
+/** Asserts the sandbox's host name is its id, and its name resolves to its own address. */
+async function assertOwnHostname(sbx: Sandbox, what: string): Promise<string> {
+  const id = await identity(sbx);
+  assert.equal(id.hostname, sbx.sandboxId, `${what}: its host name is its id`);
+  assert.equal(id.etcHostname, sbx.sandboxId, `${what}: /etc/hostname says its id`);
+  assert.match(id.address, /^\d+\.\d+\.\d+\.\d+$/, `${what}: it has an address (${id.address})`);
+  assert.equal(id.resolved, id.address, `${what}: /etc/hosts maps its name to its address`);
+  return id.address;
+}
+
+/** A GET of a file through the sandbox proxy, to `target`'s envd with the access token given: the status and body. */
+async function envdFileWithToken(target: string, token: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(`${stack.proxyUrl}/files?path=/etc/hostname&username=user`, {
+    headers: { 'E2b-Sandbox-Id': target, 'E2b-Sandbox-Port': '49983', 'X-Access-Token': token },
+  });
+  return { status: res.status, body: await res.text() };
+}
+
 async function startCounter(sbx: Sandbox) {
   await sbx.commands.run(COUNTER, { background: true });
   await eventually(() => count(sbx).catch(() => 0), (n) => n >= 5, 'counter started');
@@ -62,6 +87,13 @@ describe('fork', () => {
     });
     const ids = new Set([parent.sandboxId, ...forks.map((f) => f.sandboxId)]);
     assert.equal(ids.size, 3, 'each child has its own id');
+    // Each its own host name and address: the parent (a cold create) and each child (restored
+    // from the parent's memory, whose host name was the parent's).
+    const addresses = new Set<string>();
+    for (const [s, what] of [[parent, 'the parent'], [forks[0]!, 'child 0'], [forks[1]!, 'child 1']] as const) {
+      addresses.add(await assertOwnHostname(s, what));
+    }
+    assert.equal(addresses.size, 3, 'each has its own address');
     for (const f of forks) {
       const n = await count(f);
       assert.ok(n >= before, `a child counts on from the parent's ${before} (got ${n}): its memory came along`);
@@ -122,6 +154,7 @@ describe('named snapshots', () => {
       assert.equal(await copy.files.read('/home/user/state.txt'), 'at snapshot time');
       const n = await count(copy);
       assert.ok(n >= 5 && n <= atSnapshot + 5, `the copy's counter continues from the snapshot (${n}, snapshot ~${atSnapshot})`);
+      await assertOwnHostname(copy, `the sandbox from ${ref}`);
       await copy.kill();
     }
     // A second snapshot of the same name is refused; delete works by name and then 404s.
@@ -157,9 +190,24 @@ describe('warm templates', () => {
       const r = await sbx.commands.run('echo $REQUEST_ENV $FROM_TEMPLATE; pgrep -c -f "open\\(./tmp/n"');
       assert.equal(r.stdout.split('\n')[0], `${env} yes`, 'each sandbox has its own request env and the template env');
     }
-    // Separate sandboxes: separate counters and addresses.
+    // Separate sandboxes: separate counters, host names and addresses, though both were
+    // restored from the one capture (whose host name and address were the capture's).
     await first.files.write('/tmp/mine', '1');
     assert.equal(await second.files.exists('/tmp/mine'), false);
+    const firstAddress = await assertOwnHostname(first, 'the first warm sandbox');
+    const secondAddress = await assertOwnHostname(second, 'the second warm sandbox');
+    assert.notEqual(firstAddress, secondAddress, 'each has its own address');
+    // Each its own envd access token: one's token opens the other's envd for nobody.
+    const tokens = await Promise.all([first, second].map(async (s) => {
+      const row = await getSandbox(stack.cp.db, s.sandboxId);
+      assert.equal(row?.secure, true, 'the SDK creates secure sandboxes');
+      return row!.envdAccessToken;
+    }));
+    assert.notEqual(tokens[0], tokens[1]);
+    assert.deepEqual(await envdFileWithToken(second.sandboxId, tokens[1]!), { status: 200, body: `${second.sandboxId}\n` }, "its own token opens the second's envd");
+    const crossed = await envdFileWithToken(second.sandboxId, tokens[0]!);
+    assert.equal(crossed.status, 401, `the first's token is refused by the second's envd (${crossed.body})`);
+    assert.equal((await envdFileWithToken(first.sandboxId, tokens[1]!)).status, 401, "and the second's by the first's");
     await Promise.all([first.kill(), second.kill()]);
   });
 });

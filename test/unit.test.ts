@@ -58,6 +58,7 @@ describe('OCI spec', () => {
 
   test('a sandbox gets every namespace, its limits, a seccomp filter, setuid allowed (sudo) and masked /proc', () => {
     assert.deepEqual(spec.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'user', 'uts']);
+    assert.equal(spec.hostname, 'a'.repeat(20), "its host name is its id, each sandbox's own");
     assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
     // The sandbox's boot id over the host's, a mount CRIU is told about through the container's own configuration.
     assert.deepEqual(spec.hooks.createContainer[0]!.args.slice(-2), ['/e/boot_id', '/r/proc/sys/kernel/random/boot_id']);

@@ -82,7 +82,8 @@ export function buildOciSpec(input: SpecInput) {
       }],
     },
     annotations: { [CRIU_CONFIG_ANNOTATION]: input.criuConfig },
-    hostname: 'nestbox',
+    // Its id (a resume of the same sandbox brings the same name back with its memory).
+    hostname: input.sandboxId,
     mounts: [
       { destination: '/proc', type: 'proc', source: 'proc' },
       {

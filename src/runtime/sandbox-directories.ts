@@ -56,7 +56,7 @@ export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fres
  */
 export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
   await writeSandboxEnv(p.etcDir, record.envVars);
-  return writeSandboxFiles(p.etcDir, sandboxFileContents(record.address, await hostResolvConf()), cfg.uidShift, previous);
+  return writeSandboxFiles(p.etcDir, sandboxFileContents(record.sandboxId, record.address, await hostResolvConf()), cfg.uidShift, previous);
 }
 
 /**

@@ -21,12 +21,15 @@ export type SandboxFileHashes = Partial<Record<SandboxFileName, string>>;
 /** Contents larger than this were not written by the node. */
 const MAX_NODE_FILE = 64 * 1024;
 
-export const HOSTNAME = 'nestbox';
-
-export function sandboxFileContents(address: string, hostResolvConf: string): Record<SandboxFileName, string> {
+/**
+ * A sandbox's host name is its id (as its UTS namespace's, see oci-spec.ts and
+ * sandbox-hostname.ts); /etc/hosts maps it to the sandbox's address, so that `hostname -f`,
+ * sudo and the like resolve it without a name server.
+ */
+export function sandboxFileContents(hostname: string, address: string, hostResolvConf: string): Record<SandboxFileName, string> {
   return {
-    hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address}\t${HOSTNAME}\n`,
-    hostname: `${HOSTNAME}\n`,
+    hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${address}\t${hostname}\n`,
+    hostname: `${hostname}\n`,
     // The host's loopback resolvers are unreachable from a sandbox.
     'resolv.conf': hostResolvConf.split('\n').filter((l) => !/^nameserver\s+(127\.|::1)/.test(l)).join('\n'),
   };

@@ -13,6 +13,7 @@ import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { RootPool } from './root-pool.ts';
+import { setSandboxHostname } from './sandbox-hostname.ts';
 import { initLetGoOfHostSockets } from './init-sockets.ts';
 import { exists, isMountPoint, moveTree, removeTree } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
@@ -479,6 +480,9 @@ export class SandboxRuntime {
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
       await this.waitForInit(req.sandboxId, true);
+      // Its own host name, not the one its memory came with; before it takes any request.
+      const initPid = (await this.runc.status(req.sandboxId))?.pid ?? 0;
+      await setSandboxHostname(initPid, req.sandboxId);
       this.commandDeadlines.restore(req.sandboxId, snap.commandDeadlines);
       return await this.started(record, 'create');
     } catch (e) {
