@@ -1,18 +1,14 @@
 import { readFile, readdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import {
+  MEMBERSHIP_ROUTES, MEMBERSHIP_STATUS, TEMPLATE_NAME_PATTERN,
+  type HeartbeatAnswer, type JoinBody, type Joined, type MembershipFailure, type NodeReport,
+} from '../node-api/membership.ts';
+import { nodePath } from '../node-api/routes.ts';
 import type { RuntimeConfig } from '../runtime/config.ts';
 
-/** What a node tells the control plane about itself, at join and in every heartbeat. */
-export interface NodeReport {
-  url: string;
-  cpuCount: number;
-  memoryMB: number;
-  diskMB: number;
-  maxSandboxes: number;
-  templates: string[];
-  version: string;
-}
+const TEMPLATE_NAME = new RegExp(TEMPLATE_NAME_PATTERN);
 
 export interface MembershipOptions {
   controlPlaneUrl: string;
@@ -78,11 +74,12 @@ export class FleetMembership {
     if (!this.o.joinToken) {
       throw new Error('this node has no credential: start it with --join-token (make one with `nestbox nodes join-token`)');
     }
-    const res = await this.post('/nestbox/v1/nodes/join', {
-      joinToken: this.o.joinToken, nodeId: this.o.nodeId, nodeToken: this.o.nodeToken, ...(await this.report()),
-    });
-    const body = (await res.json()) as { credential?: string; heartbeatMs?: number; message?: string };
-    if (res.status !== 201 || !body.credential) throw new Error(`joining ${this.o.controlPlaneUrl} failed: ${res.status} ${body.message ?? ''}`.trim());
+    const request: JoinBody = { joinToken: this.o.joinToken, nodeId: this.o.nodeId, nodeToken: this.o.nodeToken, ...(await this.report()) };
+    const res = await this.post(MEMBERSHIP_ROUTES.join, request);
+    const body = (await res.json()) as Partial<Joined> & MembershipFailure;
+    if (res.status !== MEMBERSHIP_STATUS.joined || !body.credential) {
+      throw new Error(`joining ${this.o.controlPlaneUrl} failed: ${res.status} ${body.message ?? ''}`.trim());
+    }
     this.credential = body.credential;
     this.heartbeatMs = body.heartbeatMs ?? this.heartbeatMs;
     const tmp = `${this.credentialFile}.new`;
@@ -92,13 +89,13 @@ export class FleetMembership {
   }
 
   private async heartbeat(): Promise<void> {
-    const res = await this.post(`/nestbox/v1/nodes/${this.o.nodeId}/heartbeat`, await this.report(), this.credential ?? '');
-    if (res.status === 401 && this.o.joinToken) {
+    const res = await this.post(nodePath(MEMBERSHIP_ROUTES.heartbeat, { id: this.o.nodeId }), await this.report(), this.credential ?? '');
+    if (res.status === MEMBERSHIP_STATUS.unauthorized && this.o.joinToken) {
       await res.text();
       return this.join();
     }
-    const body = (await res.json()) as { heartbeatMs?: number; message?: string };
-    if (!res.ok) throw new Error(`${res.status} ${body.message ?? ''}`.trim());
+    const body = (await res.json()) as Partial<HeartbeatAnswer> & MembershipFailure;
+    if (res.status !== MEMBERSHIP_STATUS.heartbeat) throw new Error(`${res.status} ${body.message ?? ''}`.trim());
     this.heartbeatMs = body.heartbeatMs ?? this.heartbeatMs;
     this.lastError = null;
   }
@@ -116,7 +113,7 @@ export class FleetMembership {
     const disk = await statfs(this.o.config.dataDir).catch(() => null);
     const templates: string[] = [];
     for (const name of await readdir(this.o.config.templatesDir).catch(() => [] as string[])) {
-      if (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) {
+      if (TEMPLATE_NAME.test(name)) {
         if (await stat(path.join(this.o.config.templatesDir, name, 'rootfs')).then((st) => st.isDirectory(), () => false)) templates.push(name);
       }
     }

@@ -11,6 +11,9 @@ import {
   effectiveState, listNodes, nodeByCredential, nodeLoads, recordHeartbeat, registerJoinedNode, removeNode, setCordoned,
   type NodeRecord,
 } from '../../store/nodes.ts';
+import {
+  HeartbeatAnswer, JoinBody, Joined, MEMBERSHIP_ROUTES, MEMBERSHIP_STATUS, NodeCapacityFields, NodeReport,
+} from '../../node-api/membership.ts';
 import { ApiError } from './errors.ts';
 import { ErrorBody } from './schemas.ts';
 
@@ -24,14 +27,6 @@ export interface NodeRoutesOptions {
 
 const DateTime = Type.String({ format: 'date-time' });
 const NullableDateTime = Type.Union([DateTime, Type.Null()]);
-const NodeId = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$', description: 'The node\'s name (NESTBOX_NODE_ID)' });
-
-const Capacity = {
-  cpuCount: Type.Integer({ minimum: 0, maximum: 4096 }),
-  memoryMB: Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 }),
-  diskMB: Type.Integer({ minimum: 0, maximum: 1024 * 1024 * 1024 }),
-  maxSandboxes: Type.Integer({ minimum: 0, maximum: 100_000 }),
-};
 
 export const NodeView = Type.Object({
   id: Type.String(),
@@ -42,7 +37,7 @@ export const NodeView = Type.Object({
   cordoned: Type.Boolean({ description: 'Drained by the operator (until undrained)' }),
   joined: Type.Boolean({ description: 'Joined with a join token (false: configured at start)' }),
   lastSeenAt: NullableDateTime,
-  ...Capacity,
+  ...NodeCapacityFields,
   templates: Type.Array(Type.String()),
   version: Type.String(),
   sandboxes: Type.Integer({ description: 'Live sandboxes placed on it' }),
@@ -64,36 +59,6 @@ const NewJoinToken = Type.Object(
 
 const JoinTokenCreated = Type.Object({ ...JoinTokenView.properties, token: Type.String({ description: 'The token: shown this once' }) });
 
-const NodeReportBody = {
-  url: Type.String({ minLength: 1, maxLength: 2048, pattern: '^https?://', description: 'Where the control plane reaches the agent' }),
-  ...Capacity,
-  templates: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), { maxItems: 1000 }),
-  version: Type.String({ maxLength: 64 }),
-};
-
-export const JoinBody = Type.Object(
-  {
-    joinToken: Type.String({ minLength: 1, maxLength: 256 }),
-    nodeId: NodeId,
-    nodeToken: Type.String({ minLength: 16, maxLength: 256, description: 'The bearer token the control plane presents to the agent' }),
-    ...NodeReportBody,
-  },
-  { additionalProperties: false },
-);
-
-export const Joined = Type.Object({
-  nodeId: Type.String(),
-  credential: Type.String({ description: "The node's own credential for heartbeats: shown this once" }),
-  heartbeatMs: Type.Integer(),
-});
-
-export const HeartbeatBody = Type.Object(NodeReportBody, { additionalProperties: false });
-export const HeartbeatAnswer = Type.Object({
-  state: Type.String(),
-  cordoned: Type.Boolean({ description: 'The operator drained this node' }),
-  heartbeatMs: Type.Integer(),
-});
-
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 const errors = { '4xx': ErrorBody, '5xx': ErrorBody } as const;
 const security = [{ adminKey: [] }];
@@ -113,7 +78,7 @@ async function nodeOf(db: Database, req: FastifyRequest, id: string): Promise<No
   const credential = header.startsWith('Bearer ') ? header.slice(7) : '';
   const node = NODE_CREDENTIAL_PATTERN.test(credential) ? await nodeByCredential(db, sha256(credential)) : null;
   if (!node || node.id !== id) {
-    throw new ApiError(401, 'invalid node credential (the node was removed, or joined again elsewhere): join it again with a join token');
+    throw new ApiError(MEMBERSHIP_STATUS.unauthorized, 'invalid node credential (the node was removed, or joined again elsewhere): join it again with a join token');
   }
   return node;
 }
@@ -209,35 +174,35 @@ export const nodeRoutes: FastifyPluginAsyncTypebox<NodeRoutesOptions> = async (a
   );
 
   app.post(
-    '/nestbox/v1/nodes/join',
+    MEMBERSHIP_ROUTES.join,
     {
       config: publicConfig,
       schema: {
         summary: 'A node joins with a join token and gets its own credential',
-        tags: ['nodes'], body: JoinBody, response: { 201: Joined, ...errors },
+        tags: ['nodes'], body: JoinBody, response: { [MEMBERSHIP_STATUS.joined]: Joined, ...errors },
       },
     },
     async (req, reply) => {
       const b = req.body;
       if (!(await useJoinToken(db, b.joinToken))) {
-        throw new ApiError(401, 'invalid join token (wrong, expired or revoked): make a new one with `nestbox nodes join-token`');
+        throw new ApiError(MEMBERSHIP_STATUS.unauthorized, 'invalid join token (wrong, expired or revoked): make a new one with `nestbox nodes join-token`');
       }
       const credential = generateNodeCredential();
       await registerJoinedNode(db, {
         id: b.nodeId, url: b.url, token: b.nodeToken, credentialHash: sha256(credential), cpuCount: b.cpuCount, memoryMB: b.memoryMB,
         diskMB: b.diskMB, maxSandboxes: b.maxSandboxes, templates: b.templates, version: b.version,
       });
-      return reply.code(201).header('Cache-Control', 'no-store').send({ nodeId: b.nodeId, credential, heartbeatMs: opts.heartbeatMs });
+      return reply.code(MEMBERSHIP_STATUS.joined).header('Cache-Control', 'no-store').send({ nodeId: b.nodeId, credential, heartbeatMs: opts.heartbeatMs });
     },
   );
 
   app.post(
-    '/nestbox/v1/nodes/:id/heartbeat',
+    MEMBERSHIP_ROUTES.heartbeat,
     {
       config: publicConfig,
       schema: {
         summary: "A node's heartbeat (its own credential as bearer token)",
-        tags: ['nodes'], security: [{ nodeCredential: [] }], params: IdParams, body: HeartbeatBody, response: { 200: HeartbeatAnswer, ...errors },
+        tags: ['nodes'], security: [{ nodeCredential: [] }], params: IdParams, body: NodeReport, response: { [MEMBERSHIP_STATUS.heartbeat]: HeartbeatAnswer, ...errors },
       },
     },
     async (req) => {
