@@ -16,10 +16,13 @@ import { authenticateKey } from '../src/store/credentials.ts';
 import type { Database } from '../src/store/database.ts';
 import { registerJoinedNode, setCordoned } from '../src/store/nodes.ts';
 import { getSandbox } from '../src/store/sandboxes.ts';
+import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
+import { NodeCallError } from '../src/control-plane/node-client.ts';
 import { createTeam } from '../src/store/teams.ts';
 import { apiCaller, assertApiError } from './helpers/api-inject.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 import { FakeNode } from './helpers/fake-node.ts';
+import { assertLedger, assertLegalHistory } from './helpers/lifecycle-asserts.ts';
 import { ManualClock } from './helpers/manual-clock.ts';
 
 const info = (o: Partial<NodeInfo> & { memoryMB?: number; used?: number; sandboxes?: number; max?: number } = {}): NodeInfo => ({
@@ -215,6 +218,132 @@ forEachDatabase('fleet', (t) => {
     for (let i = 0; i < 6; i++) assert.equal((await f.svc.create(f.params)).nodeId, f.b.nodeId);
     assert.ok(f.a.calls.length - aCalls <= 6, 'a refused each start at most once');
     assert.equal(f.b.calls.filter((c) => c.startsWith('create')).length - bCreates, 6, 'exactly one start on b each');
+  });
+
+  /** Forces the next start on `first`: the other node is held back for the first pick only. */
+  function startOn(f: Awaited<ReturnType<typeof fleet>>, first: FakeNode, other: FakeNode) {
+    const pick = f.pool.pick.bind(f.pool);
+    let picks = 0;
+    f.pool.pick = (exclude, want) => pick(picks++ === 0 ? new Set([...(exclude ?? []), other.nodeId]) : exclude, want);
+    return () => { f.pool.pick = pick; };
+  }
+  const createsOf = (n: FakeNode, id?: string) => n.calls.filter((c) => c.startsWith('create') && (!id || c === `create ${id}`)).length;
+  const usage = (db: Database, id: string) => db.query<{ node_id: string | null }>('SELECT * FROM usage_intervals WHERE sandbox_id = $1', [id]);
+
+  test('a start the first node fails is placed on another node exactly once; the sandbox runs there', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    f.a.faults.failCreate = 1;
+    const restore = startOn(f, f.a, f.b);
+    const s = await f.svc.create(f.params);
+    restore();
+    assert.equal(s.nodeId, f.b.nodeId);
+    assert.deepEqual([createsOf(f.a, s.sandboxId), createsOf(f.b, s.sandboxId)], [1, 1], 'once on a, once on b');
+    assert.deepEqual([f.a.containers.has(s.sandboxId), f.b.containers.has(s.sandboxId)], [false, true]);
+    const row = (await getSandbox(db, s.sandboxId))!;
+    assert.deepEqual([row.state, row.nodeId], ['running', f.b.nodeId]);
+    const events = await assertLegalHistory(db, s.sandboxId);
+    assert.deepEqual(events.map((e) => `${e.to}:${e.reason}`), ['starting:requested', 'running:created']);
+    assert.equal((await usage(db, s.sandboxId)).length, 1, 'one usage interval: the start on b');
+    await assertLedger(db, s.sandboxId);
+  });
+
+  test('a start both nodes fail fails with both causes; the row ends failed and no node holds a container', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    f.a.faults.failCreate = 1;
+    f.b.faults.failCreate = 1;
+    const before = [createsOf(f.a), createsOf(f.b)];
+    await assert.rejects(f.svc.create(f.params), (e: any) => {
+      assert.equal(e.code, 'internal');
+      assert.match(e.message, /^create failed on node [ab]\w+ \(fake node: create failed\) and again on node [ab]\w+ \(fake node: create failed\)$/);
+      return true;
+    });
+    assert.deepEqual([createsOf(f.a) - before[0]!, createsOf(f.b) - before[1]!], [1, 1], 'each node asked once, no third try');
+    const rows = await db.query<{ id: string; state: string; last_reason: string }>('SELECT id, state, last_reason FROM sandboxes WHERE team_id = $1', [f.params.teamId]);
+    assert.deepEqual(rows.map((r) => `${r.state}:${r.last_reason}`), ['failed:create_failed']);
+    await assertLegalHistory(db, rows[0]!.id);
+    assert.equal((await usage(db, rows[0]!.id)).length, 0, 'never billed');
+    assert.equal(f.a.containers.size + f.b.containers.size, 0);
+  });
+
+  test('a start whose answer was lost is placed again only after its node confirmed the kill', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    // a starts the container, then its answer is lost (a 500 or a timeout).
+    const create = f.a.create.bind(f.a);
+    f.a.create = async (req) => {
+      await create(req);
+      throw new NodeCallError('internal', 'fake node: create answer lost', { uncertain: true });
+    };
+    const seenOnB: string[] = [];
+    const createOnB = f.b.create.bind(f.b);
+    f.b.create = async (req) => {
+      seenOnB.push(`a holds it: ${f.a.containers.has(req.sandboxId)}; a was asked: ${f.a.calls.filter((c) => c.endsWith(req.sandboxId)).join(', ')}`);
+      return createOnB(req);
+    };
+    let restore = startOn(f, f.a, f.b);
+    const s = await f.svc.create(f.params);
+    restore();
+    assert.deepEqual(seenOnB, [`a holds it: false; a was asked: create ${s.sandboxId}, kill ${s.sandboxId}`]);
+    assert.equal(s.nodeId, f.b.nodeId);
+    assert.deepEqual([f.a.containers.has(s.sandboxId), f.b.containers.has(s.sandboxId)], [false, true]);
+    await assertLegalHistory(db, s.sandboxId);
+    assert.equal((await usage(db, s.sandboxId)).length, 1);
+    await assertLedger(db, s.sandboxId);
+
+    // The kill is not confirmed: b is never asked, and the create fails as an uncertain one does
+    // (its kill intent stored, for the sweeper to finish on a).
+    f.a.kill = async () => {
+      throw new NodeCallError('unavailable', 'fake node: kill timed out', { uncertain: true, retryable: true });
+    };
+    seenOnB.length = 0;
+    restore = startOn(f, f.a, f.b);
+    await assert.rejects(f.svc.create(f.params), /create answer lost/);
+    restore();
+    assert.deepEqual(seenOnB, [], 'b never asked while a may still hold it');
+    const [stuck] = await db.query<{ id: string; state: string; node_id: string }>(
+      "SELECT id, state, node_id FROM sandboxes WHERE team_id = $1 AND id <> $2", [f.params.teamId, s.sandboxId]);
+    assert.deepEqual([stuck!.state, stuck!.node_id], ['killing', f.a.nodeId]);
+    await assertLegalHistory(db, stuck!.id);
+  });
+
+  test('a failed start elsewhere that times out too is killed on the node it timed out on', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    f.a.faults.failCreate = 1;
+    f.b.faults.timeoutAfterEffect = 1; // b starts it, the answer is lost (its kill answers the same way)
+    const restore = startOn(f, f.a, f.b);
+    await assert.rejects(f.svc.create(f.params), /create failed on node \w+ \(fake node: create failed\) and again on node \w+ \(fake node: create timed out\)/);
+    restore();
+    const [row] = await db.query<{ id: string; state: string; node_id: string }>('SELECT id, state, node_id FROM sandboxes WHERE team_id = $1', [f.params.teamId]);
+    assert.equal(row!.node_id, f.b.nodeId, 'the kill intent names b, where the container may be');
+    assert.ok(f.b.calls.includes(`kill ${row!.id}`), `b was asked to kill it: ${f.b.calls}`);
+    assert.ok(['killing', 'killed'].includes(row!.state));
+    f.b.faults.timeoutAfterEffect = 0;
+    f.clock.advance(60_000);
+    await new KillSweeper(db, f.svc).tick();
+    assert.equal((await getSandbox(db, row!.id))!.state, 'killed');
+    assert.equal(f.a.containers.size + f.b.containers.size, 0);
+    await assertLegalHistory(db, row!.id);
+    assert.equal((await usage(db, row!.id)).length, 0);
+  });
+
+  test('a resume the first node fails is placed on another node once', async () => {
+    const db = await t.db();
+    const f = await fleet(db);
+    const s = await f.svc.create(f.params);
+    await f.svc.pause(f.params.teamId, s.sandboxId, { memory: true });
+    const [first, other] = s.nodeId === f.a.nodeId ? [f.a, f.b] : [f.b, f.a];
+    first.faults.failResume = 1;
+    const restore = startOn(f, first, other);
+    const { sandbox } = await f.svc.connect(f.params.teamId, s.sandboxId, 60_000);
+    restore();
+    assert.equal(sandbox.nodeId, other.nodeId);
+    assert.deepEqual([first.calls.filter((c) => c === `resume ${s.sandboxId}`).length, other.calls.filter((c) => c === `resume ${s.sandboxId}`).length], [1, 1]);
+    assert.ok(other.containers.has(s.sandboxId) && !first.containers.has(s.sandboxId));
+    await assertLegalHistory(db, s.sandboxId);
+    await assertLedger(db, s.sandboxId);
   });
 
   test("the operator's drain moves running sandboxes to another node with their events; undrain reopens", async () => {

@@ -11,7 +11,9 @@ import type {
   CreateSandboxParams, LifecycleApi, ListSandboxesParams, SandboxMetrics, SandboxView,
 } from './lifecycle-types.ts';
 import { NodeCallError } from './node-client.ts';
-import { assertRoom, NoNodeLeft, nodeInstant, SandboxTransitions, StaleWrite, type TransitionsOptions } from './transitions.ts';
+import {
+  assertRoom, NoNodeLeft, nodeInstant, PlacedCallError, SandboxTransitions, StaleWrite, type TransitionsOptions,
+} from './transitions.ts';
 
 export interface LifecycleOptions extends TransitionsOptions {
   /** How long a request waits for another transition of the same sandbox to finish. */
@@ -114,15 +116,21 @@ export class LifecycleService extends SandboxTransitions implements LifecycleApi
           sandboxId, template: p.templateId, cpuCount: row.cpuCount, memoryMB: row.memoryMB, diskMB: row.diskSizeMB, envVars: p.envVars,
           metadata: p.metadata, allowInternetAccess: p.allowInternetAccess,
           ...(p.fromSnapshot ? { fromSnapshot: p.fromSnapshot.snapshotId } : {}),
-        }), first);
+        }), {
+          first, what: 'create',
+          // A create whose answer was lost is placed again only once its node confirmed the kill.
+          undo: (node) => node.kill(sandboxId),
+        });
       } catch (e) {
+        // The row names the node the start failed on last (the one holding whatever is left).
+        const on = e instanceof PlacedCallError ? { nodeId: e.nodeId } : undefined;
         if (e instanceof NodeCallError && e.uncertain) {
           // The container may exist: persist the kill intent, then try to remove it.
-          row = await this.transition(row, 'killing', 'create_failed');
+          row = await this.transition(row, 'killing', 'create_failed', on);
           await this.finishKill(row, 'create_failed').catch(() => undefined);
         } else {
-          // Every node refused (draining): it never was on one.
-          await this.transition(row, 'failed', 'create_failed', e instanceof NoNodeLeft ? { nodeId: null } : undefined);
+          // Nothing was started: the node said so, or every node refused (then it never was on one).
+          await this.transition(row, 'failed', 'create_failed', e instanceof NoNodeLeft ? { nodeId: null } : on);
         }
         throw e;
       }

@@ -10,6 +10,19 @@ import type { NodePool, Placement } from './scheduler.ts';
 /** Another writer moved the sandbox between our read and our write. */
 export class StaleWrite extends Error {}
 
+/** A start's node failure, with the node it came from (the one to clean up when uncertain). */
+export class PlacedCallError extends NodeCallError {
+  constructor(readonly nodeId: string, code: NodeCallError['code'], message: string, opts: { uncertain: boolean; retryable?: boolean }) {
+    super(code, message, opts);
+    this.name = 'PlacedCallError';
+  }
+
+  static of(f: { nodeId: string; error: NodeCallError }): PlacedCallError {
+    const e = f.error;
+    return new PlacedCallError(f.nodeId, e.code, e.message, { uncertain: e.uncertain, retryable: e.retryable });
+  }
+}
+
 /** Every node that could take a start refused it before doing anything (all draining). */
 export class NoNodeLeft extends NestboxError {
   constructor(message: string) {
@@ -98,23 +111,53 @@ export class SandboxTransitions {
   }
 
   /**
-   * Runs `call` on a node placed for `want` (or on `first`, placed already). A node that refuses
-   * before doing anything (it is draining) is passed over and the call placed again; when no
-   * node is left, NoNodeLeft. Any other failure of the call is thrown as it is.
+   * Runs `call` (a start: create or resume) on a node placed for `want`, or on `opts.first`,
+   * placed already. The one placement-with-retry of create and resume:
+   * - a node that refuses before doing anything (it is draining) is passed over and the call
+   *   placed again; when no node is left, NoNodeLeft;
+   * - a node that fails the call is passed over and the call placed on another node, once: a
+   *   certain failure (the node says nothing happened) at once; an uncertain one (its answer
+   *   was lost) only after `opts.undo` confirmed that node holds nothing of it, so a sandbox
+   *   never has two containers. Without `undo`, or when it fails, or when no other node can
+   *   take it, the failure is thrown as it is;
+   * - a second failure ends it: PlacedCallError naming both causes.
+   * Every NodeCallError thrown is a PlacedCallError naming the node it came from.
    */
   protected async onPlacedNode<T>(
-    want: Placement, call: (node: NodeClient) => Promise<T>, first?: NodeClient,
+    want: Placement, call: (node: NodeClient) => Promise<T>,
+    opts: { first?: NodeClient; what: string; undo?: (node: NodeClient) => Promise<unknown> },
   ): Promise<{ node: NodeClient; result: T }> {
-    const refused = new Set<string>();
-    let node = first ?? this.pickNode(refused, want);
+    const skip = new Set<string>();
+    let failedOn: { nodeId: string; error: NodeCallError } | null = null;
+    let node = opts.first ?? this.pickNode(skip, want);
     for (;;) {
       try {
         const result = await call(node).finally(() => this.nodes.done(node.nodeId));
         return { node, result };
       } catch (e) {
-        if (!(e instanceof NodeCallError && e.retryable && !e.uncertain)) throw e;
-        refused.add(node.nodeId);
-        node = this.pickNode(refused, want);
+        if (!(e instanceof NodeCallError)) throw e;
+        skip.add(node.nodeId);
+        const refused = e.retryable && !e.uncertain;
+        if (!refused) {
+          const here = { nodeId: node.nodeId, error: e };
+          if (failedOn) throw failedTwice(opts.what, failedOn, here);
+          // "conflict": the node holds the sandbox already; a start elsewhere could duplicate it.
+          if (e.code === 'conflict' || (e.uncertain && !opts.undo)) throw PlacedCallError.of(here);
+          if (e.uncertain) {
+            try {
+              await opts.undo!(node);
+            } catch {
+              throw PlacedCallError.of(here); // not confirmed: the caller settles it as before
+            }
+          }
+          failedOn = here;
+        }
+        try {
+          node = this.nodes.pick(skip, want);
+        } catch (noNode) {
+          if (failedOn) throw PlacedCallError.of(failedOn);
+          throw new NoNodeLeft((noNode as Error).message);
+        }
       }
     }
   }
@@ -199,7 +242,7 @@ export class SandboxTransitions {
     return this.track((async () => {
       try {
         const want = { template: resuming.templateId, cpuCount: resuming.cpuCount, memoryMB: resuming.memoryMB };
-        const { node, result } = await this.onPlacedNode(want, (n) => n.resume(resuming.sandboxId));
+        const { node, result } = await this.onPlacedNode(want, (n) => n.resume(resuming.sandboxId), { what: 'resume' });
         const endAt = new Date(this.clock.now().getTime() + Math.max(resuming.remainingMs ?? 0, timeoutMs));
         return await this.transition(resuming, 'running', 'resumed', {
           nodeId: node.nodeId, endAt, remainingMs: null, ...(opts.autoPause === undefined ? {} : { autoPause: opts.autoPause }),
@@ -267,6 +310,16 @@ export class SandboxTransitions {
       return null; // the node cannot say: the moment of concluding stands
     }
   }
+}
+
+/** A start failed on two nodes: both causes for its user; the second node's outcome decides the cleanup. */
+function failedTwice(what: string, first: { nodeId: string; error: NodeCallError }, second: { nodeId: string; error: NodeCallError }): PlacedCallError {
+  const e = second.error;
+  return new PlacedCallError(
+    second.nodeId, e.code,
+    `${what} failed on node ${first.nodeId} (${first.error.message}) and again on node ${second.nodeId} (${e.message})`,
+    { uncertain: e.uncertain, retryable: e.retryable },
+  );
 }
 
 /** A transition whose outcome is unknown: the row keeps its transitional state for the reconciler. */
