@@ -84,6 +84,13 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
     assert.equal(df.results[0]?.isMainResult, true);
   });
 
+  test('JSON comes back as JSON: a displayed value and the cell\'s value', async () => {
+    const ex = await sbx.runCode('from IPython.display import JSON, display\ndisplay(JSON({"b": [1, 2]}))\nJSON({"a": 1, "s": "x"})');
+    assert.equal(ex.error, undefined, ex.error?.traceback);
+    assert.deepEqual(ex.results.map((r) => [r.json as unknown, r.isMainResult]), [[{ b: [1, 2] }, false], [{ a: 1, s: 'x' }, true]]);
+    assert.ok(ex.results[1]!.formats().includes('json'), `formats ${ex.results[1]!.formats()}`);
+  });
+
   test('per-execution environment variables hold for that execution only', async () => {
     const ex = await sbx.runCode('import os\nos.environ.get("ONLY_NOW")', { envs: { ONLY_NOW: 'yes' } });
     assert.equal(ex.text, 'yes');
@@ -91,14 +98,31 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
     assert.equal((await sbx.runCode('os.environ.get("ONLY_NOW")')).text, 'at-create');
   });
 
+  test('per-execution environment variables in bash hold for that execution only', async () => {
+    await sbx.runCode('FOO=mine', { language: 'bash' });
+    const once = await sbx.runCode('echo "$FOO"; printenv FOO', { language: 'bash', envs: { FOO: 'bar baz' } });
+    assert.deepEqual(once.logs.stdout, ['bar baz\nbar baz\n'], 'the value given, exported to what the code runs');
+    const afterwards = await sbx.runCode('echo "[$FOO]"; printenv FOO || echo unexported', { language: 'bash' });
+    assert.deepEqual(afterwards.logs.stdout, ['[mine]\nunexported\n'], "the context's own value again");
+    const ctx = await sbx.createCodeContext({ language: 'bash' });
+    const inCtx = await sbx.runCode('echo "$FOO"', { context: ctx, envs: { FOO: 'in-context' } });
+    assert.deepEqual(inCtx.logs.stdout, ['in-context\n']);
+    await sbx.removeCodeContext(ctx);
+  });
+
   test('the variables given at create reach the code of a warm-started sandbox, python and bash', async () => {
     assert.equal((await sbx.runCode('import os\nos.environ.get("GIVEN_AT_CREATE")')).text, 'at-create');
     const bash = await sbx.runCode('echo "$GIVEN_AT_CREATE"', { language: 'bash' });
     assert.deepEqual(bash.logs.stdout, ['at-create\n']);
     // Another sandbox of the same (warm) template has its own.
+    const askedAt = Date.now() / 1000;
     const other = await Sandbox.create({ ...opts, envs: { GIVEN_AT_CREATE: 'other' } });
     try {
       assert.equal((await other.runCode('import os\nos.environ.get("GIVEN_AT_CREATE")')).text, 'other');
+      // Restored warm: its default kernel started (IPython's session began) before this create
+      // was asked for, when the template was captured; a cold start would start it after.
+      const kernelStart = Number((await other.runCode('get_ipython().history_manager.get_session_info()[1].timestamp()')).text);
+      assert.ok(kernelStart > 0 && kernelStart < askedAt, `the kernel started at ${kernelStart}, before the create at ${askedAt}`);
     } finally {
       await other.kill();
     }
@@ -134,6 +158,23 @@ describe('@e2b/code-interpreter against a live Nestbox', { skip }, () => {
     const ctx = await sbx.createCodeContext({ language: 'bash' });
     const own = await sbx.runCode('echo "[$GREETING]" && whoami', { context: ctx });
     assert.deepEqual(own.logs.stdout, ['[]\nuser\n'], 'a new bash context shares nothing with the default one');
+    await sbx.removeCodeContext(ctx);
+  });
+
+  test('bash contexts are listed, restarted (state cleared, still usable) and removed', async () => {
+    const ctx = await sbx.createCodeContext({ language: 'bash', cwd: '/tmp' });
+    const listed = (await sbx.listCodeContexts()).find((c) => c.id === ctx.id);
+    assert.deepEqual(listed && { language: listed.language, cwd: listed.cwd }, { language: 'bash', cwd: '/tmp' });
+    await sbx.runCode('kept=1; cd /', { context: ctx });
+    assert.deepEqual((await sbx.runCode('echo "[$kept] $(pwd)"', { context: ctx })).logs.stdout, ['[1] /\n']);
+    await sbx.restartCodeContext(ctx);
+    const fresh = await sbx.runCode('echo "[$kept] $(pwd)"', { context: ctx });
+    assert.equal(fresh.error, undefined);
+    assert.deepEqual(fresh.logs.stdout, ['[] /tmp\n'], 'a fresh shell in the context\'s directory');
+    assert.ok((await sbx.listCodeContexts()).some((c) => c.id === ctx.id), 'still listed after the restart');
+    await sbx.removeCodeContext(ctx.id);
+    assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id), 'gone once removed');
+    await assert.rejects(sbx.runCode('echo hi', { context: ctx, requestTimeoutMs: 0 }), /not found/i);
   });
 
   test('a timeout interrupts the code; the context keeps its state', async () => {
