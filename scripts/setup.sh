@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot host setup for Nestbox (idempotent; a few seconds when everything is cached):
 #   1. scripts/install-deps.sh        apt packages, CRIU >= 4.2 in a private prefix
-#      scripts/install-s3-server.sh   a local S3 server (radosgw) in a private prefix, for tests
+#      scripts/install-s3-server.sh   a local S3 server (Swift with s3api) in a private prefix, for tests
 #   2. scripts/build-template.sh base  the base sandbox template, then code-interpreter-v1
 #      (base + Jupyter kernel + data libraries + the server @e2b/code-interpreter talks to)
 #   3. cargo build --release           in sandbox-init/ (when sandbox-init/Cargo.toml exists)
