@@ -232,7 +232,7 @@ test('README: every setting Nestbox reads is in the configuration reference', as
   const read = new Set([...(await sourceText()).matchAll(/\b(NESTBOX_[A-Z0-9]+(?:_[A-Z0-9]+)*|DATABASE_URL)\b/g)].map((m) => m[1]!));
   for (const name of read) {
     if (internal.has(name)) continue;
-    assert.ok(section.includes(`\`${name}\``), `${name} is documented in README "Configuration"`);
+    assert.ok(section.includes(`\`${name}\``), `${name} is read by Nestbox: give it a row in README "Configuration"`);
   }
 });
 
@@ -259,4 +259,31 @@ test('systemd: the units are valid, their commands and flags the CLI\'s', async 
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('README: the systemd steps write the env files the units read, with settings Nestbox (or the unit) uses', async () => {
+  const readme = await readFile(path.join(ROOT, 'README.md'), 'utf8');
+  const start = readme.indexOf('\n## Running a fleet\n');
+  assert.ok(start >= 0, 'README has a "Running a fleet" section');
+  const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
+  const code = await sourceText();
+  const files = new Map<string, string[]>();
+  for (const m of section.matchAll(/^cat > (\/etc\/nestbox\/\S+) <<'?EOF'?\n([\s\S]*?)\nEOF$/gm)) {
+    files.set(m[1]!, m[2]!.split('\n').map((l) => l.split('=')[0]!));
+  }
+  for (const unit of ['nestbox-server.service', 'nestbox-agent.service']) {
+    assert.ok(section.includes(`cp /opt/nestbox/deploy/systemd/${unit} /etc/systemd/system/`), `the steps install ${unit}`);
+    const text = await readFile(path.join(ROOT, 'deploy/systemd', unit), 'utf8');
+    const envFile = /^EnvironmentFile=(\S+)$/m.exec(text)?.[1];
+    assert.ok(envFile && files.has(envFile), `the steps write ${unit}'s ${envFile}`);
+    const names = files.get(envFile)!;
+    const execStart = /^ExecStart=(.*)$/m.exec(text)![1]!;
+    const unitVars = [...execStart.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]!);
+    for (const v of unitVars) assert.ok(names.includes(v), `${envFile} sets ${v}, which ${unit} uses`);
+    for (const n of names) assert.ok(unitVars.includes(n) || code.includes(n), `${n} in ${envFile} is read by Nestbox or by ${unit}`);
+  }
+  // bin/nestbox finds its checkout through its own path: a symlink to it elsewhere would not.
+  const bin = await readFile(BIN, 'utf8');
+  assert.match(bin, /dirname "\$0"/);
+  assert.ok(section.includes('exec /opt/nestbox/bin/nestbox "$@"'), 'the README installs a wrapper, not a symlink');
 });
