@@ -2,7 +2,7 @@
 // a real API server (PGlite store) whose node is a real agent template API (the real importer on
 // a private templates directory; no containers needed).
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
@@ -15,6 +15,7 @@ import { HttpNodeClient } from '../src/control-plane/node-client.ts';
 import { NodePool } from '../src/control-plane/scheduler.ts';
 import { registerTemplateRoutes } from '../src/agent/templates.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { templateStart } from '../src/runtime/template-start.ts';
 import type { SandboxRuntime } from '../src/runtime/sandbox-runtime.ts';
 import { openDatabase, type Database } from '../src/store/database.ts';
 import { migrate } from '../src/store/migrate.ts';
@@ -103,6 +104,12 @@ before(async () => {
 
   await writeFile(path.join(work, 'image.tar'), await dockerSaveArchive({ layers: await sampleLayers(), ...SAMPLE_CONFIG }));
   await writeFile(path.join(work, 'oci.tar'), await ociLayoutArchive({ layers: await sampleLayers(), ...SAMPLE_CONFIG, user: '', workdir: '' }));
+  // Images to start: bash in it (a stand-in file: the import only checks it is there).
+  const withBash = [...(await sampleLayers()), await tarOf([{ name: 'usr/bin/bash', content: '#!stand-in\n', mode: 0o755 }])];
+  await writeFile(path.join(work, 'server.tar'), await dockerSaveArchive({
+    layers: withBash, ...SAMPLE_CONFIG, entrypoint: ['/bin/sh', '-c'], cmd: [`echo "it's $GREETING" && exec python3 -m http.server 8000`],
+  }));
+  await writeFile(path.join(work, 'nocmd.tar'), await dockerSaveArchive({ layers: withBash, ...SAMPLE_CONFIG, cmd: undefined }));
   await writeFile(path.join(work, 'evil.tar'), await dockerSaveArchive({ layers: [await tarOf([{ name: 'evil', type: 'symlink', linkname: '/tmp' }, { name: 'evil/pwned', content: 'x' }])] }));
 });
 
@@ -163,8 +170,43 @@ describe('nestbox template', () => {
     fails(await nestbox(['template', 'import', path.join(work, 'nope.tar'), '--name', 'x']), /^error: cannot read .*nope\.tar: no such file$/);
   });
 
+  test("import --start: the image's entrypoint + cmd become the template's start command, with its ready check", async () => {
+    const r = ok(await nestbox(['template', 'import', path.join(work, 'server.tar'), '--name', 'srv', '--start', '--ready-cmd', ': > /dev/tcp/127.0.0.1/8000']));
+    const startCmd = `/bin/sh -c 'echo "it'\\''s $GREETING" && exec python3 -m http.server 8000'`;
+    assert.ok(r.stdout.includes(`Start command: ${startCmd} (ready when: : > /dev/tcp/127.0.0.1/8000)\n`), r.stdout);
+    // As a built template records its setStartCmd: what a sandbox's start reads.
+    const meta = JSON.parse(await readFile(path.join(templatesDir, 'srv', 'template.json'), 'utf8'));
+    assert.equal(meta.startCmd, startCmd);
+    assert.equal(meta.readyCmd, ': > /dev/tcp/127.0.0.1/8000');
+    const start = await templateStart({ templatesDir }, 'srv');
+    assert.deepEqual({ ...start, version: undefined }, {
+      startCmd, readyCmd: ': > /dev/tcp/127.0.0.1/8000', env: { PATH: '/usr/local/bin:/usr/bin:/bin', GREETING: 'hello from the image' },
+      cwd: '/srv/data', user: 'app', version: undefined,
+    });
+    const listed = JSON.parse(ok(await nestbox(['template', 'list', '--json'])).stdout).find((t: any) => t.name === 'srv');
+    assert.equal(listed.startCmd, startCmd);
+    const table = ok(await nestbox(['template', 'list'])).stdout.split('\n');
+    assert.ok(table.find((l) => /^[\s│]*srv\s/.test(l))!.includes(`${startCmd.slice(0, 37)}...`), table.join('\n'));
+    // Without --start the image's command is only recorded: no start command, and the list says so.
+    assert.equal(await templateStart({ templatesDir }, 'img'), null);
+    assert.match(table.find((l) => /\bimg\b/.test(l) && !l.includes('img-oci'))!, /\(not run\) \/bin\/sh/);
+  });
+
+  test('import --start refused: an image with neither entrypoint nor cmd, or without bash; --ready-cmd without --start', async () => {
+    fails(await nestbox(['template', 'import', path.join(work, 'nocmd.tar'), '--name', 'nocmd', '--start']),
+      /^error: the image has neither an Entrypoint nor a Cmd, so there is nothing to start: import it without --start .*\(HTTP 400\)$/);
+    fails(await nestbox(['template', 'import', path.join(work, 'image.tar'), '--name', 'nobash', '--start']),
+      /^error: the image has no \/bin\/bash, which runs a template's start command \(\/bin\/sh\).* \(HTTP 400\)$/);
+    fails(await nestbox(['template', 'import', path.join(work, 'server.tar'), '--name', 'noready', '--ready-cmd', 'true']), /^error: --ready-cmd needs --start/);
+    const res = await fetch(`${apiUrl}/nestbox/v1/templates?name=noready&readyCmd=true`, {
+      method: 'POST', headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/x-tar' }, body: new Uint8Array(await readFile(path.join(work, 'server.tar'))),
+    });
+    assert.equal(res.status, 400);
+    assert.match((await res.json()).message, /a ready command \(readyCmd\) needs start=true/);
+    assert.deepEqual((await readdir(templatesDir)).filter((n) => /nocmd|nobash|noready/.test(n)), [], 'nothing left of them');
+  });
+
   test('REST without NDJSON: 201 with the template at the end', async () => {
-    const { readFile } = await import('node:fs/promises');
     const res = await fetch(`${apiUrl}/nestbox/v1/templates?name=plain`, {
       method: 'POST', headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/x-tar' }, body: new Uint8Array(await readFile(path.join(work, 'image.tar'))),
     });

@@ -147,8 +147,16 @@ export class HttpNodeClient implements NodeClient {
    * Streams an image archive to the node, which imports it as template `name`; progress lines
    * go to `onEvent`. No overall timeout: a large image takes as long as it takes.
    */
-  async importTemplate(name: string, archive: Readable, opts: { owner?: string; onEvent?: (e: TemplateImportEvent) => void } = {}): Promise<NodeTemplate> {
-    const query: TemplateImportQuery = { name, ...(opts.owner ? { owner: opts.owner } : {}) };
+  async importTemplate(
+    name: string,
+    archive: Readable,
+    opts: { owner?: string; onEvent?: (e: TemplateImportEvent) => void; start?: { readyCmd: string | null } } = {},
+  ): Promise<NodeTemplate> {
+    // start and readyCmd: see the agent's import route (src/agent/templates.ts).
+    const query: TemplateImportQuery & { start?: boolean; readyCmd?: string } = {
+      name, ...(opts.owner ? { owner: opts.owner } : {}),
+      ...(opts.start ? { start: true, ...(opts.start.readyCmd ? { readyCmd: opts.start.readyCmd } : {}) } : {}),
+    };
     let res: Response;
     try {
       res = await fetch(this.baseUrl + nodePath(R.templates, {}, query), {

@@ -13,6 +13,7 @@ import { run } from './command.ts';
 import { exists, removeTree } from './fs-util.ts';
 import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
 import { applyLayer } from './image-layers.ts';
+import { hasFileInRoot, imageStartCommand } from './image-start.ts';
 import { SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 export const BUILTIN_TEMPLATE = 'base';
@@ -30,9 +31,13 @@ export interface TemplateMeta extends ImageConfigDefaults {
   repoTags: string[];
   /** The team that imported it (control plane's notion; the node only keeps it). */
   owner: string | null;
-  /** A build's start command (bash), run when a sandbox of the template starts; null: none. */
+  /**
+   * The start command (bash), run when a sandbox of the template starts: a build's setStartCmd,
+   * or an import's entrypoint + cmd when asked for (`start`); null or absent: none (an import's
+   * entrypoint and cmd are then only recorded).
+   */
   startCmd?: string | null;
-  /** A build's ready check (bash): the start command is up once it exits 0; null: none. */
+  /** The ready check (bash): the start command is up once it exits 0; null: none. */
   readyCmd?: string | null;
   /** A build's base template, and the build that made it. */
   fromTemplate?: string;
@@ -121,6 +126,19 @@ export async function templateProcessDefaults(cfg: Pick<RuntimeConfig, 'template
 const OWNER_FILE = '.nestbox-owner.json';
 
 /** What one import may write: the archive, and the files of the image (uncompressed). */
+/** What an import is asked for besides the archive. */
+export interface ImportOptions {
+  /** The team that imports it. */
+  owner?: string | null;
+  onEvent?: (e: ImportEvent) => void;
+  /**
+   * Make the image's entrypoint + cmd the template's start command (run, in the image's workdir,
+   * as its user, with its env, when a sandbox starts; captured warm like a built template's),
+   * with this ready check (bash; null: none). Absent: entrypoint and cmd are only recorded.
+   */
+  start?: { readyCmd: string | null };
+}
+
 export interface ImportLimits {
   archiveBytes: number;
   imageBytes: number;
@@ -223,8 +241,9 @@ export class TemplateStore {
    * Imports an image archive (docker save or OCI layout tarball, streamed) as template `name`.
    * Nothing is visible under the name until the whole image is in place.
    */
-  async import(name: string, source: Readable, opts: { owner?: string | null; onEvent?: (e: ImportEvent) => void } = {}): Promise<TemplateInfo> {
+  async import(name: string, source: Readable, opts: ImportOptions = {}): Promise<TemplateInfo> {
     assertName(name);
+    const readyCmd = opts.start?.readyCmd?.trim() ? opts.start.readyCmd : null;
     if (name === BUILTIN_TEMPLATE) throw conflict(`template "${name}" is built in`);
     if (this.busy.has(name)) throw conflict(`template "${name}" is being imported or deleted`);
     this.busy.add(name); // before any await: a second import of the name is refused at once
@@ -255,6 +274,10 @@ export class TemplateStore {
       }, this.limits.archiveBytes);
       const budget = { bytes: this.limits.imageBytes, entries: this.limits.entries };
       const image = await archive.describe();
+      const startCmd = opts.start ? imageStartCommand(image.config) : null;
+      if (opts.start && startCmd === null) {
+        throw invalid('the image has neither an Entrypoint nor a Cmd, so there is nothing to start: import it without --start (start=true), or give the image a CMD');
+      }
       emit({ type: 'received', bytes: total, layers: image.layers.length, format: image.format });
 
       let sizeBytes = 0;
@@ -278,9 +301,14 @@ export class TemplateStore {
         emit({ type: 'layer_done', layer: i + 1, layers: image.layers.length, entries: stats.entries });
       }
 
+      // Start commands run through the image's bash, as a built template's do.
+      if (startCmd !== null && !(await hasFileInRoot(rootfs, '/bin/bash'))) {
+        throw invalid(`the image has no /bin/bash, which runs a template's start command (${startCmd}): import it without --start (start=true), or use an image with bash`);
+      }
       const meta: TemplateMeta = {
         name, source: image.format, importedAt: new Date().toISOString(), layers: image.layers.length, sizeBytes,
         configDigest: image.configDigest, repoTags: image.repoTags, owner: opts.owner ?? null, ...image.config,
+        ...(opts.start ? { startCmd, readyCmd } : {}),
       };
       await removeTree(spool);
       await writeFile(path.join(staging, 'template.json'), JSON.stringify(meta, null, 2) + '\n', { mode: 0o644 });

@@ -19,6 +19,8 @@ interface Template {
   user: string | null;
   entrypoint: string[] | null;
   cmd: string[] | null;
+  startCmd: string | null;
+  readyCmd: string | null;
 }
 
 const TEMPLATES = '/nestbox/v1/templates';
@@ -47,16 +49,39 @@ function progressPrinter(enabled: boolean) {
   };
 }
 
+/** An image's entrypoint + cmd, one line (JSON strings where a word has spaces or quotes). */
+function imageCommand(t: Template): string {
+  return [...(t.entrypoint ?? []), ...(t.cmd ?? [])].map((w) => (/^[^\s"'\\]+$/.test(w) ? w : JSON.stringify(w))).join(' ');
+}
+
+/** What a sandbox starts with, or the image's command kept but not run ("(not run)"). */
+function startColumn(t: Template): string {
+  const cut = (v: string) => (v.length > 40 ? v.slice(0, 37) + '...' : v);
+  if (t.startCmd) return cut(t.startCmd);
+  const image = imageCommand(t);
+  return image ? `(not run) ${cut(image)}` : '-';
+}
+
 export function registerTemplateCommands(program: Command) {
   const tpl = program.command('template').alias('templates').description('import OCI images as templates; list and delete them');
 
   withApiOptions(
     tpl.command('import').description('import a `docker save` archive or an OCI image layout tarball as a template')
       .argument('<archive>', 'the archive file (tar; its layers may be gzip-compressed)')
-      .requiredOption('--name <name>', 'name of the new template (lower-case letters, digits, ".", "_", "-")'),
+      .requiredOption('--name <name>', 'name of the new template (lower-case letters, digits, ".", "_", "-")')
+      .option('--start', "run the image's entrypoint + cmd when a sandbox starts (in its workdir, as its user, with its env; the template is then started warm); without it they are only recorded, shown by `template list`")
+      .option('--ready-cmd <cmd>', 'with --start: a bash command that exits 0 once the started process is ready (e.g. a port answering)')
+      .addHelpText('after', [
+        '',
+        "The image's env, working directory and user become the defaults of the template's processes.",
+        "Its entrypoint and cmd are not run unless --start is given (an image's CMD is often an interactive",
+        'shell): with --start they are joined as docker does and become the template\'s start command.',
+      ].join('\n')),
   ).action(
-    action(async (file: string, opts: CommonOptions & { name: string }) => {
+    action(async (file: string, opts: CommonOptions & { name: string; start?: boolean; readyCmd?: string }) => {
       const ctx = contextFrom(opts);
+      if (opts.readyCmd !== undefined && !opts.start) throw new CliError("--ready-cmd needs --start: without it the image's entrypoint and cmd are not run");
+      if (opts.readyCmd !== undefined && opts.readyCmd.trim() === '') throw new CliError('--ready-cmd is empty');
       const st = await stat(file).catch(() => null);
       if (!st || !st.isFile()) throw new CliError(`cannot read ${file}: no such file`);
       const progress = progressPrinter(!ctx.json);
@@ -68,6 +93,8 @@ export function registerTemplateCommands(program: Command) {
       });
       const url = new URL(`${ctx.client.config.apiUrl}${TEMPLATES}`);
       url.searchParams.set('name', opts.name);
+      if (opts.start) url.searchParams.set('start', 'true');
+      if (opts.readyCmd) url.searchParams.set('readyCmd', opts.readyCmd);
       let res: Response;
       try {
         res = await fetch(url, {
@@ -121,6 +148,8 @@ export function registerTemplateCommands(program: Command) {
       const secs = (Date.now() - started) / 1000;
       println(`Imported template ${template.name}: ${template.layers} layer${template.layers === 1 ? '' : 's'}, ${mb(template.sizeBytes)} of files, in ${secs.toFixed(1)} s (${(st.size / 1e6 / Math.max(secs, 0.001)).toFixed(1)} MB/s).`);
       println(`Defaults: user ${template.user ?? 'root'}, workdir ${template.workdir ?? '(home)'}, ${Object.keys(template.env).length} env vars.`);
+      if (template.startCmd) println(`Start command: ${template.startCmd}${template.readyCmd ? ` (ready when: ${template.readyCmd})` : ''}`);
+      else if (imageCommand(template)) println(`Entrypoint + cmd (recorded, not run; import with --start to run them): ${imageCommand(template)}`);
       println(`Start a sandbox from it: nestbox sandbox create --template ${template.name}`);
     }),
   );
@@ -132,11 +161,12 @@ export function registerTemplateCommands(program: Command) {
       if (ctx.json) return printJson(body);
       if (body.length === 0) return println('No templates.');
       printTable(
-        ['NAME', 'SOURCE', 'LAYERS', 'SIZE', 'USER', 'WORKDIR', 'ENV', 'IMPORTED'],
+        ['NAME', 'SOURCE', 'LAYERS', 'SIZE', 'USER', 'WORKDIR', 'ENV', 'START', 'IMPORTED'],
         body.map((t) => [
           t.name, t.source, t.builtin ? '-' : String(t.layers), t.builtin ? '-' : mb(t.sizeBytes),
           t.user ?? (t.builtin ? 'user' : 'root'), t.workdir ?? '-',
           Object.entries(t.env).map(([k, v]) => `${k}=${v.length > 40 ? v.slice(0, 37) + '...' : v}`).join(' ') || '-',
+          startColumn(t),
           formatTime(t.importedAt),
         ]),
       );

@@ -33,12 +33,27 @@ export const TemplateView = Type.Object({
   env: Type.Record(Type.String(), Type.String(), { description: "The image's Env: defaults of every process" }),
   workdir: Type.Union([Type.String(), Type.Null()], { description: "The image's WorkingDir: default working directory" }),
   user: Type.Union([Type.String(), Type.Null()], { description: "The image's User: default user (null: root for images, user for base)" }),
-  entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()]),
-  cmd: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()], { description: "The image's Entrypoint: run only when imported with start=true" }),
+  cmd: Type.Union([Type.Array(Type.String()), Type.Null()], { description: "The image's Cmd: run only when imported with start=true" }),
+  startCmd: Type.Union([Type.String(), Type.Null()], {
+    description: 'What a sandbox of the template starts with (bash): a build\'s setStartCmd, or an image\'s entrypoint + cmd imported with start=true; null: nothing',
+  }),
+  readyCmd: Type.Union([Type.String(), Type.Null()], { description: 'The start command is up once this (bash) exits 0; null: no check' }),
 });
 export type TemplateView = Static<typeof TemplateView>;
 
-export const ImportQuery = Type.Object({ name: TemplateName }, { additionalProperties: false });
+export const ImportQuery = Type.Object(
+  {
+    name: TemplateName,
+    start: Type.Optional(Type.Boolean({
+      description: "Make the image's entrypoint + cmd (docker's rule) the template's start command: run in the image's workdir, as its user, " +
+        'with its env, when a sandbox starts, and captured warm like a built template\'s. Without it they are only recorded. ' +
+        'Refused for an image with neither.',
+    })),
+    readyCmd: Type.Optional(Type.String({ minLength: 1, maxLength: 65536, description: 'With start: a bash command that exits 0 once the started process is ready' })),
+  },
+  { additionalProperties: false },
+);
 export const TemplateParams = Type.Object({ name: TemplateName });
 
 const errors = { '4xx': ErrorBody, '5xx': ErrorBody } as const;
@@ -50,6 +65,7 @@ function render(t: NodeTemplate): TemplateView {
     name: t.name, builtin: t.builtin, source: m?.source ?? 'builtin', importedAt: m?.importedAt ?? null,
     layers: m?.layers ?? 0, sizeBytes: m?.sizeBytes ?? 0, repoTags: m?.repoTags ?? [], env: m?.env ?? {},
     workdir: m?.workdir ?? null, user: m?.user ?? null, entrypoint: m?.entrypoint ?? null, cmd: m?.cmd ?? null,
+    startCmd: m?.startCmd ?? null, readyCmd: m?.readyCmd ?? null,
   };
 }
 
@@ -143,16 +159,21 @@ export const templateRoutes: FastifyPluginAsyncTypebox<TemplateRoutesOptions> = 
     },
     async (req, reply) => {
       const teamId = teamOf(req);
-      const name = req.query.name;
+      const { name, start, readyCmd } = req.query;
       const archive = req.body as Readable | undefined;
       if (!archive || typeof (archive as Readable).pipe !== 'function') {
         throw new NestboxError('invalid', 'the request body must be the image archive (Content-Type application/x-tar or application/octet-stream)');
       }
+      if (readyCmd && !start) {
+        archive.resume();
+        throw new NestboxError('invalid', "a ready command (readyCmd) needs start=true: without it the image's entrypoint and cmd are not run");
+      }
+      const startOpt = start ? { start: { readyCmd: readyCmd ?? null } } : {};
       const node = templateNode(nodes);
       const wantsStream = (req.headers.accept ?? '').includes('application/x-ndjson');
       if (!wantsStream) {
         try {
-          const t = await node.importTemplate(name, archive, { owner: teamId });
+          const t = await node.importTemplate(name, archive, { owner: teamId, ...startOpt });
           return reply.code(201).send(render(t));
         } catch (e) {
           archive.resume();
@@ -163,7 +184,7 @@ export const templateRoutes: FastifyPluginAsyncTypebox<TemplateRoutesOptions> = 
       const line = (o: object) => out.write(JSON.stringify(o) + '\n');
       void (async () => {
         try {
-          const t = await node.importTemplate(name, archive, { owner: teamId, onEvent: line });
+          const t = await node.importTemplate(name, archive, { owner: teamId, onEvent: line, ...startOpt });
           line({ type: 'done', template: render(t) });
         } catch (e) {
           archive.resume();
