@@ -9,8 +9,8 @@ import { LifecycleService } from '../src/control-plane/lifecycle.ts';
 import type { CreateSandboxParams } from '../src/control-plane/lifecycle-types.ts';
 import { NodeDrainer } from '../src/control-plane/loops/node-drainer.ts';
 import { NodeRegistry } from '../src/control-plane/loops/node-registry.ts';
-import { NodePool, type NodeInfo } from '../src/control-plane/scheduler.ts';
-import { nodeTimingsFromEnv } from '../src/cli/server.ts';
+import { DEFAULT_CPU_OVERCOMMIT, NodePool, type NodeInfo } from '../src/control-plane/scheduler.ts';
+import { cpuOvercommitFromEnv, nodeTimingsFromEnv } from '../src/cli/server.ts';
 import { createAdminKey } from '../src/store/admin-keys.ts';
 import { authenticateKey } from '../src/store/credentials.ts';
 import type { Database } from '../src/store/database.ts';
@@ -25,11 +25,11 @@ import { FakeNode } from './helpers/fake-node.ts';
 import { assertLedger, assertLegalHistory } from './helpers/lifecycle-asserts.ts';
 import { ManualClock } from './helpers/manual-clock.ts';
 
-const info = (o: Partial<NodeInfo> & { memoryMB?: number; used?: number; sandboxes?: number; max?: number } = {}): NodeInfo => ({
+const info = (o: Partial<NodeInfo> & { memoryMB?: number; used?: number; sandboxes?: number; max?: number; cpus?: number; cpuUsed?: number } = {}): NodeInfo => ({
   condition: o.condition ?? 'ready',
-  capacity: { cpuCount: 4, memoryMB: o.memoryMB ?? 4096, diskMB: 0, maxSandboxes: o.max ?? 0 },
+  capacity: { cpuCount: o.cpus ?? 4, memoryMB: o.memoryMB ?? 4096, diskMB: 0, maxSandboxes: o.max ?? 0 },
   templates: o.templates ?? [],
-  load: { sandboxes: o.sandboxes ?? 0, cpuCount: 0, memoryMB: o.used ?? 0 },
+  load: { sandboxes: o.sandboxes ?? 0, cpuCount: o.cpuUsed ?? 0, memoryMB: o.used ?? 0 },
 });
 
 describe('placement', () => {
@@ -50,6 +50,29 @@ describe('placement', () => {
       pool.done(n.nodeId);
     }
     assert.throws(() => pool.pick(new Set(['good']), { template: 'base', memoryMB: 512 }), /no node can take a sandbox of template "base"/);
+  });
+
+  test('free CPU counts: a node with free memory but no vCPUs left (past its overcommit) is skipped; of two, the one with more CPU free wins', () => {
+    const pool = new NodePool(8, Math.random, 4);
+    // 2 CPUs x 4 = 8 vCPUs: 7 asked already, a 2-vCPU start does not fit; memory is plenty.
+    pool.add(new FakeNode('cpu-full'), info({ cpus: 2, cpuUsed: 7, memoryMB: 1 << 20 }));
+    pool.add(new FakeNode('roomy'), info({ cpus: 4, cpuUsed: 0, memoryMB: 4096, used: 2048 }));
+    for (let i = 0; i < 5; i++) {
+      const n = pool.pick(new Set(), { cpuCount: 2, memoryMB: 256 });
+      assert.equal(n.nodeId, 'roomy');
+      pool.done(n.nodeId);
+    }
+    assert.throws(() => pool.pick(new Set(['roomy']), { cpuCount: 2, memoryMB: 256 }), /no node can take a sandbox/);
+    assert.equal(pool.pick(new Set(['roomy']), { cpuCount: 1, memoryMB: 256 }).nodeId, 'cpu-full', 'a 1-vCPU start still fits it');
+    // Same free memory, different free CPU: both drawn, the CPU-freer one is chosen either way round.
+    for (const draws of [[0, 0], [0.9, 0]]) {
+      let k = 0;
+      const two = new NodePool(8, () => draws[k++]!, 4);
+      two.add(new FakeNode('busy-cpu'), info({ cpus: 4, cpuUsed: 12, used: 1024 }));
+      two.add(new FakeNode('idle-cpu'), info({ cpus: 4, cpuUsed: 2, used: 1024 }));
+      assert.equal(two.pick(new Set(), { cpuCount: 1, memoryMB: 256 }).nodeId, 'idle-cpu');
+    }
+    assert.throws(() => new NodePool(8, Math.random, 0), /CPU overcommit must be a positive number/);
   });
 
   test('a node with its start queue full is passed over while another is not, never refused outright', () => {
@@ -187,7 +210,7 @@ forEachDatabase('fleet', (t) => {
     };
     const ids = [`a${Math.random().toString(36).slice(2, 8)}`, `b${Math.random().toString(36).slice(2, 8)}`];
     for (const id of ids) {
-      await registerJoinedNode(db, { id, token: 't', credentialHash: `h-${id}`, ...report, memoryMB: 1 << 20, maxSandboxes: 1000 });
+      await registerJoinedNode(db, { id, token: 't', credentialHash: `h-${id}`, ...report, cpuCount: 1024, memoryMB: 1 << 20, maxSandboxes: 1000 });
     }
     await registry.tick();
     const [a, b] = ids.map((id) => made.get(id)!);
@@ -415,4 +438,12 @@ test('nestbox server: node timings from the environment, checked', () => {
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_DOWN_AFTER_MS: '5s' }), /NESTBOX_NODE_DOWN_AFTER_MS must be a positive number/);
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_HEARTBEAT_MS: '-1' }), /positive/);
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_UNHEALTHY_AFTER_MS: '1000' }), /longer than the heartbeat period/);
+});
+
+test('nestbox server and up: the CPU overcommit from the environment, checked', () => {
+  assert.equal(cpuOvercommitFromEnv({}), DEFAULT_CPU_OVERCOMMIT);
+  assert.equal(cpuOvercommitFromEnv({ NESTBOX_CPU_OVERCOMMIT: '1.5' }), 1.5);
+  for (const bad of ['0', '-2', 'lots', 'Infinity']) {
+    assert.throws(() => cpuOvercommitFromEnv({ NESTBOX_CPU_OVERCOMMIT: bad }), new RegExp(`NESTBOX_CPU_OVERCOMMIT must be a positive number .* not "${bad}"`));
+  }
 });

@@ -1,5 +1,6 @@
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane, DEFAULT_TIMINGS, type LoopTimings } from '../control-plane/control-plane.ts';
+import { DEFAULT_CPU_OVERCOMMIT } from '../control-plane/scheduler.ts';
 import { upBanner } from './up-banner.ts';
 
 export interface ServerOptions {
@@ -28,6 +29,7 @@ export async function server(opts: ServerOptions) {
     bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
     logger,
     timings: nodeTimingsFromEnv(),
+    cpuOvercommit: cpuOvercommitFromEnv(),
   });
   const started = await cp.start();
   const lines = upBanner(started, { store: cp.describeDatabase(), agentUrl: 'none (nodes join with `nestbox agent --join`)', adminKeyFile: adminKeyFilePath(controlDirFromEnv()) });
@@ -46,6 +48,20 @@ export async function server(opts: ServerOptions) {
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * NESTBOX_CPU_OVERCOMMIT: how many vCPUs the sandboxes on a node may ask for per CPU the node
+ * has (placement skips a node past it). A positive number, default DEFAULT_CPU_OVERCOMMIT.
+ */
+export function cpuOvercommitFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.NESTBOX_CPU_OVERCOMMIT;
+  if (raw === undefined || raw === '') return DEFAULT_CPU_OVERCOMMIT;
+  const factor = Number(raw);
+  if (!Number.isFinite(factor) || factor <= 0) {
+    throw new Error(`NESTBOX_CPU_OVERCOMMIT must be a positive number (vCPUs per CPU of a node, e.g. 4 or 1.5), not "${raw}"`);
+  }
+  return factor;
 }
 
 /**

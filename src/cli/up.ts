@@ -3,6 +3,7 @@ import type { DrainPolicy } from '../node-api/wire.ts';
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
 import { DEFAULT_PROXY_PORT, loopbackSandboxDomain } from '../control-plane/proxy/routing.ts';
+import { cpuOvercommitFromEnv } from './server.ts';
 import { upBanner } from './up-banner.ts';
 
 export interface UpOptions {
@@ -18,6 +19,7 @@ export interface UpOptions {
 export async function up(opts: UpOptions) {
   const logger = { level: process.env.NESTBOX_LOG_LEVEL ?? 'warn' };
   drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
+  const cpuOvercommit = cpuOvercommitFromEnv();
   const agent = new Agent({ host: '127.0.0.1', port: Number(opts.agentPort), logger });
   let agentUrl: string;
   try {
@@ -39,6 +41,7 @@ export async function up(opts: UpOptions) {
     nodes: [{ id: process.env.NESTBOX_NODE_ID ?? 'local', url: agentUrl, token: agent.nodeToken }],
     bootstrapApiKey: process.env.NESTBOX_API_KEY,
     bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
+    cpuOvercommit,
     logger,
   });
   const started = await cp.start();

@@ -24,6 +24,7 @@ import { WebhookDispatcher } from './webhooks/dispatcher.ts';
 import { FaultyNodeClient } from './faulty-node.ts';
 import { HttpNodeClient, type NodeClient } from './node-client.ts';
 import { SandboxProxy } from './proxy/server.ts';
+import { loopbackSandboxDomain } from './proxy/routing.ts';
 import { NodePool } from './scheduler.ts';
 
 /** The envd protocol version sandboxes report; the SDK turns features on by it. */
@@ -41,6 +42,12 @@ export interface ControlPlaneOptions {
   dataDir: string;
   host?: string;
   port?: number;
+  /**
+   * Base domain of sandbox traffic, given to clients with each sandbox (the SDK's getHost).
+   * Unset: the local sandbox proxy's, `localhost:<its port>` (as `nestbox up` gives it), so
+   * E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY are all a client needs; null: none (the
+   * client's E2B_DOMAIN).
+   */
   domain?: string | null;
   /** Nodes over HTTP, or ready-made clients (tests, benchmarks). */
   nodes?: NodeEndpoint[];
@@ -62,6 +69,8 @@ export interface ControlPlaneOptions {
   poolSize?: number;
   /** Chaos testing only: probability that a state-changing node call times out. */
   injectNodeTimeouts?: number;
+  /** vCPUs a node's sandboxes may ask for per CPU it has (NESTBOX_CPU_OVERCOMMIT; default DEFAULT_CPU_OVERCOMMIT). */
+  cpuOvercommit?: number;
   /** Periods and grace times of the reliability loops (defaults suit production). */
   timings?: Partial<LoopTimings>;
 }
@@ -136,9 +145,12 @@ export class ControlPlane {
   private api?: FastifyInstance;
   private proxy?: SandboxProxy;
   private readonly loops: Loop[] = [];
+  /** What clients are given as `domain`; the proxy's is known once it listens. */
+  private sandboxDomain: string | null;
 
   constructor(private readonly opts: ControlPlaneOptions) {
     this.timings = { ...DEFAULT_TIMINGS, ...opts.timings };
+    this.sandboxDomain = opts.domain ?? null;
   }
 
   async start(): Promise<StartedControlPlane> {
@@ -154,7 +166,7 @@ export class ControlPlane {
     const kept = admin.adminKey
       ? await keepAdminKey(this.opts.adminKeyFile === undefined ? adminKeyFilePath(this.opts.dataDir) : this.opts.adminKeyFile, admin.adminKey)
       : { file: null, error: null };
-    const pool = new NodePool();
+    const pool = new NodePool(undefined, undefined, this.opts.cpuOvercommit);
     for (const n of this.opts.nodes ?? []) {
       await upsertNode(this.db, n);
       const client = new HttpNodeClient(n.id, n.url, n.token, this.timings.nodeCallTimeoutMs);
@@ -217,7 +229,7 @@ export class ControlPlane {
       templateBuilds: this.templateBuilds,
       authenticate: (key) => authenticateKey(this.db, key),
       envdVersion: ENVD_VERSION,
-      domain: this.opts.domain ?? null,
+      domain: () => this.sandboxDomain,
       logger: this.opts.logger ?? false,
       now: this.opts.clock ? () => this.opts.clock!.now() : undefined,
       fleet: { heartbeatMs: this.timings.heartbeatMs, unhealthyAfterMs: this.timings.unhealthyAfterMs },
@@ -230,6 +242,7 @@ export class ControlPlane {
         await this.api?.close();
         throw e;
       });
+      if (this.opts.domain === undefined) this.sandboxDomain = loopbackSandboxDomain(Number(new URL(proxyUrl).port));
     }
     for (const l of this.loops) l.start();
     return {

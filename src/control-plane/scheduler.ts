@@ -19,6 +19,12 @@ export interface NodeInfo {
   load: { sandboxes: number; cpuCount: number; memoryMB: number };
 }
 
+/**
+ * How many vCPUs a node's sandboxes may ask for per CPU it has. Sandboxes are mostly idle, so
+ * the default is generous; memory, which cannot be shared, is never overcommitted.
+ */
+export const DEFAULT_CPU_OVERCOMMIT = 16;
+
 const UNKNOWN: NodeInfo = {
   condition: 'ready',
   capacity: { cpuCount: 0, memoryMB: 0, diskMB: 0, maxSandboxes: 0 },
@@ -28,10 +34,11 @@ const UNKNOWN: NodeInfo = {
 
 /**
  * Places sandboxes on nodes. Eligible: ready (not draining, unhealthy or down), has the
- * template, has room (memory, sandbox count), and, while any node has, fewer than
- * `maxStartsPerNode` starts in flight from this process. Among the eligible, the better of two picked at random (more free
- * memory, then more free CPU): near-even spread without herding when several control-plane
- * replicas place at once. Nodes that refused this start are skipped.
+ * template, has room (memory, vCPUs within its CPUs times `cpuOvercommit`, sandbox count),
+ * and, while any node has, fewer than `maxStartsPerNode` starts in flight from this process.
+ * Among the eligible, the better of two picked at random (more free memory and CPU together):
+ * near-even spread without herding when several control-plane replicas place at once. Nodes
+ * that refused or failed this start are skipped.
  */
 export class NodePool {
   private readonly nodes = new Map<string, NodeClient>();
@@ -42,7 +49,10 @@ export class NodePool {
   constructor(
     private readonly maxStartsPerNode = 8,
     private readonly random: () => number = Math.random,
-  ) {}
+    private readonly cpuOvercommit = DEFAULT_CPU_OVERCOMMIT,
+  ) {
+    if (!(cpuOvercommit > 0)) throw new Error(`the CPU overcommit must be a positive number, not ${cpuOvercommit}`);
+  }
 
   add(node: NodeClient, info?: NodeInfo) {
     this.nodes.set(node.nodeId, node);
@@ -95,6 +105,7 @@ export class NodePool {
       if (want.template && i.templates.length > 0 && !i.templates.includes(want.template)) continue;
       if (i.capacity.maxSandboxes > 0 && i.load.sandboxes >= i.capacity.maxSandboxes) continue;
       if (i.capacity.memoryMB > 0 && i.load.memoryMB + (want.memoryMB ?? 0) > i.capacity.memoryMB) continue;
+      if (i.capacity.cpuCount > 0 && i.load.cpuCount + (want.cpuCount ?? 0) > i.capacity.cpuCount * this.cpuOvercommit) continue;
       out.push(node);
     }
     // Nodes with a full start queue are passed over while others are not: the limit spreads
@@ -134,12 +145,15 @@ export class NodePool {
     else this.starting.delete(nodeId);
   }
 
-  /** Free memory (then CPU) as a share of the node; nodes of unknown size count as half free. */
+  /**
+   * Free memory and free CPU (of the overcommitted vCPUs), each as a share of the node, weighed
+   * equally; a resource of unknown size counts as half free. Starts in flight break ties.
+   */
   private score(node: NodeClient): number {
     const i = this.info.get(node.nodeId) ?? UNKNOWN;
     const mem = i.capacity.memoryMB > 0 ? 1 - i.load.memoryMB / i.capacity.memoryMB : 0.5;
-    const cpu = i.capacity.cpuCount > 0 ? 1 - i.load.cpuCount / i.capacity.cpuCount : 0.5;
-    return mem + cpu / 1000 - (this.starting.get(node.nodeId) ?? 0) / 1e6;
+    const cpu = i.capacity.cpuCount > 0 ? 1 - i.load.cpuCount / (i.capacity.cpuCount * this.cpuOvercommit) : 0.5;
+    return (mem + cpu) / 2 - (this.starting.get(node.nodeId) ?? 0) / 1e6;
   }
 
   /** A draining node gets no new placements (it would refuse them anyway). */
