@@ -145,6 +145,8 @@ let node: FakeNode;
 let proxyUrl: string;
 let proxyPort: number;
 let teamId: string;
+let apiUrl: string;
+let apiKey: string;
 
 async function create(extra: Partial<CreateSandboxParams> = {}) {
   return cp.lifecycle.create({
@@ -165,6 +167,8 @@ before(async () => {
   cp = new ControlPlane({ dataDir: dir, port: 0, proxyPort: 0, loops: false, nodeClients: [node] });
   const started = await cp.start();
   teamId = started.teamId;
+  apiUrl = started.url;
+  apiKey = started.createdApiKey!;
   proxyUrl = started.proxyUrl!;
   proxyPort = Number(new URL(proxyUrl).port);
   // The lifecycle talks to the in-memory node; the proxy finds the node's address in the nodes table.
@@ -175,6 +179,15 @@ after(async () => {
   await cp?.stop();
   await agent?.stop();
   if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('the domain given to clients', () => {
+  test("unconfigured, it is the proxy's own, localhost:<its port>: getHost needs no E2B_DOMAIN", async () => {
+    const sb = await create();
+    const res = await fetch(`${apiUrl}/sandboxes/${sb.sandboxId}`, { headers: { 'X-API-Key': apiKey } });
+    assert.equal(res.status, 200);
+    assert.equal(((await res.json()) as { domain: string | null }).domain, `localhost:${proxyPort}`);
+  });
 });
 
 describe('routing (pure)', () => {

@@ -22,8 +22,8 @@ const ENV = ['E2B_API_URL', 'E2B_API_KEY', 'E2B_DOMAIN', 'E2B_SANDBOX_URL'] as c
 /**
  * What `nestbox up` runs, on private ports and a temporary PGlite: a real node agent (real
  * containers), the control plane and, unless `proxy: false`, the sandbox proxy. The e2b SDK is
- * pointed at it the way a user would do it: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY (and
- * E2B_DOMAIN=localhost), restored by stop().
+ * pointed at it the way a user would do it: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY, the three
+ * variables `make up` prints (E2B_DOMAIN unset), restored by stop().
  */
 export async function startStack(
   key: string, opts: { proxy?: boolean; extra?: Partial<ControlPlaneOptions>; agentConfig?: Partial<RuntimeConfig> } = {},
@@ -39,7 +39,7 @@ export async function startStack(
   const saved = Object.fromEntries(ENV.map((k) => [k, process.env[k]]));
   process.env.E2B_API_URL = started.url;
   process.env.E2B_API_KEY = key;
-  process.env.E2B_DOMAIN = 'localhost';
+  delete process.env.E2B_DOMAIN; // the three variables `make up` prints, and nothing else
   process.env.E2B_SANDBOX_URL = started.proxyUrl ?? 'http://127.0.0.1:1';
   return {
     agent, cp, apiUrl: started.url, proxyUrl: started.proxyUrl, key, createdApiKey: started.createdApiKey,

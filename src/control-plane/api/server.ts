@@ -21,12 +21,16 @@ import { TemplateBuildRunner } from '../template-builds/runner.ts';
 import { NodePool } from '../scheduler.ts';
 import { nodeRoutes } from './nodes.ts';
 import { validatorCompiler } from './validation.ts';
+import type { RenderContext } from './views.ts';
 
 export interface ApiServerOptions {
   lifecycle: LifecycleApi;
   authenticate: Authenticate;
-  /** Base domain of sandbox traffic, returned to clients as `domain`; null: the client's own. */
-  domain?: string | null;
+  /**
+   * Base domain of sandbox traffic, returned to clients as `domain`; null: the client's own. A
+   * function is asked at each answer (a domain known only once the server started: its proxy's port).
+   */
+  domain?: string | null | (() => string | null);
   /** envd protocol version the sandboxes speak (the SDK gates features on it). */
   envdVersion: string;
   logger?: FastifyServerOptions['logger'];
@@ -84,7 +88,14 @@ export function buildApiServer(opts: ApiServerOptions): FastifyInstance {
     );
     serveOpenApi(scope);
   });
-  const render = { envdVersion: opts.envdVersion, domain: opts.domain ?? null, now: opts.now ?? (() => new Date()) };
+  const domain = opts.domain;
+  const render: RenderContext = {
+    envdVersion: opts.envdVersion,
+    get domain() {
+      return typeof domain === 'function' ? domain() : (domain ?? null);
+    },
+    now: opts.now ?? (() => new Date()),
+  };
   const snapshots = opts.snapshots ?? (opts.db && opts.nodes ? new SnapshotService({ db: opts.db, nodes: opts.nodes, lifecycle: opts.lifecycle }) : undefined);
   void app.register(sandboxRoutes, {
     lifecycle: opts.lifecycle,
