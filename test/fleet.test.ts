@@ -11,10 +11,11 @@ import { NodeDrainer } from '../src/control-plane/loops/node-drainer.ts';
 import { NodeRegistry } from '../src/control-plane/loops/node-registry.ts';
 import { DEFAULT_CPU_OVERCOMMIT, NodePool, type NodeInfo } from '../src/control-plane/scheduler.ts';
 import { cpuOvercommitFromEnv, nodeTimingsFromEnv } from '../src/cli/server.ts';
+import { DEFAULT_MAX_SANDBOXES, runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { createAdminKey } from '../src/store/admin-keys.ts';
 import { authenticateKey } from '../src/store/credentials.ts';
 import type { Database } from '../src/store/database.ts';
-import { registerJoinedNode, setCordoned } from '../src/store/nodes.ts';
+import { registerJoinedNode, setCordoned, upsertNode } from '../src/store/nodes.ts';
 import { getSandbox } from '../src/store/sandboxes.ts';
 import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
 import { NodeCallError } from '../src/control-plane/node-client.ts';
@@ -369,6 +370,32 @@ forEachDatabase('fleet', (t) => {
     await assertLedger(db, s.sandboxId);
   });
 
+  test("a configured node's sandbox limit (nestbox up's NESTBOX_MAX_SANDBOXES) is registered and kept to", async () => {
+    const db = await t.db();
+    await db.query('UPDATE nodes SET removed_at = now() WHERE removed_at IS NULL');
+    const pool = new NodePool();
+    const node = new FakeNode(`up-${Math.random().toString(36).slice(2, 8)}`);
+    await upsertNode(db, { id: node.nodeId, url: 'in-process:', token: '-', maxSandboxes: 2 });
+    pool.add(node);
+    const registry = new NodeRegistry(db, pool, { unhealthyAfterMs: 10_000 });
+    await registry.tick();
+    const svc = new LifecycleService({ db, nodes: pool, waitTimeoutMs: 100 });
+    const teamId = (await createTeam(db, { name: `limit-${Math.random()}`, maxRunning: 100 })).id;
+    const params: CreateSandboxParams = {
+      teamId, templateId: 'base', timeoutMs: 600_000, metadata: {}, envVars: {}, autoPause: false, autoPauseMemory: true,
+      autoResume: false, allowInternetAccess: true, secure: true,
+    };
+    await svc.create(params);
+    await svc.create(params);
+    await assert.rejects(svc.create(params), (e: any) => e.code === 'unavailable' && e.retryable === true && /no node can take a sandbox/.test(e.message));
+    assert.equal(node.containers.size, 2);
+    // Registered again without a limit (a restart of an older setup): the limit stays.
+    await upsertNode(db, { id: node.nodeId, url: 'in-process:', token: '-' });
+    await registry.tick();
+    await assert.rejects(svc.create(params), /no node can take a sandbox/);
+    assert.equal((await db.query<{ max_sandboxes: number }>('SELECT max_sandboxes FROM nodes WHERE id = $1', [node.nodeId]))[0]!.max_sandboxes, 2);
+  });
+
   test("the operator's drain moves running sandboxes to another node with their events; undrain reopens", async () => {
     const db = await t.db();
     const f = await fleet(db);
@@ -438,6 +465,17 @@ test('nestbox server: node timings from the environment, checked', () => {
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_DOWN_AFTER_MS: '5s' }), /NESTBOX_NODE_DOWN_AFTER_MS must be a positive number/);
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_HEARTBEAT_MS: '-1' }), /positive/);
   assert.throws(() => nodeTimingsFromEnv({ NESTBOX_NODE_UNHEALTHY_AFTER_MS: '1000' }), /longer than the heartbeat period/);
+});
+
+test("a node's sandbox limit: --max-sandboxes over NESTBOX_MAX_SANDBOXES over 200, a positive whole number", () => {
+  assert.equal(runtimeConfigFromEnv({}).maxSandboxes, DEFAULT_MAX_SANDBOXES);
+  assert.equal(DEFAULT_MAX_SANDBOXES, 200);
+  assert.equal(runtimeConfigFromEnv({ NESTBOX_MAX_SANDBOXES: '35' }).maxSandboxes, 35);
+  assert.equal(runtimeConfigFromEnv({ NESTBOX_MAX_SANDBOXES: '35' }, { maxSandboxes: '7' }).maxSandboxes, 7);
+  for (const bad of ['0', '-3', '2.5', 'many', '1e3', '100001', ' ']) {
+    assert.throws(() => runtimeConfigFromEnv({ NESTBOX_MAX_SANDBOXES: bad }), new RegExp(`^Error: NESTBOX_MAX_SANDBOXES must be a whole number of sandboxes from 1 to 100000 .*not "${bad}"`));
+    assert.throws(() => runtimeConfigFromEnv({}, { maxSandboxes: bad }), new RegExp(`^Error: --max-sandboxes must be a whole number .*not "${bad}"`));
+  }
 });
 
 test('nestbox server and up: the CPU overcommit from the environment, checked', () => {

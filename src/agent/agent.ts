@@ -24,7 +24,7 @@ export interface AgentOptions {
   nodeId?: string;
   logger?: boolean | object;
   /** Join a control plane (`nestbox agent --join`): heartbeats with capacity and templates. */
-  join?: { controlPlaneUrl: string; joinToken?: string; advertiseUrl?: string; maxSandboxes?: number };
+  join?: { controlPlaneUrl: string; joinToken?: string; advertiseUrl?: string };
 }
 
 const VERSION = (() => {
@@ -95,7 +95,7 @@ export class Agent {
         nodeToken: this.nodeToken,
         advertiseUrl: this.opts.join.advertiseUrl ?? defaultAdvertiseUrl(host, port),
         config: this.runtime.cfg,
-        maxSandboxes: this.opts.join.maxSandboxes ?? 200,
+        maxSandboxes: this.runtime.cfg.maxSandboxes,
         storedTemplates: () => this.runtime.templates.list(),
         version: VERSION,
         log: (m) => process.stderr.write(`nestbox agent: ${m}\n`),

@@ -24,15 +24,18 @@ interface AgentCliOptions {
   join?: string;
   joinToken?: string;
   advertiseUrl?: string;
+  maxSandboxes?: string;
 }
 
 async function runAgent(opts: AgentCliOptions) {
   const { Agent, HostNotReadyError } = await import('../agent/agent.ts');
+  const { runtimeConfigFromEnv } = await import('../runtime/config.ts');
   const { drainSettingsFromEnv } = await import('./up.ts');
   drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
   const joinToken = opts.joinToken ?? process.env.NESTBOX_JOIN_TOKEN;
   if (joinToken && !opts.join) throw new Error('--join-token goes with --join <control plane URL>');
   const agent = new Agent({
+    config: runtimeConfigFromEnv(process.env, { maxSandboxes: opts.maxSandboxes }),
     // A node that joins a control plane on another host listens beyond loopback.
     host: opts.host ?? (opts.join ? '0.0.0.0' : '127.0.0.1'), port: Number(opts.port),
     nodeId: opts.nodeId ?? process.env.NESTBOX_NODE_ID,
@@ -71,6 +74,7 @@ program
   .option('--host <host>', 'address of the API', '127.0.0.1')
   .option('--port <port>', 'port of the API', '3000')
   .option('--agent-port <port>', 'port of the node agent (loopback only)', '3001')
+  .option('--max-sandboxes <n>', 'live sandboxes this node takes at most (default: $NESTBOX_MAX_SANDBOXES or 200)')
   .action(async (opts: UpOptions) => (await import('./up.ts')).up(opts));
 
 program
@@ -82,6 +86,7 @@ program
   .option('--join <url>', 'the control plane to join (its API URL)')
   .option('--join-token <token>', 'a join token from `nestbox nodes join-token` (or $NESTBOX_JOIN_TOKEN)')
   .option('--advertise-url <url>', 'where the control plane reaches this agent (default: this host\'s address and --port)')
+  .option('--max-sandboxes <n>', 'live sandboxes this node takes at most (default: $NESTBOX_MAX_SANDBOXES or 200)')
   .action(runAgent);
 
 program

@@ -2,6 +2,7 @@ import { Agent, HostNotReadyError } from '../agent/agent.ts';
 import type { DrainPolicy } from '../node-api/wire.ts';
 import { adminKeyFilePath, controlDirFromEnv } from '../control-plane/admin-key-file.ts';
 import { ControlPlane } from '../control-plane/control-plane.ts';
+import { runtimeConfigFromEnv } from '../runtime/config.ts';
 import { DEFAULT_PROXY_PORT, loopbackSandboxDomain } from '../control-plane/proxy/routing.ts';
 import { cpuOvercommitFromEnv } from './server.ts';
 import { upBanner } from './up-banner.ts';
@@ -10,6 +11,7 @@ export interface UpOptions {
   host: string;
   port: string;
   agentPort: string;
+  maxSandboxes?: string;
 }
 
 /**
@@ -20,7 +22,8 @@ export async function up(opts: UpOptions) {
   const logger = { level: process.env.NESTBOX_LOG_LEVEL ?? 'warn' };
   drainSettingsFromEnv(); // a bad setting fails now, not at shutdown
   const cpuOvercommit = cpuOvercommitFromEnv();
-  const agent = new Agent({ host: '127.0.0.1', port: Number(opts.agentPort), logger });
+  const config = runtimeConfigFromEnv(process.env, { maxSandboxes: opts.maxSandboxes });
+  const agent = new Agent({ config, host: '127.0.0.1', port: Number(opts.agentPort), logger });
   let agentUrl: string;
   try {
     agentUrl = await agent.start();
@@ -38,7 +41,7 @@ export async function up(opts: UpOptions) {
     port: Number(opts.port),
     proxyPort: DEFAULT_PROXY_PORT,
     domain: upSandboxDomain(process.env, DEFAULT_PROXY_PORT),
-    nodes: [{ id: process.env.NESTBOX_NODE_ID ?? 'local', url: agentUrl, token: agent.nodeToken }],
+    nodes: [{ id: process.env.NESTBOX_NODE_ID ?? 'local', url: agentUrl, token: agent.nodeToken, maxSandboxes: config.maxSandboxes }],
     bootstrapApiKey: process.env.NESTBOX_API_KEY,
     bootstrapAdminKey: process.env.NESTBOX_ADMIN_KEY,
     cpuOvercommit,

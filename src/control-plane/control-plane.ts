@@ -34,6 +34,8 @@ export interface NodeEndpoint {
   id: string;
   url: string;
   token: string;
+  /** Its sandbox limit (the agent's NESTBOX_MAX_SANDBOXES), kept to by placement; unset: none. */
+  maxSandboxes?: number;
 }
 
 export interface ControlPlaneOptions {

@@ -39,6 +39,11 @@ export interface RuntimeConfig {
    * restored from it; false starts every sandbox cold (NESTBOX_WARM_TEMPLATES=0).
    */
   warmTemplates?: boolean;
+  /**
+   * How many live sandboxes this node takes at most (NESTBOX_MAX_SANDBOXES, `--max-sandboxes`):
+   * registered as its capacity, which placement keeps to.
+   */
+  maxSandboxes: number;
   /** Fault injection for chaos testing: probability that a checkpoint or restore fails. */
   faults?: RuntimeFaults;
 }
@@ -60,7 +65,20 @@ export function parseFaults(spec: string | undefined): Record<string, number> {
   return out;
 }
 
-export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): RuntimeConfig {
+/** A node's sandbox limit unless configured. */
+export const DEFAULT_MAX_SANDBOXES = 200;
+
+/** A sandbox limit as given (`source`: where, for the error): a positive integer. */
+export function parseMaxSandboxes(raw: string, source: string): number {
+  const n = Number(raw);
+  if (!/^\s*\d+\s*$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > 100_000) {
+    throw new Error(`${source} must be a whole number of sandboxes from 1 to 100000 (the most this node runs at once), not "${raw}"`);
+  }
+  return n;
+}
+
+/** The node's configuration from the environment; `flags`, the command line's, win over it. */
+export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env, flags: { maxSandboxes?: string } = {}): RuntimeConfig {
   const home = env.NESTBOX_HOME ?? '/var/lib/nestbox';
   const dataDir = env.NESTBOX_DATA_DIR ?? path.join(home, 'node');
   const s3 = s3ConfigFromEnv(env);
@@ -80,6 +98,8 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env): Runt
     egressDeny: parseCidrList(env.NESTBOX_EGRESS_DENY, 'NESTBOX_EGRESS_DENY'),
     faults: parseFaults(env.NESTBOX_INJECT_FAULTS) as RuntimeFaults,
     warmTemplates: env.NESTBOX_WARM_TEMPLATES !== '0',
+    maxSandboxes: flags.maxSandboxes !== undefined ? parseMaxSandboxes(flags.maxSandboxes, '--max-sandboxes')
+      : env.NESTBOX_MAX_SANDBOXES ? parseMaxSandboxes(env.NESTBOX_MAX_SANDBOXES, 'NESTBOX_MAX_SANDBOXES') : DEFAULT_MAX_SANDBOXES,
     s3,
   };
 }

@@ -83,25 +83,27 @@ function checkState(state: string): asserts state is NodeState {
 }
 
 /**
- * Registers a node or updates its address and token, and marks it seen. A new node starts
- * `ready` (or `state`); an existing one keeps its state unless `state` is given.
+ * Registers a node or updates its address and token (and its sandbox limit, when given), and
+ * marks it seen. A new node starts `ready` (or `state`); an existing one keeps its state unless
+ * `state` is given.
  */
 export async function upsertNode(
   db: Sql,
-  node: { id: string; url: string; token: string; state?: NodeState },
+  node: { id: string; url: string; token: string; state?: NodeState; maxSandboxes?: number },
 ): Promise<NodeRecord> {
   if (!node.id) throw invalid('a node needs an id');
   if (node.state !== undefined) checkState(node.state);
   const rows = await db.query<NodeRow>(
-    `INSERT INTO nodes (id, url, token, state, last_seen_at)
-     VALUES ($1, $2, $3, COALESCE($4, 'ready'), now())
+    `INSERT INTO nodes (id, url, token, state, last_seen_at, max_sandboxes)
+     VALUES ($1, $2, $3, COALESCE($4, 'ready'), now(), COALESCE($5::int, 0))
      ON CONFLICT (id) DO UPDATE SET
        url = EXCLUDED.url,
        token = EXCLUDED.token,
        state = COALESCE($4, nodes.state),
+       max_sandboxes = COALESCE($5::int, nodes.max_sandboxes),
        last_seen_at = now()
      RETURNING ${COLUMNS}`,
-    [node.id, node.url, node.token, node.state ?? null],
+    [node.id, node.url, node.token, node.state ?? null, node.maxSandboxes ?? null],
   );
   return toNode(rows[0]!);
 }
