@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { createSandbox, exec, startTestAgent, TEST_ROOT, type TestAgent } from './helpers/agent-harness.ts';
 import { dockerSaveArchive, ociLayoutArchive, tarOf } from './helpers/image-archive.ts';
-import { RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
+import { pythonLayer, RUNNABLE_CONFIG, runnableLayers } from './helpers/runnable-image.ts';
 
 let a: TestAgent;
 let templatesDir: string;
@@ -75,6 +75,48 @@ describe('imported templates run', () => {
     await a.json('DELETE', `/v1/sandboxes/${id}`);
     assert.equal((await a.api('DELETE', '/v1/templates/imgdock')).status, 204);
     assert.equal(existsSync(path.join(templatesDir, 'imgdock')), false);
+  });
+
+  test("--start: the image's entrypoint + cmd run as the template's start command (its user, workdir, env); without it, they do not run", async () => {
+    // Exec form with an argument that has a space: the server's directory listing title shows it.
+    const layers = [...(await runnableLayers()), await pythonLayer()];
+    const image = { ...RUNNABLE_CONFIG, entrypoint: ['/usr/bin/python3', '-m', 'http.server'], cmd: ['8000', '--bind', '127.0.0.1'] };
+    const archive = await dockerSaveArchive({ layers, ...image });
+    const q = new URLSearchParams({ name: 'imgserve', start: 'true', readyCmd: ': > /dev/tcp/127.0.0.1/8000' });
+    const res = await a.api('POST', `/v1/templates?${q}`, new Uint8Array(archive), { 'content-type': 'application/octet-stream' });
+    const done = (await res.text()).trim().split('\n').map((l) => JSON.parse(l)).at(-1);
+    assert.equal(done.type, 'done', JSON.stringify(done));
+    assert.equal(done.template.meta.startCmd, '/usr/bin/python3 -m http.server 8000 --bind 127.0.0.1');
+
+    const id = await createSandbox(a, { template: 'imgserve' });
+    // The server answers at once (the ready command passed before the sandbox was handed out),
+    // serving the image's workdir.
+    const get = await exec(a, id, `exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /hello HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3`);
+    assert.equal(get.exitCode, 0, get.stderr);
+    assert.match(get.stdout, /^HTTP\/1\.0 200 OK/);
+    assert.match(get.stdout, /\r\n\r\nhi$/);
+    // It runs as the image's user, in its workdir, with its env (read by the same user: only
+    // it, or a tracer, may read the process's environment).
+    const server = await exec(a, id, [
+      'for p in /proc/[0-9]*; do',
+      '  mapfile -d "" argv < $p/cmdline 2>/dev/null || continue',
+      '  [[ ${argv[0]} == /usr/bin/python3 && ${argv[2]} == http.server ]] || continue',
+      '  mapfile -d "" envs < $p/environ',
+      '  printf "%s %s " "$(stat -c %U $p)" "$(cd $p/cwd && pwd -P)"; printf "%s\\n" "${envs[@]}" | while read -r e; do [[ $e == GREETING=* ]] && echo "$e"; done',
+      'done',
+    ].join('\n'));
+    assert.equal(server.stdout, 'app /srv/data GREETING=hello from the image\n', server.stderr);
+    await a.json('DELETE', `/v1/sandboxes/${id}`);
+
+    // The same image imported without --start: its command is recorded, not run.
+    const plain = await importVia('imgserveplain', archive);
+    assert.equal(plain.at(-1).type, 'done', JSON.stringify(plain.at(-1)));
+    assert.equal(plain.at(-1).template.meta.startCmd, undefined);
+    assert.deepEqual(plain.at(-1).template.meta.entrypoint, image.entrypoint);
+    const idle = await createSandbox(a, { template: 'imgserveplain' });
+    const refused = await exec(a, idle, ': > /dev/tcp/127.0.0.1/8000');
+    assert.notEqual(refused.exitCode, 0, 'nothing listens on 8000');
+    await a.json('DELETE', `/v1/sandboxes/${idle}`);
   });
 
   test('OCI layout tarball, numeric user', async () => {

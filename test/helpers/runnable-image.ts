@@ -1,7 +1,7 @@
 // A small runnable image for end-to-end tests: bash and a few coreutils with their libraries,
 // copied from the `base` template (trusted, made by this host), plus the layered test content.
 import { execFileSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { runtimeConfigFromEnv } from '../../src/runtime/config.ts';
 import { templateRootfs } from '../../src/runtime/layout.ts';
@@ -12,9 +12,6 @@ const TOOLS = ['bash', 'id', 'ls', 'cat', 'env', 'stat', 'pwd', 'sleep'];
 /** Layer 1: a root file system that runs bash, with users root and app (1000). */
 export async function runtimeLayerEntries(): Promise<LayerEntry[]> {
   const base = templateRootfs(runtimeConfigFromEnv(), 'base');
-  const out = execFileSync('chroot', [base, 'ldd', ...TOOLS.map((t) => `/usr/bin/${t}`)], { encoding: 'utf8' });
-  const libs = new Set<string>();
-  for (const m of out.matchAll(/(\/[^\s:]+\.so[^\s:]*)/g)) libs.add(m[1]!);
   const entries: LayerEntry[] = [
     { name: 'usr/', type: 'directory' },
     { name: 'usr/bin/', type: 'directory' },
@@ -32,7 +29,18 @@ export async function runtimeLayerEntries(): Promise<LayerEntry[]> {
     { name: 'home/', type: 'directory' },
     { name: 'home/app/', type: 'directory', uid: 1000, gid: 1000, mode: 0o750 },
   ];
-  for (const t of TOOLS) entries.push({ name: `usr/bin/${t}`, content: await readFile(path.join(base, 'usr/bin', t)), mode: 0o755 });
+  entries.push(...(await binariesWithLibraries(TOOLS)));
+  return entries;
+}
+
+/** /usr/bin/<tool> for each tool, and the libraries they load, copied from `base`. */
+async function binariesWithLibraries(tools: string[]): Promise<LayerEntry[]> {
+  const base = templateRootfs(runtimeConfigFromEnv(), 'base');
+  const out = execFileSync('chroot', [base, 'ldd', ...tools.map((t) => `/usr/bin/${t}`)], { encoding: 'utf8' });
+  const libs = new Set<string>();
+  for (const m of out.matchAll(/(\/[^\s:]+\.so[^\s:]*)/g)) libs.add(m[1]!);
+  const entries: LayerEntry[] = [];
+  for (const t of tools) entries.push({ name: `usr/bin/${t}`, content: await readFile(path.join(base, 'usr/bin', t)), mode: 0o755 });
   for (const lib of libs) {
     // /lib and /lib64 are links into /usr in the base template: store the real paths.
     const real = execFileSync('chroot', [base, 'readlink', '-f', lib], { encoding: 'utf8' }).trim();
@@ -44,6 +52,33 @@ export async function runtimeLayerEntries(): Promise<LayerEntry[]> {
     }
   }
   return entries;
+}
+
+/** Parts of Python's standard library no test here imports. */
+const PYTHON_SKIPPED = new Set(['test', 'idlelib', 'tkinter', 'turtledemo', 'ensurepip', 'lib2to3', 'pydoc_data', 'site-packages', 'dist-packages', '__pycache__']);
+
+/**
+ * A layer with python3 (from `base`) and most of its standard library (enough for
+ * `python3 -m http.server`), to put over runnableLayers().
+ */
+export async function pythonLayer(): Promise<Buffer> {
+  const base = templateRootfs(runtimeConfigFromEnv(), 'base');
+  const entries: LayerEntry[] = [...(await binariesWithLibraries(['python3.11'])), { name: 'usr/bin/python3', type: 'symlink', linkname: 'python3.11' }];
+  const walk = async (rel: string) => {
+    for (const d of await readdir(path.join(base, rel), { withFileTypes: true })) {
+      if (PYTHON_SKIPPED.has(d.name) || d.name.startsWith('config-') || d.name.startsWith('_test')) continue;
+      const child = `${rel}/${d.name}`;
+      if (d.isDirectory()) {
+        entries.push({ name: `${child}/`, type: 'directory' });
+        await walk(child);
+      } else if (d.isFile()) {
+        entries.push({ name: child, content: await readFile(path.join(base, child)), mode: 0o644 });
+      }
+    }
+  };
+  entries.push({ name: 'usr/lib/python3.11/', type: 'directory' });
+  await walk('usr/lib/python3.11');
+  return tarOf(entries);
 }
 
 /** Three layers: the runtime (with lower files), whiteout + opaque + owned + setuid (gzip), then /srv/data. */
