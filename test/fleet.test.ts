@@ -19,7 +19,7 @@ import { registerJoinedNode, setCordoned, upsertNode } from '../src/store/nodes.
 import { getSandbox } from '../src/store/sandboxes.ts';
 import { KillSweeper } from '../src/control-plane/loops/kill-sweeper.ts';
 import { NodeCallError } from '../src/control-plane/node-client.ts';
-import { createTeam } from '../src/store/teams.ts';
+import { createTeam, createTeamWithKey } from '../src/store/teams.ts';
 import { apiCaller, assertApiError } from './helpers/api-inject.ts';
 import { forEachDatabase } from './helpers/databases.ts';
 import { FakeNode } from './helpers/fake-node.ts';
@@ -289,6 +289,13 @@ forEachDatabase('fleet', (t) => {
     await assertLegalHistory(db, rows[0]!.id);
     assert.equal((await usage(db, rows[0]!.id)).length, 0, 'never billed');
     assert.equal(f.a.containers.size + f.b.containers.size, 0);
+    // Through the API: E2B's error shape, with both causes (not a bare "internal error").
+    const { apiKey } = await createTeamWithKey(db, { name: `fleet-api-${Math.random()}` });
+    const app = buildApiServer({ lifecycle: f.svc, db, envdVersion: '0.6.1', authenticate: (k) => authenticateKey(db, k) });
+    await app.ready();
+    const r = await apiCaller(() => app, () => apiKey.key)({ method: 'POST', url: '/sandboxes', body: { templateID: 'base' } });
+    assertApiError(r, 500, /^create failed on node \w+ \(fake node: create failed\) and again on node \w+ \(fake node: create failed\)$/);
+    await app.close();
   });
 
   test('a start whose answer was lost is placed again only after its node confirmed the kill', async () => {
