@@ -4,7 +4,7 @@
 // `nsenter true`; the code interpreter's first result from its warm template beside a cold
 // start of the same template; pause and resume through the object store beside the directory
 // store (same workload); OCI import throughput beside tar; a drain of 10 sandboxes beside raw
-// criu dump + restore.
+// criu dump + restore; fork time per child (a 100 MiB process) beside raw criu restore.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
@@ -32,7 +32,9 @@ const N_CI = Number(process.env.BENCH_N_CI ?? 5);
 const N_STORE = Number(process.env.BENCH_N_STORE ?? 5);
 const N_IMPORT = Number(process.env.BENCH_N_IMPORT ?? 3);
 const N_DRAIN = Number(process.env.BENCH_N_DRAIN ?? 5);
-/** BENCH_ONLY=drain,import: only those parts (first-command, code-interpreter, stores, import, drain). */
+const N_FORK = Number(process.env.BENCH_N_FORK ?? 5);
+const FORK_COUNT = 4;
+/** BENCH_ONLY=drain,import: only those parts (first-command, code-interpreter, stores, import, drain, fork). */
 const ONLY = process.env.BENCH_ONLY ? process.env.BENCH_ONLY.split(',') : null;
 const opts = { requestTimeoutMs: 300_000 };
 
@@ -287,6 +289,64 @@ async function drainRows(rows: Row[], runc: Runc) {
   }
 }
 
+const WORKLOAD_100M = 'import os,time\nx=bytearray(os.urandom(1<<20)*100)\nopen("/tmp/ready","w").write("1")\nwhile True: time.sleep(1)';
+
+/**
+ * Fork time per child: a sandbox running a 100 MiB process forked with
+ * `POST /sandboxes/{id}/fork {count: 4}` through the control plane, the wall time of the call
+ * (every child running) divided by the count, one sample per round; beside raw `criu restore`
+ * (runc restore) of the same workload in a raw container, measured in the same run. The children
+ * of one fork are restored side by side, so a child's share can be below one raw restore.
+ */
+async function forkRows(rows: Row[], runc: Runc) {
+  const cfg = runtimeConfigFromEnv();
+  const rawRestore: number[] = [];
+  const rawId = 'rawfork';
+  const c = await rawContainer(cfg, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
+  try {
+    await runc.runDetached(rawId, c.dir, path.join(c.dir, 'runc.log'));
+    await waitFor(async () => existsSync(path.join(c.dir, 'upper', 'tmp', 'ready')), 60_000);
+    for (let i = 0; i < N_FORK; i++) {
+      const images = path.join(c.dir, `images${i}`);
+      await mkdir(images, { mode: 0o700 });
+      await runc.checkpoint(rawId, images, path.join(c.dir, 'criu'), path.join(c.dir, 'runc.log'));
+      await runc.destroy(rawId);
+      await handOverImages(images, cfg.uidShift);
+      rawRestore.push((await timed(() => runc.restore(rawId, c.dir, images, path.join(c.dir, 'criu'), path.join(c.dir, 'runc.log'))))[0]);
+      await rm(images, { recursive: true, force: true });
+    }
+  } finally {
+    await c.cleanup(runc);
+  }
+
+  const stack = await startStack('e2b_' + randomBytes(20).toString('hex'));
+  const api = async (method: string, p: string, body?: unknown) => {
+    const res = await fetch(stack.apiUrl + p, {
+      method, headers: { 'x-api-key': stack.key, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : undefined;
+  };
+  try {
+    const parent = await Sandbox.create('base', { ...opts, timeoutMs: 600_000 });
+    await parent.commands.run(`python3 -c '${WORKLOAD_100M}'`, { background: true });
+    await waitFor(() => parent.files.exists('/tmp/ready'), 60_000);
+    const perChild: number[] = [];
+    for (let i = 0; i < N_FORK; i++) {
+      const [ms, results] = await timed(() => api('POST', `/sandboxes/${parent.sandboxId}/fork`, { count: FORK_COUNT, timeout: 600 }) as Promise<{ sandbox?: { sandboxID: string }; error?: unknown }[]>);
+      const failed = results.filter((r) => !r.sandbox);
+      for (const r of results) if (r.sandbox) await api('DELETE', `/sandboxes/${r.sandbox.sandboxID}`);
+      if (failed.length) throw new Error(`fork: ${failed.length} of ${FORK_COUNT} children failed: ${JSON.stringify(failed[0])}`);
+      perChild.push(ms / FORK_COUNT);
+    }
+    await parent.kill();
+    rows.push(row(`fork {count: ${FORK_COUNT}}, 100 MiB process, per child`, perChild, rawRestore, 'runc restore (criu restore), same workload'));
+  } finally {
+    await stack.stop();
+  }
+}
+
 async function waitFor(ok: () => Promise<boolean>, deadlineMs = 300_000, what = () => Promise.resolve('')) {
   const end = Date.now() + deadlineMs;
   while (!(await ok().catch(() => false))) {
@@ -305,6 +365,7 @@ async function main() {
   if (want('stores')) await storeRows(rows);
   if (want('import')) await importRows(rows);
   if (want('drain')) await drainRows(rows, runc);
+  if (want('fork')) await forkRows(rows, runc);
   printTable(rows);
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results-sdk.json');
   await writeFile(out, JSON.stringify(rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), null, 2));
