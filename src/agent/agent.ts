@@ -6,6 +6,7 @@ import { runtimeConfigFromEnv, type RuntimeConfig } from '../runtime/config.ts';
 import { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
 import { StartGate } from './start-gate.ts';
 import { defaultAdvertiseUrl, FleetMembership } from './fleet-membership.ts';
+import { checkNodeId, defaultFleetNodeId } from './node-id.ts';
 import { formatProblems, preflight } from './preflight.ts';
 import { buildAgentServer } from './server.ts';
 import type { DrainPolicy } from '../node-api/wire.ts';
@@ -57,6 +58,8 @@ export class Agent {
   readonly runtime: SandboxRuntime;
   readonly starts = new StartGate();
   readonly nodeToken: string;
+  /** Given, or (joining a fleet) the host's, or `local`. */
+  readonly nodeId: string;
   /** Set once a drain has begun: what the control plane should do with the live sandboxes. */
   drainPlan: DrainPlan | null = null;
   private server?: FastifyInstance;
@@ -67,6 +70,9 @@ export class Agent {
   constructor(private readonly opts: AgentOptions = {}) {
     this.runtime = new SandboxRuntime(opts.config ?? runtimeConfigFromEnv());
     this.nodeToken = opts.nodeToken ?? process.env.NESTBOX_NODE_TOKEN ?? persistentToken(this.runtime.cfg.dataDir);
+    // In a fleet every node needs its own id: `local` on each host would be one node.
+    if (!opts.join) this.nodeId = opts.nodeId ?? 'local';
+    else this.nodeId = opts.nodeId !== undefined ? checkNodeId(opts.nodeId) : defaultFleetNodeId();
   }
 
   async start(): Promise<string> {
@@ -78,7 +84,7 @@ export class Agent {
     this.server = buildAgentServer({
       runtime: this.runtime,
       nodeToken: this.nodeToken,
-      nodeId: this.opts.nodeId ?? 'local',
+      nodeId: this.nodeId,
       starts: this.starts,
       drainPlan: () => this.drainPlan,
       logger: this.opts.logger,
@@ -91,7 +97,7 @@ export class Agent {
       this.membership = new FleetMembership({
         controlPlaneUrl: this.opts.join.controlPlaneUrl,
         joinToken: this.opts.join.joinToken,
-        nodeId: this.opts.nodeId ?? 'local',
+        nodeId: this.nodeId,
         nodeToken: this.nodeToken,
         advertiseUrl: this.opts.join.advertiseUrl ?? defaultAdvertiseUrl(host, port),
         config: this.runtime.cfg,

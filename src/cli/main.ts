@@ -38,7 +38,7 @@ async function runAgent(opts: AgentCliOptions) {
     config: runtimeConfigFromEnv(process.env, { maxSandboxes: opts.maxSandboxes }),
     // A node that joins a control plane on another host listens beyond loopback.
     host: opts.host ?? (opts.join ? '0.0.0.0' : '127.0.0.1'), port: Number(opts.port),
-    nodeId: opts.nodeId ?? process.env.NESTBOX_NODE_ID,
+    nodeId: opts.nodeId ?? (process.env.NESTBOX_NODE_ID || undefined),
     logger: { level: process.env.NESTBOX_LOG_LEVEL ?? 'info' },
     join: opts.join ? { controlPlaneUrl: opts.join, joinToken, advertiseUrl: opts.advertiseUrl ?? process.env.NESTBOX_ADVERTISE_URL } : undefined,
   });
@@ -82,7 +82,7 @@ program
   .description('run only the node agent of this host (with --join: a node of a fleet)')
   .option('--host <host>', 'address to listen on (default 127.0.0.1; 0.0.0.0 with --join)')
   .option('--port <port>', 'port of the node agent API', '3001')
-  .option('--node-id <id>', 'name of this node (default: $NESTBOX_NODE_ID or "local")')
+  .option('--node-id <id>', 'name of this node (default: $NESTBOX_NODE_ID; else with --join the host\'s name, otherwise "local")')
   .option('--join <url>', 'the control plane to join (its API URL)')
   .option('--join-token <token>', 'a join token from `nestbox nodes join-token` (or $NESTBOX_JOIN_TOKEN)')
   .option('--advertise-url <url>', 'where the control plane reaches this agent (default: this host\'s address and --port)')

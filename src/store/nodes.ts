@@ -145,9 +145,10 @@ export interface NodeReport extends NodeCapacity {
 }
 
 /**
- * A node that presented a valid join token: registered (or re-registered: an agent that lost
- * its credential joins again under its id) with a new credential, whose hash is all that is
- * kept. A removed node may join again: it comes back as new.
+ * A node that presented a valid join token: registered with a new credential, whose hash is all
+ * that is kept. The id must be free: a removed node may join again (it comes back as new), but
+ * a member's id is refused, so a join token cannot take over a live node (its agent, restarted,
+ * heartbeats with the credential it keeps).
  */
 export async function registerJoinedNode(
   db: Sql,
@@ -156,6 +157,7 @@ export async function registerJoinedNode(
   if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(node.id)) {
     throw invalid(`node id ${JSON.stringify(node.id)} must be 1-63 lower-case letters, digits, '.', '_' or '-'`);
   }
+  // One statement: two joins racing for a free id cannot both win it.
   const rows = await db.query<NodeRow>(
     `INSERT INTO nodes (id, url, token, state, last_seen_at, credential_hash, cpu_count, memory_mb, disk_mb,
                         max_sandboxes, templates, version)
@@ -164,15 +166,17 @@ export async function registerJoinedNode(
        url = EXCLUDED.url, token = EXCLUDED.token, credential_hash = EXCLUDED.credential_hash,
        cpu_count = EXCLUDED.cpu_count, memory_mb = EXCLUDED.memory_mb, disk_mb = EXCLUDED.disk_mb,
        max_sandboxes = EXCLUDED.max_sandboxes, templates = EXCLUDED.templates, version = EXCLUDED.version,
-       last_seen_at = now(),
-       state = CASE WHEN nodes.removed_at IS NOT NULL OR nodes.state = 'down' THEN 'ready' ELSE nodes.state END,
-       cordoned = CASE WHEN nodes.removed_at IS NOT NULL THEN false ELSE nodes.cordoned END,
-       removed_at = NULL
+       last_seen_at = now(), state = 'ready', cordoned = false, removed_at = NULL
+     WHERE nodes.removed_at IS NOT NULL
      RETURNING ${COLUMNS}`,
     [node.id, node.url, node.token, node.credentialHash, node.cpuCount, node.memoryMB, node.diskMB, node.maxSandboxes,
       JSON.stringify(node.templates), node.version],
   );
-  return toNode(rows[0]!);
+  if (!rows[0]) {
+    throw conflict(`node ${node.id} is already a member; remove it first, or restart the agent with its own credential `
+      + `(nestbox nodes remove ${node.id} once drained; another host needs its own node id)`);
+  }
+  return toNode(rows[0]);
 }
 
 /** The node a credential belongs to; null for an unknown credential or a removed node. */
