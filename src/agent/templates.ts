@@ -4,7 +4,6 @@
 // refusals decided before the body is read get their own status).
 import { PassThrough, Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
-import { Type } from 'typebox';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { invalid, NestboxError } from '../core/errors.ts';
 import type { SandboxRuntime } from '../runtime/sandbox-runtime.ts';
@@ -13,20 +12,6 @@ import { registerTemplateBuildRoutes } from './template-builds.ts';
 import { NODE_ROUTES as R } from '../node-api/routes.ts';
 import { TemplateImportQuery, TemplateNameParam } from '../node-api/schemas.ts';
 import type { NodeTemplate, TemplateImportEvent } from '../node-api/wire.ts';
-
-/**
- * POST /v1/templates's query: the node API's name and owner, and whether the image's entrypoint
- * + cmd become the template's start command, with its ready check.
- * (These two belong in the node API's TemplateImportQuery, beside name and owner.)
- */
-const ImportQuery = Type.Object(
-  {
-    ...TemplateImportQuery.properties,
-    start: Type.Optional(Type.Boolean()),
-    readyCmd: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
-  },
-  { additionalProperties: false },
-);
 
 export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: SandboxRuntime }) {
   const { runtime } = opts;
@@ -55,7 +40,7 @@ export function registerTemplateRoutes(app: FastifyInstance, opts: { runtime: Sa
     return reply.code(204).send();
   });
 
-  typed.post(R.templates, { schema: { querystring: ImportQuery } }, async (req, reply) => {
+  typed.post(R.templates, { schema: { querystring: TemplateImportQuery } }, async (req, reply) => {
     const { name, owner, start, readyCmd } = req.query;
     const body = req.body as Readable | Buffer | undefined;
     const source = body instanceof Readable ? body : Readable.from([Buffer.isBuffer(body) ? body : Buffer.alloc(0)]);

@@ -152,8 +152,7 @@ export class HttpNodeClient implements NodeClient {
     archive: Readable,
     opts: { owner?: string; onEvent?: (e: TemplateImportEvent) => void; start?: { readyCmd: string | null } } = {},
   ): Promise<NodeTemplate> {
-    // start and readyCmd: see the agent's import route (src/agent/templates.ts).
-    const query: TemplateImportQuery & { start?: boolean; readyCmd?: string } = {
+    const query: TemplateImportQuery = {
       name, ...(opts.owner ? { owner: opts.owner } : {}),
       ...(opts.start ? { start: true, ...(opts.start.readyCmd ? { readyCmd: opts.start.readyCmd } : {}) } : {}),
     };

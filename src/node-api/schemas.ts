@@ -102,6 +102,10 @@ export const TemplateImportQuery = Type.Object(
     name: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
     /** The team importing it, kept in template.json (the control plane decides who sees it). */
     owner: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    /** The image's entrypoint + cmd become the template's start command (else they are only recorded). */
+    start: Type.Optional(Type.Boolean()),
+    /** With start: the command whose success says the started process is ready (a warm capture follows). */
+    readyCmd: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
   },
   { additionalProperties: false },
 );
