@@ -17,12 +17,13 @@ bench: setup
 	@npm run bench --silent && npm run bench:lifecycle --silent && npm run bench:sdk --silent
 
 # Crashes, faults and concurrent clients, then every lifecycle invariant checked (see test/chaos/chaos.ts).
+# `make chaos FLEET=1` (or `make chaos-fleet`) is the fleet mode: 2 control-plane replicas, 3 joined
+# agents, snapshots in the S3 server; replica and agent kills, drains.
 chaos: setup
-	@node --import tsx test/chaos/chaos.ts --ops 1000 --crashes 24
+	@node --import tsx test/chaos/chaos.ts $(if $(FLEET),--fleet --agents 3 --replicas 2) --ops 1000 --crashes 24
 
-# The fleet form: 2 control-plane replicas, 3 joined agents; replica and agent kills, drains.
-chaos-fleet: setup
-	@node --import tsx test/chaos/chaos.ts --fleet --agents 3 --replicas 2 --ops 1000 --crashes 24
+chaos-fleet:
+	@$(MAKE) --no-print-directory chaos FLEET=1
 
 clean:
 	rm -rf node_modules sandbox-init/target

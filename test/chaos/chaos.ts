@@ -8,7 +8,8 @@
 //
 // Fleet mode (--fleet): several control-plane replicas on the one Postgres (clients spread their
 // calls over them) and several agents joined with a join token, on this host with ports and data
-// directories of their own and one shared snapshot directory. The chaos events are then those of
+// directories of their own, and snapshots in one store they share: a real S3-compatible server
+// (the one setup installs; `--store dir` for a shared directory instead). The chaos events are then those of
 // a fleet's life, one at a time at random moments: a replica or an agent killed with SIGKILL and
 // started again (the agent rejoins with its stored credential: it is restarted without the join
 // token), a node drained by the operator and undrained, an agent stopped with SIGTERM (it drains
@@ -18,6 +19,7 @@
 //   node --import tsx test/chaos/chaos.ts [--ops 1000] [--crashes 20] [--clients 8]
 //   node --import tsx test/chaos/chaos.ts --fleet [--agents 3] [--replicas 2] [--ops 600] [--crashes 16]
 //     [--events replica,agent,drain,sigterm]   (only these kinds of fleet events)
+//     [--store s3|dir]                          (where the nodes' snapshots go; default s3)
 import { unmountPoolLeftovers } from '../helpers/pool-leftovers.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -34,6 +36,7 @@ const BILLING_TOLERANCE_S = 0.05;
 import { AgentProcess, freePort } from '../helpers/agent-process.ts';
 import { TEST_ROOT } from '../helpers/agent-harness.ts';
 import { MAINTENANCE_URL } from '../helpers/databases.ts';
+import { startS3Server, type TestS3Server } from '../helpers/s3-server.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TSX = path.resolve(here, '../../node_modules/tsx/dist/esm/index.mjs');
@@ -51,7 +54,10 @@ export interface ChaosOptions {
   /** At most this many sandboxes alive at once (the host has 2 cores). */
   maxLive: number;
   /** Fleet mode: this many joined agents and control-plane replicas (default: one of each, the node configured). */
-  fleet?: { agents: number; replicas: number; /** Only these kinds of events (default: all). */ events?: FleetEvent[] };
+  fleet?: {
+    agents: number; replicas: number; /** Only these kinds of events (default: all). */ events?: FleetEvent[];
+    /** Where the nodes' snapshots go: the S3 server (default) or a shared directory. */ store?: 's3' | 'dir';
+  };
   log: (msg: string) => void;
 }
 
@@ -203,7 +209,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   const faultyAgentEnv = { NESTBOX_INJECT_FAULTS: `checkpoint=${o.checkpointFault},restore=${o.restoreFault}` };
   const faultyCpEnv = { CHAOS_NODE_TIMEOUTS: String(o.nodeTimeoutFault) };
-  const agentEnv = (faulty: boolean) => ({ ...(faulty ? faultyAgentEnv : {}), ...(fleet ? { NESTBOX_DRAIN_TIMEOUT_S: String(FLEET_DRAIN_TIMEOUT_S) } : {}) });
+  // Fleet mode: the snapshot store the nodes share (S3 unless --store dir), set once the server is up.
+  let storeEnv: Record<string, string> = {};
+  const agentEnv = (faulty: boolean) => ({
+    ...(faulty ? faultyAgentEnv : {}), ...(fleet ? { NESTBOX_DRAIN_TIMEOUT_S: String(FLEET_DRAIN_TIMEOUT_S) } : {}), ...storeEnv,
+  });
   const agents: AgentProcess[] = [];
   const cps: ControlPlaneProcess[] = [];
   const agentLogs = new Map<AgentProcess, string>();
@@ -223,6 +233,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     a.proc?.stdout?.on('data', (d) => mark(a.nodeId, d.toString())); // its API's warnings and errors
   };
   const sharedSnapshots = path.join(TEST_ROOT, `chaos-snapshots-${randomBytes(4).toString('hex')}`);
+  let s3: TestS3Server | null = null;
   const cpEnv = { DATABASE_URL: dbUrl.toString(), NESTBOX_API_KEY: key, NESTBOX_ADMIN_KEY: adminKey, CHAOS_TIMINGS: JSON.stringify(timings),
     ...(process.env.CHAOS_KEEP_LOGS ? { CHAOS_LOG: '1' } : {}) };
 
@@ -282,12 +293,19 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       for (let i = 0; i < fleet.replicas; i++) cps.push(new ControlPlaneProcess(cpEnv, await freePort()));
       await cps[0]!.start(faultyCpEnv);
       await Promise.all(cps.slice(1).map((c) => c.start(faultyCpEnv)));
+      if ((fleet.store ?? 's3') === 's3') s3 = await startS3Server();
+      storeEnv = s3 ? {
+        NESTBOX_S3_ENDPOINT: s3.endpoint, NESTBOX_S3_BUCKET: `chaos-${randomBytes(4).toString('hex')}`, NESTBOX_S3_REGION: s3.region,
+        NESTBOX_S3_ACCESS_KEY_ID: s3.accessKeyId, NESTBOX_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      } : {};
       const made = await adminCall('POST', '/nestbox/v1/nodes/join-tokens', {});
       if (made.status !== 201) throw new Error(`join token: ${made.status} ${JSON.stringify(made.json)}`);
       for (let i = 0; i < fleet.agents; i++) {
         const joinUrl = `http://127.0.0.1:${cps[i % cps.length]!.port}`;
         const a = new AgentProcess({
-          nodeId: `chaos-${i}-${randomBytes(2).toString('hex')}`, snapshotDir: sharedSnapshots, env: agentEnv(true),
+          nodeId: `chaos-${i}-${randomBytes(2).toString('hex')}`, env: agentEnv(true),
+          // With S3 each node stages and downloads in a directory of its own.
+          ...(s3 ? {} : { snapshotDir: sharedSnapshots }),
           args: ['--join', joinUrl, '--join-token', made.json.token],
         });
         agents.push(a);
@@ -296,7 +314,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         a.args = ['--join', joinUrl];
       }
       await waitForReadyNodes('after joining');
-      o.log(`fleet up: ${cps.length} replicas, ${agents.length} agents joined (${agents.map((a) => a.nodeId).join(', ')})`);
+      o.log(`fleet up: ${cps.length} replicas, ${agents.length} agents joined (${agents.map((a) => a.nodeId).join(', ')}); snapshots in ${s3 ? `S3 at ${s3.endpoint}` : sharedSnapshots}`);
     }
 
     // --- the storm ----------------------------------------------------------------------------
@@ -718,6 +736,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       });
     }
     if (fleet) await rm(sharedSnapshots, { recursive: true, force: true }).catch(() => undefined);
+    await s3?.stop().catch(() => undefined);
     await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
     await admin.end();
   }
@@ -749,8 +768,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const started = Date.now();
   const only = process.argv.includes('--events') ? process.argv[process.argv.indexOf('--events') + 1]!.split(',') : null;
   for (const e of only ?? []) if (!(FLEET_EVENTS as readonly string[]).includes(e)) throw new Error(`--events: ${e} is not one of ${FLEET_EVENTS.join(', ')}`);
+  const storeArg = process.argv.includes('--store') ? process.argv[process.argv.indexOf('--store') + 1] : 's3';
+  if (storeArg !== 's3' && storeArg !== 'dir') throw new Error(`--store: ${storeArg} is not s3 or dir`);
   const fleet = process.argv.includes('--fleet')
-    ? { agents: arg('agents', 3), replicas: arg('replicas', 2), ...(only ? { events: only as FleetEvent[] } : {}) }
+    ? { agents: arg('agents', 3), replicas: arg('replicas', 2), store: storeArg as 's3' | 'dir', ...(only ? { events: only as FleetEvent[] } : {}) }
     : undefined;
   const r = await runChaos({
     ops: arg('ops', 1000), crashes: arg('crashes', 24), clients: arg('clients', 8),
