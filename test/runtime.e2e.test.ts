@@ -6,6 +6,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
 import { Runc } from '../src/runtime/runc.ts';
+import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
 import { createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
@@ -138,6 +139,13 @@ describe('sandbox lifecycle on one node', () => {
 
     const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
     assert.equal(snap.memory, true);
+    // The memory images were hashed while CRIU wrote them: the manifest vouches for the very
+    // images stored (all hashed again from the files here).
+    const store = a.agent.runtime.store;
+    assert.ok(store instanceof DirectorySnapshotStore);
+    const manifest = (await store.manifest(id))!;
+    assert.equal(manifest.objects.find((o) => o.name === 'checkpoint')?.digest, 'files');
+    await store.verify(id, store.dir(id), manifest);
     const gone = await leftovers(id);
     assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     await sleep(300);

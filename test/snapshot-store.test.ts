@@ -11,6 +11,7 @@ import { s3ConfigFromEnv } from '../src/runtime/config.ts';
 import { ChecksumError, collectIncomplete, createSnapshotStore, hashing, hashObject, MANIFEST, objectStream, type SnapshotStore } from '../src/runtime/snapshot-store.ts';
 import { pipeline } from 'node:stream/promises';
 import { TEST_ROOT } from './helpers/agent-harness.ts';
+import { followCheckpointDump } from '../src/runtime/checkpoint-hasher.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
 // The store contract, run against both implementations: the directory store and the S3 store
@@ -372,5 +373,122 @@ describe('checkpoint hash', () => {
       ),
       { numRuns: 25 },
     );
+  });
+
+  test('property: images hashed while a dump writes them (followDump) give the digest of the finished images, whatever the writes', async () => {
+    const fc = (await import('fast-check')).default;
+    await fc.assert(
+      fc.asyncProperty(
+        // Per memory image: the pieces the "dump" appends, in order (CRIU writes front to back).
+        fc.array(fc.array(fc.integer({ min: 0, max: 3 << 20 }), { minLength: 0, maxLength: 8 }), { minLength: 1, maxLength: 3 }),
+        // After the dump: an image changed again (another size), or none.
+        fc.option(fc.nat(2), { nil: null }),
+        async (images, rewritten) => {
+          const dir = path.join(base, `follow-${randomBytes(4).toString('hex')}`);
+          const imagesDir = path.join(dir, 'checkpoint');
+          await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+          try {
+            const follow = followCheckpointDump(imagesDir);
+            await writeFile(path.join(imagesDir, 'inventory.img'), randomBytes(100));
+            for (const [i, pieces] of images.entries()) {
+              const f = await open(path.join(imagesDir, `pages-${i + 1}.img`), 'a');
+              for (const n of pieces) {
+                await f.write(randomBytes(n));
+                await new Promise((r) => setImmediate(r));
+              }
+              await f.close();
+            }
+            const followed = await follow.finish();
+            assert.ok(followed, 'the follow answered');
+            for (const [i, pieces] of images.entries()) {
+              assert.equal(followed[`pages-${i + 1}.img`]?.size, pieces.reduce((a, b) => a + b, 0), 'it read every byte written');
+            }
+            if (rewritten !== null && rewritten < images.length) await writeFile(path.join(imagesDir, `pages-${rewritten + 1}.img`), randomBytes(777));
+            await chown(imagesDir, UID, UID);
+            const withFollow = await hashObject(dir, 'checkpoint', { digest: 'files', followed });
+            const fresh = await hashObject(dir, 'checkpoint', { digest: 'files' });
+            assert.deepEqual(withFollow, fresh);
+            assert.equal(fresh.digest, 'files');
+          } finally {
+            await rm(dir, { recursive: true, force: true });
+          }
+        },
+      ),
+      { numRuns: 15 },
+    );
+  });
+
+  test("the images' listed digest changes with any image's bytes, mode or owner, and with an image added; an abandoned follow ends", async () => {
+    const dir = path.join(base, `files-digest-${randomBytes(4).toString('hex')}`);
+    const imagesDir = path.join(dir, 'checkpoint');
+    await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+    try {
+      const abandoned = followCheckpointDump(imagesDir);
+      abandoned.abandon();
+      await writeFile(path.join(imagesDir, 'pages-1.img'), randomBytes(5000));
+      await writeFile(path.join(imagesDir, 'core-1.img'), randomBytes(300));
+      const digest = async () => (await hashObject(dir, 'checkpoint', { digest: 'files' })).sha256;
+      const first = await digest();
+      assert.equal(await digest(), first, 'the same images, the same digest');
+      const f = await open(path.join(imagesDir, 'pages-1.img'), 'r+');
+      const byte = Buffer.alloc(1);
+      await f.read(byte, 0, 1, 4000);
+      await f.write(Buffer.from([byte[0]! ^ 1]), 0, 1, 4000);
+      await f.close();
+      const flipped = await digest();
+      assert.notEqual(flipped, first, 'one bit of an image');
+      await chmod(path.join(imagesDir, 'core-1.img'), 0o600);
+      const moded = await digest();
+      assert.notEqual(moded, flipped, "an image's mode");
+      await chown(path.join(imagesDir, 'core-1.img'), UID, UID);
+      const owned = await digest();
+      assert.notEqual(owned, moded, "an image's owner");
+      await writeFile(path.join(imagesDir, 'extra.img'), '');
+      assert.notEqual(await digest(), owned, 'an image added');
+      // What the follow would have read had it not been abandoned: nothing is left running.
+      assert.equal(await abandoned.finish(), (await abandoned.finish()));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the directory store checks a checkpoint by the digest its manifest names: listed digests (a pause) and the tar stream (older snapshots)', async () => {
+    const root = path.join(base, `dir-digests-${randomBytes(4).toString('hex')}`);
+    const store = new DirectorySnapshotStore(root);
+    await store.prepare();
+    const id = newSandboxId();
+    const staging = path.join(root, `.${id}.partial-test`);
+    await mkdir(path.join(staging, 'checkpoint'), { recursive: true, mode: 0o700 });
+    try {
+      const follow = store.followDump(staging);
+      await writeFile(path.join(staging, 'checkpoint', 'pages-1.img'), randomBytes(3 << 20));
+      await writeFile(path.join(staging, 'checkpoint', 'core-1.img'), randomBytes(200));
+      await writeFile(path.join(staging, 'snapshot.json'), '{}');
+      await writeFile(path.join(staging, 'disk.img'), randomBytes(4096));
+      store.prestage(staging, 'checkpoint');
+      store.prestage(staging, 'disk');
+      void follow;
+      await store.put(id, staging);
+      const manifest = (await store.manifest(id))!;
+      const entry = manifest.objects.find((o) => o.name === 'checkpoint')!;
+      assert.equal(entry.digest, 'files');
+      assert.deepEqual(entry, await hashObject(store.dir(id), 'checkpoint', { digest: 'files' }));
+      await store.get(id, path.join(base, `copy-${id}`));
+      await rm(path.join(base, `copy-${id}`), { recursive: true, force: true });
+      // One bit of the memory image: a copy out refuses it.
+      const f = await open(path.join(store.dir(id), 'checkpoint', 'pages-1.img'), 'r+');
+      await f.write(Buffer.from([1]), 0, 1, 100);
+      await f.close();
+      await assert.rejects(store.get(id, path.join(base, `copy2-${id}`)), ChecksumError);
+      // An older manifest (the tar stream's digest, no "digest" field) is still checked as such.
+      const stream = await hashObject(store.dir(id), 'checkpoint');
+      assert.equal(stream.digest, undefined);
+      const older = { ...manifest, objects: manifest.objects.map((o) => (o.name === 'checkpoint' ? stream : o)) };
+      await writeFile(path.join(store.dir(id), MANIFEST), JSON.stringify(older));
+      await store.get(id, path.join(base, `copy3-${id}`));
+      await rm(path.join(base, `copy3-${id}`), { recursive: true, force: true });
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

@@ -1,74 +1,138 @@
-// A pause hashes its whole memory image (100 MiB: ~75 ms of sha256 on this kind of host). On the
-// agent's own thread that held up every other step of the pause and every other request; in a
-// thread of its own it runs beside them. One long-lived thread, started at the first hash.
+// A pause hashes its whole memory image (100 MiB: ~70 ms of sha256 on this kind of host). On the
+// agent's own thread that held up every other step of the pause and every other request; in
+// threads of their own it runs beside them, and mostly while CRIU still writes the images
+// (followDump). A few long-lived threads, started as needed: a thread runs one request at a
+// time, and a follow lasts as long as its dump.
 import { Worker } from 'node:worker_threads';
+import { checkpointFilesDigest, type CheckpointEntry, type FollowedImages } from './checkpoint-digest.mjs';
 
-/** The checkpoint object's manifest entry: the sha256 and size of its canonical tar stream. */
-export interface CheckpointEntry {
-  name: 'checkpoint';
-  sha256: string;
-  size: number;
-}
-type HashRequest = { id: number; dir: string };
-type HashAnswer = { id: number; entry: CheckpointEntry | null } | { id: number; error: string };
+export type { CheckpointEntry, FollowedImages } from './checkpoint-digest.mjs';
+
+type Request =
+  | { id: number; dir: string; digest: 'stream' | 'files'; followed?: FollowedImages }
+  | { id: number; follow: string; flag: SharedArrayBuffer };
+type Answer =
+  | { id: number; entry: CheckpointEntry | null }
+  | { id: number; followed: FollowedImages }
+  | { id: number; error: string };
 
 const ENTRY = new URL('./checkpoint-hash-thread.mjs', import.meta.url);
-
-interface Pending {
-  resolve: (entry: CheckpointEntry | null) => void;
-  reject: (e: Error) => void;
-}
+/** Pauses at once on a node beyond this wait for a thread. */
+const MAX_THREADS = 4;
 
 interface HashingThread {
   worker: Worker;
-  pending: Map<number, Pending>;
+  /** The request it runs, if any. */
+  running: { resolve: (a: Answer | null) => void } | null;
 }
 
-let current: HashingThread | null = null;
-/** A thread that failed before it answered once is not started again (the agent's thread hashes). */
+const idle: HashingThread[] = [];
+let started = 0;
+const waiting: Array<(t: HashingThread | null) => void> = [];
+/** A thread that failed before it answered once: no more are started (the caller's fallbacks run). */
 let unavailable = false;
 let nextId = 0;
 
 /**
- * The checkpoint object's manifest entry (see checkpoint-hash-thread.mjs), hashed in the
- * hashing thread. Null when the images are not what it hashes without tar, or when the thread is not
- * available (it failed to start or died): the caller hashes tar's stream then. Rejects when the
- * images cannot be read or change while they are hashed.
+ * The checkpoint object's manifest entry, hashed in a hashing thread: digest "files" (see
+ * checkpoint-digest.mjs; `followed`: what a follow of the dump read) or the tar stream's.
+ * Null when no thread is available (one failed to start or died), or, for the tar stream's,
+ * when the images are not what it hashes without tar: the caller falls back then. Rejects when
+ * the images cannot be read or change while they are hashed.
  */
-export function hashCheckpointOffThread(dir: string): Promise<CheckpointEntry | null> {
+export async function hashCheckpointOffThread(
+  dir: string, opts: { digest: 'stream' | 'files'; followed?: FollowedImages },
+): Promise<CheckpointEntry | null> {
+  const answer = await ask({ id: nextId++, dir, digest: opts.digest, ...(opts.followed ? { followed: opts.followed } : {}) });
+  if (!answer) return null;
+  if ('error' in answer) throw new Error(answer.error);
+  return 'entry' in answer ? answer.entry : null;
+}
+
+/** Digest "files" on the caller's thread (no hashing thread could be had). */
+export function hashCheckpointHere(dir: string): CheckpointEntry {
+  return checkpointFilesDigest(dir);
+}
+
+/** A follow of a running dump (see followDump): `finish` once the dump is over, or `abandon`. */
+export interface DumpFollower {
+  /** The dump ended: what the follow read, once it has read the rest (null: no thread, or it failed). */
+  finish(): Promise<FollowedImages | null>;
+  abandon(): void;
+}
+
+/** Starts following the dump that writes into `imagesDir` (an existing directory). */
+export function followCheckpointDump(imagesDir: string): DumpFollower {
+  const flag = new SharedArrayBuffer(4);
+  const stop = () => {
+    const f = new Int32Array(flag);
+    Atomics.store(f, 0, 1);
+    Atomics.notify(f, 0);
+  };
+  const result = ask({ id: nextId++, follow: imagesDir, flag }).then(
+    (a) => (a && 'followed' in a ? a.followed : null),
+    () => null,
+  );
+  return {
+    finish: () => {
+      stop();
+      return result;
+    },
+    abandon: stop,
+  };
+}
+
+async function ask(req: Request): Promise<Answer | null> {
+  const t = await acquire();
+  if (!t) return null;
+  try {
+    return await new Promise<Answer | null>((resolve) => {
+      t.running = { resolve };
+      t.worker.ref(); // a thread keeps the process alive only while it has work
+      t.worker.postMessage(req);
+    });
+  } finally {
+    t.running = null;
+    t.worker.unref();
+    release(t);
+  }
+}
+
+function acquire(): Promise<HashingThread | null> {
   if (unavailable) return Promise.resolve(null);
-  const t = current ?? (current = start());
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    t.pending.set(id, { resolve, reject });
-    t.worker.ref(); // the thread keeps the process alive only while it has work
-    t.worker.postMessage({ id, dir } satisfies HashRequest);
-  });
+  const t = idle.pop();
+  if (t) return Promise.resolve(t);
+  if (started < MAX_THREADS) return Promise.resolve(start());
+  return new Promise((resolve) => waiting.push(resolve));
+}
+
+function release(t: HashingThread) {
+  if (t.worker.threadId === -1) return; // it died: gone from the pool
+  const next = waiting.shift();
+  if (next) next(t);
+  else idle.push(t);
 }
 
 function start(): HashingThread {
+  started++;
   // (without the agent's own node options: its TypeScript loader would cost the thread ~100 ms to start)
-  const t: HashingThread = { worker: new Worker(ENTRY, { execArgv: [] }), pending: new Map() };
+  const t: HashingThread = { worker: new Worker(ENTRY, { execArgv: [] }), running: null };
   let answered = false;
   t.worker.unref();
-  t.worker.on('message', (answer: HashAnswer) => {
+  t.worker.on('message', (answer: Answer) => {
     answered = true;
-    const p = t.pending.get(answer.id);
-    if (!p) return;
-    t.pending.delete(answer.id);
-    if (t.pending.size === 0) t.worker.unref();
-    if ('error' in answer) p.reject(new Error(answer.error));
-    else p.resolve(answer.entry);
+    t.running?.resolve(answer);
   });
   const lost = () => {
-    if (current === t) current = null;
-    for (const p of t.pending.values()) p.resolve(null);
-    t.pending.clear();
+    started--;
+    const i = idle.indexOf(t);
+    if (i >= 0) idle.splice(i, 1);
+    t.running?.resolve(null);
+    if (unavailable) for (const w of waiting.splice(0)) w(null);
   };
   t.worker.on('error', (e) => {
     if (!answered) unavailable = true;
-    process.stderr.write(`nestbox: the checkpoint hashing thread failed (${e.message}); tar's stream is hashed instead\n`);
-    lost();
+    process.stderr.write(`nestbox: a checkpoint hashing thread failed (${e.message}); the images are hashed without it\n`);
   });
   t.worker.on('exit', lost);
   return t;

@@ -4,6 +4,7 @@ import { constants } from 'node:fs';
 import path from 'node:path';
 import { isSnapshotKey } from '../core/ids.ts';
 import { run } from './command.ts';
+import { followCheckpointDump, type DumpFollower } from './checkpoint-hasher.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
   ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
@@ -14,7 +15,8 @@ import {
  * Snapshots as directories under one root (`NESTBOX_SNAPSHOT_DIR`), shared by the nodes that
  * share that file system: `<root>/<id>/` holds snapshot.json, checkpoint/, disk.img as pause
  * staged them, plus manifest.json (the sha256 of each object's canonical stream, see
- * snapshot-store.ts). A put writes the manifest into the staging directory and renames it into
+ * snapshot-store.ts; of the checkpoint, its images' listed digests, which a pause computes
+ * while CRIU writes them). A put writes the manifest into the staging directory and renames it into
  * place, so a snapshot appears whole or not at all; resume restores from the directory in
  * place (no copy), and a copy out (`get`) is verified.
  */
@@ -25,6 +27,8 @@ export class DirectorySnapshotStore implements SnapshotStore {
   readonly description: string;
   /** prestage()'s work, by staging directory: each object's manifest entry, once hashed and synced. */
   private readonly headStarts = new Map<string, Map<ObjectName, Promise<ManifestEntry>>>();
+  /** followDump()'s follows, by staging directory, until prestage() of the checkpoint takes them. */
+  private readonly follows = new Map<string, DumpFollower>();
 
   constructor(readonly root: string) {
     this.description = `directory ${root}`;
@@ -60,11 +64,34 @@ export class DirectorySnapshotStore implements SnapshotStore {
     }
   }
 
+  /**
+   * While CRIU dumps into the staging's images: they are hashed and sent to the disk as they are
+   * written (a thread follows them), so that once the dump is over the checkpoint's head start
+   * (prestage) finds little left to read or sync.
+   */
+  followDump(staging: string): { abandon(): void } {
+    const key = path.resolve(staging);
+    const follow = followCheckpointDump(localSnapshot(staging).images);
+    this.follows.get(key)?.abandon();
+    this.follows.set(key, follow);
+    return {
+      abandon: () => {
+        follow.abandon();
+        if (this.follows.get(key) === follow) this.follows.delete(key);
+      },
+    };
+  }
+
   prestage(staging: string, name: ObjectName): void {
     const key = path.resolve(staging);
     let started = this.headStarts.get(key);
     if (!started) this.headStarts.set(key, (started = new Map()));
-    const entry = Promise.all([hashObject(staging, name), syncObject(staging, name)]).then(([e]) => e);
+    const follow = name === 'checkpoint' ? this.follows.get(key) : undefined;
+    if (follow) this.follows.delete(key);
+    const hashed = name === 'checkpoint'
+      ? (follow?.finish() ?? Promise.resolve(null)).then((followed) => hashObject(staging, name, { digest: 'files', ...(followed ? { followed } : {}) }))
+      : hashObject(staging, name);
+    const entry = Promise.all([hashed, syncObject(staging, name)]).then(([e]) => e);
     entry.catch(() => undefined); // seal() hashes the object itself then
     started.set(name, entry);
   }
@@ -175,7 +202,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
   /** Every object of the manifest, hashed again from the directory. */
   async verify(id: string, dir: string, manifest: Manifest): Promise<void> {
     for (const want of manifest.objects) {
-      const got = await hashObject(dir, want.name).catch(() => ({ sha256: 'missing', size: -1 }));
+      const got = await hashObject(dir, want.name, want.digest ? { digest: want.digest } : {}).catch(() => ({ sha256: 'missing', size: -1 }));
       if (got.sha256 !== want.sha256 || got.size !== want.size) throw new ChecksumError(id, want.name, want.sha256, got.sha256);
     }
   }
@@ -192,7 +219,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
     const [objects] = await Promise.all([
       Promise.all((await objectsOf(dir)).map(async (name) => {
         const early = await started?.get(name)?.catch(() => undefined);
-        return early ?? hashObject(dir, name);
+        return early ?? hashObject(dir, name, name === 'checkpoint' ? { digest: 'files' } : {});
       })),
       syncSnapshotFiles(dir),
     ]);
@@ -225,14 +252,21 @@ async function syncSnapshotFiles(dir: string) {
   if (await exists(l.images)) await fsyncDir(l.images);
 }
 
+/** Image files synced at once by a head start (the thread pool has 4 threads by default). */
+const SYNC_BATCH = 3;
+
 /** fsync of one object's files (the checkpoint's images and their directory, or the disk image). */
 async function syncObject(dir: string, name: ObjectName) {
   const l = localSnapshot(dir);
   if (name === 'snapshot.json') return syncFile(l.meta);
   if (name === 'disk') return syncFile(l.diskImage);
-  // One after the other: a head start runs beside the rest of a pause, whose file operations
-  // need the thread pool too (every fsync at once held all of its threads for tens of ms).
-  for (const f of await readdir(l.images)) await syncFile(path.join(l.images, f));
+  // A few at a time: a head start runs beside the rest of a pause, whose file operations need
+  // the thread pool too. (The memory images, the bulk, were synced while the dump ran: see
+  // followDump; what is left is small, and fsyncs at once share the file system's commits.)
+  const files = await readdir(l.images);
+  for (let i = 0; i < files.length; i += SYNC_BATCH) {
+    await Promise.all(files.slice(i, i + SYNC_BATCH).map((f) => syncFile(path.join(l.images, f))));
+  }
   await fsyncDir(l.images);
 }
 

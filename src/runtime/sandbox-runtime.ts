@@ -280,11 +280,13 @@ export class SandboxRuntime {
     // a dump that fails with the sandbox intact cancels it (a start at the same instant).
     await this.journal.stopped(sandboxId, 'pause', stoppedAt);
     t.step('journal');
+    let follow: { abandon(): void } | undefined;
     try {
       this.inject('checkpoint');
       if (memory) {
         await mkdir(staging.images, { mode: 0o700 });
         await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+        follow = this.store.followDump?.(staging.dir);
         await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
         t.step('dump');
         await handOverImages(staging.images, this.cfg.uidShift);
@@ -293,6 +295,7 @@ export class SandboxRuntime {
         this.store.prestage?.(staging.dir, 'checkpoint');
       }
     } catch (e) {
+      follow?.abandon();
       await this.keepLog(sandboxId, 'dump');
       await rm(staging.dir, { recursive: true, force: true });
       // CRIU resumes the tasks when a dump fails, frozen as it found them; only a running

@@ -5,7 +5,7 @@ import { lstat, readdir } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
-import { hashCheckpointOffThread } from './checkpoint-hasher.ts';
+import { hashCheckpointHere, hashCheckpointOffThread, type FollowedImages } from './checkpoint-hasher.ts';
 import { run } from './command.ts';
 import { exists } from './fs-util.ts';
 // Implementations (they import this file's helpers; nothing of theirs runs at load time).
@@ -50,6 +50,12 @@ export interface SnapshotStore {
    * what it found (and does all of it itself when this found nothing, or failed).
    */
   prestage?(staging: string, name: ObjectName): void;
+  /**
+   * Optional head start on the checkpoint, earlier still: called when CRIU starts to dump into
+   * `staging`'s images (the store may read them as they are written); `abandon` when the dump
+   * failed. The checkpoint's `prestage` follows once the dump is over.
+   */
+  followDump?(staging: string): { abandon(): void };
   /**
    * Where a complete snapshot can be read in place (the directory store), or null (it must be
    * fetched with `get`). What is there must not be changed.
@@ -117,6 +123,13 @@ export interface ManifestEntry {
   name: ObjectName;
   sha256: string;
   size: number;
+  /**
+   * What `sha256` digests. Absent: the object's canonical stream (what a store uploads and a
+   * download checks). "files", only for the directory store's checkpoint (kept unpacked): each
+   * image's own digest, listed (see checkpoint-digest.mjs), which a pause computes while CRIU
+   * still writes the images.
+   */
+  digest?: 'files';
 }
 
 export interface Manifest {
@@ -130,7 +143,8 @@ export function parseManifest(text: string, id: string): Manifest {
   const m = JSON.parse(text) as Manifest;
   if (m?.version !== 1 || m.id !== id || !Array.isArray(m.objects)) throw new Error(`snapshot ${id}: malformed manifest`);
   for (const o of m.objects) {
-    if (!OBJECT_NAMES.includes(o.name) || !/^[0-9a-f]{64}$/.test(o.sha256) || !Number.isSafeInteger(o.size)) {
+    if (!OBJECT_NAMES.includes(o.name) || !/^[0-9a-f]{64}$/.test(o.sha256) || !Number.isSafeInteger(o.size)
+      || (o.digest !== undefined && !(o.digest === 'files' && o.name === 'checkpoint'))) {
       throw new Error(`snapshot ${id}: malformed manifest entry ${JSON.stringify(o)}`);
     }
   }
@@ -214,12 +228,20 @@ export function hashing(): Transform & { digest: () => { sha256: string; size: n
   return t;
 }
 
-/** The manifest entry of one object of a local snapshot, computed from its canonical stream. */
-export async function hashObject(dir: string, name: ObjectName): Promise<ManifestEntry> {
+/**
+ * The manifest entry of one object of a local snapshot: the digest of its canonical stream, or,
+ * for the checkpoint with `digest: 'files'`, its images' listed digests (`followed`: what a
+ * follow of the dump read; see checkpoint-hasher.ts).
+ */
+export async function hashObject(
+  dir: string, name: ObjectName, opts: { digest?: 'files'; followed?: FollowedImages } = {},
+): Promise<ManifestEntry> {
   if (name === 'checkpoint') {
     // In a thread of its own: a pause hashes its whole memory image meanwhile its other steps go on.
-    const entry = await hashCheckpointOffThread(dir);
+    const digest = opts.digest ?? 'stream';
+    const entry = await hashCheckpointOffThread(dir, { digest, ...(opts.followed ? { followed: opts.followed } : {}) });
     if (entry) return entry;
+    if (digest === 'files') return hashCheckpointHere(dir);
   }
   if (name === 'snapshot.json') {
     const { stream } = objectStream(dir, name);
