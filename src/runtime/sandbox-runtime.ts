@@ -281,6 +281,7 @@ export class SandboxRuntime {
     await this.journal.stopped(sandboxId, 'pause', stoppedAt);
     t.step('journal');
     let follow: { abandon(): void } | undefined;
+    let handedOver: Promise<void> = Promise.resolve();
     try {
       this.inject('checkpoint');
       if (memory) {
@@ -289,10 +290,17 @@ export class SandboxRuntime {
         follow = this.store.followDump?.(staging.dir);
         await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
         t.step('dump');
-        await handOverImages(staging.images, this.cfg.uidShift);
-        t.step('handOver');
-        // The images are final: the store hashes and syncs them beside the steps below.
-        this.store.prestage?.(staging.dir, 'checkpoint');
+        // The images are final: handed over, then hashed and synced by the store, all beside the
+        // steps below (awaited before the snapshot is stored).
+        const dumped = follow;
+        handedOver = handOverImages(staging.images, this.cfg.uidShift).then(
+          () => this.store.prestage?.(staging.dir, 'checkpoint'),
+          (e: unknown) => {
+            dumped?.abandon();
+            throw e;
+          },
+        );
+        handedOver.catch(() => undefined); // awaited below
       }
     } catch (e) {
       follow?.abandon();
@@ -327,6 +335,8 @@ export class SandboxRuntime {
       };
       await writeFile(staging.meta, JSON.stringify(snapshot));
       t.step('move');
+      step = 'handing its memory images over';
+      await handedOver;
       step = `storing the snapshot in ${this.store.description}`;
       await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
       t.step('put');
