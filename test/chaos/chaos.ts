@@ -600,8 +600,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         // A sandbox found lost ended when it was found so (a container its node kept running
         // unseen, e.g. while the node restarted, is not the customer's any more).
         const endEvent = list.find((e) => (e.to_state === 'killing' && e.reason === 'lost') || e.to_state === 'killed' || e.to_state === 'failed');
-        // A create that never became the customer's (it failed) is not billed, whatever ran.
-        const until = !list.some((e) => e.to_state === 'running') ? from : endEvent ? endEvent.at.getTime() : frozenAt;
+        // A create that never became the customer's (it failed) is not billed, whatever ran; nor
+        // is an attempt that failed before another node's start succeeded (the control plane
+        // killed it, confirmed, before it placed the start again): runs that ended before the
+        // sandbox first ran.
+        const firstRunning = list.find((e) => e.to_state === 'running')?.at.getTime() ?? null;
+        const until = firstRunning === null ? from : endEvent ? endEvent.at.getTime() : frozenAt;
         const mine = journal.filter((x) => x.sandboxId === id);
         let observed = 0;
         // Runs per node: [start, stop) as each node saw them.
@@ -612,7 +616,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
             const t = Date.parse(j.at);
             if (j.event === 'start') startedAt ??= { t, cause: j.cause };
             else if (startedAt !== null) {
-              observed += Math.max(0, Math.min(t, until) - Math.max(startedAt.t, from));
+              if (firstRunning === null || t > firstRunning) observed += Math.max(0, Math.min(t, until) - Math.max(startedAt.t, from));
               runs.push({ nodeId: a.nodeId, start: startedAt.t, end: t, cause: startedAt.cause, endCause: j.cause });
               startedAt = null;
             }
