@@ -31,7 +31,7 @@ import { SandboxRecovery } from './sandbox-recovery.ts';
 import { StepTimes } from './step-times.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
-import { createTemplateDistribution, SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
+import { createTemplateDistribution, LocalTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 const INIT_READY_TIMEOUT_MS = 10_000;
 /** A snapshot whose put failed is put again (its staging is whole): a store away for a few seconds. */
@@ -67,7 +67,7 @@ export class SandboxRuntime {
   readonly journal: NodeJournal;
   /** Where snapshots are kept; `cfg.snapshotDir` is where pause stages and resume restores from. */
   readonly store: SnapshotStore;
-  /** How templates reach the nodes that lack them (the object store, or a shared directory). */
+  /** How templates reach the nodes that lack them: through the snapshot store (its object store or directory). */
   readonly templates: TemplateDistribution;
   /** New disks of the default size, made ahead of the creates that take them. */
   private readonly disks: DiskPool;
@@ -113,7 +113,7 @@ export class SandboxRuntime {
     const fetched = await this.templates.fetch(name).catch((e) => {
       throw new NestboxError('unavailable', `template "${name}" could not be fetched from ${this.templates.description}: ${msg(e)}`, { retryable: true });
     });
-    if (!fetched) throw notFound(`template "${name}" is not on this node${this.templates instanceof SharedDirectoryTemplates ? '' : ' nor in the store'}`);
+    if (!fetched) throw notFound(`template "${name}" is not on this node${this.templates instanceof LocalTemplates ? '' : ' nor in the store'}`);
   }
 
   /** The init client of a running sandbox; callers must not cache it across pause/resume. */

@@ -1,25 +1,26 @@
-// Templates travel through the object store, as snapshots do: a node that imports or builds a
-// template publishes it (`<prefix>templates/<name>/template.tar`, then its manifest, written
-// last); a node asked for a template it lacks fetches it, checks it against the manifest and
-// renames it into place whole. With the directory snapshot store, nodes share the templates
-// directory itself (a shared file system), and there is nothing to distribute.
+// Templates travel through the snapshot store, as snapshots do: a node that imports or builds a
+// template publishes it (one tar, then its manifest, written last: template-archive.ts); a node
+// asked for a template it lacks fetches it, checks it against the manifest and renames it into
+// place whole. With the object store they are `<prefix>templates/<name>/{template.tar,
+// manifest.json}` (S3Templates, here); with the directory store, `<snapshot dir>/.templates/<name>/`
+// beside the snapshots (directory-templates.ts), so nodes that share only the snapshot directory
+// still share their templates. Nodes that share the templates directory as well publish too
+// (harmless: a copy) and never need to fetch. A warm capture is each node's own (its data
+// directory) and is not distributed.
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
-import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
+import { DirectoryTemplates } from './directory-templates.ts';
+import { DirectorySnapshotStore } from './directory-snapshot-store.ts';
 import { exists } from './fs-util.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
 import { retried } from './retry.ts';
 import { S3SnapshotStore, status } from './s3-snapshot-store.ts';
-import { hashing, type SnapshotStore } from './snapshot-store.ts';
+import type { SnapshotStore } from './snapshot-store.ts';
+import { assertTemplateName, packTemplate, parseTemplateManifest, unpackTemplate, type TemplateManifest } from './template-archive.ts';
 
 export interface TemplateDistribution {
   readonly description: string;
@@ -33,9 +34,9 @@ export interface TemplateDistribution {
   list(): Promise<string[]>;
 }
 
-/** Nodes share the templates directory: nothing to move. */
-export class SharedDirectoryTemplates implements TemplateDistribution {
-  readonly description = 'the shared templates directory';
+/** No store: a template is only on the node that made it (a node on its own, with any other store). */
+export class LocalTemplates implements TemplateDistribution {
+  readonly description = 'this node only';
   async publish() {}
   async fetch() {
     return false;
@@ -44,14 +45,6 @@ export class SharedDirectoryTemplates implements TemplateDistribution {
   async list() {
     return [];
   }
-}
-
-interface TemplateManifest {
-  version: 1;
-  name: string;
-  sha256: string;
-  size: number;
-  publishedAt: string;
 }
 
 const PART_SIZE = 16 * 1024 * 1024;
@@ -71,64 +64,37 @@ export class S3Templates implements TemplateDistribution {
   }
 
   private key(name: string, object: 'template.tar' | 'manifest.json') {
-    if (!TEMPLATE_NAME_PATTERN.test(name)) throw new Error(`invalid template name "${name}"`);
+    assertTemplateName(name);
     return `${this.store.cfg.prefix}templates/${name}/${object}`;
   }
 
   async publish(name: string): Promise<void> {
-    const dir = path.join(this.cfg.templatesDir, name);
-    if (!(await exists(path.join(dir, 'rootfs')))) throw new Error(`template ${name} is not on this node`);
     await this.locks.run(name, async () => {
+      const packed = await packTemplate(this.cfg.templatesDir, name);
       // The old manifest goes first: nothing vouches for an object being replaced.
       await retried(() => this.store.client.send(new DeleteObjectCommand({ Bucket: this.store.cfg.bucket, Key: this.key(name, 'manifest.json') })));
-      const members = ['rootfs', ...((await exists(path.join(dir, 'template.json'))) ? ['template.json'] : [])];
-      const { stream, done } = tarStream(dir, members);
-      const h = hashing();
-      const body = stream.pipe(h);
-      stream.on('error', (e) => h.destroy(e));
       const upload = new Upload({
         client: this.store.client,
-        params: { Bucket: this.store.cfg.bucket, Key: this.key(name, 'template.tar'), Body: body },
+        params: { Bucket: this.store.cfg.bucket, Key: this.key(name, 'template.tar'), Body: packed.body },
         partSize: PART_SIZE, queueSize: 2, leavePartsOnError: false,
       });
-      await Promise.all([upload.done(), done]);
-      const manifest: TemplateManifest = { version: 1, name, ...h.digest(), publishedAt: new Date().toISOString() };
+      await Promise.all([upload.done(), packed.done]);
       await retried(() => this.store.client.send(new PutObjectCommand({
-        Bucket: this.store.cfg.bucket, Key: this.key(name, 'manifest.json'), Body: JSON.stringify(manifest), ContentType: 'application/json',
+        Bucket: this.store.cfg.bucket, Key: this.key(name, 'manifest.json'), Body: JSON.stringify(packed.manifest()), ContentType: 'application/json',
       })));
       this.listed = null;
     });
   }
 
   async fetch(name: string): Promise<boolean> {
+    assertTemplateName(name);
     return this.locks.run(name, async () => {
-      const final = path.join(this.cfg.templatesDir, name);
-      if (await exists(path.join(final, 'rootfs'))) return true; // fetched by a create that went first
+      if (await exists(path.join(this.cfg.templatesDir, name, 'rootfs'))) return true; // fetched by a create that went first
       const manifest = await this.manifest(name);
       if (!manifest) return false;
-      const staging = path.join(this.cfg.templatesDir, `.fetch-${name}-${randomBytes(4).toString('hex')}`);
-      await mkdir(staging, { mode: 0o755 });
-      try {
-        const file = path.join(staging, '.template.tar');
-        const res = await this.store.client.send(new GetObjectCommand({ Bucket: this.store.cfg.bucket, Key: this.key(name, 'template.tar') }));
-        const h = hashing();
-        await pipeline(res.Body as Readable, h, createWriteStream(file, { mode: 0o600 }));
-        const got = h.digest();
-        if (got.sha256 !== manifest.sha256 || got.size !== manifest.size) {
-          throw new Error(`template ${name} in the store fails its checksum (manifest ${manifest.sha256.slice(0, 12)}…, got ${got.sha256.slice(0, 12)}…)`);
-        }
-        // Owners and modes as published: the rootfs belongs to the sandboxes' mapped range.
-        await run(['tar', '-C', staging, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file]);
-        await rm(file, { force: true });
-        const entries = (await readdir(staging)).filter((e) => e !== 'rootfs' && e !== 'template.json');
-        if (entries.length) throw new Error(`template ${name} in the store holds more than a template: ${entries.join(', ')}`);
-        if (!(await lstat(path.join(staging, 'rootfs'))).isDirectory()) throw new Error(`template ${name} in the store has no rootfs directory`);
-        await rename(staging, final);
-        return true;
-      } catch (e) {
-        await rm(staging, { recursive: true, force: true });
-        throw e;
-      }
+      const res = await this.store.client.send(new GetObjectCommand({ Bucket: this.store.cfg.bucket, Key: this.key(name, 'template.tar') }));
+      await unpackTemplate(this.cfg.templatesDir, name, manifest, res.Body as Readable);
+      return true;
     });
   }
 
@@ -161,11 +127,7 @@ export class S3Templates implements TemplateDistribution {
   private async manifest(name: string): Promise<TemplateManifest | null> {
     try {
       const res = await this.store.client.send(new GetObjectCommand({ Bucket: this.store.cfg.bucket, Key: this.key(name, 'manifest.json') }));
-      const m = JSON.parse(await res.Body!.transformToString()) as TemplateManifest;
-      if (m?.version !== 1 || m.name !== name || !/^[0-9a-f]{64}$/.test(m.sha256) || !Number.isSafeInteger(m.size)) {
-        throw new Error(`template ${name}: malformed manifest in the store`);
-      }
-      return m;
+      return parseTemplateManifest(await res.Body!.transformToString(), name);
     } catch (e) {
       if (status(e) === 404) return null;
       throw e;
@@ -173,22 +135,9 @@ export class S3Templates implements TemplateDistribution {
   }
 }
 
-/** A template directory as one tar stream (names sorted, numeric owners: the same bytes each time). */
-function tarStream(dir: string, members: string[]): { stream: Readable; done: Promise<void> } {
-  const child = spawn('tar', ['-C', dir, '--sort=name', '--numeric-owner', '--format=gnu', '--sparse', '-cf', '-', '--', ...members], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const done = new Promise<void>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`tar of template ${path.basename(dir)} failed (${code}): ${stderr.trim()}`))));
-  });
-  done.catch(() => undefined);
-  return { stream: child.stdout, done };
-}
-
-/** Through the object store when snapshots are there; otherwise nodes share the templates directory. */
+/** The templates go where the snapshots go: the object store, or the snapshot directory. */
 export function createTemplateDistribution(cfg: Pick<RuntimeConfig, 'templatesDir'>, store: SnapshotStore): TemplateDistribution {
-  return store instanceof S3SnapshotStore ? new S3Templates(cfg, store) : new SharedDirectoryTemplates();
+  if (store instanceof S3SnapshotStore) return new S3Templates(cfg, store);
+  if (store instanceof DirectorySnapshotStore) return new DirectoryTemplates(cfg, store.root);
+  return new LocalTemplates();
 }

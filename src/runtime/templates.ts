@@ -14,7 +14,7 @@ import { exists, removeTree } from './fs-util.ts';
 import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
 import { applyLayer } from './image-layers.ts';
 import { hasFileInRoot, imageStartCommand } from './image-start.ts';
-import { SharedDirectoryTemplates, type TemplateDistribution } from './template-distribution.ts';
+import { LocalTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 export const BUILTIN_TEMPLATE = 'base';
 
@@ -159,7 +159,7 @@ export class TemplateStore {
     private readonly cfg: RuntimeConfig,
     private readonly limits: ImportLimits = importLimitsFromEnv(),
     /** Where a new template is published for the other nodes (and a deleted one removed). */
-    private readonly distribution: TemplateDistribution = new SharedDirectoryTemplates(),
+    private readonly distribution: TemplateDistribution = new LocalTemplates(),
   ) {}
 
   /**
