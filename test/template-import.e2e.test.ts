@@ -164,3 +164,33 @@ describe('imported templates run', () => {
     await importVia('imgoci', await tarOf([{ name: 'x', content: 'y' }])).then((l) => assert.equal(l[0].status, 409));
   });
 });
+
+describe('imported templates reach the other nodes', () => {
+  test('a node sharing only the snapshot directory starts a sandbox of a template imported on another', async () => {
+    // Node b: its own data and templates directories (only base), a's snapshot directory.
+    const own = path.join(TEST_ROOT, `templates-b-${randomBytes(4).toString('hex')}`);
+    await mkdir(own, { recursive: true });
+    await chmod(own, 0o755);
+    await symlink(path.join(runtimeConfigFromEnv().templatesDir, 'base'), path.join(own, 'base'));
+    const b = await startTestAgent({ snapshotDir: a.snapshotDir, config: { templatesDir: own } });
+    try {
+      const done = (await importVia('imgmoved', await dockerSaveArchive({ layers: await runnableLayers(), ...RUNNABLE_CONFIG }))).at(-1);
+      assert.equal(done.type, 'done', JSON.stringify(done));
+      assert.ok((await b.agent.runtime.templates.list()).includes('imgmoved'), 'b sees it in the store');
+      assert.equal(existsSync(path.join(own, 'imgmoved')), false);
+
+      const id = await createSandbox(b, { template: 'imgmoved' });
+      const r = await exec(b, id, 'echo "$(id -un) $(pwd) $GREETING"; cat /srv/data/hello');
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.equal(r.stdout, 'app /srv/data hello from the image\nhi', 'fetched whole: its files, owners and defaults');
+      assert.deepEqual((await readdir(own)).sort(), ['base', 'imgmoved'], 'no fetch staging left');
+      await b.json('DELETE', `/v1/sandboxes/${id}`);
+
+      assert.equal((await a.api('DELETE', '/v1/templates/imgmoved')).status, 204);
+      assert.ok(!(await b.agent.runtime.templates.list()).includes('imgmoved'), 'a deleted template leaves the store');
+    } finally {
+      await b.stop();
+      await rm(own, { recursive: true, force: true });
+    }
+  });
+});
