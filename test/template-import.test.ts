@@ -121,12 +121,15 @@ describe('template import', () => {
     const { mkdir, writeFile } = await import('node:fs/promises');
     const dead = path.join(dir, '.import-x-dead');
     const live = path.join(dir, '.import-y-live');
-    for (const [d, pid] of [[dead, 2 ** 22 + 1], [live, process.pid]] as const) {
+    // A fetch from the snapshot store cut short by the agent's death.
+    const deadFetch = path.join(dir, '.fetch-z-0badcafe');
+    for (const [d, pid] of [[dead, 2 ** 22 + 1], [live, process.pid], [deadFetch, 2 ** 22 + 1]] as const) {
       await mkdir(path.join(d, 'rootfs'), { recursive: true });
       await writeFile(path.join(d, '.nestbox-owner.json'), JSON.stringify({ host: os.hostname(), pid }));
     }
-    assert.deepEqual(await store.removeAbandoned(), ['.import-x-dead']);
+    assert.deepEqual((await store.removeAbandoned()).sort(), ['.fetch-z-0badcafe', '.import-x-dead']);
     assert.equal(existsSync(dead), false);
+    assert.equal(existsSync(deadFetch), false);
     assert.equal(existsSync(live), true);
     await rm(live, { recursive: true });
   });

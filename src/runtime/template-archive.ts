@@ -6,7 +6,8 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -80,6 +81,9 @@ export async function packTemplate(templatesDir: string, name: string): Promise<
   };
 }
 
+/** Written into a templates directory's staging and trash directories: the host and process working on them. */
+export const STAGING_OWNER_FILE = '.nestbox-owner.json';
+
 /**
  * Unpacks the tar `body` of template `name` into `templatesDir`: copied into a staging directory
  * there, checked against `manifest`, unpacked with the owners and modes it was published with,
@@ -92,6 +96,8 @@ export async function unpackTemplate(templatesDir: string, name: string, manifes
   try {
     await mkdir(templatesDir, { recursive: true, mode: 0o755 });
     await mkdir(staging, { mode: 0o755 });
+    // Who fetches: a node that dies mid-fetch leaves this staging to its next start (removeAbandoned).
+    await writeFile(path.join(staging, STAGING_OWNER_FILE), JSON.stringify({ host: os.hostname(), pid: process.pid }));
   } catch (e) {
     body.destroy();
     throw e;
@@ -107,6 +113,7 @@ export async function unpackTemplate(templatesDir: string, name: string, manifes
     // Owners and modes as published: the rootfs belongs to the sandboxes' mapped range.
     await run(['tar', '-C', staging, '--numeric-owner', '--same-owner', '--same-permissions', '-xf', file]);
     await rm(file, { force: true });
+    await rm(path.join(staging, STAGING_OWNER_FILE), { force: true });
     const entries = (await readdir(staging)).filter((e) => e !== 'rootfs' && e !== 'template.json');
     if (entries.length) throw new Error(`template ${name} in the store holds more than a template: ${entries.join(', ')}`);
     if (!(await lstat(path.join(staging, 'rootfs')).catch(() => null))?.isDirectory()) throw new Error(`template ${name} in the store has no rootfs directory`);

@@ -14,6 +14,7 @@ import { exists, removeTree } from './fs-util.ts';
 import { SpooledArchive, type ImageConfigDefaults } from './image-archive.ts';
 import { applyLayer } from './image-layers.ts';
 import { hasFileInRoot, imageStartCommand } from './image-start.ts';
+import { STAGING_OWNER_FILE } from './template-archive.ts';
 import { LocalTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 export const BUILTIN_TEMPLATE = 'base';
@@ -123,7 +124,7 @@ export async function templateProcessDefaults(cfg: Pick<RuntimeConfig, 'template
 }
 
 /** Written into staging and trash directories: who works on them (see removeAbandoned). */
-const OWNER_FILE = '.nestbox-owner.json';
+const OWNER_FILE = STAGING_OWNER_FILE;
 
 /** What one import may write: the archive, and the files of the image (uncompressed). */
 /** What an import is asked for besides the archive. */
@@ -177,14 +178,14 @@ export class TemplateStore {
   }
 
   /**
-   * Removes the staging and trash directories of imports and deletes whose process (on this
-   * host) is gone: an agent that died mid-import leaves nothing for good. Directories of live
+   * Removes the staging and trash directories of imports, fetches from the store and deletes
+   * whose process (on this host) is gone: an agent that died mid-import leaves nothing for good. Directories of live
    * processes, or of other hosts sharing the directory, are left alone. Returns their names.
    */
   async removeAbandoned(): Promise<string[]> {
     const removed: string[] = [];
     for (const name of await readdir(this.cfg.templatesDir).catch(() => [] as string[])) {
-      if (!/^\.(import|delete)-/.test(name)) continue;
+      if (!/^\.(import|delete|fetch)-/.test(name)) continue;
       const dir = path.join(this.cfg.templatesDir, name);
       let owner: { host?: string; pid?: number } = {};
       try {
