@@ -12,6 +12,11 @@ import { ChecksumError, collectIncomplete, createSnapshotStore, hashing, hashObj
 import { pipeline } from 'node:stream/promises';
 import { TEST_ROOT } from './helpers/agent-harness.ts';
 import { followCheckpointDump } from '../src/runtime/checkpoint-hasher.ts';
+import { NestboxError } from '../src/core/errors.ts';
+import type { RuntimeConfig } from '../src/runtime/config.ts';
+import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
+import type { Runc } from '../src/runtime/runc.ts';
+import { NodeInventory } from '../src/runtime/sandbox-inventory.ts';
 import { startS3Server, type TestS3Server } from './helpers/s3-server.ts';
 
 // The store contract, run against both implementations: the directory store and the S3 store
@@ -258,6 +263,27 @@ describe('S3 store', () => {
     await store.put(id2, st2.dir);
     assert.ok(await store.exists(id2));
     for (const x of [id, id2]) await store.delete(x);
+  });
+
+  test("a store that fails to answer is an error, not a missing snapshot; a manifest that is not one makes no snapshot", async () => {
+    const store = new S3SnapshotStore(s3.storeConfig(`meta-${randomBytes(3).toString('hex')}`));
+    await store.prepare();
+    const id = newSandboxId();
+    const { record } = await stage(id).then(async (st) => {
+      await store.put(id, st.dir);
+      return st;
+    });
+    assert.deepEqual(await store.meta(id), record);
+    const send = store.client.send.bind(store.client);
+    (store.client as { send: unknown }).send = () => Promise.reject(Object.assign(new Error('injected: the store is unavailable'), { $metadata: { httpStatusCode: 503 } }));
+    await assert.rejects(store.meta(id), /unavailable/);
+    // The node answers a resume of it "try again" (503, retryable), not "no snapshot" (404).
+    const inventory = new NodeInventory({} as RuntimeConfig, {} as Runc, store, new KeyedMutex());
+    await assert.rejects(inventory.snapshot(id), (e: unknown) => e instanceof NestboxError && e.code === 'unavailable' && e.retryable === true);
+    (store.client as { send: unknown }).send = send;
+    await store.client.send(new PutObjectCommand({ Bucket: store.cfg.bucket, Key: `${id}/${MANIFEST}`, Body: 'not a manifest' }));
+    assert.equal(await store.meta(id), null);
+    await store.delete(id);
   });
 });
 

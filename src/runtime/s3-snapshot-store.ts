@@ -13,7 +13,7 @@ import { isSnapshotKey } from '../core/ids.ts';
 import { exists } from './fs-util.ts';
 import { retried } from './retry.ts';
 import {
-  ChecksumError, hashing, localSnapshot, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
+  ChecksumError, hashing, localSnapshot, MalformedManifest, MANIFEST, objectsOf, objectStream, parseManifest, unpackObject,
   type IncompleteSnapshot, type Manifest, type ManifestEntry, type ObjectName, type SnapshotStore,
 } from './snapshot-store.ts';
 
@@ -157,7 +157,12 @@ export class S3SnapshotStore implements SnapshotStore {
   }
 
   async meta(id: string): Promise<unknown | null> {
-    const manifest = await this.manifest(id).catch(() => null);
+    // A store that fails to answer is an error (a resume should be tried again), not an answer
+    // that the snapshot is missing; a manifest that is not one makes no complete snapshot.
+    const manifest = await this.manifest(id).catch((e: unknown) => {
+      if (e instanceof MalformedManifest) return null;
+      throw e;
+    });
     const entry = manifest?.objects.find((o) => o.name === 'snapshot.json');
     if (!entry) return null;
     const text = await this.getText(id, 'snapshot.json');

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { notFound } from '../core/errors.ts';
+import { notFound, unavailable } from '../core/errors.ts';
 import { isSandboxId, NAMED_SNAPSHOT_ID_PATTERN } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
 import { diskUsage } from './disk.ts';
@@ -58,7 +58,10 @@ export class NodeInventory {
   }
 
   async snapshot(sandboxId: string): Promise<SnapshotRecord> {
-    const snap = (await this.store.meta(sandboxId)) as SnapshotRecord | null;
+    // A store that does not answer says nothing about the snapshot: try again later (503).
+    const snap = (await this.store.meta(sandboxId).catch((e: unknown) => {
+      throw unavailable(`the snapshot store (${this.store.description}) did not answer for ${sandboxId}: ${e instanceof Error ? e.message : String(e)}; try again shortly`);
+    })) as SnapshotRecord | null;
     if (!snap) throw notFound(`no snapshot of sandbox ${sandboxId}`);
     return snap;
   }

@@ -139,16 +139,29 @@ export interface Manifest {
   objects: ManifestEntry[];
 }
 
+/** A manifest that is not one (a snapshot with it is not complete). */
+export class MalformedManifest extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MalformedManifest';
+  }
+}
+
 export function parseManifest(text: string, id: string): Manifest {
-  const m = JSON.parse(text) as Manifest;
-  if (m?.version !== 1 || m.id !== id || !Array.isArray(m.objects)) throw new Error(`snapshot ${id}: malformed manifest`);
+  let m: Manifest;
+  try {
+    m = JSON.parse(text) as Manifest;
+  } catch {
+    throw new MalformedManifest(`snapshot ${id}: malformed manifest (not JSON)`);
+  }
+  if (m?.version !== 1 || m.id !== id || !Array.isArray(m.objects)) throw new MalformedManifest(`snapshot ${id}: malformed manifest`);
   for (const o of m.objects) {
     if (!OBJECT_NAMES.includes(o.name) || !/^[0-9a-f]{64}$/.test(o.sha256) || !Number.isSafeInteger(o.size)
       || (o.digest !== undefined && !(o.digest === 'files' && o.name === 'checkpoint'))) {
-      throw new Error(`snapshot ${id}: malformed manifest entry ${JSON.stringify(o)}`);
+      throw new MalformedManifest(`snapshot ${id}: malformed manifest entry ${JSON.stringify(o)}`);
     }
   }
-  if (!m.objects.some((o) => o.name === 'snapshot.json')) throw new Error(`snapshot ${id}: manifest without snapshot.json`);
+  if (!m.objects.some((o) => o.name === 'snapshot.json')) throw new MalformedManifest(`snapshot ${id}: manifest without snapshot.json`);
   return m;
 }
 
