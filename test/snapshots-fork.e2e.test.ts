@@ -8,6 +8,7 @@ import { Sandbox } from 'e2b';
 import { getSandbox } from '../src/store/sandboxes.ts';
 import { createTeamWithKey } from '../src/store/teams.ts';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
+import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { COUNTER_PROCESS, eventually, TEST_ROOT } from './helpers/agent-harness.ts';
 import { startStack, type TestStack } from './helpers/stack.ts';
 
@@ -140,6 +141,13 @@ describe('named snapshots', () => {
     const snap = await sbx.createSnapshot({ name: 'counter-snap', ...opts });
     assert.match(snap.snapshotId, /^snap-[a-z0-9]{20}$/);
     assert.deepEqual(snap.names, ['counter-snap']);
+    // Its memory images were hashed while CRIU wrote them: the manifest vouches for the very
+    // images stored (hashed again from the files here).
+    const store = stack.agent.agent.runtime.store;
+    assert.ok(store instanceof DirectorySnapshotStore);
+    const manifest = (await store.manifest(snap.snapshotId))!;
+    assert.equal(manifest.objects.find((o) => o.name === 'checkpoint')?.digest, 'files');
+    await store.verify(snap.snapshotId, store.dir(snap.snapshotId), manifest);
     const atSnapshot = await count(sbx);
     // The sandbox went on, and changes after the snapshot are not in it.
     await sbx.files.write('/home/user/state.txt', 'after the snapshot');

@@ -82,6 +82,13 @@ export class DirectorySnapshotStore implements SnapshotStore {
     };
   }
 
+  discard(staging: string): void {
+    const key = path.resolve(staging);
+    this.follows.get(key)?.abandon();
+    this.follows.delete(key);
+    this.headStarts.delete(key);
+  }
+
   prestage(staging: string, name: ObjectName): void {
     const key = path.resolve(staging);
     let started = this.headStarts.get(key);

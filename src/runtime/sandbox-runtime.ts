@@ -397,18 +397,23 @@ export class SandboxRuntime {
       const staging = snapshotPaths(this.cfg, key, `.${sandboxId}.live-${randomBytes(4).toString('hex')}`);
       await mkdir(staging.dir, { mode: 0o711 });
       try {
-        const snapshot = await this.dumpLive(sandboxId, staging);
+        const snapshot = await this.dumpLive(sandboxId, staging, { toStore: true });
         await retried(() => this.store.put(key, staging.dir), STORE_RETRY_DELAYS_MS);
         return snapshot;
       } catch (e) {
+        this.store.discard?.(staging.dir);
         await rm(staging.dir, { recursive: true, force: true });
         throw wrap(e, 'snapshot');
       }
     });
   }
 
-  /** Dumps a running sandbox into `into` (images, disk.img, snapshot.json); it keeps running. */
-  private async dumpLive(sandboxId: string, into: SnapshotFiles): Promise<SnapshotRecord> {
+  /**
+   * Dumps a running sandbox into `into` (images, disk.img, snapshot.json); it keeps running.
+   * `toStore`: `into` is a staging the snapshot store will be given, which may follow the dump
+   * and hash and sync what it can meanwhile (see SnapshotStore.followDump and prestage).
+   */
+  private async dumpLive(sandboxId: string, into: SnapshotFiles, opts: { toStore?: boolean } = {}): Promise<SnapshotRecord> {
     const record = await this.record(sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
     const state = await this.runc.state(sandboxId);
@@ -416,22 +421,31 @@ export class SandboxRuntime {
     await this.dropAgentConnections(sandboxId, state.pid); // (before the freeze: a frozen init closes nothing)
     await this.runc.freeze(sandboxId);
     const frozenAt = new Date();
+    let follow: { abandon(): void } | undefined;
+    let handedOver = false;
     try {
       this.inject('checkpoint');
       await mkdir(into.images, { mode: 0o700 });
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
+      if (opts.toStore) follow = this.store.followDump?.(into.dir);
       // CRIU finds the cgroup frozen and leaves it so: nothing writes until the disk is copied.
       await this.runc.checkpoint(sandboxId, into.images, p.criuWork, p.runcLog, { leaveRunning: true }).catch(async (e) => {
         await this.keepLog(sandboxId, 'dump');
         throw e;
       });
       await handOverImages(into.images, this.cfg.uidShift);
+      handedOver = true;
+      if (opts.toStore) this.store.prestage?.(into.dir, 'checkpoint'); // (takes the follow)
       // What the sandbox wrote is in the disk image once its file system is synced.
       await run(['sync', '-f', p.disk]);
       await run(['cp', '--sparse=always', '--', p.diskImage, into.diskImage]);
+    } catch (e) {
+      if (!handedOver) follow?.abandon();
+      throw e;
     } finally {
       await this.runc.thaw(sandboxId);
     }
+    if (opts.toStore) this.store.prestage?.(into.dir, 'disk');
     const snapshot: SnapshotRecord = {
       sandbox: record, memory: true, pausedAt: new Date().toISOString(), stoppedAt: frozenAt.toISOString(),
       commandDeadlines: this.commandDeadlines.remaining(sandboxId, frozenAt),

@@ -56,6 +56,8 @@ export interface SnapshotStore {
    * failed. The checkpoint's `prestage` follows once the dump is over.
    */
   followDump?(staging: string): { abandon(): void };
+  /** The caller gives up on `staging` (it removes it): whatever head start the store keeps for it goes. */
+  discard?(staging: string): void;
   /**
    * Where a complete snapshot can be read in place (the directory store), or null (it must be
    * fetched with `get`). What is there must not be changed.
