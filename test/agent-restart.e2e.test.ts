@@ -88,6 +88,31 @@ test('a resume cut short by a crash is repaired: the disk goes back and the snap
   await a.agent.runtime.kill(id, { deleteSnapshot: true });
 });
 
+test('a resume cut short after its start was journaled, before its snapshot went: recovery drops the snapshot and journals no second start', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, COUNTER);
+  await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+  const s = snapshotPaths(a.agent.runtime.cfg, id);
+  const meta = await readFile(s.meta, 'utf8');
+  await a.json('POST', `/v1/sandboxes/${id}/resume`);
+  const starts = async () => (await readFile(path.join(a.dataDir, 'journal.jsonl'), 'utf8')).trim().split('\n')
+    .map((l) => JSON.parse(l)).filter((e) => e.sandboxId === id && e.event === 'start');
+  const journaled = await starts();
+  assert.equal(journaled.at(-1)?.cause, 'resume');
+  // What a resume leaves when the agent dies once the sandbox runs and its start is on record,
+  // before the snapshot (its disk already moved out of it) is dropped.
+  await mkdir(s.dir, { recursive: true });
+  await writeFile(s.meta, meta);
+  const notes = await a.agent.runtime.recover();
+  assert.ok(notes.some((n) => n.startsWith(id) && /resume had completed/.test(n)), notes.join('\n'));
+  assert.ok(!(await readdir(a.agent.runtime.cfg.snapshotDir)).includes(id), 'the consumed snapshot is gone');
+  assert.deepEqual(await starts(), journaled, 'its start is journaled once');
+  const n1 = await readCount(a, id);
+  await sleep(200);
+  assert.ok((await readCount(a, id)) > n1, 'still running');
+  await a.agent.runtime.kill(id);
+});
+
 test('a pause cut short before its dump is abandoned: the partial snapshot goes, the sandbox runs on', async () => {
   const id = await createSandbox(a);
   await exec(a, id, COUNTER);

@@ -120,7 +120,19 @@ async function counterGoesOn(id: string, i: number, atLeast: number): Promise<nu
 // --- the fleet -------------------------------------------------------------------------------
 
 async function startReplica(i: number) {
-  const [port, proxyPort] = [await freePort(), await freePort()];
+  // A port found free on loopback may be taken on the service address (the S3 server's, say):
+  // the replica then exits at once with EADDRINUSE and is started again on other ports.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startReplicaOn(i, await freePort(), await freePort());
+    } catch (e) {
+      if (attempt >= 5 || !/EADDRINUSE/.test((e as Error).message)) throw e;
+      replicas.pop();
+    }
+  }
+}
+
+async function startReplicaOn(i: number, port: number, proxyPort: number) {
   const host = net.serviceAddress;
   const proc = spawn(BIN, ['server', '--host', host, '--port', String(port), '--proxy-host', host, '--proxy-port', String(proxyPort)], {
     env: {

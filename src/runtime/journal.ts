@@ -46,6 +46,12 @@ export class NodeJournal {
     return e?.event === 'stop' ? e.at : null;
   }
 
+  /** When the sandbox's container last started on this node, if its last entry is a start. */
+  async lastStart(sandboxId: string): Promise<string | null> {
+    const e = (await this.lastEntries()).get(sandboxId);
+    return e?.event === 'start' ? e.at : null;
+  }
+
   private lastEntries(): Promise<Map<string, JournalEntry>> {
     this.last ??= this.read().then((all) => new Map(all.map((e) => [e.sandboxId, e])));
     return this.last;

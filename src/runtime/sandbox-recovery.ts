@@ -105,6 +105,12 @@ export class SandboxRecovery {
     const state = await this.d.inventory.containerState(sandboxId);
     if (state?.status === 'running') {
       await this.d.dropSnapshot(sandboxId);
+      // Cut short after its start was journaled (the record was written with that very start
+      // just before): only the snapshot was left to drop.
+      const journaled = await this.d.journal.lastStart(sandboxId);
+      if (journaled !== null && (await this.d.inventory.record(sandboxId).catch(() => null))?.startedAt === journaled) {
+        return `${sandboxId}: resume had completed; its consumed snapshot was removed`;
+      }
       // Its start was not journaled: the record, written just before the restore, dates it.
       const startedAt = (await stat(p.record).catch(() => null))?.mtime ?? new Date();
       // The record still carries the start of the run before the pause (it came from the

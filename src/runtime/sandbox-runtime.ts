@@ -571,12 +571,15 @@ export class SandboxRuntime {
         t.step('restore');
         await this.waitForInit(sandboxId, snap.memory);
         t.step('init');
+        if (snap.memory) this.commandDeadlines.restore(sandboxId, snap.commandDeadlines);
+        // Its start is on record before its snapshot goes: an agent that dies in between finds
+        // it running, and its snapshot consumed or still there (recovery drops it then), never
+        // a container that runs unrecorded (billing follows the journal).
+        const out = await this.started(record, 'resume');
+        t.step('started');
         // The sandbox runs: a snapshot that cannot be deleted now is left to the reconciler.
         await this.dropSnapshot(sandboxId).catch((e) => process.stderr.write(`nestbox: ${sandboxId} resumed, its snapshot stays: ${msg(e)}\n`));
         t.step('dropSnapshot');
-        if (snap.memory) this.commandDeadlines.restore(sandboxId, snap.commandDeadlines);
-        const out = await this.started(record, 'resume');
-        t.step('started');
         t.end();
         return out;
       } catch (e) {
