@@ -44,6 +44,9 @@ const QUEUE_SIZE = 2;
  * bounded memory); downloads go to a local file first, are checked against the manifest, and
  * only then unpacked, into a temporary directory renamed into place.
  */
+/** Attempts of each S3 request (the SDK's standard retry strategy: exponential backoff, jitter, a retry quota). */
+const S3_MAX_ATTEMPTS = 8;
+
 export class S3SnapshotStore implements SnapshotStore {
   readonly description: string;
   readonly client: S3Client;
@@ -55,6 +58,9 @@ export class S3SnapshotStore implements SnapshotStore {
       region: cfg.region,
       forcePathStyle: cfg.forcePathStyle,
       credentials: cfg.accessKeyId && cfg.secretAccessKey ? { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey } : undefined,
+      // A store that throttles (SlowDown) or is briefly away is retried with backoff and jitter,
+      // longer than the SDK's default three attempts (put and get retry whole objects on top).
+      maxAttempts: S3_MAX_ATTEMPTS,
       // Only what S3 requires: some compatible servers do not know the newer checksum headers.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',

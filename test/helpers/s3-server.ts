@@ -65,6 +65,20 @@ export async function startS3Server(opts: { host?: string } = {}): Promise<TestS
       if (Date.now() > deadline) throw new Error(`the S3 server did not answer on ${endpoint} within 90 s: ${out}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+    // Ready to accept connections is not yet ready to serve: Swift's account and container
+    // servers answer 503 (SlowDown through s3api) for a moment after they start.
+    const { S3Client, ListBucketsCommand } = await import('@aws-sdk/client-s3');
+    const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId, secretAccessKey } });
+    for (;;) {
+      try {
+        await client.send(new ListBucketsCommand({}));
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) throw new Error(`the S3 server on ${endpoint} did not serve within 90 s: ${(e as Error).message}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    client.destroy();
   } catch (e) {
     await stop();
     throw e;
