@@ -17,6 +17,8 @@ const SYNC_EVERY = 16 << 20;
 /** CRIU's memory images: the bulk of a dump, written front to back while it runs. */
 const PAGES_IMAGE = /^pages-[0-9]+\.img$/;
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+/** Printable ASCII without spaces: what CRIU names its images, and what both digests write as is. */
+const PLAIN_NAME = /^[\x21-\x7e]+$/;
 const fdatasync = promisify(fdatasyncCallback);
 
 /**
@@ -32,8 +34,8 @@ export function checkpointTarDigest(dir) {
   const root = path.join(dir, 'checkpoint');
   const st = lstatSync(root);
   if (!st.isDirectory() || st.uid > TAR_MAX_ID || st.gid > TAR_MAX_ID) return null;
-  const names = readdirSync(root).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-  if (names.some((n) => !/^[\x21-\x7e]+$/.test(n) || `checkpoint/${n}`.length >= 100)) return null;
+  const names = imageNames(root);
+  if (names.some((n) => !PLAIN_NAME.test(n) || `checkpoint/${n}`.length >= 100)) return null;
   const h = createHash('sha256');
   let size = 0;
   const put = (b) => {
@@ -65,6 +67,11 @@ export function checkpointTarDigest(dir) {
   const tail = (TAR_RECORD - (size % TAR_RECORD)) % TAR_RECORD;
   if (tail) put(Buffer.alloc(tail));
   return { name: 'checkpoint', sha256: h.digest('hex'), size };
+}
+
+/** The images' names in byte order (tar's --sort=name, and the listing's order). */
+function imageNames(root) {
+  return readdirSync(root).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
 }
 
 /** A GNU tar header as `tar --format=gnu --numeric-owner --mtime=@0` writes it. */
@@ -99,13 +106,13 @@ export function checkpointFilesDigest(dir, followed = {}) {
   const root = path.join(dir, 'checkpoint');
   const st = lstatSync(root);
   if (!st.isDirectory()) throw new Error(`checkpoint images: ${root} is not a directory`);
-  const names = readdirSync(root).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  const names = imageNames(root);
   const listing = createHash('sha256');
   listing.update(`checkpoint/ ${(st.mode & 0o7777).toString(8)} ${st.uid} ${st.gid}\n`);
   let size = 0;
   const buf = Buffer.allocUnsafe(PIECE);
   for (const name of names) {
-    if (!/^[\x21-\x7e]+$/.test(name)) throw new Error(`checkpoint image ${JSON.stringify(name)}: not a plain name`);
+    if (!PLAIN_NAME.test(name)) throw new Error(`checkpoint image ${JSON.stringify(name)}: not a plain name`);
     const fd = openSync(path.join(root, name), OPEN_FLAGS);
     try {
       const fst = fstatSync(fd);

@@ -1,6 +1,7 @@
 // A checkpoint hashing thread (started by checkpoint-hasher.ts): one request at a time (the
-// pool gives it no other until it answered), answered by id. Plain JavaScript: a worker thread does not inherit the TypeScript loader the
-// agent runs under, and registering it there costs more than the hash it would save.
+// pool gives it no other until it answered), answered by id. Plain JavaScript: a worker thread
+// does not inherit the TypeScript loader the agent runs under, and registering it there costs
+// more than the hash it would save.
 import { parentPort } from 'node:worker_threads';
 import { checkpointFilesDigest, checkpointTarDigest, followDump } from './checkpoint-digest.mjs';
 

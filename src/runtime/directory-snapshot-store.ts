@@ -4,7 +4,7 @@ import { constants } from 'node:fs';
 import path from 'node:path';
 import { isSnapshotKey } from '../core/ids.ts';
 import { run } from './command.ts';
-import { followCheckpointDump, type DumpFollower } from './checkpoint-hasher.ts';
+import { followCheckpointDump, type DumpFollower, type FollowedImages } from './checkpoint-hasher.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
   ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
@@ -95,9 +95,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
     if (!started) this.headStarts.set(key, (started = new Map()));
     const follow = name === 'checkpoint' ? this.follows.get(key) : undefined;
     if (follow) this.follows.delete(key);
-    const hashed = name === 'checkpoint'
-      ? (follow?.finish() ?? Promise.resolve(null)).then((followed) => hashObject(staging, name, { digest: 'files', ...(followed ? { followed } : {}) }))
-      : hashObject(staging, name);
+    const hashed = (follow?.finish() ?? Promise.resolve(null)).then((followed) => entryOf(staging, name, followed));
     const entry = Promise.all([hashed, syncObject(staging, name)]).then(([e]) => e);
     entry.catch(() => undefined); // seal() hashes the object itself then
     started.set(name, entry);
@@ -226,7 +224,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
     const [objects] = await Promise.all([
       Promise.all((await objectsOf(dir)).map(async (name) => {
         const early = await started?.get(name)?.catch(() => undefined);
-        return early ?? hashObject(dir, name, name === 'checkpoint' ? { digest: 'files' } : {});
+        return early ?? entryOf(dir, name);
       })),
       syncSnapshotFiles(dir),
     ]);
@@ -247,6 +245,15 @@ export class DirectorySnapshotStore implements SnapshotStore {
   private async names(): Promise<string[]> {
     return (await readdir(this.root).catch(() => [] as string[])).filter(isSnapshotKey);
   }
+}
+
+/**
+ * The manifest entry this store writes for an object of a local snapshot: the checkpoint's
+ * digest is its images' listing (`followed`: what a follow of its dump read), the others' their
+ * canonical stream's.
+ */
+function entryOf(dir: string, name: ObjectName, followed?: FollowedImages | null): Promise<ManifestEntry> {
+  return name === 'checkpoint' ? hashObject(dir, name, { digest: 'files', ...(followed ? { followed } : {}) }) : hashObject(dir, name);
 }
 
 /** fsync of snapshot.json, the disk image and every image file (opened without following links). */

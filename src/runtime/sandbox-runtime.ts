@@ -292,11 +292,10 @@ export class SandboxRuntime {
         t.step('dump');
         // The images are final: handed over, then hashed and synced by the store, all beside the
         // steps below (awaited before the snapshot is stored).
-        const dumped = follow;
         handedOver = handOverImages(staging.images, this.cfg.uidShift).then(
           () => this.store.prestage?.(staging.dir, 'checkpoint'),
           (e: unknown) => {
-            dumped?.abandon();
+            follow?.abandon();
             throw e;
           },
         );
