@@ -64,20 +64,22 @@ export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record:
  * options): the boot id bind is an external mount, recorded by a key at dump and bound again
  * from this node's file at restore. Each line serves one direction; the other ignores it.
  */
-function criuConfig(p: SandboxPaths): string {
+function criuConfig(p: SandboxPaths, cgroupYard: string | null): string {
   return [
     `ext-mount-map ${BOOT_ID_PATH}:${BOOT_ID_MOUNT_KEY}`,
     `ext-mount-map ${BOOT_ID_MOUNT_KEY}:${path.join(p.etcDir, BOOT_ID_FILE)}`,
+    // The node's hierarchies, mounted already (cgroup-yard.ts), instead of CRIU's own mounts.
+    ...(cgroupYard ? [`cgroup-yard ${cgroupYard}`] : []),
     '',
   ].join('\n');
 }
 const BOOT_ID_MOUNT_KEY = 'nestbox-boot-id';
 
 /** Mounts the overlay and writes the OCI spec and the sandbox's record: the bundle is ready. */
-export async function mountAndConfigure(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
+export async function mountAndConfigure(cfg: RuntimeConfig, host: BundleHost, record: SandboxRecord) {
   const p = sandboxPaths(cfg, record.sandboxId);
   await mountRootfs(p);
-  await writeBundle(cfg, network, record);
+  await writeBundle(cfg, host, record);
 }
 
 /** The overlay (template below, the disk's upper layer above) at the rootfs: it needs only the laid-out disk. */
@@ -103,8 +105,14 @@ export async function unmountSandbox(p: SandboxPaths) {
   await unmountDisk(p.disk);
 }
 
+/** What of the node a sandbox's bundle names: its network hook and CRIU's cgroup yard (none: CRIU mounts its own). */
+export interface BundleHost {
+  network: NetworkManager;
+  cgroupYard: string | null;
+}
+
 /** The OCI spec, the sandbox's CRIU configuration and its record (the rootfs mounted or not yet). */
-export async function writeBundle(cfg: RuntimeConfig, network: NetworkManager, record: SandboxRecord) {
+export async function writeBundle(cfg: RuntimeConfig, host: BundleHost, record: SandboxRecord) {
   const p = sandboxPaths(cfg, record.sandboxId);
   const spec = buildOciSpec({
     sandboxId: record.sandboxId,
@@ -112,13 +120,13 @@ export async function writeBundle(cfg: RuntimeConfig, network: NetworkManager, r
     initBinary: p.initBinary,
     socketDir: p.socketDir,
     etcDir: p.etcDir,
-    networkHook: network.hook(record.sandboxId, record.address),
+    networkHook: host.network.hook(record.sandboxId, record.address),
     criuConfig: p.criuConfig,
     resources: record.resources,
     uidShift: cfg.uidShift,
     uidRange: cfg.uidRange,
   });
   await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
-  await writeFile(p.criuConfig, criuConfig(p));
+  await writeFile(p.criuConfig, criuConfig(p, host.cgroupYard));
   await writeFile(p.record, JSON.stringify(record));
 }

@@ -8,6 +8,7 @@ import { CleanupStack } from './cleanup-stack.ts';
 import { RequestAdmission } from './request-admission.ts';
 import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
+import { prepareCgroupYard } from './cgroup-yard.ts';
 import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
@@ -24,7 +25,7 @@ import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
 import { Runc } from './runc.ts';
-import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles } from './sandbox-directories.ts';
+import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles, type BundleHost } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
 import { SandboxRecovery } from './sandbox-recovery.ts';
@@ -73,6 +74,8 @@ export class SandboxRuntime {
   private readonly disks: DiskPool;
   /** Directories of new sandboxes of the default template, laid out and mounted ahead. */
   private readonly roots: RootPool;
+  /** What bundles name of the node: the network hook, and CRIU's cgroup yard once start() made it. */
+  private readonly bundleHost: BundleHost;
 
   constructor(readonly cfg: RuntimeConfig) {
     this.store = createSnapshotStore(cfg);
@@ -81,6 +84,7 @@ export class SandboxRuntime {
     this.network = new NetworkManager({
       subnetPrefix: cfg.subnetPrefix, hookBinary: cfg.networkHook, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny,
     });
+    this.bundleHost = { network: this.network, cgroupYard: null };
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
     this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
@@ -101,6 +105,7 @@ export class SandboxRuntime {
     }
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
     await ensureCriuKernelCache(this.cfg.criuBinDir, this.cfg.dataDir);
+    this.bundleHost.cgroupYard = await prepareCgroupYard(path.join(this.cfg.dataDir, 'cgroup-yard'));
     await this.store.prepare();
     await this.network.setupHost();
     await this.disks.start();
@@ -175,7 +180,7 @@ export class SandboxRuntime {
       const record: SandboxRecord = { ...req, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record);
       t.step('etc');
-      await writeBundle(this.cfg, this.network, record);
+      await writeBundle(this.cfg, this.bundleHost, record);
       t.step('bundle');
       await this.runc.runDetached(req.sandboxId, p.dir, p.runcLog);
       t.step('runc');
@@ -501,7 +506,7 @@ export class SandboxRuntime {
       const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true });
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
       record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
-      await mountAndConfigure(this.cfg, this.network, record);
+      await mountAndConfigure(this.cfg, this.bundleHost, record);
       this.inject('restore');
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
@@ -558,7 +563,7 @@ export class SandboxRuntime {
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
         record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
         t.step('etc');
-        await mountAndConfigure(this.cfg, this.network, record);
+        await mountAndConfigure(this.cfg, this.bundleHost, record);
         t.step('overlay');
         this.inject('restore');
         if (snap.memory) {
