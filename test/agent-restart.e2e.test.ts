@@ -65,6 +65,7 @@ test('a resume cut short by a crash is repaired: the disk goes back and the snap
   await sleep(300);
   const before = await readCount(a, id);
   await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+  await a.agent.runtime.idle(); // (the pause's remains go after its answer)
   // What a resume leaves when the agent dies right after moving the disk out of the snapshot
   // and mounting it.
   const cfg = a.agent.runtime.cfg;
@@ -111,6 +112,31 @@ test('a resume cut short after its start was journaled, before its snapshot went
   await sleep(200);
   assert.ok((await readCount(a, id)) > n1, 'still running');
   await a.agent.runtime.kill(id);
+});
+
+test('a pause that answered and whose agent died before the container directory went: recovery removes it, the snapshot resumes', async () => {
+  const id = await createSandbox(a);
+  await exec(a, id, 'echo kept > /home/user/file');
+  const cfg = a.agent.runtime.cfg;
+  const p = sandboxPaths(cfg, id);
+  const record = await readFile(p.record, 'utf8');
+  await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+  await a.agent.runtime.idle(); // (the pause's remains go after its answer)
+  // What is left when the agent dies right after the answer: the directory, its disk moved
+  // into the snapshot, no container.
+  await mkdir(path.join(p.dir, 'criu'), { recursive: true });
+  await writeFile(p.record, record);
+  const notes = await a.agent.runtime.recover();
+  assert.ok(notes.some((n) => n.startsWith(id) && /remains of a pause/.test(n)), notes.join('\n'));
+  assert.ok(!(await readdir(path.join(cfg.dataDir, 'sandboxes'))).includes(id), 'its directory is gone');
+  assert.ok(!(await a.agent.runtime.inventory()).some((e) => e.sandboxId === id), 'the inventory lists no remains');
+  await a.json('POST', `/v1/sandboxes/${id}/resume`);
+  assert.equal((await exec(a, id, 'cat /home/user/file')).stdout, 'kept\n');
+  // A running sandbox with a snapshot of the same id (none here) and a new sandbox are left alone.
+  const other = await createSandbox(a);
+  assert.ok(!(await a.agent.runtime.recover()).some((n) => n.startsWith(id) || n.startsWith(other)));
+  await a.agent.runtime.kill(id, { deleteSnapshot: true });
+  await a.agent.runtime.kill(other);
 });
 
 test('a pause cut short before its dump is abandoned: the partial snapshot goes, the sandbox runs on', async () => {

@@ -146,6 +146,7 @@ describe('sandbox lifecycle on one node', () => {
     const manifest = (await store.manifest(id))!;
     assert.equal(manifest.objects.find((o) => o.name === 'checkpoint')?.digest, 'files');
     await store.verify(id, store.dir(id), manifest);
+    await a.agent.runtime.idle(); // (the container's network and directory go after the answer)
     const gone = await leftovers(id);
     assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     await sleep(300);

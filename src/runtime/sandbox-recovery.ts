@@ -4,7 +4,7 @@ import { readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isSandboxId } from '../core/ids.ts';
 import type { RuntimeConfig } from './config.ts';
-import { exists, moveTree } from './fs-util.ts';
+import { exists, moveTree, removeDiscarded } from './fs-util.ts';
 import type { NodeJournal } from './journal.ts';
 import type { KeyedMutex } from './keyed-mutex.ts';
 import { sandboxPaths, snapshotPaths } from './layout.ts';
@@ -43,6 +43,8 @@ export class SandboxRecovery {
   async recover(): Promise<string[]> {
     const { cfg, runc, locks } = this.d;
     const notes: string[] = [];
+    // Directories of sandboxes gone (paused) whose removal in the background was cut short.
+    for (const name of await removeDiscarded(path.join(cfg.dataDir, 'sandboxes'))) notes.push(`${name}: a discarded sandbox directory was removed`);
     const dirs = await readdir(path.join(cfg.dataDir, 'sandboxes')).catch(() => [] as string[]);
     for (const id of dirs.filter(isSandboxId)) {
       const note = await locks.run(id, () => this.repairSnapshot(id));
@@ -53,6 +55,14 @@ export class SandboxRecovery {
       if (!(await exists(sandboxPaths(cfg, id).killedMarker))) continue;
       await locks.run(id, () => this.d.teardown(id));
       notes.push(`${id}: the remains of a kill (its directory) were removed`);
+    }
+    // A pause that stored its snapshot and answered, and whose agent died before the container's
+    // directory went: no container, its disk in the snapshot, the snapshot complete.
+    for (const id of dirs.filter(isSandboxId)) {
+      const p = sandboxPaths(cfg, id);
+      if (!(await exists(p.dir)) || (await exists(p.diskImage)) || (await runc.state(id)) || !(await this.d.store.exists(id))) continue;
+      await locks.run(id, () => this.d.teardown(id));
+      notes.push(`${id}: the remains of a pause (its directory) were removed; its snapshot is complete`);
     }
     // A restore cut short leaves its rootfs mounted in runc's state directory.
     for (const id of (await readdir(path.join(cfg.dataDir, 'runc')).catch(() => [] as string[])).filter(isSandboxId)) {

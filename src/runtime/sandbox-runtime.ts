@@ -16,7 +16,7 @@ import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from 
 import { RootPool } from './root-pool.ts';
 import { setSandboxHostname } from './sandbox-hostname.ts';
 import { initLetGoOfHostSockets } from './init-sockets.ts';
-import { exists, isMountPoint, moveTree, removeTree } from './fs-util.ts';
+import { discardTree, exists, isMountPoint, moveTree, removeTree } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
 import { NodeJournal } from './journal.ts';
 import { KeyedMutex } from './keyed-mutex.ts';
@@ -252,18 +252,29 @@ export class SandboxRuntime {
    */
   async pause(sandboxId: string, { memory, quiesceMs = 0 }: { memory: boolean; quiesceMs?: number }): Promise<SnapshotRecord> {
     assertId(sandboxId);
-    return this.locks.run(sandboxId, async () => {
+    let answer: (snapshot: SnapshotRecord) => void = () => undefined;
+    let wasAnswered = false;
+    const answered = new Promise<SnapshotRecord>((resolve) => (answer = resolve));
+    const done = this.locks.run(sandboxId, async () => {
       try {
-        return await this.pauseLocked(sandboxId, memory, quiesceMs);
+        await this.pauseLocked(sandboxId, memory, quiesceMs, (snapshot) => {
+          wasAnswered = true;
+          answer(snapshot);
+        });
       } catch (e) {
         // A pause that failed with the sandbox still running: it takes requests again.
-        if ((await this.runc.state(sandboxId).catch(() => null))?.status === 'running') this.admission.open(sandboxId);
+        if (!wasAnswered && (await this.runc.state(sandboxId).catch(() => null))?.status === 'running') this.admission.open(sandboxId);
         throw e;
       }
     });
+    done.catch((e) => {
+      if (wasAnswered) process.stderr.write(`nestbox: ${sandboxId} was paused, but removing what was left of its container failed: ${msg(e)}\n`);
+    });
+    return Promise.race([answered, done.then(() => answered)]);
   }
 
-  private async pauseLocked(sandboxId: string, memory: boolean, quiesceMs: number): Promise<SnapshotRecord> {
+  /** `answer` is given the snapshot once it is stored; what is left of the container goes after, under the lock still. */
+  private async pauseLocked(sandboxId: string, memory: boolean, quiesceMs: number, answer: (snapshot: SnapshotRecord) => void): Promise<void> {
     const t = new StepTimes('pause', sandboxId);
     const record = await this.record(sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
@@ -344,19 +355,21 @@ export class SandboxRuntime {
       step = `storing the snapshot in ${this.store.description}`;
       await retried(() => this.store.put(sandboxId, staging.dir), STORE_RETRY_DELAYS_MS); // complete and durable, manifest last
       t.step('put');
-      step = 'removing what is left of the container';
-      // The container is gone and nothing is mounted any more (releaseDisk): its directory goes.
-      await networkReleased;
       this.forgetClients(sandboxId);
-      await removeTree(p.dir);
-      t.step('removeDir');
-      t.end();
-      return snapshot;
+      answer(snapshot);
     } catch (e) {
       // The dump is whole in the staging directory: an agent restart completes it (recovery).
       process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
       throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
     }
+    // The snapshot is stored and the caller has its answer. The container is gone and nothing is
+    // mounted any more (releaseDisk): its network's host side and its directory go, still under
+    // the lock (the sandbox's next operation here, a resume say, waits for them; the inventory
+    // calls it busy meanwhile). An agent that dies first removes them at its start (recovery).
+    await networkReleased;
+    await discardTree(p.dir);
+    t.step('removeDir');
+    t.end();
   }
 
   /**
@@ -697,8 +710,8 @@ export class SandboxRuntime {
   }
 
   /**
-   * Resolves once no operation runs, the work that follows an answer included (a kill's
-   * remains); a graceful stop waits for it, up to `timeoutMs` (what is cut short, recovery repairs).
+   * Resolves once no operation runs, the work that follows an answer included (a kill's or a
+   * pause's remains); a graceful stop waits for it, up to `timeoutMs` (what is cut short, recovery repairs).
    */
   async idle(timeoutMs = 30_000): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
