@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { run } from '../src/runtime/command.ts';
+import { waitForLoopDetach } from '../src/runtime/disk.ts';
 import { discardTree, exists, removeDiscarded } from '../src/runtime/fs-util.ts';
 import { waitUntil } from '../src/runtime/retry.ts';
 
@@ -44,5 +45,23 @@ test('removeDiscarded takes what a removal cut short left, never deleting throug
   } finally {
     await rm(parent, { recursive: true, force: true });
     await rm(outside, { recursive: true, force: true });
+  }
+});
+
+test('waitForLoopDetach sees a loop device attached to an image (sysfs) until it is detached', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'loop-'));
+  const image = path.join(dir, 'disk.img');
+  await writeFile(image, Buffer.alloc(1 << 20));
+  const device = (await run(['losetup', '--find', '--show', image])).stdout.trim();
+  try {
+    assert.equal(await waitForLoopDetach(image, 100), false, `${device} is attached`);
+    assert.equal(await waitForLoopDetach(path.join(dir, 'other.img'), 100), true, 'another file has none');
+  } finally {
+    await run(['losetup', '-d', device]);
+  }
+  try {
+    assert.equal(await waitForLoopDetach(image, 2000), true, 'detached');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from './command.ts';
 import { isMountPoint } from './fs-util.ts';
@@ -136,10 +136,23 @@ export async function unmountDisk(mountPoint: string): Promise<void> {
  * for: the store's retries cover the rare change then.
  */
 export async function waitForLoopDetach(image: string, timeoutMs = 2_000): Promise<boolean> {
-  return waitUntil(async () => {
-    const r = await run(['losetup', '--noheadings', '-j', image], { allowFailure: true });
-    return r.code === 0 && r.stdout.trim() === '';
-  }, { timeoutMs, firstDelayMs: 2, maxDelayMs: 100 });
+  const file = path.resolve(image);
+  return waitUntil(async () => !(await loopDevicesOf(file)), { timeoutMs, firstDelayMs: 2, maxDelayMs: 100 });
+}
+
+/**
+ * Whether a loop device is attached to `file`, read from sysfs (what `losetup -j` reads, without
+ * a process per check: a pause asks this right after its unmount).
+ */
+async function loopDevicesOf(file: string): Promise<boolean> {
+  const all = await readdir('/sys/block').catch(() => null);
+  if (!all) {
+    const r = await run(['losetup', '--noheadings', '-j', file], { allowFailure: true });
+    return !(r.code === 0 && r.stdout.trim() === '');
+  }
+  const names = all.filter((n) => /^loop\d+$/.test(n));
+  const backing = await Promise.all(names.map((n) => readFile(`/sys/block/${n}/loop/backing_file`, 'utf8').catch(() => '')));
+  return backing.some((b) => b.trim() === file);
 }
 
 export interface DiskUsage {
