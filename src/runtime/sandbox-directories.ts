@@ -75,13 +75,6 @@ function criuConfig(p: SandboxPaths, cgroupYard: string | null): string {
 }
 const BOOT_ID_MOUNT_KEY = 'nestbox-boot-id';
 
-/** Mounts the overlay and writes the OCI spec and the sandbox's record: the bundle is ready. */
-export async function mountAndConfigure(cfg: RuntimeConfig, host: BundleHost, record: SandboxRecord) {
-  const p = sandboxPaths(cfg, record.sandboxId);
-  await mountRootfs(p);
-  await writeBundle(cfg, host, record);
-}
-
 /** The overlay (template below, the disk's upper layer above) at the rootfs: it needs only the laid-out disk. */
 export async function mountRootfs(p: SandboxPaths) {
   // Relative names (from the bundle directory): the sandbox's mountinfo tells nothing of the host.

@@ -25,7 +25,7 @@ import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
 import { Runc } from './runc.ts';
-import { mountAndConfigure, mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles, type BundleHost } from './sandbox-directories.ts';
+import { mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles, type BundleHost } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
 import { SandboxRecovery } from './sandbox-recovery.ts';
@@ -512,14 +512,18 @@ export class SandboxRuntime {
     if (await exists(p.dir)) throw conflict(`sandbox ${req.sandboxId} already exists on this node`);
     try {
       await prepareDirs(p, lower);
-      await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
-      await mountDisk(p.diskImage, p.disk);
-      // A new sandbox, though its memory goes on from another's: a boot id of its own.
-      await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false, bootId: 'new' });
-      const net = await this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true });
+      const [net] = await settled(
+        this.network.prepare(req.sandboxId, { allowInternet: req.allowInternetAccess, newSandbox: true }),
+        (async () => {
+          await run(['cp', '--sparse=always', '--', from.diskImage, p.diskImage]);
+          await mountDisk(p.diskImage, p.disk);
+          // A new sandbox, though its memory goes on from another's: a boot id of its own.
+          await prepareDisk(this.cfg, p, { fresh: false, freshBoot: false, bootId: 'new' });
+        })(),
+      );
       const record: SandboxRecord = { ...req, template, address: net.address, createdAt: new Date().toISOString() };
-      record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
-      await mountAndConfigure(this.cfg, this.bundleHost, record);
+      [record.fileHashes] = await settled(writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes), mountRootfs(p));
+      await writeBundle(this.cfg, this.bundleHost, record);
       this.inject('restore');
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       await this.runc.restore(req.sandboxId, p.dir, from.images, p.criuWork, p.runcLog);
@@ -574,10 +578,11 @@ export class SandboxRuntime {
         );
         t.step('diskAndNetwork');
         const record: SandboxRecord = { ...snap.sandbox, address: net.address };
-        record.fileHashes = await writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes);
-        t.step('etc');
-        await mountAndConfigure(this.cfg, this.bundleHost, record);
-        t.step('overlay');
+        // Its files and its overlay side by side (the overlay needs the disk, not the files).
+        [record.fileHashes] = await settled(writeEtcFiles(this.cfg, p, record, snap.sandbox.fileHashes), mountRootfs(p));
+        t.step('etcAndOverlay');
+        await writeBundle(this.cfg, this.bundleHost, record);
+        t.step('bundle');
         this.inject('restore');
         if (snap.memory) {
           await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
