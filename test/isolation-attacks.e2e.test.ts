@@ -89,12 +89,15 @@ describe('the channel to the init', () => {
   test('a socket directory full of links survives pause and resume: the sandbox gets its own init back', async () => {
     const x = await marked('sandbox-x');
     const y = await marked('sandbox-y');
+    const victim = path.join('/tmp', `victim-${rand()}`);
+    await writeFile(victim, 'host file');
     try {
       const ySocket = a.agent.runtime.initClient(y).socketPath;
-      await root(x, `ln -sfn ${ySocket} /run/nestbox/init.sock.y; ln -sfn / /run/nestbox/root; ln /etc/passwd /run/nestbox/hard 2>/dev/null; true`);
+      await root(x, `ln -sfn ${ySocket} /run/nestbox/init.sock.y; ln -sfn / /run/nestbox/root; ln -sfn ${victim} /run/nestbox/victim; ln /etc/passwd /run/nestbox/hard 2>/dev/null; true`);
       await pause(x);
       await resume(x);
       assert.deepEqual(await whoAnswers(x), { status: 200, text: 'sandbox-x' });
+      assert.equal(await readFile(victim, 'utf8'), 'host file', 'the host file a link named is untouched');
       // Now replace the socket with something that is not one, and pause/resume again.
       await root(x, 'rm -f /run/nestbox/init.sock.y; mkdir -p /run/nestbox/d && mv -fT /run/nestbox/d /run/nestbox/init.sock || true');
       await pause(x, false);
@@ -104,6 +107,7 @@ describe('the channel to the init', () => {
     } finally {
       await kill(x);
       await kill(y);
+      await rm(victim, { force: true });
     }
   });
 

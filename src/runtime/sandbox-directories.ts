@@ -1,6 +1,6 @@
 // A sandbox's directories on the node: its bundle, its disk's layout, the files the node writes
 // into it, and the overlay mount and OCI spec its container starts from (layout.ts has the map).
-import { chmod, chown, copyFile, mkdir, rename, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, readdir, rename, rmdir, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from './command.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -36,7 +36,7 @@ export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fres
   }
   // A disk converted from an old snapshot holds only its upper layer.
   await mkdir(p.work, { recursive: true, mode: 0o700 });
-  await removeTree(p.socketDir);
+  await removeSocketDir(p.socketDir);
   await mkdir(p.socketDir, { mode: 0o700 });
   await chown(p.socketDir, shift, shift);
   await mkdir(p.initDir, { recursive: true, mode: 0o755 });
@@ -47,6 +47,24 @@ export async function prepareDisk(cfg: RuntimeConfig, p: SandboxPaths, o: { fres
     await rename(staged, p.initBinary);
   }
   await writeBootId(p.etcDir, { keep: o.bootId === 'keep' });
+}
+
+/**
+ * The init's socket directory as a snapshot left it (a restored init binds its socket again in a
+ * new one). Its contents are the sandbox's, but nothing of the sandbox runs now and the
+ * directory itself is out of its reach (bound at /run/nestbox): its entries are unlinked one
+ * by one (unlink never follows a link), in this process rather than by an rm process (one of
+ * a resume's steps); a directory among them (the sandbox's own doing) leaves it all to rm.
+ */
+async function removeSocketDir(dir: string) {
+  const entries = await readdir(dir, { withFileTypes: true }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return null;
+    throw e;
+  });
+  if (!entries) return;
+  if (entries.some((e) => e.isDirectory())) return removeTree(dir);
+  await Promise.all(entries.map((e) => unlink(path.join(dir, e.name))));
+  await rmdir(dir);
 }
 
 /**
