@@ -340,19 +340,48 @@ describe('the kernel surface', () => {
     }
   });
 
-  test('nothing inside names a host path: mountinfo, cgroup, kernel config', async () => {
+  test('nothing inside names a host path: mountinfo, cgroup, kernel config; also after a pause and resume', async () => {
     const x = await createSandbox(a);
     try {
       const cfg = a.agent.runtime.cfg;
-      const r = await root(x, 'cat /proc/self/mountinfo /proc/1/mountinfo /proc/self/cgroup; zcat /proc/config.gz 2>/dev/null | head -3');
       const repo = path.resolve(import.meta.dirname, '..');
-      for (const hostPath of [cfg.dataDir, cfg.templatesDir, cfg.snapshotDir, repo, '/var/lib/nestbox', a.dataDir]) {
-        assert.ok(!r.stdout.includes(hostPath), `${hostPath} appears inside:\n${r.stdout}`);
+      for (const round of ['created', 'resumed']) {
+        if (round === 'resumed') {
+          await pause(x);
+          await resume(x);
+        }
+        const r = await root(x, 'cat /proc/self/mountinfo /proc/1/mountinfo /proc/self/cgroup; zcat /proc/config.gz 2>/dev/null | head -3');
+        for (const hostPath of [cfg.dataDir, cfg.templatesDir, cfg.snapshotDir, repo, '/var/lib/nestbox', '/run/nestbox-masked', a.dataDir]) {
+          assert.ok(!r.stdout.includes(hostPath), `${round}: ${hostPath} appears inside:\n${r.stdout}`);
+        }
+        assert.doesNotMatch(r.stdout, /CONFIG_/, `${round}: the kernel configuration is masked`);
+        assert.doesNotMatch(r.stdout, new RegExp(x), `${round}: the sandbox's own cgroup path is not shown`);
       }
-      assert.doesNotMatch(r.stdout, /CONFIG_/, 'the kernel configuration is masked');
-      assert.doesNotMatch(r.stdout, new RegExp(x), "the sandbox's own cgroup path is not shown");
     } finally {
       await kill(x);
+    }
+  });
+
+  test('masked directories (/proc/acpi, /sys/firmware) stay empty and unwritable across pause and resume, each sandbox its own view', async () => {
+    const x = await createSandbox(a);
+    const y = await createSandbox(a);
+    const probe = 'for d in /proc/acpi /sys/firmware; do echo "$d:$(ls -A $d | wc -l)"; touch $d/x 2>/dev/null && echo "$d writable"; mkdir $d/d 2>/dev/null && echo "$d mkdir"; done; true';
+    const want = '/proc/acpi:0\n/sys/firmware:0\n';
+    try {
+      assert.equal((await root(x, probe)).stdout, want, 'as created');
+      await pause(x);
+      await resume(x);
+      assert.equal((await root(x, probe)).stdout, want, 'after a resume');
+      await pause(x, true);
+      await resume(x);
+      assert.equal((await root(x, probe)).stdout, want, 'after a second resume');
+      assert.equal((await root(y, probe)).stdout, want, 'a neighbour sees nothing of it either');
+      const mounts = (await root(x, 'grep -E " /(proc/acpi|sys/firmware) " /proc/self/mountinfo')).stdout;
+      assert.equal(mounts.trim().split('\n').length, 2, mounts);
+      for (const line of mounts.trim().split('\n')) assert.match(line, / ro,/, `mounted read-only: ${line}`);
+    } finally {
+      await kill(x);
+      await kill(y);
     }
   });
 });

@@ -35,11 +35,15 @@ const CAPABILITIES = [
   'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE',
 ];
 
-/** What the sandbox must not read: host details and kernel side channels (as container engines mask). */
+/**
+ * What the sandbox must not read: host details and kernel side channels (as container engines
+ * mask). runc hides a file under /dev/null and a directory under an empty read-only tmpfs;
+ * CRIU keeps the directories' masks as external mounts (sandbox-directories.ts, criuConfig).
+ */
+export const MASKED_DIRECTORIES = ['/proc/acpi', '/proc/asound', '/proc/scsi', '/sys/devices/virtual/powercap', '/sys/firmware'];
 const MASKED_PATHS = [
-  '/proc/acpi', '/proc/asound', '/proc/config.gz', '/proc/interrupts', '/proc/kcore', '/proc/keys',
-  '/proc/latency_stats', '/proc/sched_debug', '/proc/scsi', '/proc/timer_list', '/proc/timer_stats',
-  '/sys/devices/virtual/powercap', '/sys/firmware',
+  ...MASKED_DIRECTORIES, '/proc/config.gz', '/proc/interrupts', '/proc/kcore', '/proc/keys',
+  '/proc/latency_stats', '/proc/sched_debug', '/proc/timer_list', '/proc/timer_stats',
 ];
 const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 

@@ -9,6 +9,7 @@ import { RequestAdmission } from './request-admission.ts';
 import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
 import { prepareCgroupYard } from './cgroup-yard.ts';
+import { prepareMaskSource } from './mask-source.ts';
 import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
@@ -74,7 +75,7 @@ export class SandboxRuntime {
   private readonly disks: DiskPool;
   /** Directories of new sandboxes of the default template, laid out and mounted ahead. */
   private readonly roots: RootPool;
-  /** What bundles name of the node: the network hook, and CRIU's cgroup yard once start() made it. */
+  /** What bundles name of the node: the network hook; CRIU's cgroup yard and mask source once start() made them. */
   private readonly bundleHost: BundleHost;
 
   constructor(readonly cfg: RuntimeConfig) {
@@ -84,7 +85,7 @@ export class SandboxRuntime {
     this.network = new NetworkManager({
       subnetPrefix: cfg.subnetPrefix, hookBinary: cfg.networkHook, egressAllow: cfg.egressAllow, egressDeny: cfg.egressDeny,
     });
-    this.bundleHost = { network: this.network, cgroupYard: null };
+    this.bundleHost = { network: this.network, cgroupYard: null, maskSource: null };
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
     this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
@@ -106,6 +107,7 @@ export class SandboxRuntime {
     await mkdir(path.join(this.cfg.dataDir, 'runc'), { recursive: true, mode: 0o700 });
     await ensureCriuKernelCache(this.cfg.criuBinDir, this.cfg.dataDir);
     this.bundleHost.cgroupYard = await prepareCgroupYard(path.join(this.cfg.dataDir, 'cgroup-yard'));
+    this.bundleHost.maskSource = await prepareMaskSource();
     await this.store.prepare();
     await this.network.setupHost();
     await this.disks.start();
