@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Runc } from '../src/runtime/runc.ts';
@@ -84,5 +84,36 @@ test('an unreadable or odd state file is stopped or an error, never a pid to kil
     assert.deepEqual(await runc.status(ID), { pid: 0, status: 'stopped' });
     await writeFile(path.join(root, ID, 'state.json'), '{');
     await assert.rejects(runc.status(ID));
+  });
+});
+
+test("remove() of a container whose init is dead takes its cgroups and state itself; a cgroup that is not the container's is never touched", async () => {
+  const parent = `nestbox-runc-test-${process.pid}`;
+  const cgroups = ['pids', 'memory'].map((c) => `/sys/fs/cgroup/${c}/${parent}/${ID}`);
+  await withRoot(async (root, runc) => {
+    try {
+      for (const c of cgroups) await mkdir(c, { recursive: true });
+      const dead = sleeper();
+      dead.child.kill('SIGKILL');
+      await dead.exited;
+      await mkdir(path.join(root, ID), { recursive: true });
+      const state = { id: ID, init_process_pid: dead.pid, init_process_start: 1, cgroup_paths: { pids: cgroups[0], memory: cgroups[1] } };
+      await writeFile(path.join(root, ID, 'state.json'), JSON.stringify(state));
+      await runc.remove(ID);
+      for (const c of cgroups) assert.equal(await access(c).then(() => true, () => false), false, `${c} removed`);
+      assert.equal(await access(path.join(root, ID)).then(() => true, () => false), false, 'state removed');
+
+      // A state naming someone else's cgroup (not the container's name): left alone.
+      const other = `/sys/fs/cgroup/pids/${parent}/other`;
+      await mkdir(other, { recursive: true });
+      await mkdir(path.join(root, ID), { recursive: true });
+      await writeFile(path.join(root, ID, 'state.json'), JSON.stringify({ ...state, cgroup_paths: { pids: other } }));
+      await runc.remove(ID).catch(() => undefined); // (runc delete is asked then; it knows no such container)
+      assert.equal(await access(other).then(() => true, () => false), true, 'a foreign cgroup stays');
+    } finally {
+      for (const c of ['pids', 'memory']) await rm(`/sys/fs/cgroup/${c}/${parent}`, { recursive: true, force: true }).catch(() => undefined);
+      for (const c of [...cgroups, `/sys/fs/cgroup/pids/${parent}/other`]) await rmdir(c).catch(() => undefined);
+      for (const c of ['pids', 'memory']) await rmdir(`/sys/fs/cgroup/${c}/${parent}`).catch(() => undefined);
+    }
   });
 });
