@@ -24,7 +24,7 @@ export async function rawContainer(cfg: RuntimeConfig, id: string, args: string[
     `lowerdir=${templateRootfs(cfg, 'base')},upperdir=${dir}/upper,workdir=${dir}/work`, `${dir}/rootfs`]);
   const spec = buildOciSpec({
     sandboxId: id, rootfs: `${dir}/rootfs`, initBinary: cfg.initBinary, socketDir: `${dir}/run`, etcDir: `${dir}/etc`,
-    networkHook: { path: '/bin/true', args: ['true'], timeout: 10 }, criuConfig: `${dir}/criu.conf`,
+    networkHook: { path: '/bin/true', args: ['true'], timeout: 10 }, bindHook: cfg.bindHook, criuConfig: `${dir}/criu.conf`,
     resources: { cpuCount: 2, memoryMB: 1024, pidsLimit: 512 }, uidShift: cfg.uidShift, uidRange: cfg.uidRange,
   }) as any;
   delete spec.hooks;

@@ -52,7 +52,7 @@ describe('KeyedMutex', () => {
 describe('OCI spec', () => {
   const spec = buildOciSpec({
     sandboxId: 'a'.repeat(20), rootfs: '/r', initBinary: '/i', socketDir: '/s', etcDir: '/e',
-    networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 }, criuConfig: '/b/criu.conf',
+    networkHook: { path: '/hook', args: ['hook', 'nbhx', '10.88.1.2', '10.88.0.1'], timeout: 10 }, bindHook: '/bind-hook', criuConfig: '/b/criu.conf',
     resources: { cpuCount: 0.5, memoryMB: 256, pidsLimit: 100 }, uidShift: 100000, uidRange: 65536,
   });
 
@@ -61,6 +61,7 @@ describe('OCI spec', () => {
     assert.equal(spec.hostname, 'a'.repeat(20), "its host name is its id, each sandbox's own");
     assert.equal(spec.hooks.createRuntime[0]!.path, '/hook', 'the network is wired by the hook');
     // The sandbox's boot id over the host's, a mount CRIU is told about through the container's own configuration.
+    assert.equal(spec.hooks.createContainer[0]!.path, '/bind-hook');
     assert.deepEqual(spec.hooks.createContainer[0]!.args.slice(-2), ['/e/boot_id', '/r/proc/sys/kernel/random/boot_id']);
     assert.equal(spec.annotations['org.criu.config'], '/b/criu.conf');
     assert.equal(spec.linux.uidMappings[0]!.hostID, 100000);
@@ -223,7 +224,7 @@ describe('host preflight', () => {
     const { preflight, formatProblems } = await import('../src/agent/preflight.ts');
     const { runtimeConfigFromEnv } = await import('../src/runtime/config.ts');
     const cfg = {
-      ...runtimeConfigFromEnv(), criuBinDir: '/nonexistent/bin', initBinary: '/nonexistent/init', networkHook: '/nonexistent/net-hook', templatesDir: '/nonexistent/templates',
+      ...runtimeConfigFromEnv(), criuBinDir: '/nonexistent/bin', initBinary: '/nonexistent/init', networkHook: '/nonexistent/net-hook', bindHook: '/nonexistent/bind-hook', templatesDir: '/nonexistent/templates',
     };
     const problems = await preflight(cfg);
     const text = formatProblems(problems);
@@ -231,6 +232,7 @@ describe('host preflight', () => {
     assert.match(text, /CRIU is not installed at \/nonexistent\/bin\/criu: run `make setup`/);
     assert.match(text, /the sandbox init is not built .*: run `make setup`/);
     assert.match(text, /the network hook is not built \(\/nonexistent\/net-hook\): run `make setup`/);
+    assert.match(text, /the bind hook is not built \(\/nonexistent\/bind-hook\): run `make setup`/);
     assert.match(text, /template "base" is not built in \/nonexistent\/templates/);
     assert.doesNotMatch(text, /\n\s+at /, 'no stack trace');
     // and a host that has everything has nothing to say

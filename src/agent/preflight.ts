@@ -60,6 +60,9 @@ export async function preflight(cfg: RuntimeConfig, templates: string[] = ['base
   if (!(await access(cfg.networkHook, constants.X_OK).then(() => true, () => false))) {
     problems.push({ what: `the network hook is not built (${cfg.networkHook})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
   }
+  if (!(await access(cfg.bindHook, constants.X_OK).then(() => true, () => false))) {
+    problems.push({ what: `the bind hook is not built (${cfg.bindHook})`, fix: 'run `make setup` (it builds sandbox-init with cargo)' });
+  }
   // runc starts each sandbox as its mapped root, which must reach the sandbox's root file system
   // (in the data directory) and, on resume, its checkpoint (in the snapshot directory).
   for (const [name, variable, dir] of [

@@ -23,6 +23,8 @@ export interface RuntimeConfig {
   initBinary: string;
   /** The host-side program runc runs to wire each sandbox's network namespace (sandbox-init/). */
   networkHook: string;
+  /** The program runc runs to bind the sandbox's boot id over the host's (sandbox-init/). */
+  bindHook: string;
   /** Directory holding the `criu` wrapper, put first on PATH when runc checkpoints/restores. */
   criuBinDir: string;
   /** Host uid/gid that container root maps to, and the size of the range. */
@@ -90,6 +92,7 @@ export function runtimeConfigFromEnv(env: NodeJS.ProcessEnv = process.env, flags
     initBinary:
       env.NESTBOX_INIT_BINARY ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-init'),
     networkHook: env.NESTBOX_NETWORK_HOOK ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-net-hook'),
+    bindHook: env.NESTBOX_BIND_HOOK ?? path.join(repoRoot, 'sandbox-init/target/release/nestbox-bind-hook'),
     criuBinDir: env.NESTBOX_CRIU_BIN_DIR ?? path.join(home, 'deps/bin'),
     uidShift: 100000,
     uidRange: 65536,

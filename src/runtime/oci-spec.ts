@@ -4,7 +4,6 @@ import { seccompProfile } from './seccomp.ts';
 
 /** runc reads this annotation for a CRIU configuration file of the container's own. */
 const CRIU_CONFIG_ANNOTATION = 'org.criu.config';
-const MOUNT_BINARY = '/bin/mount';
 
 /** Paths inside the sandbox that the node provides. */
 export const INIT_PATH_IN_SANDBOX = '/.nestbox/init';
@@ -18,6 +17,8 @@ export interface SpecInput {
   socketDir: string; // host path (on the sandbox's disk), bound at SOCKET_DIR_IN_SANDBOX
   etcDir: string; // host path holding hosts, hostname and resolv.conf, each bound over /etc's
   networkHook: { path: string; args: string[]; timeout: number };
+  /** nestbox-bind-hook (sandbox-init/): one bind mount in the container's mount namespace. */
+  bindHook: string;
   /** Host path of the sandbox's CRIU configuration (runc hands it to CRIU at dump and restore). */
   criuConfig: string;
   resources: SandboxResources;
@@ -80,8 +81,8 @@ export function buildOciSpec(input: SpecInput) {
       // the procfs runc just mounted on a real directory (runc refuses anything else there).
       // CRIU keeps it as an external mount (criuConfig names it) and binds it again at restore.
       createContainer: [{
-        path: MOUNT_BINARY,
-        args: ['mount', '-n', '--bind', `${input.etcDir}/${BOOT_ID_FILE}`, `${input.rootfs}${BOOT_ID_PATH}`],
+        path: input.bindHook,
+        args: ['nestbox-bind-hook', `${input.etcDir}/${BOOT_ID_FILE}`, `${input.rootfs}${BOOT_ID_PATH}`],
         timeout: 10,
       }],
     },

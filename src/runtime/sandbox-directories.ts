@@ -142,6 +142,7 @@ export async function writeBundle(cfg: RuntimeConfig, host: BundleHost, record: 
     socketDir: p.socketDir,
     etcDir: p.etcDir,
     networkHook: host.network.hook(record.sandboxId, record.address),
+    bindHook: cfg.bindHook,
     criuConfig: p.criuConfig,
     resources: record.resources,
     uidShift: cfg.uidShift,
