@@ -10,6 +10,7 @@ import { sandboxPaths } from '../src/runtime/layout.ts';
 import { InitClient } from '../src/runtime/init/client.ts';
 import { createSandbox, exec, startTestAgent, TEST_ROOT } from '../test/helpers/agent-harness.ts';
 import { cleanStaleRaw, rawContainer } from './raw-container.ts';
+import { startLoad } from './load.ts';
 import { printTable, row, timed, type Row } from './stats.ts';
 
 const N = Number(process.env.BENCH_N ?? 20);
@@ -35,6 +36,7 @@ async function hostUsedKiB() {
 }
 
 async function main() {
+  const load = startLoad();
   const a = await startTestAgent();
   const cfg = a.agent.runtime.cfg;
   const rawRuncRoot = path.join(TEST_ROOT, 'raw-runc');
@@ -182,10 +184,12 @@ async function main() {
       for (const s of ids) await a.json('DELETE', `/v1/sandboxes/${s}`);
     }
   } finally {
+    load.stop();
     await a.stop();
     await rm(path.join(TEST_ROOT, 'raw-runc'), { recursive: true, force: true });
   }
 
+  console.log(load.description);
   printTable(rows);
   console.log('');
   for (const [k, v] of Object.entries(extra)) console.log(`${k}: ${v}`);

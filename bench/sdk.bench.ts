@@ -23,6 +23,7 @@ import { COUNTER, createSandbox, exec, startTestAgent, TEST_ROOT } from '../test
 import { dockerSaveArchive, tarOf, type LayerEntry } from '../test/helpers/image-archive.ts';
 import { startS3Server } from '../test/helpers/s3-server.ts';
 import { startStack } from '../test/helpers/stack.ts';
+import { startLoad } from './load.ts';
 import { cleanStaleRaw, rawContainer } from './raw-container.ts';
 import { printTable, row, timed, type Row } from './stats.ts';
 
@@ -356,6 +357,7 @@ async function waitFor(ok: () => Promise<boolean>, deadlineMs = 300_000, what = 
 }
 
 async function main() {
+  const load = startLoad();
   const rows: Row[] = [];
   const runc = new Runc(path.join(TEST_ROOT, 'raw-runc-sdk'), runtimeConfigFromEnv().criuBinDir);
   await cleanStaleRaw(runc);
@@ -366,6 +368,8 @@ async function main() {
   if (want('import')) await importRows(rows);
   if (want('drain')) await drainRows(rows, runc);
   if (want('fork')) await forkRows(rows, runc);
+  load.stop();
+  console.log(load.description);
   printTable(rows);
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results-sdk.json');
   await writeFile(out, JSON.stringify(rows.map(({ name, p50_ms, p99_ms, limit_p50_ms }) => ({ name, p50_ms, p99_ms, limit_p50_ms })), null, 2));
