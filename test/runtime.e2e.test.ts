@@ -2,13 +2,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
 import { Runc } from '../src/runtime/runc.ts';
 import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
-import { createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
+import { COUNTER, createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
 
 let a: TestAgent;
 before(async () => {
@@ -139,12 +139,12 @@ describe('sandbox lifecycle on one node', () => {
 
     const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
     assert.equal(snap.memory, true);
-    // The memory images were hashed while CRIU wrote them: the manifest vouches for the very
-    // images stored (all hashed again from the files here).
+    // The manifest lists the very images and disk stored (listed again from the files here).
     const store = a.agent.runtime.store;
     assert.ok(store instanceof DirectorySnapshotStore);
     const manifest = (await store.manifest(id))!;
-    assert.equal(manifest.objects.find((o) => o.name === 'checkpoint')?.digest, 'files');
+    assert.equal(manifest.objects.find((o) => o.name === 'checkpoint')?.digest, 'sizes');
+    assert.equal(manifest.objects.find((o) => o.name === 'disk')?.digest, 'sizes');
     await store.verify(id, store.dir(id), manifest);
     await a.agent.runtime.idle(); // (the container's network and directory go after the answer)
     const gone = await leftovers(id);
@@ -202,6 +202,24 @@ describe('sandbox lifecycle on one node', () => {
     }
     assert.equal((await exec(a, id, 'cat round-0.txt round-1.txt round-2.txt')).stdout, 'r0r1r2');
     await a.json('DELETE', `/v1/sandboxes/${id}`);
+  });
+
+  test('a snapshot whose memory image was cut short is refused at resume, before CRIU; the snapshot stays, and a kill removes it', async () => {
+    const id = await createSandbox(a);
+    await exec(a, id, COUNTER);
+    await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+    const store = a.agent.runtime.store as DirectorySnapshotStore;
+    const images = path.join(store.dir(id), 'checkpoint');
+    const pages = (await readdir(images)).filter((n) => /^pages-\d+\.img$/.test(n));
+    const biggest = (await Promise.all(pages.map(async (n) => ({ n, size: (await stat(path.join(images, n))).size })))).sort((x, y) => y.size - x.size)[0]!;
+    await truncate(path.join(images, biggest.n), Math.floor(biggest.size / 2));
+    const r = await a.api('POST', `/v1/sandboxes/${id}/resume`);
+    assert.equal(r.status, 500);
+    assert.match((await r.json()).message, /checkpoint fails its checksum/);
+    assert.ok(await store.exists(id), 'the snapshot stays');
+    assert.ok(!(await a.agent.runtime.inventory()).some((e) => e.sandboxId === id), 'nothing of it runs or is left on the node');
+    await a.agent.runtime.kill(id, { deleteSnapshot: true });
+    assert.equal(await store.exists(id), false);
   });
 
   test('pause without memory keeps files and starts fresh', async () => {

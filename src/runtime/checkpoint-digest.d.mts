@@ -9,14 +9,13 @@ export interface CheckpointEntry {
   digest?: 'files';
 }
 
-/** What followDump read of one memory image while the dump ran. */
+/** What followDump synced of one memory image while the dump ran. */
 export interface FollowedImage {
   ino: number;
   size: number;
-  sha256: string;
 }
 export type FollowedImages = Record<string, FollowedImage>;
 
 export function checkpointTarDigest(dir: string): CheckpointEntry | null;
-export function checkpointFilesDigest(dir: string, followed?: FollowedImages): CheckpointEntry;
+export function checkpointFilesDigest(dir: string): CheckpointEntry;
 export function followDump(imagesDir: string, flag: Int32Array): Promise<FollowedImages>;

@@ -1,6 +1,6 @@
-// The digests of a pause's checkpoint images (the hashing threads run these: see
-// checkpoint-hasher.ts; plain JavaScript, which a worker thread loads without the agent's
-// TypeScript loader). No messages here, only files in and digests out.
+// The digests of checkpoint images, and the follow that syncs a dump's images while CRIU writes
+// them (the threads of checkpoint-hasher.ts run these; plain JavaScript, which a worker thread
+// loads without the agent's TypeScript loader). No messages here, only files in, digests out.
 import { createHash } from 'node:crypto';
 import { closeSync, constants, fdatasync as fdatasyncCallback, fstatSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -96,13 +96,11 @@ function tarHeader(name, mode, uid, gid, size, type) {
 /**
  * The checkpoint object's manifest entry of digest "files": the sha256 of a listing of the
  * directory (its mode and owner) and of every image in name order (name, mode, owner, size and
- * the sha256 of its bytes). Unlike the tar stream's digest, each image's part can be computed on
- * its own, so a pause hashes its memory images while CRIU still writes them (followDump) and
- * only the small rest once the dump is over. `followed`: what followDump found, by name; an
- * image is taken from it only if it is the very file (inode) at the very size. Files are
- * opened without following links; anything but plain files with plain names is refused.
+ * the sha256 of its bytes). What the directory store's pauses wrote until they took digest
+ * "sizes" (see snapshot-store.ts); such snapshots are still checked with it. Files are opened
+ * without following links; anything but plain files with plain names is refused.
  */
-export function checkpointFilesDigest(dir, followed = {}) {
+export function checkpointFilesDigest(dir) {
   const root = path.join(dir, 'checkpoint');
   const st = lstatSync(root);
   if (!st.isDirectory()) throw new Error(`checkpoint images: ${root} is not a directory`);
@@ -117,8 +115,7 @@ export function checkpointFilesDigest(dir, followed = {}) {
     try {
       const fst = fstatSync(fd);
       if (!fst.isFile()) throw new Error(`checkpoint image ${name} is not a plain file`);
-      const known = Object.hasOwn(followed, name) ? followed[name] : undefined;
-      const sha256 = known && known.ino === fst.ino && known.size === fst.size ? known.sha256 : fileDigest(fd, fst.size, name, buf);
+      const sha256 = fileDigest(fd, fst.size, name, buf);
       listing.update(`${name} ${(fst.mode & 0o7777).toString(8)} ${fst.uid} ${fst.gid} ${fst.size} ${sha256}\n`);
       size += fst.size;
     } finally {
@@ -142,19 +139,16 @@ function fileDigest(fd, expected, name, buf) {
 }
 
 /**
- * Runs beside a dump until `flag[0]` is set (the dump is over, or abandoned): reads CRIU's
- * memory images in `imagesDir` as they grow, hashing them, and has what was read sent to the
- * disk in steps, beside the reading (so the pause's own sync finds little left). CRIU writes a
- * memory image front to back and never goes back; once the flag is set, one more pass that finds
- * nothing new ends it. Resolves to what it read, by name: { ino, size, sha256 }, all of it on
- * the disk (checkpointFilesDigest uses it for the files that are still exactly these). Nothing
- * here decides what the snapshot holds: a file that changed after it was read has another size
- * or inode and is hashed again.
+ * Runs beside a dump until `flag[0]` is set (the dump is over, or abandoned): watches CRIU's
+ * memory images in `imagesDir` grow and has what was written sent to the disk in steps, beside
+ * the dump (so the pause's own sync finds little left). Nothing is read: a pause's snapshot is
+ * durable once this and the pause's sync of the small images are done. CRIU writes a memory
+ * image front to back and never goes back; once the flag is set, one more pass that finds
+ * nothing new ends it. Resolves to what it synced, by name: { ino, size }.
  */
 export async function followDump(imagesDir, flag) {
   const files = new Map();
   const syncs = [];
-  const buf = Buffer.allocUnsafe(4 * PIECE);
   try {
     for (;;) {
       const over = Atomics.load(flag, 0) !== 0;
@@ -178,28 +172,25 @@ export async function followDump(imagesDir, flag) {
           closeSync(fd);
           continue;
         }
-        files.set(name, { fd, ino: st.ino, at: 0, synced: 0, hash: createHash('sha256') });
+        files.set(name, { fd, ino: st.ino, size: 0, synced: 0 });
       }
       for (const f of files.values()) {
-        for (;;) {
-          const n = readSync(f.fd, buf, 0, buf.length, f.at);
-          if (n === 0) break;
-          f.hash.update(buf.subarray(0, n));
-          f.at += n;
-          grew = true;
-          if (f.at - f.synced >= SYNC_EVERY) {
-            syncs.push(fdatasync(f.fd)); // (in the thread pool: the reading goes on meanwhile)
-            f.synced = f.at;
-          }
+        const size = fstatSync(f.fd).size;
+        if (size <= f.size) continue;
+        f.size = size;
+        grew = true;
+        if (f.size - f.synced >= SYNC_EVERY) {
+          syncs.push(fdatasync(f.fd)); // (in the thread pool: the watching goes on meanwhile)
+          f.synced = f.size;
         }
       }
       if (over && !grew) break;
       if (!grew) await Atomics.waitAsync(flag, 0, 0, 2).value;
     }
-    for (const f of files.values()) if (f.synced < f.at) syncs.push(fdatasync(f.fd));
+    for (const f of files.values()) if (f.synced < f.size) syncs.push(fdatasync(f.fd));
     await Promise.all(syncs);
     const out = {};
-    for (const [name, f] of files) out[name] = { ino: f.ino, size: f.at, sha256: f.hash.digest('hex') };
+    for (const [name, f] of files) out[name] = { ino: f.ino, size: f.size };
     return out;
   } finally {
     await Promise.allSettled(syncs);

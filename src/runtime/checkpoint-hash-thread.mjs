@@ -9,7 +9,7 @@ parentPort.on('message', async (req) => {
   let answer;
   try {
     if (req.follow) answer = { id: req.id, followed: await followDump(req.follow, new Int32Array(req.flag)) };
-    else if (req.digest === 'files') answer = { id: req.id, entry: checkpointFilesDigest(req.dir, req.followed) };
+    else if (req.digest === 'files') answer = { id: req.id, entry: checkpointFilesDigest(req.dir) };
     else answer = { id: req.id, entry: checkpointTarDigest(req.dir) };
   } catch (e) {
     answer = { id: req.id, error: e instanceof Error ? e.message : String(e) };

@@ -1,15 +1,15 @@
-// A pause hashes its whole memory image (100 MiB: ~70 ms of sha256 on this kind of host). On the
-// agent's own thread that held up every other step of the pause and every other request; in
-// threads of their own it runs beside them, and mostly while CRIU still writes the images
-// (followDump). A few long-lived threads, started as needed: a thread runs one request at a
-// time, and a follow lasts as long as its dump.
+// Hashing a whole memory image (100 MiB: ~70 ms of sha256 on this kind of host) for the S3
+// store's upload, or to check an older snapshot, on the agent's own thread would hold up every
+// other request; in threads of their own it runs beside them. A pause's follow (followDump: the
+// images synced while CRIU writes them) runs in one too. A few long-lived threads, started as
+// needed: a thread runs one request at a time, and a follow lasts as long as its dump.
 import { Worker } from 'node:worker_threads';
 import { checkpointFilesDigest, type CheckpointEntry, type FollowedImages } from './checkpoint-digest.mjs';
 
 export type { CheckpointEntry, FollowedImages } from './checkpoint-digest.mjs';
 
 type Request =
-  | { id: number; dir: string; digest: 'stream' | 'files'; followed?: FollowedImages }
+  | { id: number; dir: string; digest: 'stream' | 'files' }
   | { id: number; follow: string; flag: SharedArrayBuffer };
 type Answer =
   | { id: number; entry: CheckpointEntry | null }
@@ -35,15 +35,13 @@ let nextId = 0;
 
 /**
  * The checkpoint object's manifest entry, hashed in a hashing thread: digest "files" (see
- * checkpoint-digest.mjs; `followed`: what a follow of the dump read) or the tar stream's.
- * Null when no thread is available (one failed to start or died), or, for the tar stream's,
- * when the images are not what it hashes without tar: the caller falls back then. Rejects when
- * the images cannot be read or change while they are hashed.
+ * checkpoint-digest.mjs) or the tar stream's. Null when no thread is available (one failed to
+ * start or died), or, for the tar stream's, when the images are not what it hashes without
+ * tar: the caller falls back then. Rejects when the images cannot be read or change while they
+ * are hashed.
  */
-export async function hashCheckpointOffThread(
-  dir: string, opts: { digest: 'stream' | 'files'; followed?: FollowedImages },
-): Promise<CheckpointEntry | null> {
-  const answer = await ask({ id: nextId++, dir, digest: opts.digest, ...(opts.followed ? { followed: opts.followed } : {}) });
+export async function hashCheckpointOffThread(dir: string, opts: { digest: 'stream' | 'files' }): Promise<CheckpointEntry | null> {
+  const answer = await ask({ id: nextId++, dir, digest: opts.digest });
   if (!answer) return null;
   if ('error' in answer) throw new Error(answer.error);
   return 'entry' in answer ? answer.entry : null;
@@ -56,7 +54,7 @@ export function hashCheckpointHere(dir: string): CheckpointEntry {
 
 /** A follow of a running dump (see followDump): `finish` once the dump is over, or `abandon`. */
 export interface DumpFollower {
-  /** The dump ended: what the follow read, once it has read the rest (null: no thread, or it failed). */
+  /** The dump ended: what the follow synced, once all of it is on the disk (null: no thread, or it failed). */
   finish(): Promise<FollowedImages | null>;
   abandon(): void;
 }

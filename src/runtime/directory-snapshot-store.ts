@@ -4,7 +4,7 @@ import { constants } from 'node:fs';
 import path from 'node:path';
 import { isSnapshotKey } from '../core/ids.ts';
 import { run } from './command.ts';
-import { followCheckpointDump, type DumpFollower, type FollowedImages } from './checkpoint-hasher.ts';
+import { followCheckpointDump, type DumpFollower } from './checkpoint-hasher.ts';
 import { exists, moveTree } from './fs-util.ts';
 import {
   ChecksumError, hashObject, localSnapshot, MANIFEST, objectsOf, parseManifest,
@@ -14,11 +14,11 @@ import {
 /**
  * Snapshots as directories under one root (`NESTBOX_SNAPSHOT_DIR`), shared by the nodes that
  * share that file system: `<root>/<id>/` holds snapshot.json, checkpoint/, disk.img as pause
- * staged them, plus manifest.json (the sha256 of each object's canonical stream, see
- * snapshot-store.ts; of the checkpoint, its images' listed digests, which a pause computes
- * while CRIU writes them). A put writes the manifest into the staging directory and renames it into
- * place, so a snapshot appears whole or not at all; resume restores from the directory in
- * place (no copy), and a copy out (`get`) is verified.
+ * staged them, plus manifest.json (snapshot.json's sha256; of the checkpoint and the disk, the
+ * listing of their files' names, modes, owners and sizes: see listing-digest.ts). A put writes
+ * the manifest into the staging directory and renames it into place, so a snapshot appears
+ * whole or not at all; resume restores from the directory in place (no copy), once the listings
+ * check out, and a copy out (`get`) is verified whole.
  */
 /** A deleted snapshot's directory while its files are removed (see delete()). */
 const TRASH_PREFIX = '.deleted-';
@@ -65,9 +65,9 @@ export class DirectorySnapshotStore implements SnapshotStore {
   }
 
   /**
-   * While CRIU dumps into the staging's images: they are hashed and sent to the disk as they are
-   * written (a thread follows them), so that once the dump is over the checkpoint's head start
-   * (prestage) finds little left to read or sync.
+   * While CRIU dumps into the staging's images: they are sent to the disk as they are written
+   * (a thread follows them), so that once the dump is over the checkpoint's head start
+   * (prestage) finds little left to sync.
    */
   followDump(staging: string): { abandon(): void } {
     const key = path.resolve(staging);
@@ -95,7 +95,7 @@ export class DirectorySnapshotStore implements SnapshotStore {
     if (!started) this.headStarts.set(key, (started = new Map()));
     const follow = name === 'checkpoint' ? this.follows.get(key) : undefined;
     if (follow) this.follows.delete(key);
-    const hashed = (follow?.finish() ?? Promise.resolve(null)).then((followed) => entryOf(staging, name, followed));
+    const hashed = (follow?.finish() ?? Promise.resolve(null)).then(() => entryOf(staging, name));
     const entry = Promise.all([hashed, syncObject(staging, name)]).then(([e]) => e);
     entry.catch(() => undefined); // seal() hashes the object itself then
     started.set(name, entry);
@@ -126,9 +126,15 @@ export class DirectorySnapshotStore implements SnapshotStore {
     }
   }
 
+  /**
+   * Restores in place: the snapshot's files must be those its manifest lists (the listings of
+   * digest "sizes", a few stat calls; older manifests' content digests are not computed here).
+   */
   async open(id: string, local: string): Promise<void> {
     if (path.resolve(local) !== path.resolve(this.dir(id))) throw new Error(`the directory store restores ${id} in place, not at ${local}`);
-    if (!(await this.exists(id))) throw new Error(`no complete snapshot ${id}`);
+    const manifest = await this.manifest(id);
+    if (!manifest) throw new Error(`no complete snapshot ${id}`);
+    await this.verify(id, local, { ...manifest, objects: manifest.objects.filter((o) => o.digest === 'sizes') });
   }
 
   /** The disk was mounted by the resume that gave it back: its bytes changed, so it is sealed anew. */
@@ -248,12 +254,11 @@ export class DirectorySnapshotStore implements SnapshotStore {
 }
 
 /**
- * The manifest entry this store writes for an object of a local snapshot: the checkpoint's
- * digest is its images' listing (`followed`: what a follow of its dump read), the others' their
- * canonical stream's.
+ * The manifest entry this store writes for an object of a local snapshot: the checkpoint's and
+ * the disk's digest is their files' listing, snapshot.json's its own.
  */
-function entryOf(dir: string, name: ObjectName, followed?: FollowedImages | null): Promise<ManifestEntry> {
-  return name === 'checkpoint' ? hashObject(dir, name, { digest: 'files', ...(followed ? { followed } : {}) }) : hashObject(dir, name);
+function entryOf(dir: string, name: ObjectName): Promise<ManifestEntry> {
+  return hashObject(dir, name, name === 'snapshot.json' ? {} : { digest: 'sizes' });
 }
 
 /** fsync of snapshot.json, the disk image and every image file (opened without following links). */

@@ -308,7 +308,7 @@ export class SandboxRuntime {
         follow = this.store.followDump?.(staging.dir);
         await this.runc.checkpoint(sandboxId, staging.images, p.criuWork, p.runcLog);
         t.step('dump');
-        // The images are final: handed over, then hashed and synced by the store, all beside the
+        // The images are final: handed over, then synced (and hashed, as the store needs) by the store, beside the
         // steps below (awaited before the snapshot is stored).
         handedOver = handOverImages(staging.images, this.cfg.uidShift).then(
           () => this.store.prestage?.(staging.dir, 'checkpoint'),
@@ -430,7 +430,7 @@ export class SandboxRuntime {
   /**
    * Dumps a running sandbox into `into` (images, disk.img, snapshot.json); it keeps running.
    * `toStore`: `into` is a staging the snapshot store will be given, which may follow the dump
-   * and hash and sync what it can meanwhile (see SnapshotStore.followDump and prestage).
+   * and sync what it can meanwhile (see SnapshotStore.followDump and prestage).
    */
   private async dumpLive(sandboxId: string, into: SnapshotFiles, opts: { toStore?: boolean } = {}): Promise<SnapshotRecord> {
     const record = await this.record(sandboxId);

@@ -5,9 +5,10 @@ import { lstat, readdir } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
-import { hashCheckpointHere, hashCheckpointOffThread, type FollowedImages } from './checkpoint-hasher.ts';
+import { hashCheckpointHere, hashCheckpointOffThread } from './checkpoint-hasher.ts';
 import { run } from './command.ts';
 import { exists } from './fs-util.ts';
+import { sizesDigest } from './listing-digest.ts';
 // Implementations (they import this file's helpers; nothing of theirs runs at load time).
 import { DirectorySnapshotStore } from './directory-snapshot-store.ts';
 import { S3SnapshotStore, type S3StoreConfig } from './s3-snapshot-store.ts';
@@ -23,9 +24,10 @@ import { S3SnapshotStore, type S3StoreConfig } from './s3-snapshot-store.ts';
  * last two being the canonical tar streams of the directory and of the image (GNU tar, names
  * sorted, mtimes zeroed, numeric owners, the disk `--sparse`: its holes are not stored). The
  * names of multipart objects carry no dot: radosgw's POSIX driver (the local test server)
- * loses multipart uploads of keys with one. A snapshot is complete only once its manifest (the sha256 and size of every
- * object) is written, and it is written last; readers ignore snapshots without one, and a
- * download checks every object against it before it is unpacked.
+ * loses multipart uploads of keys with one. A snapshot is complete only once its manifest (a
+ * digest and size of every object: see ManifestEntry) is written, and it is written last;
+ * readers ignore snapshots without one, a download checks every object against it before it
+ * is unpacked, and a restore in place checks the listings it holds.
  *
  * Two implementations: the directory store (directory-snapshot-store.ts; a directory, shared
  * between nodes when they share a file system; the runtime restores from it in place) and the
@@ -52,7 +54,7 @@ export interface SnapshotStore {
   prestage?(staging: string, name: ObjectName): void;
   /**
    * Optional head start on the checkpoint, earlier still: called when CRIU starts to dump into
-   * `staging`'s images (the store may read them as they are written); `abandon` when the dump
+   * `staging`'s images (the store may sync them as they are written); `abandon` when the dump
    * failed. The checkpoint's `prestage` follows once the dump is over.
    */
   followDump?(staging: string): { abandon(): void };
@@ -127,11 +129,12 @@ export interface ManifestEntry {
   size: number;
   /**
    * What `sha256` digests. Absent: the object's canonical stream (what a store uploads and a
-   * download checks). "files", only for the directory store's checkpoint (kept unpacked): each
-   * image's own digest, listed (see checkpoint-digest.mjs), which a pause computes while CRIU
-   * still writes the images.
+   * download checks). "sizes", for the directory store's checkpoint and disk (kept unpacked and
+   * restored in place): a listing of its files' names, modes, owners and sizes, checked at every
+   * resume (listing-digest.ts). "files", of the directory store's checkpoints paused before
+   * that: each image's own sha256, listed (checkpoint-digest.mjs).
    */
-  digest?: 'files';
+  digest?: 'files' | 'sizes';
 }
 
 export interface Manifest {
@@ -159,7 +162,7 @@ export function parseManifest(text: string, id: string): Manifest {
   if (m?.version !== 1 || m.id !== id || !Array.isArray(m.objects)) throw new MalformedManifest(`snapshot ${id}: malformed manifest`);
   for (const o of m.objects) {
     if (!OBJECT_NAMES.includes(o.name) || !/^[0-9a-f]{64}$/.test(o.sha256) || !Number.isSafeInteger(o.size)
-      || (o.digest !== undefined && !(o.digest === 'files' && o.name === 'checkpoint'))) {
+      || (o.digest !== undefined && !(o.digest === 'files' && o.name === 'checkpoint') && !(o.digest === 'sizes' && o.name !== 'snapshot.json'))) {
       throw new MalformedManifest(`snapshot ${id}: malformed manifest entry ${JSON.stringify(o)}`);
     }
   }
@@ -244,17 +247,16 @@ export function hashing(): Transform & { digest: () => { sha256: string; size: n
 }
 
 /**
- * The manifest entry of one object of a local snapshot: the digest of its canonical stream, or,
- * for the checkpoint with `digest: 'files'`, its images' listed digests (`followed`: what a
- * follow of the dump read; see checkpoint-hasher.ts).
+ * The manifest entry of one object of a local snapshot: the digest of its canonical stream; with
+ * `digest: 'sizes'` (the checkpoint or the disk), its files' listing; with `digest: 'files'`
+ * (the checkpoint), its images' listed digests.
  */
-export async function hashObject(
-  dir: string, name: ObjectName, opts: { digest?: 'files'; followed?: FollowedImages } = {},
-): Promise<ManifestEntry> {
+export async function hashObject(dir: string, name: ObjectName, opts: { digest?: 'files' | 'sizes' } = {}): Promise<ManifestEntry> {
+  if (opts.digest === 'sizes' && name !== 'snapshot.json') return { name, ...(await sizesDigest(dir, name)), digest: 'sizes' };
   if (name === 'checkpoint') {
-    // In a thread of its own: a pause hashes its whole memory image meanwhile its other steps go on.
-    const digest = opts.digest ?? 'stream';
-    const entry = await hashCheckpointOffThread(dir, { digest, ...(opts.followed ? { followed: opts.followed } : {}) });
+    // In a thread of its own: a whole memory image is hashed meanwhile the agent goes on.
+    const digest = opts.digest === 'files' ? 'files' : 'stream';
+    const entry = await hashCheckpointOffThread(dir, { digest });
     if (entry) return entry;
     if (digest === 'files') return hashCheckpointHere(dir);
   }
