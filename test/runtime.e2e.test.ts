@@ -163,6 +163,28 @@ describe('sandbox lifecycle on one node', () => {
     await a.json('DELETE', `/v1/sandboxes/${id}`);
   });
 
+  test("a restore CRIU refuses (an image damaged in place) fails the resume with CRIU's own words and its kept log; the snapshot stays", async () => {
+    const id = await createSandbox(a);
+    await exec(a, id, COUNTER);
+    await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
+    const store = a.agent.runtime.store as DirectorySnapshotStore;
+    const images = path.join(store.dir(id), 'checkpoint');
+    const core = (await readdir(images)).find((n) => /^core-\d+\.img$/.test(n))!;
+    // Same size (the listing still matches), other bytes: what only CRIU can tell.
+    const bytes = await readFile(path.join(images, core));
+    await writeFile(path.join(images, core), Buffer.alloc(bytes.length, 0xff));
+    const r = await a.api('POST', `/v1/sandboxes/${id}/resume`);
+    assert.equal(r.status, 500);
+    const message: string = (await r.json()).message;
+    assert.match(message, /CRIU: \S/, `CRIU's error lines are in it: ${message}`);
+    const kept = /its log: (\S+\.log)\)/.exec(message)?.[1];
+    assert.ok(kept?.startsWith(path.join(a.agent.runtime.cfg.dataDir, 'logs')), message);
+    assert.match(await readFile(kept!, 'utf8'), /Error/);
+    assert.doesNotMatch(message, /criu-work/, 'no path to a directory that is gone');
+    assert.ok(await store.exists(id), 'the snapshot stays');
+    await a.agent.runtime.kill(id, { deleteSnapshot: true });
+  });
+
   test('a pause whose dump fails leaves the sandbox running, thawed (it was frozen for the dump)', async () => {
     const id = await createSandbox(a);
     const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, {

@@ -9,6 +9,7 @@ import { RequestAdmission } from './request-admission.ts';
 import { CommandDeadlines } from './command-deadlines.ts';
 import { run } from './command.ts';
 import { prepareCgroupYard } from './cgroup-yard.ts';
+import { withCriuLog } from './criu-log.ts';
 import { prepareMaskSource } from './mask-source.ts';
 import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig } from './config.ts';
@@ -319,9 +320,9 @@ export class SandboxRuntime {
         );
         handedOver.catch(() => undefined); // awaited below
       }
-    } catch (e) {
+    } catch (caught) {
+      const e = await this.withCriuLog(caught, sandboxId, 'dump');
       follow?.abandon();
-      await this.keepLog(sandboxId, 'dump');
       await rm(staging.dir, { recursive: true, force: true });
       // CRIU resumes the tasks when a dump fails, frozen as it found them; only a running
       // container may stay.
@@ -448,9 +449,8 @@ export class SandboxRuntime {
       await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
       if (opts.toStore) follow = this.store.followDump?.(into.dir);
       // CRIU finds the cgroup frozen and leaves it so: nothing writes until the disk is copied.
-      await this.runc.checkpoint(sandboxId, into.images, p.criuWork, p.runcLog, { leaveRunning: true }).catch(async (e) => {
-        await this.keepLog(sandboxId, 'dump');
-        throw e;
+      await this.runc.checkpoint(sandboxId, into.images, p.criuWork, p.runcLog, { leaveRunning: true }).catch(async (e: unknown) => {
+        throw await this.withCriuLog(e, sandboxId, 'dump');
       });
       await handOverImages(into.images, this.cfg.uidShift);
       handedOver = true;
@@ -535,8 +535,8 @@ export class SandboxRuntime {
       await setSandboxHostname(initPid, req.sandboxId);
       this.commandDeadlines.restore(req.sandboxId, snap.commandDeadlines);
       return await this.started(record, 'create');
-    } catch (e) {
-      await this.keepLog(req.sandboxId, 'restore');
+    } catch (caught) {
+      const e = await this.withCriuLog(caught, req.sandboxId, 'restore');
       await this.teardown(req.sandboxId);
       throw wrap(e, 'create');
     }
@@ -606,8 +606,8 @@ export class SandboxRuntime {
         t.step('dropSnapshot');
         t.end();
         return out;
-      } catch (e) {
-        await this.keepLog(sandboxId, 'restore');
+      } catch (caught) {
+        const e = await this.withCriuLog(caught, sandboxId, 'restore');
         await undo.unwind(); // the disk back into the snapshot before the sandbox directory goes
         throw wrap(e, 'resume');
       }
@@ -799,12 +799,9 @@ export class SandboxRuntime {
     );
   }
 
-  /** CRIU's log of a failed dump or restore outlives the sandbox directory, for the operator. */
-  private async keepLog(sandboxId: string, kind: 'dump' | 'restore') {
-    const from = path.join(sandboxPaths(this.cfg, sandboxId).criuWork, `${kind}.log`);
-    const dir = path.join(this.cfg.dataDir, 'logs');
-    await mkdir(dir, { recursive: true });
-    await copyFile(from, path.join(dir, `${sandboxId}-${kind}-${Date.now()}.log`)).catch(() => undefined);
+  /** A failed dump's or restore's error, with what CRIU said and where its log is kept (criu-log.ts). */
+  private withCriuLog(e: unknown, sandboxId: string, kind: 'dump' | 'restore'): Promise<unknown> {
+    return withCriuLog(e, { dataDir: this.cfg.dataDir, criuWork: sandboxPaths(this.cfg, sandboxId).criuWork, sandboxId, kind });
   }
 
   private async waitForInit(sandboxId: string, restored: boolean) {
