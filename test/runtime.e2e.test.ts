@@ -163,12 +163,17 @@ describe('sandbox lifecycle on one node', () => {
     await a.json('DELETE', `/v1/sandboxes/${id}`);
   });
 
-  test("a restore CRIU refuses (an image damaged in place) fails the resume with CRIU's own words and its kept log; the snapshot stays", async () => {
+  /** A sandbox running a counter, paused: its id, the store and its images' directory there. */
+  async function pausedCounter() {
     const id = await createSandbox(a);
     await exec(a, id, COUNTER);
     await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
     const store = a.agent.runtime.store as DirectorySnapshotStore;
-    const images = path.join(store.dir(id), 'checkpoint');
+    return { id, store, images: path.join(store.dir(id), 'checkpoint') };
+  }
+
+  test("a restore CRIU refuses (an image damaged in place) fails the resume with CRIU's own words and its kept log; the snapshot stays", async () => {
+    const { id, store, images } = await pausedCounter();
     const core = (await readdir(images)).find((n) => /^core-\d+\.img$/.test(n))!;
     // Same size (the listing still matches), other bytes: what only CRIU can tell.
     const bytes = await readFile(path.join(images, core));
@@ -227,11 +232,7 @@ describe('sandbox lifecycle on one node', () => {
   });
 
   test('a snapshot whose memory image was cut short is refused at resume, before CRIU; the snapshot stays, and a kill removes it', async () => {
-    const id = await createSandbox(a);
-    await exec(a, id, COUNTER);
-    await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
-    const store = a.agent.runtime.store as DirectorySnapshotStore;
-    const images = path.join(store.dir(id), 'checkpoint');
+    const { id, store, images } = await pausedCounter();
     const pages = (await readdir(images)).filter((n) => /^pages-\d+\.img$/.test(n));
     const biggest = (await Promise.all(pages.map(async (n) => ({ n, size: (await stat(path.join(images, n))).size })))).sort((x, y) => y.size - x.size)[0]!;
     await truncate(path.join(images, biggest.n), Math.floor(biggest.size / 2));

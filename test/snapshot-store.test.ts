@@ -402,6 +402,20 @@ describe('checkpoint hash', () => {
     );
   });
 
+  /** Asserts that `digest` of `imagesDir` (now `before`) changes with core-1.img's mode, then its owner, then an image added; the last digest. */
+  async function changesWithModeOwnerAndAnImageAdded(imagesDir: string, digest: () => Promise<string>, before: string): Promise<string> {
+    await chmod(path.join(imagesDir, 'core-1.img'), 0o600);
+    const moded = await digest();
+    assert.notEqual(moded, before, "an image's mode");
+    await chown(path.join(imagesDir, 'core-1.img'), UID, UID);
+    const owned = await digest();
+    assert.notEqual(owned, moded, "an image's owner");
+    await writeFile(path.join(imagesDir, 'extra.img'), '');
+    const added = await digest();
+    assert.notEqual(added, owned, 'an image added');
+    return added;
+  }
+
   test('property: a follow of a dump (followDump) sees every byte it writes, whatever the writes, and ends once the dump is over', async () => {
     const fc = (await import('fast-check')).default;
     await fc.assert(
@@ -455,15 +469,7 @@ describe('checkpoint hash', () => {
       await writeFile(path.join(imagesDir, 'pages-1.img'), randomBytes(4999));
       const shorter = await digest();
       assert.notEqual(shorter, first, 'an image cut short');
-      await chmod(path.join(imagesDir, 'core-1.img'), 0o600);
-      const moded = await digest();
-      assert.notEqual(moded, shorter, "an image's mode");
-      await chown(path.join(imagesDir, 'core-1.img'), UID, UID);
-      const owned = await digest();
-      assert.notEqual(owned, moded, "an image's owner");
-      await writeFile(path.join(imagesDir, 'extra.img'), '');
-      const added = await digest();
-      assert.notEqual(added, owned, 'an image added');
+      const added = await changesWithModeOwnerAndAnImageAdded(imagesDir, digest, shorter);
       await rm(path.join(imagesDir, 'core-1.img'));
       assert.notEqual(await digest(), added, 'an image removed');
       await symlink('/etc/passwd', path.join(imagesDir, 'link.img'));
@@ -498,14 +504,7 @@ describe('checkpoint hash', () => {
       await f.close();
       const flipped = await digest();
       assert.notEqual(flipped, first, 'one bit of an image');
-      await chmod(path.join(imagesDir, 'core-1.img'), 0o600);
-      const moded = await digest();
-      assert.notEqual(moded, flipped, "an image's mode");
-      await chown(path.join(imagesDir, 'core-1.img'), UID, UID);
-      const owned = await digest();
-      assert.notEqual(owned, moded, "an image's owner");
-      await writeFile(path.join(imagesDir, 'extra.img'), '');
-      assert.notEqual(await digest(), owned, 'an image added');
+      await changesWithModeOwnerAndAnImageAdded(imagesDir, digest, flipped);
       // What the follow would have read had it not been abandoned: nothing is left running.
       assert.equal(await abandoned.finish(), (await abandoned.finish()));
     } finally {
