@@ -13,6 +13,13 @@ import { agentClient, COUNTER, createSandbox, exec, readCount, sleep, startTestA
 
 let a: TestAgent;
 
+/** The sandbox's counter (COUNTER) goes on: the sandbox still runs. */
+async function assertStillCounting(id: string) {
+  const n1 = await readCount(a, id);
+  await sleep(200);
+  assert.ok((await readCount(a, id)) > n1, 'still running');
+}
+
 before(async () => {
   a = await startTestAgent();
 });
@@ -108,9 +115,7 @@ test('a resume cut short after its start was journaled, before its snapshot went
   assert.ok(notes.some((n) => n.startsWith(id) && /resume had completed/.test(n)), notes.join('\n'));
   assert.ok(!(await readdir(a.agent.runtime.cfg.snapshotDir)).includes(id), 'the consumed snapshot is gone');
   assert.deepEqual(await starts(), journaled, 'its start is journaled once');
-  const n1 = await readCount(a, id);
-  await sleep(200);
-  assert.ok((await readCount(a, id)) > n1, 'still running');
+  await assertStillCounting(id);
   await a.agent.runtime.kill(id);
 });
 
@@ -132,7 +137,7 @@ test('a pause that answered and whose agent died before the container directory 
   assert.ok(!(await a.agent.runtime.inventory()).some((e) => e.sandboxId === id), 'the inventory lists no remains');
   await a.json('POST', `/v1/sandboxes/${id}/resume`);
   assert.equal((await exec(a, id, 'cat /home/user/file')).stdout, 'kept\n');
-  // A running sandbox with a snapshot of the same id (none here) and a new sandbox are left alone.
+  // The resumed sandbox (running, its snapshot consumed) and a new one are left alone.
   const other = await createSandbox(a);
   assert.ok(!(await a.agent.runtime.recover()).some((n) => n.startsWith(id) || n.startsWith(other)));
   await a.agent.runtime.kill(id, { deleteSnapshot: true });
@@ -148,9 +153,7 @@ test('a pause cut short before its dump is abandoned: the partial snapshot goes,
   const notes = await a.agent.runtime.recover();
   assert.ok(notes.some((n) => n.startsWith(id) && /before its dump completed/.test(n)), notes.join('\n'));
   assert.ok(!(await readdir(cfg.snapshotDir)).some((n) => n.includes(id)), 'no partial snapshot left');
-  const n1 = await readCount(a, id);
-  await sleep(200);
-  assert.ok((await readCount(a, id)) > n1, 'still running');
+  await assertStillCounting(id);
   await a.agent.runtime.kill(id);
 });
 

@@ -21,6 +21,8 @@ test("CRIU's error lines, the first three, without their prefix (nor the one eve
     'cg: cgroupd: recv req error: No such file or directory',
   ]);
   assert.deepEqual(criuErrors('(00.1) all fine\n'), []);
+  // A line may name what the sandbox chose, of any length: each is bounded.
+  assert.equal(criuErrors(`(00.2) Error (criu/files.c:1): no such file ${'x'.repeat(10_000)}\n`)[0]!.length, 300);
 });
 
 test("a CRIU failure's error says what CRIU said and where its log is kept; any other error comes back as it was", async () => {

@@ -1,5 +1,6 @@
 import { mkdir, readFile, rename, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
+import { unescapeMountField } from './fs-util.ts';
 
 /**
  * CRIU's cgroup yard: a directory with one entry per cgroup hierarchy, where CRIU finds each
@@ -63,11 +64,6 @@ function parseMountInfoLine(line: string): CgroupMount | null {
     .sort()
     .join(',');
   return { root: unescapeMountField(l[3] ?? ''), mountPoint: unescapeMountField(l[4] ?? ''), fsType, controllers };
-}
-
-/** mountinfo writes space, tab, newline and backslash in paths as octal escapes. */
-function unescapeMountField(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
 /**

@@ -3,6 +3,8 @@ import path from 'node:path';
 
 /** How many of CRIU's error lines an error carries (the first are the cause; the rest follow from it). */
 const ERROR_LINES = 3;
+/** How much of each: a line may carry a name the sandbox chose (a file, a process), of any length. */
+const ERROR_LINE_CHARS = 300;
 
 /**
  * After a failed dump or restore: CRIU's log outlives the sandbox directory (a copy in
@@ -33,7 +35,7 @@ export function criuErrors(log: string): string[] {
   const out: string[] = [];
   for (const line of log.split('\n')) {
     const m = /\bError \([^)]*\):\s*(.*)$/.exec(line);
-    if (m && m[1] && !m[1].startsWith('rlimit: ')) out.push(m[1].trim());
+    if (m && m[1] && !m[1].startsWith('rlimit: ')) out.push(m[1].trim().slice(0, ERROR_LINE_CHARS));
     if (out.length === ERROR_LINES) break;
   }
   return out;

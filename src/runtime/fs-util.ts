@@ -53,7 +53,8 @@ async function mountPoints(): Promise<string[]> {
   return out;
 }
 
-function unescapeMountField(f: string): string {
+/** A path field of mountinfo as it is (mountinfo writes space, tab, newline and backslash as octal escapes). */
+export function unescapeMountField(f: string): string {
   return f.includes('\\') ? f.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8))) : f;
 }
 

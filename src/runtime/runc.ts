@@ -118,7 +118,11 @@ export class Runc {
    * sandboxes are frozen only inside an operation that holds their lock.
    */
   async status(id: string): Promise<{ pid: number; status: 'created' | 'running' | 'stopped' } | null> {
-    const saved = await this.savedState(id);
+    return this.statusOf(id, await this.savedState(id));
+  }
+
+  /** status() of a container whose state file reads `saved`. */
+  private async statusOf(id: string, saved: Record<string, unknown> | null): Promise<{ pid: number; status: 'created' | 'running' | 'stopped' } | null> {
     if (!saved) return null;
     const pid = Number(saved.init_process_pid);
     if (!Number.isSafeInteger(pid) || pid <= 0) return { pid: 0, status: 'stopped' };
@@ -195,7 +199,7 @@ export class Runc {
   private async removeStopped(id: string): Promise<boolean> {
     const saved = await this.savedState(id);
     const paths = Object.values((saved?.cgroup_paths ?? {}) as Record<string, unknown>);
-    if ((await this.status(id))?.status !== 'stopped' || paths.length === 0) return false;
+    if ((await this.statusOf(id, saved))?.status !== 'stopped' || paths.length === 0) return false;
     for (const cgroup of paths) {
       if (typeof cgroup !== 'string' || !cgroup.startsWith('/sys/fs/cgroup/') || path.basename(cgroup) !== id || cgroup.includes('/../')) return false;
       try {

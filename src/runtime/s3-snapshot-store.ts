@@ -37,6 +37,9 @@ const DOWNLOAD_MARK = '.downloaded-from-s3';
 const PART_SIZE = 16 * 1024 * 1024;
 const QUEUE_SIZE = 2;
 
+/** Attempts of each S3 request (the SDK's standard retry strategy: exponential backoff, jitter, a retry quota). */
+const S3_MAX_ATTEMPTS = 8;
+
 /**
  * Snapshots in an S3-compatible object store: `<prefix><id>/snapshot.json`, `checkpoint` (a
  * tar of the images), `disk` (the sparse disk packed by tar: its holes are not uploaded) and, written last,
@@ -44,9 +47,6 @@ const QUEUE_SIZE = 2;
  * bounded memory); downloads go to a local file first, are checked against the manifest, and
  * only then unpacked, into a temporary directory renamed into place.
  */
-/** Attempts of each S3 request (the SDK's standard retry strategy: exponential backoff, jitter, a retry quota). */
-const S3_MAX_ATTEMPTS = 8;
-
 export class S3SnapshotStore implements SnapshotStore {
   readonly description: string;
   readonly client: S3Client;
