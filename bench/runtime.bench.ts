@@ -57,13 +57,24 @@ async function main() {
         rawRun.push(ms);
         await c.cleanup(runc);
       }
+      // As creates come to a node that had a moment since the last one: the pool is full.
       for (let i = 0; i < N; i++) {
+        await a.agent.runtime.poolFilled();
         const [ms, id] = await timed(() => createSandbox(a));
         create.push(ms);
         const [kms] = await timed(() => a.json('DELETE', `/v1/sandboxes/${id}`));
         kill.push(kms);
       }
       rows.push(row('create (request -> init answers)', create, rawRun, 'runc run -d'));
+      // Back to back, each right after the last one's kill: the pool is empty most of the time
+      // and its refills compete with the creates.
+      const burst: number[] = [];
+      for (let i = 0; i < N; i++) {
+        const [ms, id] = await timed(() => createSandbox(a));
+        burst.push(ms);
+        await a.json('DELETE', `/v1/sandboxes/${id}`);
+      }
+      rows.push(row('create, back to back (pool drained)', burst, rawRun, 'runc run -d'));
     }
 
     // --- exec round trip of `true`, beside nsenter into the same sandbox ------------------------

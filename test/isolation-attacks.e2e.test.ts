@@ -9,6 +9,7 @@ import net from 'node:net';
 import { networkInterfaces } from 'node:os';
 import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
+import { hostIfFor } from '../src/runtime/network.ts';
 import { createSandbox, eventually, exec, readProcessStream, startTestAgent, type ExecResult, type TestAgent } from './helpers/agent-harness.ts';
 import { startPeer, type NetPeer } from './helpers/net-peer.ts';
 
@@ -427,7 +428,7 @@ describe('the network', () => {
     const port = (server.address() as net.AddressInfo).port;
     const x = await createSandbox(a);
     try {
-      const hostIf = `nbh${x.slice(0, 12)}`;
+      const hostIf = hostIfFor((await a.json('GET', `/v1/sandboxes/${x}`)).address);
       const linkLocal = (await run(['ip', '-6', '-o', 'addr', 'show', 'dev', hostIf], { allowFailure: true })).stdout.match(/inet6 (\S+)\//)?.[1];
       const globals = Object.values(networkInterfaces()).flat()
         .filter((i) => i && i.family === 'IPv6' && !i.internal && !i.address.startsWith('fe80')).map((i) => i!.address);

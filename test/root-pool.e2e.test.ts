@@ -16,6 +16,9 @@ import { eventually, TEST_ROOT } from './helpers/agent-harness.ts';
 let base: string;
 let cfg: RuntimeConfig;
 const SIZE_MB = 64;
+/** The shape a create asks for (this pool makes directories only: any shape takes them). */
+const SHAPE = { resources: { cpuCount: 2, memoryMB: 512, pidsLimit: 512 }, allowInternet: true };
+const TAKEN = { container: null };
 
 async function mountsUnder(dir: string): Promise<string[]> {
   const table = await readFile('/proc/self/mountinfo', 'utf8');
@@ -38,7 +41,7 @@ async function removeTaken(dir: string) {
 
 function pool(dir = path.join(base, 'root-pool')) {
   const disks = new DiskPool(path.join(base, 'disk-pool'), SIZE_MB, 0);
-  return new RootPool(cfg, dir, disks, 'tiny', SIZE_MB, 1);
+  return new RootPool(cfg, dir, disks, 'tiny', SIZE_MB, null, 1);
 }
 
 before(async () => {
@@ -60,7 +63,7 @@ test('a taken entry is a new sandbox\'s layout over the template: disk and overl
   try {
     await eventually(async () => p1.readyCount, (n) => n === 1, 'a ready entry');
     const dir = path.join(base, 'sandboxes', 'aaaaaaaaaaaaaaaaaaa1');
-    assert.equal(await p1.take('tiny', SIZE_MB, dir), true);
+    assert.deepEqual(await p1.take('tiny', SIZE_MB, dir, SHAPE), TAKEN);
     const p = sandboxPathsAt(dir);
     assert.deepEqual((await mountsUnder(dir)).sort(), [p.disk, p.rootfs].sort(), 'mounted where the sandbox is now');
     assert.equal(await readFile(path.join(p.rootfs, 'etc', 'which'), 'utf8'), 'one');
@@ -69,13 +72,13 @@ test('a taken entry is a new sandbox\'s layout over the template: disk and overl
     assert.equal((await stat(p.initBinary)).mode & 0o777, 0o555);
     const bootId = await readFile(path.join(p.etcDir, 'boot_id'), 'utf8');
     assert.match(bootId, /^[0-9a-f-]{36}\n?$/);
-    assert.equal(await p1.take('other', SIZE_MB, path.join(base, 'x')), false, 'another template is never taken');
-    assert.equal(await p1.take('tiny', SIZE_MB * 2, path.join(base, 'x')), false, 'another size is never taken');
+    assert.equal(await p1.take('other', SIZE_MB, path.join(base, 'x'), SHAPE), null, 'another template is never taken');
+    assert.equal(await p1.take('tiny', SIZE_MB * 2, path.join(base, 'x'), SHAPE), null, 'another size is never taken');
     // The next entry has a boot id of its own.
     p1.refill();
     await eventually(async () => p1.readyCount, (n) => n === 1, 'a second ready entry');
     const dir2 = path.join(base, 'sandboxes', 'aaaaaaaaaaaaaaaaaaa2');
-    assert.equal(await p1.take('tiny', SIZE_MB, dir2), true);
+    assert.deepEqual(await p1.take('tiny', SIZE_MB, dir2, SHAPE), TAKEN);
     assert.notEqual(await readFile(path.join(sandboxPathsAt(dir2).etcDir, 'boot_id'), 'utf8'), bootId);
     for (const d of [dir, dir2]) await removeTaken(d);
   } finally {
@@ -91,11 +94,11 @@ test('an entry made over a template that was replaced since is discarded, never 
     await rm(path.join(cfg.templatesDir, 'tiny', 'rootfs'), { recursive: true });
     await writeTemplate('two');
     const dir = path.join(base, 'sandboxes', 'aaaaaaaaaaaaaaaaaaa3');
-    assert.equal(await p1.take('tiny', SIZE_MB, dir), false);
+    assert.equal(await p1.take('tiny', SIZE_MB, dir, SHAPE), null);
     assert.deepEqual(await mountsUnder(path.join(base, 'root-pool')), [], 'the stale entry is unmounted and gone');
     p1.refill();
     await eventually(async () => p1.readyCount, (n) => n === 1, 'an entry over the new template');
-    assert.equal(await p1.take('tiny', SIZE_MB, dir), true);
+    assert.deepEqual(await p1.take('tiny', SIZE_MB, dir, SHAPE), TAKEN);
     assert.equal(await readFile(path.join(sandboxPathsAt(dir).rootfs, 'etc', 'which'), 'utf8'), 'two');
     await removeTaken(dir);
   } finally {

@@ -6,6 +6,8 @@ import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs
 import path from 'node:path';
 import { run } from '../src/runtime/command.ts';
 import { Runc } from '../src/runtime/runc.ts';
+import { cgroupNameOf } from '../src/runtime/container-adoption.ts';
+import { hostIfFor } from '../src/runtime/network.ts';
 import { DirectorySnapshotStore } from '../src/runtime/directory-snapshot-store.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
 import { COUNTER, createSandbox, eventually, exec, readProcessStream, sleep, startTestAgent, type TestAgent } from './helpers/agent-harness.ts';
@@ -18,13 +20,21 @@ after(async () => {
   await a?.stop();
 });
 
-async function leftovers(id: string) {
+/** What names a running sandbox on the host: its id, its link (named for its address), its cgroups' name (a pooled container's is the pool's). */
+async function tracesOf(id: string) {
+  const { address } = await a.json('GET', `/v1/sandboxes/${id}`);
+  const state = JSON.parse(await readFile(path.join(a.agent.runtime.cfg.dataDir, 'runc', id, 'state.json'), 'utf8'));
+  return { id, hostIf: hostIfFor(address), cgroup: cgroupNameOf(state) };
+}
+
+async function leftovers(t: Awaited<ReturnType<typeof tracesOf>>) {
+  const { id } = t;
   const p = sandboxPaths(a.agent.runtime.cfg, id);
   const mounts = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(id));
-  const links = (await run(['ip', '-o', 'link'])).stdout.split('\n').filter((l) => l.includes(`nbh${id.slice(0, 12)}`));
+  const links = (await run(['ip', '-o', 'link'])).stdout.split('\n').filter((l) => l.includes(`${t.hostIf}@`) || l.includes(`${t.hostIf}:`));
   const netns = (await run(['ip', 'netns', 'list'])).stdout.split('\n').filter((l) => l.includes(id));
   const network = await a.agent.runtime.network.heldBy(id);
-  const cgroups = (await run(['find', '/sys/fs/cgroup', '-maxdepth', '3', '-name', id], { allowFailure: true })).stdout.trim();
+  const cgroups = (await run(['find', '/sys/fs/cgroup', '-maxdepth', '3', '-name', t.cgroup], { allowFailure: true })).stdout.trim();
   // any live process still in one of the sandbox's cgroups (a zombie waiting for the host's
   // PID 1 to reap it holds nothing but its pid)
   let procs = '';
@@ -32,7 +42,7 @@ async function leftovers(id: string) {
     if (!/^\d+$/.test(pid)) continue;
     const cg = await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '');
     const zombie = /^State:\s+Z/m.test(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''));
-    if (cg.includes(id) && !zombie) procs += `${pid} `;
+    if (cg.includes(t.cgroup) && !zombie) procs += `${pid} `;
   }
   const dirExists = await readFile(p.record).then(() => true, () => false);
   return { mounts, links, netns, network, cgroups, procs, dirExists };
@@ -137,6 +147,7 @@ describe('sandbox lifecycle on one node', () => {
     await startText.cancel();
     const before = await eventually(async () => Number((await exec(a, id, 'cat /tmp/count 2>/dev/null || echo 0')).stdout), (n) => n > 0, 'the counter runs');
 
+    const traces = await tracesOf(id);
     const snap = await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
     assert.equal(snap.memory, true);
     // The manifest lists the very images and disk stored (listed again from the files here).
@@ -147,7 +158,7 @@ describe('sandbox lifecycle on one node', () => {
     assert.equal(manifest.objects.find((o) => o.name === 'disk')?.digest, 'sizes');
     await store.verify(id, store.dir(id), manifest);
     await a.agent.runtime.idle(); // (the container's network and directory go after the answer)
-    const gone = await leftovers(id);
+    const gone = await leftovers(traces);
     assert.deepEqual({ ...gone, dirExists: gone.dirExists }, { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     await sleep(300);
 
@@ -281,6 +292,7 @@ describe('sandbox lifecycle on one node', () => {
     const id = await createSandbox(a, { allowInternetAccess: true });
     assert.ok(a.agent.runtime.network.hasInternet((await a.json('GET', `/v1/sandboxes/${id}`)).address), 'an internet sandbox has an address of the internet range');
     await exec(a, id, '(sleep 1000 &); (python3 -c "import time; time.sleep(1000)" &)');
+    const traces = await tracesOf(id);
     const before = Date.now();
     const res1 = await a.api('DELETE', `/v1/sandboxes/${id}`);
     assert.equal(res1.status, 200);
@@ -292,7 +304,7 @@ describe('sandbox lifecycle on one node', () => {
     const res2 = await a.api('DELETE', `/v1/sandboxes/${id}`);
     assert.equal(res2.status, 200);
     assert.deepEqual(await res2.json(), { stoppedAt: first }, 'a repeated kill (its answer lost) gets the same instant, from the journal');
-    assert.deepEqual(await leftovers(id), { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
+    assert.deepEqual(await leftovers(traces), { mounts: [], links: [], netns: [], network: [], cgroups: '', procs: '', dirExists: false });
     assert.equal((await a.api('GET', `/v1/sandboxes/${id}`)).status, 404);
     // Remains of a killed sandbox (marked, not yet removed) are not a sandbox to anyone.
     const remains = sandboxPaths(a.agent.runtime.cfg, 'ikilledremains000000');
@@ -324,13 +336,17 @@ describe('sandbox lifecycle on one node', () => {
       const st = await runc.state(id);
       return st ? { pid: st.pid, status: st.status } : null;
     };
-    assert.deepEqual(await runc.status(id), await byRunc());
+    const own = async () => {
+      const st = await runc.status(id);
+      return st ? { pid: st.pid, status: st.status } : null;
+    };
+    assert.deepEqual(await own(), await byRunc());
     assert.equal((await runc.status(id))?.status, 'running');
     // The init killed behind runc's back: a zombie or gone, stopped to both.
     const pid = (await runc.status(id))!.pid;
     process.kill(pid, 'SIGKILL');
     await eventually(byRunc, (st) => st?.status === 'stopped', 'runc to see the init dead');
-    assert.deepEqual(await runc.status(id), { pid, status: 'stopped' });
+    assert.deepEqual(await own(), { pid, status: 'stopped' });
     await a.json('DELETE', `/v1/sandboxes/${id}`);
     await a.json('DELETE', `/v1/sandboxes/${id}`); // answered once what the first left is gone
     assert.equal(await runc.status(id), null);

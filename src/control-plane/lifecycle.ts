@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { conflict, invalid, notFound } from '../core/errors.ts';
 import { newSandboxId } from '../core/ids.ts';
-import { DEFAULT_DISK_MB } from '../core/runtime-state.ts';
+import { DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB } from '../core/runtime-state.ts';
 import { isTerminal, isTransitional, type SandboxState } from '../core/states.ts';
 import {
   countRunning, getSandbox, insertSandbox, listSandboxes, writeEndAt, type SandboxRow,
@@ -19,10 +19,6 @@ export interface LifecycleOptions extends TransitionsOptions {
   /** How long a request waits for another transition of the same sandbox to finish. */
   waitTimeoutMs?: number;
 }
-
-/** Resources of a sandbox created from a template. */
-const DEFAULT_CPU_COUNT = 2;
-const DEFAULT_MEMORY_MB = 512;
 
 const POLL_MS = 20;
 const ALIVE: SandboxState[] = ['starting', 'running', 'pausing', 'paused', 'resuming', 'killing'];

@@ -6,5 +6,10 @@ export interface SandboxResources {
   diskMB?: number;
 }
 
+/** The resources a sandbox gets when its request names none (the node's pool makes containers of them ahead). */
+export const DEFAULT_CPU_COUNT = 2;
+export const DEFAULT_MEMORY_MB = 512;
+export const DEFAULT_PIDS_LIMIT = 512;
+
 /** The disk a sandbox gets when its request names none. */
 export const DEFAULT_DISK_MB = 2048;

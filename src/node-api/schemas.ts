@@ -1,4 +1,5 @@
 import { Type, type Static } from 'typebox';
+import { DEFAULT_PIDS_LIMIT } from '../core/runtime-state.ts';
 
 // The node API's requests: every field the control plane sends is bounded here; the agent
 // validates with these schemas, the control plane builds its requests as their types.
@@ -26,7 +27,7 @@ export const CreateSandboxBody = Type.Object(
     template: Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
     cpuCount: Type.Number({ minimum: 0.1, maximum: 64, default: 1 }),
     memoryMB: Type.Integer({ minimum: 32, maximum: 262144, default: 512 }),
-    pidsLimit: Type.Integer({ minimum: 16, maximum: 65536, default: 512 }),
+    pidsLimit: Type.Integer({ minimum: 16, maximum: 65536, default: DEFAULT_PIDS_LIMIT }),
     diskMB: Type.Integer({ minimum: 32, maximum: 1024 * 1024, default: 2048 }),
     envVars: StringMap(256),
     metadata: StringMap(64),

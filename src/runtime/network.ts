@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from './command.ts';
 import { waitUntil } from './retry.ts';
@@ -57,26 +57,38 @@ const INTERNET_RANGE_COMMENT = 'nestbox:internet-range';
 const LINK_GONE_WAIT_MS = 500;
 
 /**
- * Whether the link is gone from this process's network namespace (read from /proc/self/net/dev,
- * which is always ours, unlike a /sys mounted elsewhere), waiting up to `ms` for it to go.
+ * Whether the links are gone from this process's network namespace (read from /proc/self/net/dev,
+ * which is always ours, unlike a /sys mounted elsewhere), waiting up to `ms` for them to go.
  */
-function linkGoneWithin(name: string, ms: number): Promise<boolean> {
-  return waitUntil(async () => {
-    const table = await readFile('/proc/self/net/dev', 'utf8');
-    return !table.split('\n').some((line) => line.trimStart().startsWith(`${name}:`));
-  }, { timeoutMs: ms, maxDelayMs: 20 });
+function linksGoneWithin(names: string[], ms: number): Promise<boolean> {
+  return waitUntil(async () => (await linksPresent(names)).length === 0, { timeoutMs: ms, maxDelayMs: 20 });
+}
+
+async function linksPresent(names: string[]): Promise<string[]> {
+  const table = (await readFile('/proc/self/net/dev', 'utf8')).split('\n').map((line) => line.trimStart());
+  return names.filter((name) => table.some((line) => line.startsWith(`${name}:`)));
 }
 
 /** The addresses claimed for a sandbox (the claim files that name it). */
 async function claimsOf(sandboxId: string): Promise<string[]> {
   const out: string[] = [];
   for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
+    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(address)) continue; // a transfer's file on its way in
     if ((await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '')) === sandboxId) out.push(address);
   }
   return out;
 }
 
-function hostIfFor(sandboxId: string) {
+/**
+ * The host's end of a sandbox's link is named for its address (one link per claimed address):
+ * a container made ahead keeps its link when a sandbox takes it and its claim (transfer()).
+ */
+export function hostIfFor(address: string) {
+  return `${HOST_IF_PREFIX}${address.split('.').map((o) => Number(o).toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** The name earlier versions gave a sandbox's link (its id's): a release removes it too. */
+function legacyHostIf(sandboxId: string) {
   return `${HOST_IF_PREFIX}${sandboxId.slice(0, 12)}`;
 }
 
@@ -189,19 +201,30 @@ export class NetworkManager {
    */
   async prepare(sandboxId: string, opts: { allowInternet: boolean; preferredAddress?: string; newSandbox?: boolean }): Promise<SandboxNetwork> {
     const { allowInternet, preferredAddress } = opts;
-    const hostIf = hostIfFor(sandboxId);
     // A resume may follow an attempt that crashed and left pieces; a new sandbox's id has had
     // none on this node (whatever a failed create made, its teardown or the agent's recovery
     // removed), and two process spawns are a good part of a create's time on a busy host.
     if (!opts.newSandbox) await this.release(sandboxId);
     // Internet access is the address itself (no rule of its own to add): see internetRange.
     const address = await this.claimAddress(sandboxId, allowInternet, preferredAddress);
-    return { hostIf, address, allowInternet };
+    return { hostIf: hostIfFor(address), address, allowInternet };
   }
 
   /** The OCI hook that builds the link when runc creates (or restores) the namespace. */
-  hook(sandboxId: string, address: string) {
-    return { path: this.opts.hookBinary, args: ['nestbox-net-hook', hostIfFor(sandboxId), address, this.gateway], timeout: 10 };
+  hook(address: string) {
+    return { path: this.opts.hookBinary, args: ['nestbox-net-hook', hostIfFor(address), address, this.gateway], timeout: 10 };
+  }
+
+  /**
+   * Hands the address claims of `from` (a container made ahead) to `to` (the sandbox that took
+   * it): each claim file is replaced whole, by a rename, so it always names one of the two.
+   */
+  async transfer(from: string, to: string): Promise<void> {
+    for (const address of await claimsOf(from)) {
+      const tmp = path.join(CLAIMS_DIR, `.${address}.${to}`);
+      await writeFile(tmp, to, { flag: 'w', mode: 0o600 });
+      await rename(tmp, path.join(CLAIMS_DIR, address));
+    }
   }
 
   /**
@@ -231,10 +254,13 @@ export class NetworkManager {
     // process (5-20 ms later, measured): deleting it too only queues behind the kernel for the
     // same lock. So a link whose sandbox is gone is waited for, and deleted only if it stays
     // (a namespace something still holds, say).
-    const hostIf = hostIfFor(sandboxId);
-    if (!(await linkGoneWithin(hostIf, LINK_GONE_WAIT_MS))) await run(['ip', 'link', 'del', hostIf], { allowFailure: true });
+    const claims = await claimsOf(sandboxId);
+    const links = [legacyHostIf(sandboxId), ...claims.map(hostIfFor)];
+    if (!(await linksGoneWithin(links, LINK_GONE_WAIT_MS))) {
+      for (const link of await linksPresent(links)) await run(['ip', 'link', 'del', link], { allowFailure: true });
+    }
     if (this.perSandboxRules) await this.removeRules(sandboxId, CHAIN_INTERNET);
-    for (const address of await claimsOf(sandboxId)) await rm(path.join(CLAIMS_DIR, address), { force: true });
+    for (const address of claims) await rm(path.join(CLAIMS_DIR, address), { force: true });
   }
 
   private async removeRules(sandboxId: string, chain: string) {

@@ -1,32 +1,75 @@
-// Sandbox directories laid out ahead of the creates that take them.
+// Sandboxes laid out, and their containers created, ahead of the creates that take them.
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, stat } from 'node:fs/promises';
+import { setPriority } from 'node:os';
 import path from 'node:path';
+import type { SandboxResources } from '../core/runtime-state.ts';
 import type { RuntimeConfig } from './config.ts';
 import { createDisk, mountDisk, type DiskPool } from './disk.ts';
 import { removeTree } from './fs-util.ts';
 import { sandboxPathsAt, templateRootfs } from './layout.ts';
-import { prepareDirs, prepareDisk, mountRootfs, unmountSandbox } from './sandbox-directories.ts';
+import type { NetworkManager } from './network.ts';
+import { isSameProcess, type Runc } from './runc.ts';
+import {
+  mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundleAt, writeEtcFiles, type BundleHost,
+} from './sandbox-directories.ts';
+import type { SandboxRecord } from './sandbox-records.ts';
+
+/** The resources and network of a container made ahead: a create takes it only in the same shape. */
+export interface PooledContainerShape {
+  resources: SandboxResources;
+  allowInternet: boolean;
+}
+
+/** A container made ahead in an entry (`runc create` in the pool's own runc root), not started. */
+export interface PooledContainer {
+  /** Its id in the pool's runc root, and the name of its entry's directory and address claim. */
+  id: string;
+  /** runc's init, waiting to run the sandbox's, and its start time (as runc records it). */
+  pid: number;
+  initStart: string;
+  address: string;
+  /** Where it was made (the entry's directory before a create renamed it). */
+  madeIn: string;
+  shape: PooledContainerShape;
+}
+
+/** What the pool needs of the node to make containers ahead. */
+export interface PoolContainers {
+  runc: Runc;
+  network: NetworkManager;
+  bundleHost: BundleHost;
+  /** The shape of the first containers (until a create of another shape comes). */
+  shape: PooledContainerShape;
+}
 
 /**
- * A few sandbox directories of one template and the default disk size, made ahead (in the
- * background): the disk made, mounted and laid out as a new sandbox's (upper and work
- * directories, socket directory, init binary, a boot id of its own), the overlay mounted over
- * the template. A create of that template and size takes one by renaming it to its own
- * directory (mounts move with the directory that holds them), and skips the disk's mount, its
- * layout and the overlay's mount on its way: what differs between sandboxes (address, files of
- * /etc, spec, record) is written by the create as ever.
+ * A few sandboxes of one template and the default disk size, made ahead (in the background):
+ * the disk made, mounted and laid out as a new sandbox's (upper and work directories, socket
+ * directory, init binary, a boot id of its own), the overlay mounted over the template, and
+ * the container created (`runc create`: namespaces, mounts, cgroups, its link) with the default
+ * resources and internet access, its init waiting to be started. A create of that template,
+ * size and shape takes one: the directory is renamed to the sandbox's (mounts move with the
+ * directory that holds them), and the container is adopted under the sandbox's id (runc's
+ * state moved and rewritten, its cgroups and address claim renamed, its host name set), then
+ * started. What differs between sandboxes (address claim, files of /etc, record) is written by
+ * the create as ever; the files of /etc in place, as the container has them bound.
  *
  * An entry is exactly what a create lays out, made earlier; no sandbox ever ran on it. The pool
- * is a directory of the node's data directory (the same file system as the sandboxes'), emptied
- * (unmounted, removed) when the agent starts and when it stops: an entry half made by an agent
- * that died is never handed out. An entry made over a template's earlier version (the template
- * was replaced since) is discarded, never taken.
+ * is a directory of the node's data directory (the same file system as the sandboxes'), with a
+ * runc root of its own (the node's inventory never lists its containers), emptied (containers
+ * removed, unmounted, removed) when the agent starts and when it stops: an entry half made by an
+ * agent that died is never handed out. An entry made over a template's earlier version (the
+ * template was replaced since) is discarded, never taken.
  */
 export class RootPool {
-  private readonly ready: Array<{ dir: string; templateVersion: string }> = [];
+  private readonly ready: Array<{ dir: string; templateVersion: string; container: PooledContainer | null }> = [];
   private readonly making = new Set<Promise<void>>();
+  /** Containers of entries taken by creates of another shape, being removed. */
+  private readonly removing = new Set<Promise<void>>();
   private started = false;
+  /** The shape new containers are made in: the last create's (a node's creates tend to be alike). */
+  private shape: PooledContainerShape | null;
 
   constructor(
     private readonly cfg: RuntimeConfig,
@@ -34,52 +77,99 @@ export class RootPool {
     private readonly disks: DiskPool,
     readonly template: string,
     readonly sizeMB: number,
+    /** Null: entries are directories only. */
+    private readonly containers: PoolContainers | null,
     private readonly size = 2,
-  ) {}
+  ) {
+    this.shape = containers?.shape ?? null;
+  }
 
   /** Entries ready to be taken. */
   get readyCount(): number {
     return this.ready.length;
   }
 
+  /** Resolves once the entries being made are done (benchmarks: a create that finds the pool full). */
+  async filled(): Promise<void> {
+    while (this.making.size > 0) await Promise.all(this.making);
+  }
+
   /** Empties the pool directory (what an earlier agent left) and starts filling it. */
   async start(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    for (const name of await readdir(this.dir)) await discard(path.join(this.dir, name));
+    // Traversable (not listable) by the sandboxes' mapped root, as the sandboxes' directory is:
+    // runc creates the pool's containers here.
+    await mkdir(this.dir, { recursive: true, mode: 0o711 });
+    await chmod(this.dir, 0o711);
+    if (this.containers) {
+      await mkdir(this.containers.runc.root, { recursive: true, mode: 0o700 });
+      for (const id of await readdir(this.containers.runc.root)) await this.removeContainer(id);
+    }
+    for (const name of await readdir(this.dir)) await this.discard(path.join(this.dir, name), poolIdOf(name));
     this.ready.length = 0;
     this.started = true;
     this.refill();
   }
 
-  /** Stops filling and empties the pool: nothing of it stays mounted. */
+  /** Stops filling and empties the pool: nothing of it stays mounted, no container of it stays. */
   async stop(): Promise<void> {
     this.started = false;
     await Promise.all(this.making);
-    for (const entry of this.ready.splice(0)) await discard(entry.dir);
+    await Promise.all(this.removing);
+    for (const entry of this.ready.splice(0)) await this.discard(entry.dir, entry.container?.id ?? null);
   }
 
   /**
-   * Renames a ready entry of `template` and `sizeMB` to `dir` (which must not exist); false if
-   * none is ready, and the create lays out its own. The caller refills the pool when it is done.
+   * Renames a ready entry of `template` and `sizeMB` to `dir` (which must not exist); null if
+   * none is ready, and the create lays out its own. The entry's container comes with it when it
+   * was made in the create's shape (then the caller adopts it, or gives it back to abandon());
+   * one of another shape is removed (in the background), the create makes its own over the
+   * entry's layout, and the pool makes its next containers in the create's shape (so does one
+   * whose init is gone). The caller
+   * refills the pool when it is done.
    */
-  async take(template: string, sizeMB: number, dir: string): Promise<boolean> {
-    if (!this.started || template !== this.template || sizeMB !== this.sizeMB) return false;
+  async take(template: string, sizeMB: number, dir: string, shape: PooledContainerShape): Promise<{ container: PooledContainer | null } | null> {
+    if (!this.started || template !== this.template || sizeMB !== this.sizeMB) return null;
     const version = await templateVersion(this.cfg, template);
     let entry = this.ready.shift();
     while (entry && entry.templateVersion !== version) {
-      await discard(entry.dir);
+      await this.discard(entry.dir, entry.container?.id ?? null);
       entry = this.ready.shift();
     }
-    if (!entry) return false;
+    if (!entry) return null;
+    let container = entry.container;
+    const fits = container && sameShape(container.shape, shape);
+    // A container whose init died meanwhile (killed from outside) is never started.
+    if (container && (!fits || !(await isSameProcess(container.pid, container.initStart)))) {
+      const id = container.id;
+      container = null;
+      if (!fits) this.shape = shapeOf(shape);
+      const removed: Promise<void> = this.removeContainer(id)
+        .catch((e: unknown) => {
+          process.stderr.write(`nestbox: a pooled container could not be removed: ${msg(e)}\n`);
+        })
+        .finally(() => this.removing.delete(removed));
+      this.removing.add(removed);
+    }
     try {
       await mkdir(path.dirname(dir), { recursive: true });
       await rename(entry.dir, dir);
-      return true;
+      return { container };
     } catch (e) {
       process.stderr.write(`nestbox: a pooled sandbox directory could not be taken: ${msg(e)}\n`);
-      await discard(entry.dir).catch(() => undefined);
-      return false;
+      await this.discard(entry.dir, container?.id ?? null).catch(() => undefined);
+      return null;
     }
+  }
+
+  /** The pool's runc root (where a taken container is until it is adopted). */
+  containerRunc(): Runc {
+    if (!this.containers) throw new Error('this pool makes no containers');
+    return this.containers.runc;
+  }
+
+  /** A taken container that was not adopted: removed with its address claim (its directory is the create's). */
+  async abandon(container: PooledContainer): Promise<void> {
+    await this.removeContainer(container.id);
   }
 
   /**
@@ -94,8 +184,10 @@ export class RootPool {
   }
 
   private async makeOne() {
-    const name = randomBytes(6).toString('hex');
-    const partial = path.join(this.dir, `${name}.partial`);
+    const id = `${POOL_ID_PREFIX}${randomBytes(6).toString('hex')}`;
+    const partial = path.join(this.dir, `${id}.partial`);
+    const ready = path.join(this.dir, id);
+    let entryDir = partial;
     try {
       const version = await templateVersion(this.cfg, this.template);
       if (version === null) return; // not on this node (yet): a create fetches it, then fills the pool
@@ -106,14 +198,71 @@ export class RootPool {
       await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
       await mountRootfs(p);
       if (!this.started) throw new Error('the pool stopped');
-      const ready = path.join(this.dir, name);
       await rename(partial, ready);
-      this.ready.push({ dir: ready, templateVersion: version });
+      entryDir = ready;
+      const container = this.containers && this.shape ? await this.makeContainer(id, ready, this.shape) : null;
+      if (!this.started) throw new Error('the pool stopped');
+      this.ready.push({ dir: ready, templateVersion: version, container });
     } catch (e) {
-      if (this.started) process.stderr.write(`nestbox: a pooled sandbox directory could not be made: ${msg(e)}\n`);
-      await discard(partial).catch(() => undefined);
+      if (this.started) process.stderr.write(`nestbox: a pooled sandbox could not be made: ${msg(e)}\n`);
+      await this.discard(entryDir, this.containers ? id : null).catch(() => undefined);
     }
   }
+
+  /** The entry's container, created in the pool's runc root with the pool's shape and an address of its own. */
+  private async makeContainer(id: string, dir: string, shape: PooledContainerShape): Promise<PooledContainer> {
+    const { runc, network, bundleHost } = this.containers!;
+    const p = sandboxPathsAt(dir);
+    const net = await network.prepare(id, { allowInternet: shape.allowInternet, newSandbox: true });
+    const record: SandboxRecord = {
+      sandboxId: id, template: this.template, resources: { ...shape.resources, diskMB: this.sizeMB }, envVars: {}, metadata: {},
+      allowInternetAccess: shape.allowInternet, address: net.address, createdAt: new Date().toISOString(),
+    };
+    await writeEtcFiles(this.cfg, p, record);
+    await writeBundleAt(this.cfg, bundleHost, p, record);
+    // Beside the creates running now: at a low priority, which the create that takes the
+    // container resets before it starts (the sandbox runs at the node's normal priority).
+    await runc.create(id, dir, p.runcLog, { niceness: POOL_NICENESS });
+    const st = await runc.status(id);
+    if (st?.status !== 'created' || !st.startTime) throw new Error(`container ${id} is ${st?.status ?? 'gone'} after runc create`);
+    return { id, pid: st.pid, initStart: st.startTime, address: net.address, madeIn: dir, shape };
+  }
+
+  /** A container of the pool's runc root and its address claim; nothing when they are gone. */
+  private async removeContainer(id: string) {
+    if (!this.containers) return;
+    await this.containers.runc.destroy(id);
+    await this.containers.network.release(id);
+  }
+
+  /** An entry's container goes first (its mount namespace holds the overlay), then its mounts, then the entry. */
+  private async discard(dir: string, containerId: string | null) {
+    if (containerId) await this.removeContainer(containerId);
+    await unmountSandbox(sandboxPathsAt(dir));
+    await removeTree(dir);
+  }
+}
+
+/** The nice value the pool makes its containers at (their init keeps it until a create resets it). */
+export const POOL_NICENESS = 10;
+
+/** Pool ids are never sandbox ids (these have no dash): the two cannot be taken for each other. */
+const POOL_ID_PREFIX = 'pool-';
+
+/** The pool id an entry's directory name holds (`pool-<hex>` or `pool-<hex>.partial`); null: none. */
+function poolIdOf(name: string): string | null {
+  const m = /^(pool-[0-9a-f]{12})(\.partial)?$/.exec(name);
+  return m ? m[1]! : null;
+}
+
+function sameShape(a: PooledContainerShape, b: PooledContainerShape): boolean {
+  return a.allowInternet === b.allowInternet && a.resources.cpuCount === b.resources.cpuCount
+    && a.resources.memoryMB === b.resources.memoryMB && a.resources.pidsLimit === b.resources.pidsLimit;
+}
+
+/** A shape of its own (the create's request is not kept by reference). */
+function shapeOf(s: PooledContainerShape): PooledContainerShape {
+  return { allowInternet: s.allowInternet, resources: { cpuCount: s.resources.cpuCount, memoryMB: s.resources.memoryMB, pidsLimit: s.resources.pidsLimit } };
 }
 
 /** The identity of a template's current files: replaced, it is another (its root is renamed into place). */
@@ -122,12 +271,33 @@ async function templateVersion(cfg: RuntimeConfig, template: string): Promise<st
   return st ? `${st.dev}:${st.ino}` : null;
 }
 
-/** An entry's mounts go, then the entry. */
-async function discard(dir: string) {
-  await unmountSandbox(sandboxPathsAt(dir));
-  await removeTree(dir);
-}
 
 function msg(e: unknown) {
   return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * The taken container's init back at the node's normal priority before it starts: the process
+ * it runs (the sandbox's init, and every process of the sandbox after it) inherits its nice
+ * value. runc's init execs on its main thread, whose id is the pid set here; the value is read
+ * back, so a container that would run niced is refused.
+ */
+export async function resetPriority(container: PooledContainer): Promise<void> {
+  if (!(await isSameProcess(container.pid, container.initStart))) throw new Error(`container ${container.id}'s init is gone`);
+  setPriority(container.pid, 0);
+  const nice = await niceOf(container.pid);
+  if (nice !== 0) throw new Error(`container ${container.id}'s init runs at nice ${nice}, not 0`);
+}
+
+/** After the start: the sandbox's init (runc's init's thread that exec'd it) runs at nice 0, or the create fails. */
+export async function assertNormalPriority(container: PooledContainer): Promise<void> {
+  const nice = await niceOf(container.pid);
+  if (nice !== 0) throw new Error(`the sandbox's init runs at nice ${nice}, not 0`);
+}
+
+/** A process's nice value, from /proc (field 19 of its stat line). */
+export async function niceOf(pid: number): Promise<number | null> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+  if (stat === null) return null;
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
 }

@@ -1,8 +1,10 @@
-import { access, readFile, rm, rmdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, open, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { freeze, freezerOf, thaw, type Freezer } from './cgroup-freezer.ts';
 import { exists, removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
+import { adoptedState, cgroupNameOf, isOwnCgroup, type Adoption } from './container-adoption.ts';
 import { retried, waitUntil } from './retry.ts';
 
 export interface ContainerState {
@@ -19,13 +21,16 @@ export interface ContainerStats {
   pids: number;
 }
 
+/** How often a start that waits on the exec fifo checks that the container's init lives. */
+const START_CHECK_MS = 100;
+
 /** `runc list` tried again after these (a delete racing it passes in a moment). */
 const LIST_RETRY_DELAYS_MS = [10, 20, 30];
 
 /** Thin wrapper over the runc binary, with a private state root per agent. */
 export class Runc {
   constructor(
-    private readonly root: string,
+    readonly root: string,
     private readonly criuBinDir: string,
   ) {}
 
@@ -38,13 +43,13 @@ export class Runc {
    * checkpoint stdio that leads outside the container: so these get /dev/null, and runc's own
    * errors are read from its log file.
    */
-  private async detached(args: string[], logFile: string, timeoutMs = 60_000): Promise<void> {
+  private async detached(args: string[], logFile: string, timeoutMs = 60_000, niceness = 0): Promise<void> {
     // runc dies with the agent (parent-death signal; started by the agent's spawner, which exits
     // when the agent goes): a checkpoint or restore cut short by an agent crash is then
     // abandoned by CRIU (which resumes the tasks) instead of finishing unseen while the
     // restarted agent repairs the same directories.
     const runc = ['runc', '--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
-    const r = await run(['setpriv', '--pdeathsig', 'KILL', '--', ...runc], { env: this.env(), timeoutMs, allowFailure: true, capture: false });
+    const r = await run([...(niceness ? ['nice', '-n', String(niceness)] : []), 'setpriv', '--pdeathsig', 'KILL', '--', ...runc], { env: this.env(), timeoutMs, allowFailure: true, capture: false });
     if (r.code !== 0) throw new Error(await lastLogError(logFile));
   }
 
@@ -53,6 +58,77 @@ export class Runc {
     // root is the same host uid, so a keyring each would cap a node at 200 sandboxes. The
     // seccomp profile refuses the key system calls, so the sandbox cannot use the inherited one.
     await this.detached(['run', '-d', '--no-new-keyring', '--bundle', bundle, id], logFile);
+  }
+
+  /**
+   * A container made ahead of its start (`runc create`): its namespaces, mounts, cgroups and
+   * hooks are done, and runc's init waits on the exec fifo to run the spec's process. With
+   * `niceness`, runc and its init run at that nice value (the init keeps it until it is reset).
+   */
+  async create(id: string, bundle: string, logFile: string, opts: { niceness?: number } = {}) {
+    await this.detached(['create', '--no-new-keyring', '--bundle', bundle, id], logFile, 60_000, opts.niceness ?? 0);
+  }
+
+  /**
+   * Starts a created container: what `runc start` does (it opens the exec fifo that runc's init
+   * waits on, reads its byte, removes it), in this process: a runc process is 10 ms of a 2-core
+   * host, most of what a start costs. A fifo that is not there (a runc that works otherwise)
+   * falls back to `runc start`. An init that died before it was started never opens its end:
+   * then the wait ends, and so does the container.
+   */
+  async start(id: string) {
+    const fifo = path.join(this.root, id, 'exec.fifo');
+    if (!(await exists(fifo))) {
+      const r = await run(['runc', '--root', this.root, 'start', id], { allowFailure: true });
+      if (r.code !== 0) throw new Error(`runc start ${id}: ${r.stderr.trim()}`);
+      return;
+    }
+    const saved = await this.savedState(id);
+    const pid = Number(saved?.init_process_pid);
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    // The open blocks until the init opens the other end (it does once it is ready to run):
+    // an init that died meanwhile is found by its pid, and the fifo is opened for it.
+    const check = async () => {
+      const st = await this.statusOf(id, saved).catch(() => null);
+      if (settled) return;
+      if (st?.status === 'stopped') {
+        const w = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => null);
+        await w?.close();
+        return;
+      }
+      timer = setTimeout(check, START_CHECK_MS);
+    };
+    timer = setTimeout(check, START_CHECK_MS);
+    let data: Buffer;
+    try {
+      const f = await open(fifo, constants.O_RDONLY);
+      try {
+        data = await f.readFile();
+      } finally {
+        await f.close();
+      }
+    } finally {
+      settled = true;
+      clearTimeout(timer);
+    }
+    if (data.length === 0 || !Number.isSafeInteger(pid)) throw new Error(`container ${id} could not be started: its init is gone`);
+    await unlink(fifo);
+  }
+
+  /**
+   * Takes a container of `from` (another root of this node: a pool's) into this root under the
+   * sandbox's id: runc's state rewritten (adoptedState), its state directory moved in last, so
+   * this root sees it whole or not at all. Its cgroups keep their names (cgroup v2 cannot rename
+   * them): runc finds them through its state, as everything else does.
+   */
+  async adopt(from: Runc, fromId: string, adoption: Adoption) {
+    const saved = await from.savedState(fromId);
+    if (!saved) throw new Error(`container ${fromId} is not in ${from.root}`);
+    const stateDir = path.join(from.root, fromId);
+    await writeFile(path.join(stateDir, 'state.json.new'), JSON.stringify(adoptedState(saved, adoption)), { mode: 0o600 });
+    await rename(path.join(stateDir, 'state.json.new'), path.join(stateDir, 'state.json'));
+    await rename(stateDir, path.join(this.root, adoption.id));
   }
 
   /** With `leaveRunning`, the container goes on after the dump (a snapshot or fork of it). */
@@ -117,12 +193,12 @@ export class Runc {
    * runc process is several ms of a 2-core host. Null: no such container. Never `paused`:
    * sandboxes are frozen only inside an operation that holds their lock.
    */
-  async status(id: string): Promise<{ pid: number; status: 'created' | 'running' | 'stopped' } | null> {
+  async status(id: string): Promise<{ pid: number; status: 'created' | 'running' | 'stopped'; startTime?: string } | null> {
     return this.statusOf(id, await this.savedState(id));
   }
 
   /** status() of a container whose state file reads `saved`. */
-  private async statusOf(id: string, saved: Record<string, unknown> | null): Promise<{ pid: number; status: 'created' | 'running' | 'stopped' } | null> {
+  private async statusOf(id: string, saved: Record<string, unknown> | null): Promise<{ pid: number; status: 'created' | 'running' | 'stopped'; startTime?: string } | null> {
     if (!saved) return null;
     const pid = Number(saved.init_process_pid);
     if (!Number.isSafeInteger(pid) || pid <= 0) return { pid: 0, status: 'stopped' };
@@ -131,7 +207,7 @@ export class Runc {
       return { pid, status: 'stopped' };
     }
     const created = await access(path.join(this.root, id, 'exec.fifo')).then(() => true, () => false);
-    return { pid, status: created ? 'created' : 'running' };
+    return { pid, status: created ? 'created' : 'running', startTime: proc.startTime };
   }
 
   /**
@@ -200,8 +276,9 @@ export class Runc {
     const saved = await this.savedState(id);
     const paths = Object.values((saved?.cgroup_paths ?? {}) as Record<string, unknown>);
     if ((await this.statusOf(id, saved))?.status !== 'stopped' || paths.length === 0) return false;
+    const name = cgroupNameOf(saved);
     for (const cgroup of paths) {
-      if (typeof cgroup !== 'string' || !cgroup.startsWith('/sys/fs/cgroup/') || path.basename(cgroup) !== id || cgroup.includes('/../')) return false;
+      if (!isOwnCgroup(cgroup, name)) return false;
       try {
         await rmdir(cgroup);
       } catch (e) {
@@ -242,6 +319,12 @@ async function lastLogError(logFile: string): Promise<string> {
   } catch {
     return 'no log output';
   }
+}
+
+/** Whether `pid` is still the process that started at `startTime` (clock ticks after boot) and has not exited. */
+export async function isSameProcess(pid: number, startTime: string): Promise<boolean> {
+  const st = await procStat(pid);
+  return !!st && st.startTime === startTime && st.state !== 'Z' && st.state !== 'X';
 }
 
 /** A process's state letter and start time (clock ticks after boot), from /proc; null if gone. */

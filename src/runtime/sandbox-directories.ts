@@ -73,8 +73,11 @@ async function removeSocketDir(dir: string) {
  * server reads /etc/nestbox/env.json (read-only to the sandbox, rewritten at every start).
  */
 export async function writeEtcFiles(cfg: RuntimeConfig, p: SandboxPaths, record: SandboxRecord, previous?: SandboxFileHashes) {
-  await writeSandboxEnv(p.etcDir, record.envVars);
-  return writeSandboxFiles(p.etcDir, sandboxFileContents(record.sandboxId, record.address, await hostResolvConf()), cfg.uidShift, previous);
+  const [, hashes] = await Promise.all([
+    writeSandboxEnv(p.etcDir, record.envVars),
+    hostResolvConf().then((resolv) => writeSandboxFiles(p.etcDir, sandboxFileContents(record.sandboxId, record.address, resolv), cfg.uidShift, previous)),
+  ]);
+  return hashes;
 }
 
 /**
@@ -134,21 +137,27 @@ export interface BundleHost {
 
 /** The OCI spec, the sandbox's CRIU configuration and its record (the rootfs mounted or not yet). */
 export async function writeBundle(cfg: RuntimeConfig, host: BundleHost, record: SandboxRecord) {
-  const p = sandboxPaths(cfg, record.sandboxId);
+  await writeBundleAt(cfg, host, sandboxPaths(cfg, record.sandboxId), record);
+}
+
+/** writeBundle() into the directory `p` (a container made ahead's, record.sandboxId its own id). */
+export async function writeBundleAt(cfg: RuntimeConfig, host: BundleHost, p: SandboxPaths, record: SandboxRecord) {
   const spec = buildOciSpec({
     sandboxId: record.sandboxId,
     rootfs: p.rootfs,
     initBinary: p.initBinary,
     socketDir: p.socketDir,
     etcDir: p.etcDir,
-    networkHook: host.network.hook(record.sandboxId, record.address),
+    networkHook: host.network.hook(record.address),
     bindHook: cfg.bindHook,
     criuConfig: p.criuConfig,
     resources: record.resources,
     uidShift: cfg.uidShift,
     uidRange: cfg.uidRange,
   });
-  await writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec));
-  await writeFile(p.criuConfig, criuConfig(p, host));
-  await writeFile(p.record, JSON.stringify(record));
+  await Promise.all([
+    writeFile(path.join(p.dir, 'config.json'), JSON.stringify(spec)),
+    writeFile(p.criuConfig, criuConfig(p, host)),
+    writeFile(p.record, JSON.stringify(record)),
+  ]);
 }

@@ -92,16 +92,17 @@ export async function writeSandboxFiles(
 ): Promise<SandboxFileHashes> {
   await mkdir(etcDir, { recursive: true, mode: 0o755 });
   const hashes: SandboxFileHashes = {};
-  for (const name of SANDBOX_FILES) {
+  await Promise.all(SANDBOX_FILES.map(async (name) => {
     const file = path.join(etcDir, name);
     const before = previous?.[name];
     if (before !== undefined) {
       const current = await readNodeFile(file);
       if (current === 'foreign' || (current !== 'missing' && sha256(current) !== before)) {
         hashes[name] = before; // the sandbox's own version stays; what the node wrote is still `before`
-        continue;
+        return;
       }
     }
+    // In place (never replaced): a container made ahead has these files bound already.
     const f = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
     try {
       await f.writeFile(contents[name]);
@@ -111,7 +112,7 @@ export async function writeSandboxFiles(
       await f.close();
     }
     hashes[name] = sha256(contents[name]);
-  }
+  }));
   return hashes;
 }
 

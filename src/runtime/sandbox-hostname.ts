@@ -1,4 +1,5 @@
 // The host name a sandbox's processes see (its UTS namespace's): its id.
+import { open, stat } from 'node:fs/promises';
 import { run } from './command.ts';
 
 /**
@@ -13,4 +14,25 @@ export async function setSandboxHostname(initPid: number, hostname: string): Pro
   if (!Number.isSafeInteger(initPid) || initPid <= 1) throw new Error(`no init process to set the host name of (pid ${initPid})`);
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(hostname)) throw new Error(`invalid host name "${hostname}"`);
   await run(['nsenter', `--uts=/proc/${initPid}/ns/uts`, '--', 'hostname', hostname]);
+}
+
+/**
+ * Sets the host name of a container made ahead and not yet started (its init is runc's, waiting
+ * to run the sandbox's): the namespace is held open first, then the pid is checked to be still
+ * that init (`isInit`, its start time against runc's record) and the namespace not the node's
+ * own, so a pid reused since can never have its namespace renamed; nsenter joins it through the
+ * held descriptor.
+ */
+export async function setCreatedContainerHostname(initPid: number, hostname: string, isInit: () => Promise<boolean>): Promise<void> {
+  if (!Number.isSafeInteger(initPid) || initPid <= 1) throw new Error(`no init process to set the host name of (pid ${initPid})`);
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(hostname)) throw new Error(`invalid host name "${hostname}"`);
+  const ns = await open(`/proc/${initPid}/ns/uts`, 'r');
+  try {
+    const [held, own] = await Promise.all([ns.stat(), stat('/proc/self/ns/uts')]);
+    if (held.ino === own.ino && held.dev === own.dev) throw new Error(`process ${initPid} is in the node's own UTS namespace`);
+    if (!(await isInit())) throw new Error(`process ${initPid} is no longer the container's init`);
+    await run(['nsenter', `--uts=/proc/${process.pid}/fd/${ns.fd}`, '--', 'hostname', hostname]);
+  } finally {
+    await ns.close();
+  }
 }

@@ -3,7 +3,9 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
-import { DEFAULT_DISK_MB, type SandboxResources } from '../core/runtime-state.ts';
+import {
+  DEFAULT_CPU_COUNT, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, type SandboxResources,
+} from '../core/runtime-state.ts';
 import { CleanupStack } from './cleanup-stack.ts';
 import { RequestAdmission } from './request-admission.ts';
 import { CommandDeadlines } from './command-deadlines.ts';
@@ -15,8 +17,8 @@ import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
-import { RootPool } from './root-pool.ts';
-import { setSandboxHostname } from './sandbox-hostname.ts';
+import { assertNormalPriority, resetPriority, RootPool, type PooledContainer, type PooledContainerShape } from './root-pool.ts';
+import { setCreatedContainerHostname, setSandboxHostname } from './sandbox-hostname.ts';
 import { initLetGoOfHostSockets } from './init-sockets.ts';
 import { discardTree, exists, isMountPoint, moveTree, removeTree } from './fs-util.ts';
 import { InitClient } from './init/client.ts';
@@ -26,7 +28,7 @@ import { sandboxPaths, snapshotFiles, snapshotPaths, templateRootfs, type Snapsh
 import { NetworkManager } from './network.ts';
 import { createSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 import { retried } from './retry.ts';
-import { Runc } from './runc.ts';
+import { isSameProcess, Runc } from './runc.ts';
 import { mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, writeEtcFiles, type BundleHost } from './sandbox-directories.ts';
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
@@ -42,6 +44,10 @@ const STORE_RETRY_DELAYS_MS = [2000, 4000];
 /** The template whose sandbox directories are laid out ahead: E2B's default, most creates'. */
 const POOLED_TEMPLATE = 'base';
 /** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
+/** What the pool's containers are made with: a create that names no resources (and has internet access). */
+const POOLED_SHAPE: PooledContainerShape = {
+  resources: { cpuCount: DEFAULT_CPU_COUNT, memoryMB: DEFAULT_MEMORY_MB, pidsLimit: DEFAULT_PIDS_LIMIT }, allowInternet: true,
+};
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
@@ -90,7 +96,9 @@ export class SandboxRuntime {
     this.journal = new NodeJournal(path.join(cfg.dataDir, 'journal.jsonl'));
     this.runc = new Runc(path.join(cfg.dataDir, 'runc'), cfg.criuBinDir);
     this.disks = new DiskPool(path.join(cfg.dataDir, 'disk-pool'), DEFAULT_DISK_MB);
-    this.roots = new RootPool(cfg, path.join(cfg.dataDir, 'root-pool'), this.disks, POOLED_TEMPLATE, DEFAULT_DISK_MB);
+    this.roots = new RootPool(cfg, path.join(cfg.dataDir, 'root-pool'), this.disks, POOLED_TEMPLATE, DEFAULT_DISK_MB, {
+      runc: new Runc(path.join(cfg.dataDir, 'runc-pool'), cfg.criuBinDir), network: this.network, bundleHost: this.bundleHost, shape: POOLED_SHAPE,
+    });
     this.nodeInventory = new NodeInventory(cfg, this.runc, this.store, this.locks);
     this.recovery = new SandboxRecovery({
       cfg, runc: this.runc, store: this.store, journal: this.journal, locks: this.locks, warm: this.warm, inventory: this.nodeInventory,
@@ -166,7 +174,12 @@ export class SandboxRuntime {
     t.step('checks');
     try {
       const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
-      const pooled = await this.roots.take(req.template, sizeMB, p.dir);
+      const pooled = await this.roots.take(req.template, sizeMB, p.dir, { resources: req.resources, allowInternet: req.allowInternetAccess });
+      if (pooled?.container) {
+        const out = await this.startPooled(req, pooled.container, start, t);
+        t.end();
+        return out;
+      }
       if (!pooled) await prepareDirs(p, lower);
       t.step(pooled ? 'pooledDir' : 'dirs');
       const [net] = await settled(
@@ -200,6 +213,45 @@ export class SandboxRuntime {
     } finally {
       this.roots.refill();
     }
+  }
+
+  /**
+   * A create that took a container the pool made ahead (its directory is the sandbox's now):
+   * its address claim, files of /etc and host name become the sandbox's, runc's record of it
+   * moves to the node's root under the sandbox's id, and it starts. Until it is adopted, a
+   * failure gives it back to the pool to remove; after, the create's teardown removes it.
+   */
+  private async startPooled(req: CreateSandboxRequest, container: PooledContainer, start: TemplateStart | null, t: StepTimes): Promise<SandboxRecord> {
+    const p = sandboxPaths(this.cfg, req.sandboxId);
+    const record: SandboxRecord = { ...req, address: container.address, createdAt: new Date().toISOString() };
+    t.step('pooled');
+    try {
+      await this.network.transfer(container.id, req.sandboxId);
+      const [hashes] = await Promise.all([writeEtcFiles(this.cfg, p, record), writeBundle(this.cfg, this.bundleHost, record)]);
+      record.fileHashes = hashes;
+      t.step('etc');
+      await this.runc.adopt(this.roots.containerRunc(), container.id, { id: req.sandboxId, fromDir: container.madeIn, toDir: p.dir, hostname: req.sandboxId });
+    } catch (e) {
+      await this.roots.abandon(container).catch(() => undefined);
+      throw e;
+    }
+    t.step('adopted');
+    // The host name is set beside the start: nothing of the sandbox's runs before the create
+    // answers, and the init it starts is the same process (its start time is checked).
+    const hostname = setCreatedContainerHostname(container.pid, req.sandboxId, () => isSameProcess(container.pid, container.initStart));
+    hostname.catch(() => undefined); // awaited below
+    await resetPriority(container);
+    await this.runc.start(req.sandboxId);
+    t.step('runcStart');
+    await this.waitForInit(req.sandboxId, false);
+    t.step('init');
+    await hostname;
+    await assertNormalPriority(container);
+    t.step('hostname');
+    if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
+    const out = await this.started(record, 'create');
+    t.step('started');
+    return out;
   }
 
   /**
@@ -724,6 +776,11 @@ export class SandboxRuntime {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.locks.idle(), new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
     clearTimeout(timer);
+  }
+
+  /** Resolves once the pool of sandboxes made ahead is done refilling (for benchmarks). */
+  poolFilled(): Promise<void> {
+    return this.roots.filled();
   }
 
   /** A graceful stop: the work in progress ends (bounded, see idle), and the pooled directories go. */
