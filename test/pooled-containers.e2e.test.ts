@@ -13,6 +13,7 @@ import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 import { cgroupNameOf } from '../src/runtime/container-adoption.ts';
 import { sandboxPaths } from '../src/runtime/layout.ts';
 import { hostIfFor } from '../src/runtime/network.ts';
+import { Runc } from '../src/runtime/runc.ts';
 import {
   agentClient, COUNTER, createSandbox, eventually, exec, readCount, sleep, startTestAgent, type TestAgent,
 } from './helpers/agent-harness.ts';
@@ -132,6 +133,8 @@ test('a container made ahead whose init was killed is never started: the create 
     const st = JSON.parse(await readFile(path.join(poolRoot(a), poolId, 'state.json'), 'utf8'));
     process.kill(st.init_process_pid, 'SIGKILL');
   }
+  // A start of such a container (without runc, through its exec fifo) fails; it does not wait forever.
+  await assert.rejects(new Runc(poolRoot(a), a.agent.runtime.cfg.criuBinDir).start(ids[0]!), /init is gone/);
   const id = await createSandbox(a, shape);
   assert.equal(await fromPool(a, id), null, 'the dead container was not taken');
   assert.equal((await exec(a, id, 'hostname')).stdout.trim(), id);
@@ -142,7 +145,9 @@ test('an agent that starts over a dead agent\'s pool removes its containers, the
   const b = await startTestAgent();
   let restarted: Agent | null = null;
   try {
-    const left = await eventually(() => pooled(b), (x) => x.length > 0, 'a container made ahead');
+    await eventually(() => pooled(b), (x) => x.length > 0, 'a container made ahead');
+    await b.agent.runtime.poolFilled(); // none is being made while the agent "dies"
+    const left = await pooled(b);
     const pids = await Promise.all(left.map(async (poolId) => JSON.parse(await readFile(path.join(poolRoot(b), poolId, 'state.json'), 'utf8')).init_process_pid as number));
     // The agent dies: its pool is never stopped.
     (b.agent.runtime as unknown as { roots: { stop(): Promise<void> } }).roots.stop = async () => undefined;

@@ -59,10 +59,11 @@ test('a live init is running (created while the exec fifo is there), and stop() 
   await withRoot(async (root, runc) => {
     const s = sleeper();
     try {
-      await saveState(root, s.pid, await startTime(s.pid));
-      assert.deepEqual(await runc.status(ID), { pid: s.pid, status: 'running' });
+      const started = await startTime(s.pid);
+      await saveState(root, s.pid, started);
+      assert.deepEqual(await runc.status(ID), { pid: s.pid, status: 'running', startTime: String(started) });
       await writeFile(path.join(root, ID, 'exec.fifo'), '');
-      assert.deepEqual(await runc.status(ID), { pid: s.pid, status: 'created' });
+      assert.deepEqual(await runc.status(ID), { pid: s.pid, status: 'created', startTime: String(started) });
       await rm(path.join(root, ID, 'exec.fifo'));
       await runc.stop(ID);
       // Dead by now: a zombie until this process reaps it, or gone.

@@ -43,11 +43,14 @@ const INIT_READY_TIMEOUT_MS = 10_000;
 const STORE_RETRY_DELAYS_MS = [2000, 4000];
 /** The template whose sandbox directories are laid out ahead: E2B's default, most creates'. */
 const POOLED_TEMPLATE = 'base';
-/** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
-/** What the pool's containers are made with: a create that names no resources (and has internet access). */
+/**
+ * The shape of the pool's first containers: a create through the control plane that names no
+ * resources (E2B's default has internet access). The pool follows the creates' shape after.
+ */
 const POOLED_SHAPE: PooledContainerShape = {
   resources: { cpuCount: DEFAULT_CPU_COUNT, memoryMB: DEFAULT_MEMORY_MB, pidsLimit: DEFAULT_PIDS_LIMIT }, allowInternet: true,
 };
+/** A warm capture's limits while it starts (a sandbox restored from it gets its own). */
 const CAPTURE_RESOURCES: SandboxResources = { cpuCount: 2, memoryMB: 2048, pidsLimit: 1024 };
 
 /**
@@ -722,16 +725,25 @@ export class SandboxRuntime {
       }
       t.step('journal');
       const result = { stoppedAt: stoppedAt?.toISOString() ?? journaled };
-      // The container's processes and the node's mounts of it go, then the caller has its
-      // answer (with its processes its network namespace is dead: nothing in it sends or
-      // receives); runc's record of the container (its cgroup, its state), the host's side of
-      // its network (the kernel deletes the link with the namespace, see NetworkManager.release)
-      // and the directory (plain files, nothing mounted in it any more) go right after, still
-      // under the lock: the next operation on the sandbox, a repeated kill among them, waits
-      // for it. The directory is marked first: the inventory lists marked remains no more, and
-      // an agent that dies before they went removes them at its start (recovery).
+      // The container's processes go, then the caller has its answer (with its processes its
+      // network namespace is dead: nothing in it sends or receives). The node's mounts of it
+      // (begun beside the processes' end), runc's record of the container (its cgroup, its
+      // state), the host's side of its network (the kernel deletes the link with the namespace,
+      // see NetworkManager.release) and the directory go right after, still under the lock:
+      // the next operation on the sandbox, a repeated kill among them, waits for it. The
+      // directory is marked first: the inventory lists marked remains no more, and an agent
+      // that dies before they went removes them at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
-      await this.stopContainer(sandboxId, t);
+      this.forgetClients(sandboxId);
+      const unmounted = unmountSandbox(p).then(() => t.step('unmounted'));
+      unmounted.catch(() => undefined); // awaited below
+      try {
+        await this.runc.stop(sandboxId);
+      } catch (e) {
+        await unmounted.catch(() => undefined);
+        throw e;
+      }
+      t.step('runcStopped');
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
       if (await exists(p.dir)) await writeFile(p.killedMarker, '');
       wasAnswered = true;
@@ -739,6 +751,7 @@ export class SandboxRuntime {
       answer(result);
       t.step('answered');
       // (should this fail, the marked remains stay gone to everyone; recovery removes them)
+      await unmounted;
       await this.releaseContainer(sandboxId, t);
       await removeTree(p.dir);
       this.killedNotRemoved.delete(sandboxId);
