@@ -173,7 +173,7 @@ async function main() {
       }))[0]);
       await c.cleanup(runc);
     }
-    if (part('kill')) rows.push(row('kill (processes dead, unmounted)', kill, rawKill, 'runc kill + delete'));
+    if (part('kill')) rows.push(row('kill (processes dead)', kill, rawKill, 'runc kill + delete'));
 
     // --- density: host memory per idle sandbox beyond its own processes --------------------------
     if (part('density')) {

@@ -137,22 +137,34 @@ export async function unmountDisk(mountPoint: string): Promise<void> {
  */
 export async function waitForLoopDetach(image: string, timeoutMs = 2_000): Promise<boolean> {
   const file = path.resolve(image);
-  return waitUntil(async () => !(await loopDevicesOf(file)), { timeoutMs, firstDelayMs: 2, maxDelayMs: 100 });
+  const devices = await loopDevicesOf(file);
+  if (devices === null) {
+    // No sysfs: losetup, a process per check.
+    return waitUntil(async () => {
+      const r = await run(['losetup', '--noheadings', '-j', file], { allowFailure: true });
+      return r.code === 0 && r.stdout.trim() === '';
+    }, { timeoutMs, firstDelayMs: 2, maxDelayMs: 100 });
+  }
+  // Only the devices found attached are watched (a node has one per sandbox): each check is
+  // one small read, so it is made often (the detach takes a few ms once the unmount is done).
+  return waitUntil(async () => (await Promise.all(devices.map((n) => backingFileOf(n)))).every((b) => b !== file), { timeoutMs, firstDelayMs: 1, maxDelayMs: 4 });
 }
 
 /**
- * Whether a loop device is attached to `file`, read from sysfs (what `losetup -j` reads, without
- * a process per check: a pause asks this right after its unmount).
+ * The loop devices attached to `file`, read from sysfs (what `losetup -j` reads, without a
+ * process: a pause asks this right after its unmount); null where there is no sysfs.
  */
-async function loopDevicesOf(file: string): Promise<boolean> {
+async function loopDevicesOf(file: string): Promise<string[] | null> {
   const all = await readdir('/sys/block').catch(() => null);
-  if (!all) {
-    const r = await run(['losetup', '--noheadings', '-j', file], { allowFailure: true });
-    return !(r.code === 0 && r.stdout.trim() === '');
-  }
+  if (!all) return null;
   const names = all.filter((n) => /^loop\d+$/.test(n));
-  const backing = await Promise.all(names.map((n) => readFile(`/sys/block/${n}/loop/backing_file`, 'utf8').catch(() => '')));
-  return backing.some((b) => b.trim() === file);
+  const backing = await Promise.all(names.map((n) => backingFileOf(n)));
+  return names.filter((_, i) => backing[i] === file);
+}
+
+/** The file a loop device is attached to ('' once it is detached). */
+async function backingFileOf(device: string): Promise<string> {
+  return (await readFile(`/sys/block/${device}/loop/backing_file`, 'utf8').catch(() => '')).trim();
 }
 
 export interface DiskUsage {
