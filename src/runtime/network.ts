@@ -216,15 +216,16 @@ export class NetworkManager {
   }
 
   /**
-   * Hands the address claims of `from` (a container made ahead) to `to` (the sandbox that took
-   * it): each claim file is replaced whole, by a rename, so it always names one of the two.
+   * Hands the claim of `address` from `from` (a container made ahead) to `to` (the sandbox that
+   * took it): the claim file is replaced whole, by a rename, so it always names one of the two.
    */
-  async transfer(from: string, to: string): Promise<void> {
-    for (const address of await claimsOf(from)) {
-      const tmp = path.join(CLAIMS_DIR, `.${address}.${to}`);
-      await writeFile(tmp, to, { flag: 'w', mode: 0o600 });
-      await rename(tmp, path.join(CLAIMS_DIR, address));
-    }
+  async transfer(address: string, from: string, to: string): Promise<void> {
+    const claim = path.join(CLAIMS_DIR, address);
+    const holder = await readFile(claim, 'utf8').catch(() => null);
+    if (holder !== from) throw new Error(`address ${address} is claimed by ${holder ?? 'nobody'}, not by ${from}`);
+    const tmp = path.join(CLAIMS_DIR, `.${address}.${to}`);
+    await writeFile(tmp, to, { flag: 'w', mode: 0o600 });
+    await rename(tmp, claim);
   }
 
   /**

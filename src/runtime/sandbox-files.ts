@@ -65,9 +65,7 @@ async function writeHostRootFile(etcDir: string, name: string, contents: string)
   await mkdir(etcDir, { recursive: true, mode: 0o755 });
   const f = await open(path.join(etcDir, name), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
   try {
-    await f.writeFile(contents);
-    await f.chown(0, 0);
-    await f.chmod(0o644);
+    await Promise.all([f.writeFile(contents), f.chown(0, 0), f.chmod(0o644)]);
   } finally {
     await f.close();
   }
@@ -105,9 +103,7 @@ export async function writeSandboxFiles(
     // In place (never replaced): a container made ahead has these files bound already.
     const f = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
     try {
-      await f.writeFile(contents[name]);
-      await f.chown(owner, owner);
-      await f.chmod(0o644);
+      await Promise.all([f.writeFile(contents[name]), f.chown(owner, owner), f.chmod(0o644)]);
     } finally {
       await f.close();
     }

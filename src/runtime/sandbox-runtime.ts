@@ -229,7 +229,7 @@ export class SandboxRuntime {
     const record: SandboxRecord = { ...req, address: container.address, createdAt: new Date().toISOString() };
     t.step('pooled');
     try {
-      await this.network.transfer(container.id, req.sandboxId);
+      await this.network.transfer(container.address, container.id, req.sandboxId);
       const [hashes] = await Promise.all([writeEtcFiles(this.cfg, p, record), writeBundle(this.cfg, this.bundleHost, record)]);
       record.fileHashes = hashes;
       t.step('etc');
