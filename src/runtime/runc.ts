@@ -1,5 +1,6 @@
-import { constants } from 'node:fs';
-import { access, open, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
+import { constants, openSync } from 'node:fs';
+import { access, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import path from 'node:path';
 import { freeze, freezerOf, thaw, type Freezer } from './cgroup-freezer.ts';
 import { exists, removeTree, unmount } from './fs-util.ts';
@@ -70,49 +71,44 @@ export class Runc {
   }
 
   /**
-   * Starts a created container: what `runc start` does (it opens the exec fifo that runc's init
-   * waits on, reads its byte, removes it), in this process: a runc process is 10 ms of a 2-core
-   * host, most of what a start costs. A fifo that is not there (a runc that works otherwise)
-   * falls back to `runc start`. An init that died before it was started never opens its end:
-   * then the wait ends, and so does the container.
+   * Starts a created container: what `runc start` does (runc's init waits to open the exec fifo
+   * for writing, writes a byte once it has, and runs the spec's process; `runc start` reads the
+   * byte and removes the fifo), in this process: a runc process is 10 ms of a 2-core host, most
+   * of what a start costs. The fifo is opened for reading and writing, so the open never waits
+   * and no end-of-file comes before the byte; the read is a pipe of the event loop's, which a
+   * check of the init's pid (every START_CHECK_MS) ends if the init is gone: nothing waits
+   * forever, even for a fifo removed meanwhile. A fifo that is not there (a runc that works
+   * otherwise) falls back to `runc start`.
    */
   async start(id: string) {
     const fifo = path.join(this.root, id, 'exec.fifo');
-    if (!(await exists(fifo))) {
+    const saved = await this.savedState(id);
+    let fd: number;
+    try {
+      fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       const r = await run(['runc', '--root', this.root, 'start', id], { allowFailure: true });
       if (r.code !== 0) throw new Error(`runc start ${id}: ${r.stderr.trim()}`);
       return;
     }
-    const saved = await this.savedState(id);
-    const pid = Number(saved?.init_process_pid);
-    let settled = false;
+    const pipe = new Socket({ fd, readable: true, writable: false });
     let timer: NodeJS.Timeout | undefined;
-    // The open blocks until the init opens the other end (it does once it is ready to run):
-    // an init that died meanwhile is found by its pid, and the fifo is opened for it.
-    const check = async () => {
-      const st = await this.statusOf(id, saved).catch(() => null);
-      if (settled) return;
-      if (st?.status === 'stopped') {
-        const w = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => null);
-        await w?.close();
-        return;
-      }
-      timer = setTimeout(check, START_CHECK_MS);
-    };
-    timer = setTimeout(check, START_CHECK_MS);
-    let data: Buffer;
     try {
-      const f = await open(fifo, constants.O_RDONLY);
-      try {
-        data = await f.readFile();
-      } finally {
-        await f.close();
-      }
+      await new Promise<void>((resolve, reject) => {
+        pipe.once('data', () => resolve());
+        pipe.once('error', reject);
+        const check = async () => {
+          const st = await this.statusOf(id, saved).catch(() => null);
+          if (st?.status === 'stopped' || st === null) reject(new Error(`container ${id} could not be started: its init is gone`));
+          else timer = setTimeout(check, START_CHECK_MS);
+        };
+        timer = setTimeout(check, START_CHECK_MS);
+      });
     } finally {
-      settled = true;
       clearTimeout(timer);
+      pipe.destroy();
     }
-    if (data.length === 0 || !Number.isSafeInteger(pid)) throw new Error(`container ${id} could not be started: its init is gone`);
     await unlink(fifo);
   }
 

@@ -1,14 +1,39 @@
-// An agent killed with SIGKILL leaves its pooled sandbox directories mounted (an agent that
-// starts again empties its pool; see src/runtime/root-pool.ts). A test that removes such an
-// agent's directory for good unmounts those first, and only those: any other mount left under
-// it is a leak and still makes the removal fail.
-import { readFile } from 'node:fs/promises';
+// An agent killed with SIGKILL leaves its pool behind: sandbox directories mounted and, in them,
+// containers made ahead (created, not started) with their address claims (an agent that starts
+// again empties its pool; see src/runtime/root-pool.ts). A test that removes such an agent's
+// directory for good removes those first, and only those: any other mount left under it is a
+// leak and still makes the removal fail.
+import { readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { run } from '../../src/runtime/command.ts';
+import { runtimeConfigFromEnv } from '../../src/runtime/config.ts';
+import { Runc } from '../../src/runtime/runc.ts';
+
+const CLAIMS_DIR = '/run/nestbox/addresses';
 
 export async function unmountPoolLeftovers(base: string): Promise<void> {
+  await removePoolContainers(base);
   const table = await readFile('/proc/self/mountinfo', 'utf8');
   const targets = table.split('\n').map((l) => l.split(' ')[4]).filter((t): t is string => !!t)
     .filter((t) => t.startsWith(base + '/') && t.includes('/root-pool/'))
     .sort((a, b) => b.length - a.length); // the overlay (rootfs) before the disk it sits on
   for (const t of targets) await run(['umount', t], { allowFailure: true });
+}
+
+/** The containers of every pool runc root under `base` (a node's `runc-pool`), and their address claims. */
+async function removePoolContainers(base: string): Promise<void> {
+  const found = await run(['find', base, '-maxdepth', '4', '-type', 'd', '-name', 'runc-pool'], { allowFailure: true });
+  const ids = new Set<string>();
+  for (const root of found.stdout.split('\n').filter(Boolean)) {
+    const runc = new Runc(root, runtimeConfigFromEnv().criuBinDir);
+    for (const id of await readdir(root).catch(() => [] as string[])) {
+      await runc.destroy(id).catch(() => undefined);
+      ids.add(id);
+    }
+  }
+  if (ids.size === 0) return;
+  for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
+    const holder = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
+    if (ids.has(holder)) await rm(path.join(CLAIMS_DIR, address), { force: true });
+  }
 }
