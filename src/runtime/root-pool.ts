@@ -231,8 +231,11 @@ export class RootPool {
   /** A container of the pool's runc root and its address claim; nothing when they are gone. */
   private async removeContainer(id: string) {
     if (!this.containers) return;
-    await this.containers.runc.destroy(id);
-    await this.containers.network.release(id);
+    try {
+      await this.containers.runc.destroy(id);
+    } finally {
+      await this.containers.network.release(id);
+    }
   }
 
   /** An entry's container goes first (its mount namespace holds the overlay), then its mounts, then the entry. */

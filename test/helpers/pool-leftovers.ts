@@ -24,6 +24,9 @@ export async function unmountPoolLeftovers(base: string): Promise<void> {
 async function removePoolContainers(base: string): Promise<void> {
   const found = await run(['find', base, '-maxdepth', '4', '-type', 'd', '-name', 'runc-pool'], { allowFailure: true });
   const ids = new Set<string>();
+  // Entries whose container was not made yet may hold an address claim already.
+  const entries = await run(['find', base, '-maxdepth', '5', '-path', '*/root-pool/pool-*', '-prune'], { allowFailure: true });
+  for (const entry of entries.stdout.split('\n').filter(Boolean)) ids.add(path.basename(entry).replace(/\.partial$/, ''));
   for (const root of found.stdout.split('\n').filter(Boolean)) {
     const runc = new Runc(root, runtimeConfigFromEnv().criuBinDir);
     for (const id of await readdir(root).catch(() => [] as string[])) {
@@ -31,7 +34,6 @@ async function removePoolContainers(base: string): Promise<void> {
       ids.add(id);
     }
   }
-  if (ids.size === 0) return;
   for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
     const holder = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
     if (ids.has(holder)) await rm(path.join(CLAIMS_DIR, address), { force: true });
