@@ -123,9 +123,8 @@ export class RootPool {
    * none is ready, and the create lays out its own. The entry's container comes with it when it
    * was made in the create's shape (then the caller adopts it, or gives it back to abandon());
    * one of another shape is removed (in the background), the create makes its own over the
-   * entry's layout, and the pool makes its next containers in the create's shape (so does one
-   * whose init is gone). The caller
-   * refills the pool when it is done.
+   * entry's layout, and the pool makes its next containers in the create's shape (one whose
+   * init is gone is removed the same way). The caller refills the pool when it is done.
    */
   async take(template: string, sizeMB: number, dir: string, shape: PooledContainerShape): Promise<{ container: PooledContainer | null } | null> {
     if (!this.started || template !== this.template || sizeMB !== this.sizeMB) return null;
