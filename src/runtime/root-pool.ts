@@ -1,6 +1,6 @@
 // Sandboxes laid out, and their containers created, ahead of the creates that take them.
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, readFile, rename, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import path from 'node:path';
 import type { SandboxResources } from '../core/runtime-state.ts';
@@ -9,7 +9,7 @@ import { createDisk, mountDisk, type DiskPool } from './disk.ts';
 import { removeTree } from './fs-util.ts';
 import { sandboxPathsAt, templateRootfs } from './layout.ts';
 import type { NetworkManager } from './network.ts';
-import { isSameProcess, type Runc } from './runc.ts';
+import { isSameProcess, procStat, type Runc } from './runc.ts';
 import {
   mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundleAt, writeEtcFiles, type BundleHost,
 } from './sandbox-directories.ts';
@@ -246,7 +246,7 @@ export class RootPool {
 }
 
 /** The nice value the pool makes its containers at (their init keeps it until a create resets it). */
-export const POOL_NICENESS = 10;
+const POOL_NICENESS = 10;
 
 /** Pool ids are never sandbox ids (these have no dash): the two cannot be taken for each other. */
 const POOL_ID_PREFIX = 'pool-';
@@ -273,7 +273,6 @@ async function templateVersion(cfg: RuntimeConfig, template: string): Promise<st
   return st ? `${st.dev}:${st.ino}` : null;
 }
 
-
 function msg(e: unknown) {
   return e instanceof Error ? e.message : String(e);
 }
@@ -287,19 +286,11 @@ function msg(e: unknown) {
 export async function resetPriority(container: PooledContainer): Promise<void> {
   if (!(await isSameProcess(container.pid, container.initStart))) throw new Error(`container ${container.id}'s init is gone`);
   setPriority(container.pid, 0);
-  const nice = await niceOf(container.pid);
-  if (nice !== 0) throw new Error(`container ${container.id}'s init runs at nice ${nice}, not 0`);
+  await assertNormalPriority(container);
 }
 
-/** After the start: the sandbox's init (runc's init's thread that exec'd it) runs at nice 0, or the create fails. */
+/** The container's init (after the start: the sandbox's, which runc's init's thread exec'd) runs at nice 0, or the create fails. */
 export async function assertNormalPriority(container: PooledContainer): Promise<void> {
-  const nice = await niceOf(container.pid);
-  if (nice !== 0) throw new Error(`the sandbox's init runs at nice ${nice}, not 0`);
-}
-
-/** A process's nice value, from /proc (field 19 of its stat line). */
-export async function niceOf(pid: number): Promise<number | null> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  if (stat === null) return null;
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  const nice = (await procStat(container.pid))?.nice ?? null;
+  if (nice !== 0) throw new Error(`container ${container.id}'s init runs at nice ${nice}, not 0`);
 }

@@ -198,12 +198,10 @@ export class Runc {
     if (!saved) return null;
     const pid = Number(saved.init_process_pid);
     if (!Number.isSafeInteger(pid) || pid <= 0) return { pid: 0, status: 'stopped' };
-    const proc = await procStat(pid);
-    if (!proc || proc.startTime !== String(saved.init_process_start) || proc.state === 'Z' || proc.state === 'X') {
-      return { pid, status: 'stopped' };
-    }
+    const startTime = String(saved.init_process_start);
+    if (!(await isSameProcess(pid, startTime))) return { pid, status: 'stopped' };
     const created = await access(path.join(this.root, id, 'exec.fifo')).then(() => true, () => false);
-    return { pid, status: created ? 'created' : 'running', startTime: proc.startTime };
+    return { pid, status: created ? 'created' : 'running', startTime };
   }
 
   /**
@@ -320,11 +318,16 @@ async function lastLogError(logFile: string): Promise<string> {
 /** Whether `pid` is still the process that started at `startTime` (clock ticks after boot) and has not exited. */
 export async function isSameProcess(pid: number, startTime: string): Promise<boolean> {
   const st = await procStat(pid);
-  return !!st && st.startTime === startTime && st.state !== 'Z' && st.state !== 'X';
+  return !exited(st) && st!.startTime === startTime;
 }
 
-/** A process's state letter and start time (clock ticks after boot), from /proc; null if gone. */
-async function procStat(pid: number): Promise<{ state: string; startTime: string } | null> {
+/** Gone, or a zombie (dead, not reaped yet). */
+function exited(st: { state: string } | null): boolean {
+  return !st || st.state === 'Z' || st.state === 'X';
+}
+
+/** A process's state letter, start time (clock ticks after boot) and nice value, from /proc; null if gone. */
+export async function procStat(pid: number): Promise<{ state: string; startTime: string; nice: number } | null> {
   let stat: string;
   try {
     stat = await readFile(`/proc/${pid}/stat`, 'utf8');
@@ -333,13 +336,10 @@ async function procStat(pid: number): Promise<{ state: string; startTime: string
   }
   // The command name may hold spaces and parentheses: the fields follow the last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { state: fields[0] ?? '', startTime: fields[19] ?? '' };
+  return { state: fields[0] ?? '', startTime: fields[19] ?? '', nice: Number(fields[16]) };
 }
 
 /** Waits (a bounded while) until a killed init is a zombie or gone: its namespace's processes are dead then. */
 async function initEnded(pid: number, timeoutMs = 5_000) {
-  await waitUntil(async () => {
-    const st = await procStat(pid);
-    return !st || st.state === 'Z' || st.state === 'X';
-  }, { timeoutMs, maxDelayMs: 20 });
+  await waitUntil(async () => exited(await procStat(pid)), { timeoutMs, maxDelayMs: 20 });
 }

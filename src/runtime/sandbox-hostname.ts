@@ -11,8 +11,7 @@ import { run } from './command.ts';
  * (the node's mount namespace: nothing of the sandbox's files is read or run).
  */
 export async function setSandboxHostname(initPid: number, hostname: string): Promise<void> {
-  if (!Number.isSafeInteger(initPid) || initPid <= 1) throw new Error(`no init process to set the host name of (pid ${initPid})`);
-  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(hostname)) throw new Error(`invalid host name "${hostname}"`);
+  checkTarget(initPid, hostname);
   await run(['nsenter', `--uts=/proc/${initPid}/ns/uts`, '--', 'hostname', hostname]);
 }
 
@@ -24,8 +23,7 @@ export async function setSandboxHostname(initPid: number, hostname: string): Pro
  * held descriptor.
  */
 export async function setCreatedContainerHostname(initPid: number, hostname: string, isInit: () => Promise<boolean>): Promise<void> {
-  if (!Number.isSafeInteger(initPid) || initPid <= 1) throw new Error(`no init process to set the host name of (pid ${initPid})`);
-  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(hostname)) throw new Error(`invalid host name "${hostname}"`);
+  checkTarget(initPid, hostname);
   const ns = await open(`/proc/${initPid}/ns/uts`, 'r');
   try {
     const [held, own] = await Promise.all([ns.stat(), stat('/proc/self/ns/uts')]);
@@ -35,4 +33,9 @@ export async function setCreatedContainerHostname(initPid: number, hostname: str
   } finally {
     await ns.close();
   }
+}
+
+function checkTarget(initPid: number, hostname: string) {
+  if (!Number.isSafeInteger(initPid) || initPid <= 1) throw new Error(`no init process to set the host name of (pid ${initPid})`);
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(hostname)) throw new Error(`invalid host name "${hostname}"`);
 }

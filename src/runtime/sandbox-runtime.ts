@@ -734,16 +734,7 @@ export class SandboxRuntime {
       // directory is marked first: the inventory lists marked remains no more, and an agent
       // that dies before they went removes them at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
-      this.forgetClients(sandboxId);
-      const unmounted = unmountSandbox(p).then(() => t.step('unmounted'));
-      unmounted.catch(() => undefined); // awaited below
-      try {
-        await this.runc.stop(sandboxId);
-      } catch (e) {
-        await unmounted.catch(() => undefined);
-        throw e;
-      }
-      t.step('runcStopped');
+      const { unmounted } = await this.stopProcesses(sandboxId, t);
       if (opts.deleteSnapshot) await this.dropSnapshot(sandboxId);
       if (await exists(p.dir)) await writeFile(p.killedMarker, '');
       wasAnswered = true;
@@ -930,11 +921,27 @@ export class SandboxRuntime {
    * dying keeps its own view of its mounts until it is gone): none of its processes runs after.
    */
   private async stopContainer(sandboxId: string, t?: StepTimes) {
+    const { unmounted } = await this.stopProcesses(sandboxId, t);
+    await unmounted;
+  }
+
+  /**
+   * stopContainer() up to the end of the sandbox's processes: resolves once none runs, with
+   * the removal of the node's mounts still going on (begun beside it; the caller awaits it).
+   * Should the processes' end fail, that removal is waited for before the failure is thrown.
+   */
+  private async stopProcesses(sandboxId: string, t?: StepTimes): Promise<{ unmounted: Promise<void> }> {
     this.forgetClients(sandboxId);
-    await settled(
-      this.runc.stop(sandboxId).then(() => t?.step('runcStopped')),
-      unmountSandbox(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted')),
-    );
+    const unmounted = unmountSandbox(sandboxPaths(this.cfg, sandboxId)).then(() => t?.step('unmounted'));
+    unmounted.catch(() => undefined); // awaited by the caller
+    try {
+      await this.runc.stop(sandboxId);
+    } catch (e) {
+      await unmounted.catch(() => undefined);
+      throw e;
+    }
+    t?.step('runcStopped');
+    return { unmounted };
   }
 
   /** What is left of a stopped container: runc's record of it (cgroup, state) and its network. */

@@ -3,13 +3,12 @@
 // again empties its pool; see src/runtime/root-pool.ts). A test that removes such an agent's
 // directory for good removes those first, and only those: any other mount left under it is a
 // leak and still makes the removal fail.
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../../src/runtime/command.ts';
 import { runtimeConfigFromEnv } from '../../src/runtime/config.ts';
+import { NetworkManager } from '../../src/runtime/network.ts';
 import { Runc } from '../../src/runtime/runc.ts';
-
-const CLAIMS_DIR = '/run/nestbox/addresses';
 
 export async function unmountPoolLeftovers(base: string): Promise<void> {
   await removePoolContainers(base);
@@ -34,8 +33,8 @@ async function removePoolContainers(base: string): Promise<void> {
       ids.add(id);
     }
   }
-  for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
-    const holder = await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '');
-    if (ids.has(holder)) await rm(path.join(CLAIMS_DIR, address), { force: true });
-  }
+  // What the network of each holds (its address claim; its link went with its namespace).
+  const cfg = runtimeConfigFromEnv();
+  const network = new NetworkManager({ subnetPrefix: cfg.subnetPrefix, hookBinary: cfg.networkHook });
+  for (const id of ids) await network.release(id).catch(() => undefined);
 }
