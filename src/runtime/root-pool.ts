@@ -1,6 +1,6 @@
 // Sandboxes laid out, and their containers created, ahead of the creates that take them.
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, rmdir, stat } from 'node:fs/promises';
 import { setPriority } from 'node:os';
 import path from 'node:path';
 import type { SandboxResources } from '../core/runtime-state.ts';
@@ -232,6 +232,7 @@ export class RootPool {
     if (!this.containers) return;
     try {
       await this.containers.runc.destroy(id);
+      await removeEmptyCgroups(id);
     } finally {
       await this.containers.network.release(id);
     }
@@ -244,6 +245,18 @@ export class RootPool {
     await removeTree(dir);
   }
 }
+
+/**
+ * The cgroups named for a pool id (`/nestbox/<id>` in each hierarchy, as its spec names them)
+ * that runc's removal did not reach: a `runc create` cut short leaves them without runc's
+ * record of them. Only empty ones go (rmdir refuses the others); the id is this pool's own.
+ */
+async function removeEmptyCgroups(id: string) {
+  for (const hierarchy of await readdir(CGROUP_ROOT).catch(() => [] as string[])) {
+    await rmdir(path.join(CGROUP_ROOT, hierarchy, 'nestbox', id)).catch(() => undefined);
+  }
+}
+const CGROUP_ROOT = '/sys/fs/cgroup';
 
 /** The nice value the pool makes its containers at (their init keeps it until a create resets it). */
 const POOL_NICENESS = 10;
