@@ -39,9 +39,9 @@ async function removeTaken(dir: string) {
   await rm(dir, { recursive: true, force: true });
 }
 
-function pool(dir = path.join(base, 'root-pool')) {
+function pool(dir = path.join(base, 'root-pool'), size = 1) {
   const disks = new DiskPool(path.join(base, 'disk-pool'), SIZE_MB, 0);
-  return new RootPool(cfg, dir, disks, 'tiny', SIZE_MB, null, 1);
+  return new RootPool(cfg, dir, disks, 'tiny', SIZE_MB, null, size);
 }
 
 before(async () => {
@@ -120,4 +120,37 @@ test('a pool started over what a dead agent left mounted empties it first; stop(
   await eventually(async () => next.readyCount, (n) => n === 1, 'a ready entry of its own');
   await next.stop();
   assert.deepEqual(await mountsUnder(path.join(base, 'root-pool')), []);
+});
+
+test('a refill waits while an entry is still ready and starts at once when none is; filled() waits for it; stop() cancels it', async () => {
+  const p2 = pool(path.join(base, 'root-pool'), 2);
+  await p2.start();
+  const taken: string[] = [];
+  const take = async () => {
+    const dir = path.join(base, 'sandboxes', `bbbbbbbbbbbbbbbbbbb${taken.length}`);
+    assert.deepEqual(await p2.take('tiny', SIZE_MB, dir, SHAPE), TAKEN);
+    taken.push(dir);
+  };
+  try {
+    await p2.filled();
+    assert.equal(p2.readyCount, 2, 'full once started');
+    await take();
+    p2.refill(); // one still ready: this refill waits for its moment
+    await p2.filled();
+    assert.equal(p2.readyCount, 2, 'filled() waited for the waiting refill');
+    await take();
+    p2.refill();
+    await take();
+    p2.refill(); // none ready: the waiting refill makes way for one at once
+    await p2.filled();
+    assert.equal(p2.readyCount, 2, 'both entries made again');
+    await take();
+    p2.refill(); // waiting when the pool stops
+  } finally {
+    await p2.stop();
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(p2.readyCount, 0, 'a stopped pool makes nothing');
+  assert.deepEqual(await mountsUnder(path.join(base, 'root-pool')), [], 'the refill that was waiting never ran');
+  for (const d of taken) await removeTaken(d);
 });

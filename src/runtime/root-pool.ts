@@ -14,6 +14,7 @@ import {
   mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundleAt, writeEtcFiles, type BundleHost,
 } from './sandbox-directories.ts';
 import type { SandboxRecord } from './sandbox-records.ts';
+import { StepTimes } from './step-times.ts';
 
 /** The resources and network of a container made ahead: a create takes it only in the same shape. */
 export interface PooledContainerShape {
@@ -65,6 +66,8 @@ export interface PoolContainers {
 export class RootPool {
   private readonly ready: Array<{ dir: string; templateVersion: string; container: PooledContainer | null }> = [];
   private readonly making = new Set<Promise<void>>();
+  /** A refill waiting for its moment (refill()). */
+  private deferred: Deferred | null = null;
   /** Containers of entries taken by creates of another shape, being removed. */
   private readonly removing = new Set<Promise<void>>();
   private started = false;
@@ -91,7 +94,10 @@ export class RootPool {
 
   /** Resolves once the entries being made are done (benchmarks: a create that finds the pool full). */
   async filled(): Promise<void> {
-    while (this.making.size > 0) await Promise.all(this.making);
+    while (this.deferred || this.making.size > 0) {
+      await this.deferred?.done;
+      await Promise.all(this.making);
+    }
   }
 
   /** Empties the pool directory (what an earlier agent left) and starts filling it. */
@@ -113,6 +119,8 @@ export class RootPool {
   /** Stops filling and empties the pool: nothing of it stays mounted, no container of it stays. */
   async stop(): Promise<void> {
     this.started = false;
+    this.deferred?.cancel();
+    this.deferred = null;
     await Promise.all(this.making);
     await Promise.all(this.removing);
     for (const entry of this.ready.splice(0)) await this.discard(entry.dir, entry.container?.id ?? null);
@@ -172,10 +180,27 @@ export class RootPool {
   }
 
   /**
-   * Makes entries until the pool is full again. A create calls it once it is done, so that the
-   * refill does not compete with its own container's start (the host's CPUs are few).
+   * Makes entries until the pool is full again. A create calls it once it is done. While an
+   * entry is still ready, the making waits REFILL_DELAY_MS: a sandbox's first command comes
+   * right after its create, and on a node of few CPUs a refill beside it (mounts, `runc create`)
+   * slowed it (`true` through the SDK: 45-51 ms beside a refill, 27-31 ms without, on 2 CPUs).
+   * An empty pool is refilled at once (the next create would make its own meanwhile).
    */
   refill() {
+    if (!this.started) return;
+    if (this.ready.length > 0) {
+      this.deferred ??= deferred(REFILL_DELAY_MS, () => {
+        this.deferred = null;
+        this.makeMissing();
+      });
+      return;
+    }
+    this.deferred?.cancel();
+    this.deferred = null;
+    this.makeMissing();
+  }
+
+  private makeMissing() {
     while (this.started && this.ready.length + this.making.size < this.size) {
       const made: Promise<void> = this.makeOne().finally(() => this.making.delete(made));
       this.making.add(made);
@@ -187,21 +212,30 @@ export class RootPool {
     const partial = path.join(this.dir, `${id}.partial`);
     const ready = path.join(this.dir, id);
     let entryDir = partial;
+    const t = new StepTimes('pool', id);
     try {
       const version = await templateVersion(this.cfg, this.template);
       if (version === null) return; // not on this node (yet): a create fetches it, then fills the pool
       const p = sandboxPathsAt(partial);
       await prepareDirs(p, templateRootfs(this.cfg, this.template));
-      if (!(await this.disks.take(p.diskImage, this.sizeMB))) await createDisk(p.diskImage, this.sizeMB, { lowPriority: true });
+      t.step('dirs');
+      if (!(await this.disks.take(p.diskImage, this.sizeMB))) {
+        await createDisk(p.diskImage, this.sizeMB, { lowPriority: true });
+        t.step('mkfs');
+      }
       await mountDisk(p.diskImage, p.disk);
+      t.step('mountDisk');
       await prepareDisk(this.cfg, p, { fresh: true, freshBoot: true, bootId: 'new' });
+      t.step('prepareDisk');
       await mountRootfs(p);
+      t.step('overlay');
       if (!this.started) throw new Error('the pool stopped');
       await rename(partial, ready);
       entryDir = ready;
-      const container = this.containers && this.shape ? await this.makeContainer(id, ready, this.shape) : null;
+      const container = this.containers && this.shape ? await this.makeContainer(id, ready, this.shape, t) : null;
       if (!this.started) throw new Error('the pool stopped');
       this.ready.push({ dir: ready, templateVersion: version, container });
+      t.end();
     } catch (e) {
       if (this.started) process.stderr.write(`nestbox: a pooled sandbox could not be made: ${msg(e)}\n`);
       await this.discard(entryDir, this.containers ? id : null).catch(() => undefined);
@@ -209,19 +243,22 @@ export class RootPool {
   }
 
   /** The entry's container, created in the pool's runc root with the pool's shape and an address of its own. */
-  private async makeContainer(id: string, dir: string, shape: PooledContainerShape): Promise<PooledContainer> {
+  private async makeContainer(id: string, dir: string, shape: PooledContainerShape, t: StepTimes): Promise<PooledContainer> {
     const { runc, network, bundleHost } = this.containers!;
     const p = sandboxPathsAt(dir);
     const net = await network.prepare(id, { allowInternet: shape.allowInternet, newSandbox: true });
+    t.step('network');
     const record: SandboxRecord = {
       sandboxId: id, template: this.template, resources: { ...shape.resources, diskMB: this.sizeMB }, envVars: {}, metadata: {},
       allowInternetAccess: shape.allowInternet, address: net.address, createdAt: new Date().toISOString(),
     };
     await writeEtcFiles(this.cfg, p, record);
     await writeBundleAt(this.cfg, bundleHost, p, record);
+    t.step('etcBundle');
     // Beside the creates running now: at a low priority, which the create that takes the
     // container resets before it starts (the sandbox runs at the node's normal priority).
     await runc.create(id, dir, p.runcLog, { niceness: POOL_NICENESS });
+    t.step('runcCreate');
     const st = await runc.status(id);
     if (st?.status !== 'created' || !st.startTime) throw new Error(`container ${id} is ${st?.status ?? 'gone'} after runc create`);
     return { id, pid: st.pid, initStart: st.startTime, address: net.address, madeIn: dir, shape };
@@ -257,6 +294,34 @@ async function removeEmptyCgroups(id: string) {
   }
 }
 const CGROUP_ROOT = '/sys/fs/cgroup';
+
+/** How long a refill waits after a create while the pool still has an entry ready (refill()). */
+const REFILL_DELAY_MS = 150;
+
+interface Deferred {
+  /** Settles when the action has run or was cancelled. */
+  done: Promise<void>;
+  cancel(): void;
+}
+
+function deferred(ms: number, action: () => void): Deferred {
+  let settle!: () => void;
+  const done = new Promise<void>((resolve) => (settle = resolve));
+  const timer = setTimeout(() => {
+    try {
+      action();
+    } finally {
+      settle();
+    }
+  }, ms);
+  return {
+    done,
+    cancel() {
+      clearTimeout(timer);
+      settle();
+    },
+  };
+}
 
 /** The nice value the pool makes its containers at (their init keeps it until a create resets it). */
 const POOL_NICENESS = 10;

@@ -1,8 +1,9 @@
 // Where an operation's time goes, step by step, beside runc and CRIU (make bench's question).
 
 /**
- * NESTBOX_TRACE_STEPS=1: every create, pause, resume and kill writes one line to stderr with the
- * time each of its steps took (ms), to see where an operation's time goes beside runc and CRIU.
+ * NESTBOX_TRACE_STEPS=1: every create, pause, resume and kill, and every entry the root pool
+ * makes ahead, writes one line to stderr with the time each of its steps took (ms), to see where
+ * an operation's time goes beside runc and CRIU.
  */
 const TRACE_STEPS = !!process.env.NESTBOX_TRACE_STEPS;
 
