@@ -2,6 +2,9 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import fc from 'fast-check';
 import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
 import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
@@ -9,6 +12,7 @@ import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { StartGate } from '../src/agent/start-gate.ts';
 import { RequestAdmission } from '../src/runtime/request-admission.ts';
 import { CommandDeadlines } from '../src/runtime/command-deadlines.ts';
+import { eventually } from './helpers/agent-harness.ts';
 
 describe('ids', () => {
   test('sandbox ids are 20 lower-case alphanumerics and unique', () => {
@@ -200,7 +204,44 @@ describe('host commands through the spawner', () => {
     assert.equal((await run(['echo', 'again'])).stdout, 'again\n');
     assert.notEqual(Number((await run(['sh', '-c', 'echo $PPID'])).stdout), pid, 'a new spawner');
   });
+
+  test('started with posix_spawn by nestbox-spawner: many at once, each from a thread of its own', async () => {
+    const { run } = await import('../src/runtime/command.ts');
+    const spawner = (await run(['sh', '-c', 'cat /proc/$PPID/comm'])).stdout.trim();
+    assert.equal(spawner, 'nestbox-spawner', 'the native spawner starts the commands');
+    // Ten commands that each wait for all ten: they must run at the same time.
+    const dir = await mkdtemp(path.join(tmpdir(), 'spawner-'));
+    try {
+      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => run(
+        ['sh', '-c', `touch ${dir}/${i}; while [ $(ls ${dir} | wc -l) -lt 10 ]; do sleep 0.01; done; echo ${i}`], { timeoutMs: 30_000 },
+      )));
+      assert.deepEqual(all.map((r) => r.stdout), Array.from({ length: 10 }, (_, i) => `${i}\n`));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an agent's commands die with it: its spawner kills what still runs", async () => {
+    const marker = `${300 + Math.floor(Math.random() * 1e6)}.5`;
+    const command = new URL('../src/runtime/command.ts', import.meta.url).href;
+    const agent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+      `const { run } = await import(${JSON.stringify(command)}); run(['sleep', '${marker}']).catch(() => {}); setInterval(() => {}, 1000);`,
+    ], { stdio: 'ignore' });
+    const sleeping = async () => (await runHere(['pgrep', '-f', `^sleep ${marker}$`])).trim();
+    try {
+      await eventually(sleeping, (pids) => pids !== '', 'the command runs');
+      agent.kill('SIGKILL');
+      await eventually(sleeping, (pids) => pids === '', 'the command is gone with its agent');
+    } finally {
+      agent.kill('SIGKILL');
+    }
+  });
 });
+
+/** A command run from the test itself (pgrep exits 1 when nothing matches). */
+async function runHere(argv: string[]): Promise<string> {
+  return new Promise((resolve) => execFile(argv[0]!, argv.slice(1), (_e, stdout) => resolve(String(stdout))));
+}
 
 describe('StartGate', () => {
   test('admitted starts finish; later ones are refused as retryable', async () => {
