@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import fc from 'fast-check';
 import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
 import { KeyedMutex } from '../src/runtime/keyed-mutex.ts';
+import { Slots } from '../src/runtime/slots.ts';
 import { buildOciSpec } from '../src/runtime/oci-spec.ts';
 import { StartGate } from '../src/agent/start-gate.ts';
 import { RequestAdmission } from '../src/runtime/request-admission.ts';
@@ -50,6 +51,56 @@ describe('KeyedMutex', () => {
       }),
       { numRuns: 50 },
     );
+  });
+});
+
+describe('Slots', () => {
+  test('never more holders than slots, every task runs, in the order they came, failures give their slot back', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 4 }), fc.array(fc.tuple(fc.nat(4), fc.boolean()), { maxLength: 30 }), async (size, ops) => {
+        const slots = new Slots(size);
+        let active = 0;
+        let maxSeen = 0;
+        const started: number[] = [];
+        const results = await Promise.allSettled(
+          ops.map(([delay, fail], i) =>
+            slots.run(async () => {
+              active++;
+              maxSeen = Math.max(maxSeen, active);
+              started.push(i);
+              await new Promise((r) => setTimeout(r, delay));
+              active--;
+              if (fail) throw new Error('x');
+              return i;
+            }),
+          ),
+        );
+        assert.ok(maxSeen <= size, `${maxSeen} holders at once with ${size} slots`);
+        if (ops.length >= size) assert.equal(maxSeen, size, 'the slots are all used when there is work');
+        assert.deepEqual(started, ops.map((_, i) => i), 'started in arrival order');
+        assert.deepEqual(results.map((r) => r.status), ops.map(([, fail]) => (fail ? 'rejected' : 'fulfilled')));
+        assert.equal(slots.inUse, 0);
+        assert.equal(slots.queued, 0);
+      }),
+      { numRuns: 50 },
+    );
+  });
+
+  test('a slot given back twice is given back once', async () => {
+    const slots = new Slots(1);
+    const release = await slots.acquire();
+    const waiting = slots.acquire();
+    release();
+    release();
+    const second = await waiting;
+    assert.equal(slots.inUse, 1, 'the waiter holds the one slot');
+    let third = false;
+    void slots.acquire().then(() => (third = true));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(third, false, 'a second release did not open another slot');
+    second();
+    await new Promise((r) => setTimeout(r, 0));
+    assert.equal(third, true);
   });
 });
 

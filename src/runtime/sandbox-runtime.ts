@@ -1,5 +1,6 @@
 import { chmod, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { NestboxError, notFound, conflict, invalid } from '../core/errors.ts';
 import { isSandboxId, isSnapshotKey, NAMED_SNAPSHOT_ID_PATTERN, newSandboxId, TEMPLATE_NAME_PATTERN } from '../core/ids.ts';
@@ -33,6 +34,7 @@ import { mountRootfs, prepareDirs, prepareDisk, unmountSandbox, writeBundle, wri
 import { NodeInventory, type InventoryEntry, type NodeReport, type SandboxMetrics } from './sandbox-inventory.ts';
 import type { CreateSandboxRequest, SandboxRecord, SnapshotRecord } from './sandbox-records.ts';
 import { SandboxRecovery } from './sandbox-recovery.ts';
+import { Slots } from './slots.ts';
 import { StepTimes } from './step-times.ts';
 import { startAndAwaitReady, templateStart, type TemplateStart } from './template-start.ts';
 import { WarmCaptures } from './warm-templates.ts';
@@ -85,6 +87,8 @@ export class SandboxRuntime {
   private readonly disks: DiskPool;
   /** Directories of new sandboxes of the default template, laid out and mounted ahead. */
   private readonly roots: RootPool;
+  /** Creates that lay out and start a container from nothing: as many at once as the node has CPUs. */
+  private readonly freshStarts = new Slots(Math.max(2, availableParallelism()));
   /** What bundles name of the node: the network hook; CRIU's cgroup yard and mask source once start() made them. */
   private readonly bundleHost: BundleHost;
 
@@ -175,9 +179,15 @@ export class SandboxRuntime {
     if (await this.store.exists(req.sandboxId)) throw conflict(`sandbox ${req.sandboxId} has a snapshot`);
     const t = new StepTimes('create', req.sandboxId);
     t.step('checks');
+    let release: (() => void) | null = null;
     try {
       const sizeMB = req.resources.diskMB ?? DEFAULT_DISK_MB;
       const pooled = await this.roots.take(req.template, sizeMB, p.dir, { resources: req.resources, allowInternet: req.allowInternetAccess });
+      if (!pooled?.container) {
+        // Started from nothing: in turns with the node's other such starts (see Slots).
+        release = await this.freshStarts.acquire();
+        t.step('turn');
+      }
       if (pooled?.container) {
         const out = await this.startPooled(req, pooled.container, start, t);
         t.end();
@@ -205,6 +215,7 @@ export class SandboxRuntime {
       t.step('runc');
       await this.waitForInit(req.sandboxId, false);
       t.step('init');
+      release?.();
       if (start) await startAndAwaitReady(this.initClient(req.sandboxId), start);
       const out = await this.started(record, 'create');
       t.step('started');
@@ -214,6 +225,7 @@ export class SandboxRuntime {
       await this.teardown(req.sandboxId);
       throw wrap(e, 'create');
     } finally {
+      release?.();
       this.roots.refill();
     }
   }
