@@ -240,6 +240,10 @@ export class SandboxRuntime {
     const p = sandboxPaths(this.cfg, req.sandboxId);
     const record: SandboxRecord = { ...req, address: container.address, createdAt: new Date().toISOString() };
     t.step('pooled');
+    // The host name is set beside the rest: nothing of the sandbox's runs before the create
+    // answers, and the init it starts is the same process (its start time is checked).
+    const hostname = setCreatedContainerHostname(container.pid, req.sandboxId, () => isSameProcess(container.pid, container.initStart));
+    hostname.catch(() => undefined); // awaited below
     try {
       await this.network.transfer(container.address, container.id, req.sandboxId);
       const [hashes] = await Promise.all([writeEtcFiles(this.cfg, p, record), writeBundle(this.cfg, this.bundleHost, record)]);
@@ -251,10 +255,6 @@ export class SandboxRuntime {
       throw e;
     }
     t.step('adopted');
-    // The host name is set beside the start: nothing of the sandbox's runs before the create
-    // answers, and the init it starts is the same process (its start time is checked).
-    const hostname = setCreatedContainerHostname(container.pid, req.sandboxId, () => isSameProcess(container.pid, container.initStart));
-    hostname.catch(() => undefined); // awaited below
     await resetPriority(container);
     await this.runc.start(req.sandboxId);
     t.step('runcStart');
