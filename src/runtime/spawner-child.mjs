@@ -1,8 +1,10 @@
-// The spawner: a small process that starts the node's host commands (runc, mount, ip, ...) for
-// the agent (src/runtime/spawner.ts). Starting a process forks its parent, and the parent is
-// blocked for as long as that takes, which grows with its memory: about 2 ms from a process
-// this small, 15-20 ms from an agent sharing its process with an embedded database. Plain
-// JavaScript, so it starts in a few tens of milliseconds and stays small.
+// The Node spawner: a small process that starts host commands for the agent
+// (src/runtime/spawner.ts) whose stdout is hashed here, with Node's sha256 (OpenSSL's), and every
+// command where nestbox-spawner (sandbox-init/, the node's usual spawner) is not built. Starting
+// a process forks its parent, and the parent is blocked for as long as that takes, which grows
+// with its memory: a few ms from a process this small, 15-20 ms from an agent sharing its process
+// with an embedded database. Plain JavaScript, so it starts in a few tens of milliseconds and
+// stays small.
 //
 // Requests come over the IPC channel: { id, argv, cwd, env, input, timeoutMs, capture, digest };
 // each gets { id, code, signal, stdout, stderr, digest } or { id, error: { message, code } }. With
