@@ -53,6 +53,8 @@ export interface RuntimeConfig {
 export interface RuntimeFaults {
   checkpoint?: number;
   restore?: number;
+  /** The first dump of a pause fails as when CRIU cannot stop a task (a pause tries it once more). */
+  seize?: number;
 }
 
 /** NESTBOX_INJECT_FAULTS="checkpoint=0.1,restore=0.1" (chaos testing only). */

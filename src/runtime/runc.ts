@@ -2,7 +2,7 @@ import { constants, openSync } from 'node:fs';
 import { access, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import path from 'node:path';
-import { freeze, freezerOf, thaw, type Freezer } from './cgroup-freezer.ts';
+import { freeze, freezeForDump, freezerOf, thaw, type Freezer } from './cgroup-freezer.ts';
 import { exists, removeTree, unmount } from './fs-util.ts';
 import { run } from './command.ts';
 import { adoptedState, cgroupNameOf, isOwnCgroup, type Adoption } from './container-adoption.ts';
@@ -138,12 +138,13 @@ export class Runc {
 
   /**
    * Freezes every process of the container through its cgroup's freezer (where runc's state
-   * file says it is) and resolves once all are frozen; `thaw` lets them go on.
+   * file says it is) and resolves once all are frozen; `thaw` lets them go on. `forDump`: at a
+   * moment CRIU can stop every task (none waiting for a vfork()ed child: see freezeForDump).
    */
-  async freeze(id: string) {
+  async freeze(id: string, opts: { forDump?: boolean } = {}) {
     const f = await this.freezer(id);
     if (!f) throw new Error(`container ${id} has no freezer on record`);
-    await freeze(f);
+    await (opts.forDump ? freezeForDump(f) : freeze(f));
   }
 
   async restore(id: string, bundle: string, imagePath: string, workPath: string, logFile: string) {

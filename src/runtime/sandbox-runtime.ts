@@ -15,7 +15,7 @@ import { prepareCgroupYard } from './cgroup-yard.ts';
 import { withCriuLog } from './criu-log.ts';
 import { prepareMaskSource } from './mask-source.ts';
 import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
-import type { RuntimeConfig } from './config.ts';
+import type { RuntimeConfig, RuntimeFaults } from './config.ts';
 import { handOverImages } from './criu-images.ts';
 import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { assertNormalPriority, resetPriority, RootPool, type PooledContainer, type PooledContainerShape } from './root-pool.ts';
@@ -41,6 +41,15 @@ import { WarmCaptures } from './warm-templates.ts';
 import { createTemplateDistribution, LocalTemplates, type TemplateDistribution } from './template-distribution.ts';
 
 const INIT_READY_TIMEOUT_MS = 10_000;
+/**
+ * CRIU's failure to stop a task before a dump ("Unseizable non-zombie <pid> found, state D"): a
+ * process that vfork()ed (dash does, for every command it runs) waits in state D until its child
+ * execs, and a freeze that caught the child in between leaves both so until the thaw (seen in the
+ * suite, with a shell loop running `sleep`). The freeze for a dump avoids that moment
+ * (freezeForDump); where it could not, or the kernel shows no wait channels, the dump is tried
+ * once more: thawed, the child execs. (`injected fault: seize`: the tests' stand-in.)
+ */
+const UNSEIZABLE = /Unseizable non-zombie|injected fault: seize/;
 /** A snapshot whose put failed is put again (its staging is whole): a store away for a few seconds. */
 const STORE_RETRY_DELAYS_MS = [2000, 4000];
 /** The template whose sandbox directories are laid out ahead: E2B's default, most creates'. */
@@ -343,8 +352,14 @@ export class SandboxRuntime {
     return Promise.race([answered, done.then(() => answered)]);
   }
 
-  /** `answer` is given the snapshot once it is stored; what is left of the container goes after, under the lock still. */
-  private async pauseLocked(sandboxId: string, memory: boolean, quiesceMs: number, answer: (snapshot: SnapshotRecord) => void): Promise<void> {
+  /**
+   * `answer` is given the snapshot once it is stored; what is left of the container goes after,
+   * under the lock still. A dump that CRIU could not begin because a task would not stop is
+   * tried once more (see UNSEIZABLE).
+   */
+  private async pauseLocked(
+    sandboxId: string, memory: boolean, quiesceMs: number, answer: (snapshot: SnapshotRecord) => void, attempt = 1,
+  ): Promise<void> {
     const t = new StepTimes('pause', sandboxId);
     const record = await this.record(sandboxId);
     const p = sandboxPaths(this.cfg, sandboxId);
@@ -357,7 +372,7 @@ export class SandboxRuntime {
     // A memory pause freezes the sandbox itself before CRIU does (CRIU waits for a freeze in
     // steps of 100 ms); it stops computing then. (A files-only pause kills it: a task frozen
     // by cgroup v1's freezer cannot die, so that one is not frozen.)
-    if (memory) await this.runc.freeze(sandboxId);
+    if (memory) await this.runc.freeze(sandboxId, { forDump: true });
     const stoppedAt = new Date();
     t.step('freeze');
     const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
@@ -370,6 +385,7 @@ export class SandboxRuntime {
     let handedOver: Promise<void> = Promise.resolve();
     try {
       this.inject('checkpoint');
+      if (memory && attempt === 1) this.inject('seize');
       if (memory) {
         await mkdir(staging.images, { mode: 0o700 });
         await mkdir(p.criuWork, { recursive: true, mode: 0o700 });
@@ -397,6 +413,10 @@ export class SandboxRuntime {
       const after = await this.runc.state(sandboxId);
       if (after?.status === 'running') {
         await this.journal.append({ sandboxId, event: 'start', at: stoppedAt.toISOString(), cause: 'pause_failed' });
+        if (attempt === 1 && UNSEIZABLE.test(msg(e))) {
+          process.stderr.write(`nestbox: pause of ${sandboxId}: CRIU could not stop one of its tasks; trying once more\n`);
+          return this.pauseLocked(sandboxId, memory, 0, answer, attempt + 1);
+        }
         throw new NestboxError('internal', `pause failed, sandbox still running: ${msg(e)}`);
       }
       await this.teardown(sandboxId);
@@ -506,7 +526,7 @@ export class SandboxRuntime {
     const state = await this.runc.state(sandboxId);
     if (!state || state.status !== 'running') throw conflict(`sandbox ${sandboxId} is not running`);
     await this.dropAgentConnections(sandboxId, state.pid); // (before the freeze: a frozen init closes nothing)
-    await this.runc.freeze(sandboxId);
+    await this.runc.freeze(sandboxId, { forDump: true });
     const frozenAt = new Date();
     let follow: { abandon(): void } | undefined;
     let handedOver = false;
@@ -841,7 +861,7 @@ export class SandboxRuntime {
   // --- pieces -------------------------------------------------------------------------------
 
   /** Chaos testing: fails this step with the configured probability. */
-  private inject(step: 'checkpoint' | 'restore') {
+  private inject(step: keyof RuntimeFaults) {
     const p = this.cfg.faults?.[step] ?? 0;
     if (p > 0 && Math.random() < p) {
       process.stderr.write(`nestbox: injected fault: ${step}\n`); // counted by the chaos run
