@@ -395,6 +395,51 @@ forEachDatabase('reconciler', (t) => {
     await assertLedger(db, s.sandboxId);
   });
 
+  test('a pause whose answer was lost is not concluded while no node can say when it stopped: billed to the freeze once one can; after a minute, concluded all the same', async () => {
+    const w = await world(db, { nodeDownAfterMs: 600_000 });
+    const cannotSay = async (): Promise<never> => {
+      throw new NodeCallError('unavailable', 'fake node: call timed out', { uncertain: true, retryable: true });
+    };
+    const { lastStop, snapshotStop } = { lastStop: w.node.lastStop.bind(w.node), snapshotStop: w.node.snapshotStop.bind(w.node) };
+    const pausedLost = async () => {
+      const s = await w.svc.create(w.params());
+      w.clock.advance(5_000);
+      const frozeAt = w.clock.t;
+      w.node.faults.timeoutAfterEffect = 1;
+      await assert.rejects(w.svc.pause(w.teamId, s.sandboxId, { memory: true }), /stays pausing/);
+      w.node.faults.timeoutAfterEffect = 0;
+      return { id: s.sandboxId, frozeAt };
+    };
+    const a = await pausedLost();
+    w.node.lastStop = cannotSay;
+    w.node.snapshotStop = cannotSay;
+    w.clock.advance(GRACE);
+    const report = await w.reconciler.tick();
+    assert.equal((await getSandbox(db, a.id))!.state, 'pausing', 'not concluded while no node can say');
+    assert.ok(report.actions.some((x) => x.sandboxId === a.id && !x.ok && /can say yet/.test(x.error ?? '')), JSON.stringify(report.actions));
+    w.node.lastStop = lastStop;
+    w.node.snapshotStop = snapshotStop;
+    w.clock.advance(5_000);
+    await w.reconciler.tick();
+    assert.equal((await getSandbox(db, a.id))!.state, 'paused');
+    assert.equal((await intervals(db, a.id))[0]!.closed_at?.getTime(), a.frozeAt, 'billed to the freeze, not to the later pass');
+    // No node can say for a minute: concluded at the moment of concluding.
+    const b = await pausedLost();
+    w.node.lastStop = cannotSay;
+    w.node.snapshotStop = cannotSay;
+    w.clock.advance(GRACE);
+    await w.reconciler.tick();
+    assert.equal((await getSandbox(db, b.id))!.state, 'pausing');
+    w.clock.advance(60_000);
+    await w.reconciler.tick();
+    assert.equal((await getSandbox(db, b.id))!.state, 'paused', 'concluded after a minute without an answer');
+    assert.equal((await intervals(db, b.id))[0]!.closed_at?.getTime(), w.clock.t);
+    for (const id of [a.id, b.id]) {
+      await assertLegalHistory(db, id);
+      await assertLedger(db, id);
+    }
+  });
+
   test('a node down for good: its lost sandboxes are killed through another node, which deletes their snapshots', async () => {
     const w = await world(db, { nodeDownAfterMs: 60_000 });
     const s = await w.svc.create(w.params());

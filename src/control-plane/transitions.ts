@@ -7,6 +7,12 @@ import { systemClock, type Clock } from './clock.ts';
 import { NodeCallError, type NodeClient } from './node-client.ts';
 import type { NodePool, Placement } from './scheduler.ts';
 
+/**
+ * How long a pause whose answer was lost waits for a node to say when the sandbox stopped before
+ * it is concluded without that instant (billed up to the moment of concluding).
+ */
+const STOP_INSTANT_WAIT_MS = 60_000;
+
 /** Another writer moved the sandbox between our read and our write. */
 export class StaleWrite extends Error {}
 
@@ -266,7 +272,7 @@ export class SandboxTransitions {
    */
   async markLost(row: SandboxRow, lastConfirmedAt?: Date | null): Promise<void> {
     // A node that answers may have journaled the stop (a pause that froze it, a death it saw).
-    const stoppedAt = lastConfirmedAt ?? (row.state === 'running' || row.state === 'pausing' ? await this.lastStopOnNode(row) : null);
+    const stoppedAt = lastConfirmedAt ?? (row.state === 'running' || row.state === 'pausing' ? (await this.lastStopOnNode(row)) ?? null : null);
     const killing = await this.transition(row, 'killing', 'lost', { endAt: null }, { stoppedAt });
     await this.track(this.finishKill(killing, 'lost', { anyNode: true })).catch(() => undefined); // the sweeper retries
   }
@@ -283,7 +289,17 @@ export class SandboxTransitions {
     if (outcome === 'paused') {
       // A pause whose answer was lost: billing ends when the dump froze it, as the node's journal
       // says, or, when that node cannot answer (it went down after the pause), its snapshot.
-      const stoppedAt = row.state === 'pausing' ? (await this.lastStopOnNode(row)) ?? (await this.stopInSnapshot(row)) : null;
+      // While neither can be asked, the pause waits for a later pass: concluded now, it would be
+      // billed up to now (seen in a chaos run: 3 s too much, both calls timed out). A pause stuck
+      // for STOP_INSTANT_WAIT_MS is concluded all the same, at the moment of concluding.
+      let stoppedAt: Date | null = null;
+      if (row.state === 'pausing') {
+        const said = (await this.lastStopOnNode(row)) ?? (await this.stopInSnapshot(row));
+        if (said === undefined && now - row.stateChangedAt.getTime() < STOP_INSTANT_WAIT_MS) {
+          throw new NestboxError('unavailable', `sandbox ${row.sandboxId} is paused, but no node can say yet when it stopped: concluded at a later pass`, { retryable: true });
+        }
+        stoppedAt = said ?? null;
+      }
       return this.transition(row, 'paused', row.state === 'resuming' ? 'resume_failed' : 'recovered', undefined, { stoppedAt });
     }
     // running: the time left is what the row kept (pausing, resuming) or its whole timeout (starting).
@@ -294,20 +310,24 @@ export class SandboxTransitions {
     }, { startedAt: on.startedAt });
   }
 
-  /** When the sandbox stopped, as its snapshot in the shared store says (read through a node that answers). */
-  private async stopInSnapshot(row: SandboxRow): Promise<Date | null> {
+  /**
+   * When the sandbox stopped, as its snapshot in the shared store says (read through a node that
+   * answers); null when it says none, undefined when no node could be asked.
+   */
+  private async stopInSnapshot(row: SandboxRow): Promise<Date | null | undefined> {
     try {
       return nodeInstant((await this.nodes.forLost(row.nodeId).snapshotStop(row.sandboxId)).stoppedAt);
     } catch {
-      return null; // no node can say: the moment of concluding stands
+      return undefined;
     }
   }
 
-  private async lastStopOnNode(row: SandboxRow): Promise<Date | null> {
+  /** When the sandbox stopped, as its node's journal says; null when it says none, undefined when the node could not be asked. */
+  private async lastStopOnNode(row: SandboxRow): Promise<Date | null | undefined> {
     try {
       return nodeInstant((await this.nodes.get(row.nodeId).lastStop(row.sandboxId)).stoppedAt);
     } catch {
-      return null; // the node cannot say: the moment of concluding stands
+      return undefined;
     }
   }
 }
