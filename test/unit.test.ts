@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import fc from 'fast-check';
 import { isSandboxId, newSandboxId } from '../src/core/ids.ts';
@@ -101,6 +101,37 @@ describe('Slots', () => {
     second();
     await new Promise((r) => setTimeout(r, 0));
     assert.equal(third, true);
+  });
+});
+
+describe('address claims', () => {
+  test('a claim appears whole, naming its sandbox; what killed agents left (drafts, empty claims) goes once a minute old, nothing else', async () => {
+    const { NetworkManager } = await import('../src/runtime/network.ts');
+    const dir = '/run/nestbox/addresses';
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const net = new NetworkManager({ subnetPrefix: '10.254', hookBinary: '/bin/true' });
+    const id = `claimtest${Math.random().toString(36).slice(2, 10)}`;
+    const { address } = await net.prepare(id, { allowInternet: false, newSandbox: true });
+    assert.equal(await readFile(path.join(dir, address), 'utf8'), id, 'the claim names its sandbox');
+    assert.deepEqual((await readdir(dir)).filter((n) => n.includes(id)), [], 'no draft left behind');
+    const old = new Date(Date.now() - 120_000);
+    const files = { emptyOld: '10.254.250.1', emptyNew: '10.254.250.2', draftOld: `.claim-${id}.0001`, draftNew: `.claim-${id}.0002` };
+    for (const [what, name] of Object.entries(files)) {
+      await writeFile(path.join(dir, name), what.startsWith('draft') ? id : '');
+      if (what.endsWith('Old')) await utimes(path.join(dir, name), old, old);
+    }
+    await utimes(path.join(dir, address), old, old);
+    try {
+      const removed = await net.sweepClaimLeftovers();
+      for (const name of [files.draftOld, files.emptyOld]) assert.ok(removed.includes(name), `${name} removed`);
+      for (const name of [files.draftNew, files.emptyNew, address]) assert.ok(!removed.includes(name), `${name} not removed`);
+      const left = await readdir(dir);
+      for (const name of [files.emptyNew, files.draftNew, address]) assert.ok(left.includes(name), `${name} stays`);
+    } finally {
+      for (const name of Object.values(files)) await rm(path.join(dir, name), { force: true });
+      await net.release(id);
+    }
+    assert.ok(!(await readdir(dir)).includes(address), 'released');
   });
 });
 

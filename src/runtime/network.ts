@@ -1,11 +1,15 @@
-import { randomInt } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { randomBytes, randomInt } from 'node:crypto';
+import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from './command.ts';
 import { waitUntil } from './retry.ts';
 import { egressPolicy, egressRules, nameServersOf, networkOf, type EgressPolicy } from './egress-policy.ts';
 
 const CLAIMS_DIR = '/run/nestbox/addresses';
+/** A claim being written (see claimAddress); its name is never an address. */
+const DRAFT_PREFIX = '.claim-';
+/** Drafts and empty claims older than this are what a killed agent left (sweepClaimLeftovers). */
+const CLAIM_LEFTOVER_AGE_MS = 60_000;
 
 /**
  * Sandbox networking: each sandbox has its own network namespace (made by runc inside the
@@ -238,15 +242,44 @@ export class NetworkManager {
     const candidates = preferred && this.hasInternet(preferred) === allowInternet ? [preferred] : [];
     const [low, high] = allowInternet ? [INTERNET_THIRD_OCTET, 255] : [1, INTERNET_THIRD_OCTET];
     for (let i = 0; i < 64; i++) candidates.push(`${this.subnetPrefix}.${randomInt(low, high)}.${randomInt(2, 255)}`);
-    for (const address of candidates) {
-      try {
-        await writeFile(path.join(CLAIMS_DIR, address), sandboxId, { flag: 'wx' });
-        return address;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    // A claim appears whole, naming its sandbox: a draft is written, then linked under the
+    // address (link() fails on one that exists). Created empty and then written, an agent killed
+    // in between left a claim naming nobody, which nothing ever released (seen after a chaos run).
+    const draft = path.join(CLAIMS_DIR, `${DRAFT_PREFIX}${sandboxId}.${randomBytes(4).toString('hex')}`);
+    await writeFile(draft, sandboxId, { flag: 'wx', mode: 0o600 });
+    try {
+      for (const address of candidates) {
+        try {
+          await link(draft, path.join(CLAIMS_DIR, address));
+          return address;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        }
       }
+    } finally {
+      await rm(draft, { force: true });
     }
     throw new Error('no free sandbox address');
+  }
+
+  /**
+   * Removes what agents killed mid-claim left in the host-wide claims directory: drafts and
+   * transfers' files on their way in, and claims naming nobody (made by earlier versions, which created a claim empty and then wrote
+   * it). Only those older than a minute: another agent of the host may be claiming right now.
+   */
+  async sweepClaimLeftovers(now = Date.now()): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
+      const file = path.join(CLAIMS_DIR, name);
+      const st = await stat(file).catch(() => null);
+      if (!st?.isFile() || now - st.mtimeMs < CLAIM_LEFTOVER_AGE_MS) continue;
+      // (dot files: drafts, and transfer()'s claims on their way in)
+      const leftover = name.startsWith('.') || (/^\d{1,3}(\.\d{1,3}){3}$/.test(name) && st.size === 0);
+      if (!leftover) continue;
+      await rm(file, { force: true });
+      removed.push(name);
+    }
+    return removed;
   }
 
   /** Removes everything prepare() and the hook made; safe for a sandbox that has nothing left. */

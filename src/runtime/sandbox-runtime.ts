@@ -135,6 +135,7 @@ export class SandboxRuntime {
     this.bundleHost.maskSource = await prepareMaskSource();
     await this.store.prepare();
     await this.network.setupHost();
+    await this.network.sweepClaimLeftovers();
     await this.disks.start();
     await this.roots.start();
   }
