@@ -27,6 +27,28 @@ async function tracesOf(id: string) {
   return { id, hostIf: hostIfFor(address), cgroup: cgroupNameOf(state) };
 }
 
+/** A new sandbox running `argv`, a loop that writes a growing count to /tmp/count, once it counts; and a reader of the count. */
+async function counting(argv: string[]) {
+  const id = await createSandbox(a);
+  const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, { argv });
+  await start.body?.cancel();
+  const count = async () => Number((await exec(a, id, 'cat /tmp/count 2>/dev/null || echo 0')).stdout);
+  await eventually(count, (n) => n > 0, 'the counter runs');
+  return { id, count };
+}
+
+/** Runs `f` with the agent's injected faults set to `faults`, then as they were. */
+async function withFaults<T>(faults: Record<string, number>, f: () => Promise<T>): Promise<T> {
+  const cfg = a.agent.runtime.cfg as { faults?: Record<string, number> };
+  const saved = cfg.faults;
+  cfg.faults = faults;
+  try {
+    return await f();
+  } finally {
+    cfg.faults = saved;
+  }
+}
+
 async function leftovers(t: Awaited<ReturnType<typeof tracesOf>>) {
   const { id } = t;
   const p = sandboxPaths(a.agent.runtime.cfg, id);
@@ -202,23 +224,13 @@ describe('sandbox lifecycle on one node', () => {
   });
 
   test('a pause whose dump fails leaves the sandbox running, thawed (it was frozen for the dump)', async () => {
-    const id = await createSandbox(a);
-    const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, {
-      argv: ['/bin/sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done'],
-    });
-    await start.body?.cancel();
-    const count = async () => Number((await exec(a, id, 'cat /tmp/count 2>/dev/null || echo 0')).stdout);
-    await eventually(count, (n) => n > 0, 'the counter runs');
-    const cfg = a.agent.runtime.cfg as { faults?: Record<string, number> };
-    const saved = cfg.faults;
-    cfg.faults = { checkpoint: 1 }; // the dump fails after the freeze, before CRIU
-    try {
+    const { id, count } = await counting(['/bin/sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done']);
+    // the dump fails after the freeze, before CRIU
+    await withFaults({ checkpoint: 1 }, async () => {
       const r = await a.api('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
       assert.notEqual(r.status, 200);
       assert.match(await r.text(), /sandbox still running/);
-    } finally {
-      cfg.faults = saved;
-    }
+    });
     const runc = new Runc(path.join(a.agent.runtime.cfg.dataDir, 'runc'), '/nonexistent');
     assert.equal((await runc.state(id))?.status, 'running', 'runc reports it running, not paused (frozen)');
     const after = await count();
@@ -230,21 +242,9 @@ describe('sandbox lifecycle on one node', () => {
   });
 
   test('a pause whose first dump cannot stop a task (CRIU: unseizable) is tried once more: paused, its memory kept, no time billed twice', async () => {
-    const id = await createSandbox(a);
-    const start = await a.api('POST', `/v1/sandboxes/${id}/processes`, {
-      argv: ['/usr/bin/python3', '-c', 'import time\ni=0\nwhile True:\n  i+=1\n  open("/tmp/count","w").write(str(i))\n  time.sleep(0.02)'],
-    });
-    await start.body?.cancel();
-    const count = async () => Number((await exec(a, id, 'cat /tmp/count 2>/dev/null || echo 0')).stdout);
-    await eventually(count, (n) => n > 0, 'the counter runs');
-    const cfg = a.agent.runtime.cfg as { faults?: Record<string, number> };
-    const saved = cfg.faults;
-    cfg.faults = { seize: 1 }; // every first dump of a pause fails as CRIU's does on an unseizable task
-    try {
-      await a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true });
-    } finally {
-      cfg.faults = saved;
-    }
+    const { id, count } = await counting(['/usr/bin/python3', '-c', 'import time\ni=0\nwhile True:\n  i+=1\n  open("/tmp/count","w").write(str(i))\n  time.sleep(0.02)']);
+    // every first dump of a pause fails as CRIU's does on an unseizable task
+    await withFaults({ seize: 1 }, () => a.json('POST', `/v1/sandboxes/${id}/pause`, { memory: true }));
     const journal = (await a.agent.runtime.journal.read()).filter((e) => e.sandboxId === id).map((e) => `${e.event}:${e.cause ?? ''}`);
     assert.deepEqual(journal.slice(-3), ['stop:pause', 'start:pause_failed', 'stop:pause'], "the first try's stop is cancelled, the second's stands");
     await a.json('POST', `/v1/sandboxes/${id}/resume`);

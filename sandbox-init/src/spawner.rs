@@ -20,10 +20,10 @@
 
 #[allow(dead_code)]
 mod json;
+mod sys;
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Write};
-use std::os::raw::c_int;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,17 +32,8 @@ use std::time::{Duration, Instant};
 
 use json::Value;
 
-const SIGKILL: c_int = 9;
-const P_PID: c_int = 1;
-const WEXITED: c_int = 4;
-const WNOWAIT: c_int = 0x0100_0000;
 /// Requests are a few KiB (an iptables-restore input at most): a longer line is refused.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
-
-extern "C" {
-    fn kill(pid: i32, sig: c_int) -> c_int;
-    fn waitid(idtype: c_int, id: u32, info: *mut [u64; 16], options: c_int) -> c_int;
-}
 
 /// Commands started and not yet reaped, by request id: only these are ever signalled.
 type Live = Arc<Mutex<HashMap<u64, i32>>>;
@@ -164,7 +155,7 @@ impl Deadlines {
 fn signal_live(live: &Live, id: u64) {
     let live = live.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(&pid) = live.get(&id) {
-        unsafe { kill(pid, SIGKILL) };
+        unsafe { sys::kill(pid, sys::SIGKILL) };
     }
 }
 
@@ -224,7 +215,7 @@ fn reap(mut child: Child, id: u64, live: &Live) -> io::Result<std::process::Exit
     let pid = child.id();
     loop {
         let mut info = [0u64; 16];
-        if unsafe { waitid(P_PID, pid, &mut info, WEXITED | WNOWAIT) } == 0 {
+        if unsafe { sys::waitid(sys::P_PID, pid, &mut info, sys::WEXITED | sys::WNOWAIT) } == 0 {
             break;
         }
         let e = io::Error::last_os_error();
@@ -340,7 +331,7 @@ fn main() {
     // the exit, so nothing is reaped between the signals.
     let live = live.lock().unwrap_or_else(|e| e.into_inner());
     for &pid in live.values() {
-        unsafe { kill(pid, SIGKILL) };
+        unsafe { sys::kill(pid, sys::SIGKILL) };
     }
     std::process::exit(0);
 }

@@ -33,6 +33,8 @@ extern "C" {
     pub fn getpid() -> pid_t;
     pub fn geteuid() -> uid_t;
     pub fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t;
+    /// `info` is a siginfo_t (128 bytes).
+    pub fn waitid(idtype: c_int, id: u32, info: *mut [u64; 16], options: c_int) -> c_int;
     pub fn kill(pid: pid_t, sig: c_int) -> c_int;
     pub fn getpgid(pid: pid_t) -> pid_t;
     pub fn setsid() -> pid_t;
@@ -85,6 +87,9 @@ pub const O_CLOEXEC: c_int = 0o2000000;
 pub const F_GETFL: c_int = 3;
 pub const F_SETFL: c_int = 4;
 pub const WNOHANG: c_int = 1;
+pub const WEXITED: c_int = 4;
+pub const WNOWAIT: c_int = 0x0100_0000;
+pub const P_PID: c_int = 1;
 pub const PR_SET_PDEATHSIG: c_int = 1;
 pub const PR_SET_DUMPABLE: c_int = 4;
 pub const PR_SET_CHILD_SUBREAPER: c_int = 36;

@@ -73,11 +73,16 @@ async function linksPresent(names: string[]): Promise<string[]> {
   return names.filter((name) => table.some((line) => line.startsWith(`${name}:`)));
 }
 
+/** Whether a name in the claims directory is a claim (an address), not a file on its way to being one. */
+function isClaimName(name: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(name);
+}
+
 /** The addresses claimed for a sandbox (the claim files that name it). */
 async function claimsOf(sandboxId: string): Promise<string[]> {
   const out: string[] = [];
   for (const address of await readdir(CLAIMS_DIR).catch(() => [] as string[])) {
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(address)) continue; // a transfer's file on its way in
+    if (!isClaimName(address)) continue; // a draft, or a transfer's file on its way in
     if ((await readFile(path.join(CLAIMS_DIR, address), 'utf8').catch(() => '')) === sandboxId) out.push(address);
   }
   return out;
@@ -274,7 +279,7 @@ export class NetworkManager {
       const st = await stat(file).catch(() => null);
       if (!st?.isFile() || now - st.mtimeMs < CLAIM_LEFTOVER_AGE_MS) continue;
       // (dot files: drafts, and transfer()'s claims on their way in)
-      const leftover = name.startsWith('.') || (/^\d{1,3}(\.\d{1,3}){3}$/.test(name) && st.size === 0);
+      const leftover = name.startsWith('.') || (isClaimName(name) && st.size === 0);
       if (!leftover) continue;
       await rm(file, { force: true });
       removed.push(name);

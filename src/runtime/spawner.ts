@@ -179,7 +179,8 @@ const CHILD = fileURLToPath(new URL('./spawner-child.mjs', import.meta.url));
 const NATIVE = process.env.NESTBOX_SPAWNER_BINARY
   ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sandbox-init/target/release/nestbox-spawner');
 
-let native: Spawner | null = null;
+/** undefined: not looked for yet; null: nestbox-spawner is not built (looked for once, not at every command). */
+let native: Spawner | null | undefined;
 let node: Spawner | null = null;
 
 /** Whether host commands go through a spawner (NESTBOX_SPAWNER=0: started directly). */
@@ -188,10 +189,8 @@ export function spawnerEnabled(): boolean {
 }
 
 export function spawnThroughSpawner(req: SpawnRequest): Promise<SpawnResult> {
-  if (!req.digest && (native || existsSync(NATIVE))) {
-    native ??= new NativeSpawner(NATIVE);
-    return native.run(req);
-  }
+  if (native === undefined) native = existsSync(NATIVE) ? new NativeSpawner(NATIVE) : null;
+  if (!req.digest && native) return native.run(req);
   node ??= new NodeSpawner();
   return node.run(req);
 }
