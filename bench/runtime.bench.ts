@@ -102,16 +102,29 @@ async function main() {
     }
 
     // --- pause / resume with a 100 MiB process, beside runc checkpoint / restore (CRIU) ---------
+    // Each of ours right after a raw one, in turns: the host's speed drifts over a run (the raw
+    // limits moved by 20% between runs minutes apart), and a limit measured in one block before
+    // the rows made their ratios swing with it.
     if (part('pause') || part('snapshot')) {
       const rawId = 'rawcriu';
       const raw = await rawContainer(a.agent.runtime.cfg, rawId, ['/usr/bin/python3', '-c', WORKLOAD_100M]);
       await runc.runDetached(rawId, raw.dir, path.join(raw.dir, 'runc.log'));
+      const sid = await createSandbox(a, { memoryMB: 1024 });
+      await a.api('POST', `/v1/sandboxes/${sid}/processes`, { argv: ['/usr/bin/python3', '-c', WORKLOAD_100M] }).then((r) => r.body?.cancel());
       await new Promise((r) => setTimeout(r, 1500));
       const rawDump: number[] = [];
       const rawDurableDump: number[] = []; // the dump, then its images on disk (a pause answers only then)
       const rawRestore: number[] = [];
-      for (let i = 0; i < N_SNAPSHOT; i++) {
-        const images = path.join(raw.dir, `images${i}`);
+      let cycle = 0;
+      /** What the last operation left to do in the background (ours or raw) is over first. */
+      const settle = async () => {
+        await a.agent.runtime.idle();
+        await new Promise((r) => setTimeout(r, 300));
+      };
+      /** One raw dump of the raw container and its restore, timed. */
+      const rawDumpAndRestore = async () => {
+        await settle();
+        const images = path.join(raw.dir, `images${cycle++}`);
         await mkdir(images, { mode: 0o700 });
         const dumped = (await timed(() => runc.checkpoint(rawId, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0];
         rawDump.push(dumped);
@@ -120,17 +133,12 @@ async function main() {
         await handOverImages(images, cfg.uidShift);
         rawRestore.push((await timed(() => runc.restore(rawId, raw.dir, images, path.join(raw.dir, 'criu'), path.join(raw.dir, 'runc.log'))))[0]);
         await rm(images, { recursive: true, force: true });
-      }
-      const rss = await run(['sh', '-c', `grep VmRSS /proc/${(await runc.state(rawId))!.pid}/status`]);
-      extra.raw_workload_rss_kib = Number(rss.stdout.replace(/\D+/g, ''));
-      await raw.cleanup(runc);
-
-      const sid = await createSandbox(a, { memoryMB: 1024 });
-      await a.api('POST', `/v1/sandboxes/${sid}/processes`, { argv: ['/usr/bin/python3', '-c', WORKLOAD_100M] }).then((r) => r.body?.cancel());
-      await new Promise((r) => setTimeout(r, 1500));
+      };
       const pause: number[] = [];
       const resume: number[] = [];
       for (let i = 0; i < N_SNAPSHOT && part('pause'); i++) {
+        await rawDumpAndRestore();
+        await settle();
         pause.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/pause`, { memory: true })))[0]);
         resume.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/resume`)))[0]);
       }
@@ -139,11 +147,17 @@ async function main() {
         rows.push(row('pause, 100 MiB process (durable)', pause, rawDurableDump, 'criu dump + sync of its images'));
         rows.push(row('resume, 100 MiB process', resume, rawRestore, 'runc restore (criu restore)'));
       }
+      const rss = await run(['sh', '-c', `grep VmRSS /proc/${(await runc.state(rawId))!.pid}/status`]);
+      extra.raw_workload_rss_kib = Number(rss.stdout.replace(/\D+/g, ''));
 
       // --- live snapshot (the sandbox runs on) and a fork child from it, same workload ------------
+      rawDump.length = 0;
+      rawRestore.length = 0;
       const snapshot: number[] = [];
       const forkChild: number[] = [];
       for (let i = 0; i < N_SNAPSHOT && part('snapshot'); i++) {
+        await rawDumpAndRestore();
+        await settle();
         const snapshotId = newNamedSnapshotId();
         snapshot.push((await timed(() => a.json('POST', `/v1/sandboxes/${sid}/snapshots`, { snapshotId })))[0]);
         const child = newSandboxId();
@@ -157,6 +171,7 @@ async function main() {
         rows.push(row('snapshot (live), 100 MiB process', snapshot, rawDump, 'runc checkpoint (criu dump)'));
         rows.push(row('fork child from it, 100 MiB process', forkChild, rawRestore, 'runc restore (criu restore)'));
       }
+      await raw.cleanup(runc);
       await a.json('DELETE', `/v1/sandboxes/${sid}`);
     }
 

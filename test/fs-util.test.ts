@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { run } from '../src/runtime/command.ts';
-import { waitForLoopDetach } from '../src/runtime/disk.ts';
+import { createDisk, loopDeviceOf, mountDisk, unmountDisk, waitForLoopDetach } from '../src/runtime/disk.ts';
 import { discardTree, exists, removeDiscarded } from '../src/runtime/fs-util.ts';
 import { waitUntil } from '../src/runtime/retry.ts';
 
@@ -54,13 +54,39 @@ test('waitForLoopDetach sees a loop device attached to an image (sysfs) until it
   await writeFile(image, Buffer.alloc(1 << 20));
   const device = (await run(['losetup', '--find', '--show', image])).stdout.trim();
   try {
-    assert.equal(await waitForLoopDetach(image, 100), false, `${device} is attached`);
-    assert.equal(await waitForLoopDetach(path.join(dir, 'other.img'), 100), true, 'another file has none');
+    assert.equal(await waitForLoopDetach(image, { timeoutMs: 100 }), false, `${device} is attached`);
+    assert.equal(await waitForLoopDetach(path.join(dir, 'other.img'), { timeoutMs: 100 }), true, 'another file has none');
   } finally {
     await run(['losetup', '-d', device]);
   }
   try {
-    assert.equal(await waitForLoopDetach(image, 2000), true, 'detached');
+    assert.equal(await waitForLoopDetach(image, { timeoutMs: 2000 }), true, 'detached');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('loopDeviceOf names the loop device a disk is mounted from, and nothing for a mount point of another image', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'loop-'));
+  const image = path.join(dir, 'disk.img');
+  const mountPoint = path.join(dir, 'mnt');
+  await mkdir(mountPoint);
+  await createDisk(image, 16);
+  assert.equal(await loopDeviceOf(image, mountPoint), null, 'not mounted');
+  await mountDisk(image, mountPoint);
+  let device: string | null = null;
+  try {
+    device = await loopDeviceOf(image, mountPoint);
+    const listed = (await run(['losetup', '--noheadings', '-O', 'NAME', '-j', image])).stdout.trim();
+    assert.equal(`/dev/${device}`, listed);
+    assert.equal(await loopDeviceOf(path.join(dir, 'other.img'), mountPoint), null, 'a mount of another image');
+    assert.equal(await waitForLoopDetach(image, { timeoutMs: 100, device }), false, 'still mounted');
+  } finally {
+    await unmountDisk(mountPoint);
+  }
+  try {
+    assert.equal(await waitForLoopDetach(image, { timeoutMs: 2000, device }), true, 'detached after the unmount');
+    assert.equal(await loopDeviceOf(image, mountPoint), null, 'unmounted');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -17,7 +17,7 @@ import { prepareMaskSource } from './mask-source.ts';
 import { ensureCriuKernelCache } from './criu-kernel-cache.ts';
 import type { RuntimeConfig, RuntimeFaults } from './config.ts';
 import { handOverImages } from './criu-images.ts';
-import { createDisk, DiskPool, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
+import { createDisk, DiskPool, loopDeviceOf, mountDisk, unmountDisk, waitForLoopDetach } from './disk.ts';
 import { assertNormalPriority, resetPriority, RootPool, type PooledContainer, type PooledContainerShape } from './root-pool.ts';
 import { setCreatedContainerHostname, setSandboxHostname } from './sandbox-hostname.ts';
 import { initLetGoOfHostSockets } from './init-sockets.ts';
@@ -376,6 +376,8 @@ export class SandboxRuntime {
     if (memory) await this.runc.freeze(sandboxId, { forDump: true });
     const stoppedAt = new Date();
     t.step('freeze');
+    // Its disk's loop device, for after the dump (looked up meanwhile: see detachDisk).
+    const diskDevice = loopDeviceOf(p.diskImage, p.disk).catch(() => null);
     const staging = snapshotPaths(this.cfg, sandboxId, `.${sandboxId}.partial-${randomBytes(4).toString('hex')}`);
     await mkdir(staging.dir, { mode: 0o711 });
     // Journaled before the dump: an agent that dies during it leaves the stop on record, and
@@ -428,10 +430,13 @@ export class SandboxRuntime {
     // Its network goes meanwhile (a resume claims one again, preferring the same address).
     const networkReleased = this.network.release(sandboxId);
     networkReleased.catch(() => undefined); // awaited below
+    // And runc's record of the container (cgroup, state): nothing before the answer needs it gone.
+    let containerRemoved: Promise<void> = Promise.resolve();
     try {
-      await this.releaseDisk(sandboxId, t);
-      if (!(await waitForLoopDetach(p.diskImage))) process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; storing it anyway\n`);
-      t.step('loopDetach');
+      await this.runc.stop(sandboxId);
+      containerRemoved = this.runc.remove(sandboxId);
+      containerRemoved.catch(() => undefined); // awaited below
+      await this.detachDisk(sandboxId, { device: await diskDevice, t });
       step = 'moving its disk into the snapshot';
       await moveTree(p.diskImage, staging.diskImage);
       this.store.prestage?.(staging.dir, 'disk');
@@ -453,11 +458,13 @@ export class SandboxRuntime {
       process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
       throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
     }
-    // The snapshot is stored and the caller has its answer. The container is gone and nothing is
-    // mounted any more (releaseDisk): its network's host side and its directory go, still under
-    // the lock (the sandbox's next operation here, a resume say, waits for them; the inventory
+    // The snapshot is stored and the caller has its answer. The container's processes are gone and
+    // nothing is mounted any more (detachDisk): runc's record of the container, its network's host
+    // side and its directory go, still under the lock (the sandbox's next operation here, a resume say, waits for them; the inventory
     // calls it busy meanwhile). An agent that dies first removes them at its start (recovery).
     await networkReleased;
+    await containerRemoved;
+    t.step('runcRemoved');
     await discardTree(p.dir);
     t.step('removeDir');
     t.end();
@@ -881,16 +888,30 @@ export class SandboxRuntime {
 
   /**
    * Before a sandbox's disk moves: its container is gone, no overlay uses the disk any more (its
-   * rootfs, or CRIU's mount of it) and the disk itself is unmounted; otherwise the move is refused.
+   * rootfs, or CRIU's mount of it), the disk itself is unmounted and its loop device detached;
+   * otherwise the move is refused.
    */
-  private async releaseDisk(sandboxId: string, t?: StepTimes) {
-    const p = sandboxPaths(this.cfg, sandboxId);
+  private async releaseDisk(sandboxId: string) {
     await this.runc.stop(sandboxId);
     // runc's record of the container (cgroup, state) goes beside the unmounts: neither needs the other.
-    await settled(
-      this.runc.remove(sandboxId).then(() => t?.step('runcRemoved')),
-      unmountSandbox(p).then(() => t?.step('unmounted')),
-    );
+    await settled(this.runc.remove(sandboxId), this.detachDisk(sandboxId));
+  }
+
+  /**
+   * The sandbox's mounts go (its processes have ended), then the disk's loop device is waited
+   * for until it lets go of the image (see waitForLoopDetach): the image is final after that.
+   * `device`: the loop device (loopDeviceOf), when the caller looked it up already.
+   */
+  private async detachDisk(sandboxId: string, o: { device?: string | null; t?: StepTimes } = {}) {
+    const { t } = o;
+    const p = sandboxPaths(this.cfg, sandboxId);
+    const device = o.device !== undefined ? o.device : await loopDeviceOf(p.diskImage, p.disk);
+    await unmountSandbox(p);
+    t?.step('unmounted');
+    if (!(await waitForLoopDetach(p.diskImage, { device }))) {
+      process.stderr.write(`nestbox: ${sandboxId}: the loop device of its disk is still attached after the unmount; moving it anyway\n`);
+    }
+    t?.step('loopDetach');
   }
 
   /** A failed dump's or restore's error, with what CRIU said and where its log is kept (criu-log.ts). */
