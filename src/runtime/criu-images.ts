@@ -1,5 +1,4 @@
-import { constants } from 'node:fs';
-import { chmod, chown, lstat, open, readdir } from 'node:fs/promises';
+import { closeSync, constants, fchmodSync, fchownSync, fstatSync, openSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -14,20 +13,24 @@ import path from 'node:path';
  * plain file is refused rather than handed over.
  */
 export async function handOverImages(dir: string, uid: number): Promise<void> {
-  const st = await lstat(dir);
-  if (!st.isDirectory()) throw new Error(`checkpoint images: ${dir} is not a directory`);
-  await chown(dir, uid, uid);
-  await chmod(dir, 0o711);
-  // The files side by side (a dump makes tens of them; a pause waits for this).
-  const results = await Promise.allSettled((await readdir(dir)).map(async (name) => {
-    const f = await open(path.join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  // In calls that block this thread: a dump's tens of files take ~200 system calls, about 1 ms.
+  // As promises they took 4.5-14 ms, each call a trip through libuv's thread pool, and the
+  // pause's next steps (its unmounts) queued behind them.
+  const d = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  try {
+    fchownSync(d, uid, uid);
+    fchmodSync(d, 0o711);
+  } finally {
+    closeSync(d);
+  }
+  for (const name of readdirSync(dir)) {
+    const f = openSync(path.join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
-      if (!(await f.stat()).isFile()) throw new Error(`checkpoint images: ${name} is not a plain file`);
-      await f.chown(uid, uid);
-      await f.chmod(name.startsWith('timens-') ? 0o644 : 0o600);
+      if (!fstatSync(f).isFile()) throw new Error(`checkpoint images: ${name} is not a plain file`);
+      fchownSync(f, uid, uid);
+      fchmodSync(f, name.startsWith('timens-') ? 0o644 : 0o600);
     } finally {
-      await f.close();
+      closeSync(f);
     }
-  }));
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
 }

@@ -225,15 +225,14 @@ export class DirectorySnapshotStore implements SnapshotStore {
    */
   private async seal(id: string, dir: string): Promise<void> {
     const started = this.headStarts.get(path.resolve(dir));
-    // The objects are hashed side by side (tar reads one while the other is hashed), while the
-    // files are synced (quick for those prestage() synced already); the manifest waits for both.
-    const [objects] = await Promise.all([
-      Promise.all((await objectsOf(dir)).map(async (name) => {
-        const early = await started?.get(name)?.catch(() => undefined);
-        return early ?? entryOf(dir, name);
-      })),
-      syncSnapshotFiles(dir),
-    ]);
+    // The objects side by side, each hashed and its files synced; an object whose head start
+    // (prestage) succeeded is both already. The manifest waits for all.
+    const objects = await Promise.all((await objectsOf(dir)).map(async (name) => {
+      const early = await started?.get(name)?.catch(() => undefined);
+      if (early) return early;
+      const [entry] = await Promise.all([entryOf(dir, name), syncObject(dir, name)]);
+      return entry;
+    }));
     const manifest: Manifest = { version: 1, id, createdAt: new Date().toISOString(), objects };
     const tmp = path.join(dir, `.${MANIFEST}.tmp`);
     const f = await open(tmp, 'w', 0o600);
@@ -259,16 +258,6 @@ export class DirectorySnapshotStore implements SnapshotStore {
  */
 function entryOf(dir: string, name: ObjectName): Promise<ManifestEntry> {
   return hashObject(dir, name, name === 'snapshot.json' ? {} : { digest: 'sizes' });
-}
-
-/** fsync of snapshot.json, the disk image and every image file (opened without following links). */
-async function syncSnapshotFiles(dir: string) {
-  const l = localSnapshot(dir);
-  const files = [l.meta, l.diskImage];
-  for (const name of await readdir(l.images).catch(() => [] as string[])) files.push(path.join(l.images, name));
-  // (a snapshot without a disk, made before sandboxes had one, or without images: nothing to sync)
-  await Promise.all(files.map((file) => syncFile(file, { missingOk: true })));
-  if (await exists(l.images)) await fsyncDir(l.images);
 }
 
 /** Image files synced at once by a head start (the thread pool has 4 threads by default). */

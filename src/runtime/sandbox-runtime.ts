@@ -433,10 +433,13 @@ export class SandboxRuntime {
     // And runc's record of the container (cgroup, state): nothing before the answer needs it gone.
     let containerRemoved: Promise<void> = Promise.resolve();
     try {
-      await this.runc.stop(sandboxId);
-      containerRemoved = this.runc.remove(sandboxId);
+      // Its processes end (a dump's runc ended them already; a files-only pause's are killed
+      // here) beside the unmounts: the disk's loop device detaches only once no mount of the
+      // disk is left anywhere, the container's own included, so detachDisk's wait covers both.
+      const stopped = this.runc.stop(sandboxId);
+      containerRemoved = stopped.then(() => this.runc.remove(sandboxId));
       containerRemoved.catch(() => undefined); // awaited below
-      await this.detachDisk(sandboxId, { device: await diskDevice, t });
+      await settled(stopped, this.detachDisk(sandboxId, { device: await diskDevice, t }));
       step = 'moving its disk into the snapshot';
       await moveTree(p.diskImage, staging.diskImage);
       this.store.prestage?.(staging.dir, 'disk');
@@ -898,8 +901,9 @@ export class SandboxRuntime {
   }
 
   /**
-   * The sandbox's mounts go (its processes have ended), then the disk's loop device is waited
-   * for until it lets go of the image (see waitForLoopDetach): the image is final after that.
+   * The node's mounts of the sandbox go, then the disk's loop device is waited for until it lets
+   * go of the image (see waitForLoopDetach), which it does once the sandbox's processes have
+   * ended too (their mounts of the disk go with them): the image is final after that.
    * `device`: the loop device (loopDeviceOf), when the caller looked it up already.
    */
   private async detachDisk(sandboxId: string, o: { device?: string | null; t?: StepTimes } = {}) {
