@@ -555,4 +555,25 @@ describe('the built CLI', () => {
     // Fresh: --if-stale (what setup runs) leaves it as it is.
     ok(await run(process.execPath, ['scripts/build-cli.mjs', '--if-stale']));
   });
+
+  test('bin/nestbox gives the built CLI NODE_EXTRA_CA_CERTS only when it may connect with TLS', async () => {
+    const root = path.join(import.meta.dirname, '..');
+    await new Promise<void>((resolve, reject) => execFile(process.execPath, ['scripts/build-cli.mjs', '--if-stale'], { cwd: root }, (e) => (e ? reject(e) : resolve())));
+    // Node warns as it starts when the file named there cannot be loaded: the sign it was given.
+    const missing = path.join(controlDir, 'no-such-ca.pem');
+    const warned = (r: Run) => r.stderr.includes(`Ignoring extra certs from \`${missing}\``);
+    const plain = await nestbox(['sandbox', 'list', '--json'], { NODE_EXTRA_CA_CERTS: missing });
+    ok(plain);
+    assert.equal(warned(plain), false, `an http API: not given\n${plain.stderr}`);
+    for (const [args, env] of [
+      [['sandbox', 'list', '--api-url', 'https://127.0.0.1:9'], {}],
+      [['sandbox', 'list', '--api-url=HTTPS://127.0.0.1:9'], {}],
+      [['sandbox', 'list'], { E2B_API_URL: 'https://127.0.0.1:9' }],
+      [['sandbox', 'exec', 'x', '--', 'true'], { E2B_SANDBOX_URL: 'https://127.0.0.1:9' }],
+      [['sandbox', 'exec', 'x', '--', 'true'], { E2B_DOMAIN: 'sandboxes.example' }],
+    ] as const) {
+      const r = await nestbox([...args], { ...env, NODE_EXTRA_CA_CERTS: missing });
+      assert.equal(warned(r), true, `${args.join(' ')} ${JSON.stringify(env)}: given\n${r.stderr}`);
+    }
+  });
 });
