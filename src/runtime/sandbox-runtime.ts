@@ -461,10 +461,11 @@ export class SandboxRuntime {
       process.stderr.write(`nestbox: pause of ${sandboxId} failed after the dump, ${step}: ${msg(e)}\n`);
       throw new NestboxError('internal', `pause of ${sandboxId}: the sandbox was dumped, but ${step} failed: ${msg(e)}`);
     }
-    // The snapshot is stored and the caller has its answer. The container's processes are gone and
-    // nothing is mounted any more (detachDisk): runc's record of the container, its network's host
-    // side and its directory go, still under the lock (the sandbox's next operation here, a resume say, waits for them; the inventory
-    // calls it busy meanwhile). An agent that dies first removes them at its start (recovery).
+    // The snapshot is stored and the caller has its answer. The container's processes are gone
+    // and nothing is mounted any more (detachDisk): runc's record of the container, its network's
+    // host side and its directory go, still under the lock (the sandbox's next operation here, a
+    // resume say, waits for them; the inventory calls it busy meanwhile). An agent that dies
+    // first removes them at its start (recovery).
     await networkReleased;
     await containerRemoved;
     t.step('runcRemoved');
