@@ -474,7 +474,10 @@ describe('nestbox admin-keys (operator)', () => {
  * A stand-in for envd behind the sandbox proxy: answers process.Process/Start (Connect JSON
  * streaming) with start, one stdout chunk and end exit 0, and keeps each Start request.
  */
-function startFakeEnvd(): Promise<{ url: string; starts: any[]; close: () => Promise<void> }> {
+function startFakeEnvd(
+  answer: 'exits' | 'cut off' | 'refuses' = 'exits',
+): Promise<{ url: string; starts: any[]; headers: http.IncomingHttpHeaders[]; close: () => Promise<void> }> {
+  const headers: http.IncomingHttpHeaders[] = [];
   const starts: any[] = [];
   const frame = (flags: number, msg: unknown) => {
     const body = Buffer.from(JSON.stringify(msg));
@@ -490,9 +493,13 @@ function startFakeEnvd(): Promise<{ url: string; starts: any[]; close: () => Pro
       if (req.url !== '/process.Process/Start') return void res.writeHead(404).end();
       const raw = Buffer.concat(chunks);
       starts.push(JSON.parse(raw.subarray(5, 5 + raw.readUInt32BE(1)).toString()));
+      headers.push(req.headers);
       res.writeHead(200, { 'content-type': 'application/connect+json' });
+      if (answer === 'refuses') return void res.end(frame(2, { error: { code: 'not_found', message: 'no such program' } }));
       res.write(frame(0, { event: { start: { pid: 7 } } }));
-      res.write(frame(0, { event: { data: { stdout: Buffer.from('ran\n').toString('base64') } } }));
+      const ran = frame(0, { event: { data: { stdout: Buffer.from('ran\n').toString('base64') } } });
+      if (answer === 'cut off') return void res.write(ran, () => res.destroy());
+      res.write(ran);
       res.write(frame(0, { event: { end: { exitCode: 0, exited: true, status: 'exit status 0' } } }));
       res.end(frame(2, {}));
     });
@@ -502,6 +509,7 @@ function startFakeEnvd(): Promise<{ url: string; starts: any[]; close: () => Pro
       resolve({
         url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
         starts,
+        headers,
         close: () => new Promise((r) => server.close(() => r())),
       }),
     ),
@@ -528,8 +536,33 @@ describe('nestbox sandbox exec', () => {
       fails(await nestbox(['sandbox', 'exec', s.sandboxId, '-c', 'true', '--', 'echo'], env), /either a command string.*not both/);
       fails(await nestbox(['sandbox', 'exec', s.sandboxId], env), /no command/);
       assert.equal(envd.starts.length, 3, 'refused invocations start nothing');
+      // Routed and authorized as the SDK does it; --user as envd's Basic user; --env and --cwd.
+      ok(await nestbox(['sandbox', 'exec', s.sandboxId, '--user', 'root', '--env', 'A=1', '--cwd', '/tmp', '--', 'true'], env));
+      const h = envd.headers.at(-1)!;
+      assert.equal(h['e2b-sandbox-id'], s.sandboxId);
+      assert.equal(h['e2b-sandbox-port'], '49983');
+      assert.equal(h.authorization, `Basic ${Buffer.from('root:').toString('base64')}`);
+      assert.deepEqual([envd.starts.at(-1).process.envs, envd.starts.at(-1).process.cwd], [{ A: '1' }, '/tmp']);
+      assert.equal(envd.headers[0]!.authorization, undefined, "no --user: envd's default user");
     } finally {
       await envd.close();
+    }
+  });
+
+  test('a stream cut off before the exit, or refused by envd: one line on stderr, exit 1', async () => {
+    for (const [answer, re] of [
+      ['cut off', /^error: the connection to the sandbox closed before the command ended/],
+      ['refuses', /^error: envd: no such program$/],
+    ] as const) {
+      const envd = await startFakeEnvd(answer);
+      try {
+        const s = fake.seed({ teamId });
+        const r = await nestbox(['sandbox', 'exec', s.sandboxId, '--', 'true'], { E2B_SANDBOX_URL: envd.url });
+        assert.equal(r.code, 1, `${answer}: ${r.stderr}`);
+        assert.match(r.stderr.trimEnd().split('\n').at(-1)!, re);
+      } finally {
+        await envd.close();
+      }
     }
   });
 });
@@ -548,10 +581,14 @@ describe('the built CLI', () => {
     const listed = JSON.parse(ok(await run(process.execPath, [built, 'sandbox', 'list', '--metadata', 'built=yes', '--json'])).stdout);
     assert.deepEqual(listed.map((x: any) => x.sandboxID), [s.sandboxId]);
     assert.match(ok(await run(process.execPath, [built, '--help'])).stdout, /^Usage: nestbox/);
-    // The e2b SDK is bundled: exec loads it (and fails only for want of a sandbox proxy).
+    // exec speaks to envd itself; the files commands load the bundled e2b SDK. Each fails only for
+    // want of a sandbox proxy.
     const exec = await run(process.execPath, [built, 'sandbox', 'exec', '--sandbox-url', 'http://127.0.0.1:9', s.sandboxId, '--', 'true']);
     assert.equal(exec.code, 1);
     assert.match(exec.stderr, /^error: cannot reach the sandbox proxy at http:\/\/127\.0\.0\.1:9/);
+    const files = await run(process.execPath, [built, 'files', 'ls', '--sandbox-url', 'http://127.0.0.1:9', s.sandboxId, '/']);
+    assert.equal(files.code, 1);
+    assert.match(files.stderr, /^error: cannot reach the sandbox proxy at http:\/\/127\.0\.0\.1:9/);
     // Fresh: --if-stale (what setup runs) leaves it as it is.
     ok(await run(process.execPath, ['scripts/build-cli.mjs', '--if-stale']));
   });

@@ -1,5 +1,7 @@
 // A small client of the Nestbox public API for the CLI: JSON in and out, the API key in
 // X-API-Key, errors from the API's `{code, message}` body turned into one readable line.
+import { STATUS_CODES, type IncomingHttpHeaders } from 'node:http';
+import { httpRequest, readBody } from './http-request.ts';
 
 export const DEFAULT_API_URL = 'http://127.0.0.1:3000';
 
@@ -71,7 +73,7 @@ export type Query = Record<string, string | number | boolean | undefined>;
 
 export interface ApiResponse<T> {
   status: number;
-  headers: Headers;
+  headers: { get(name: string): string | null };
   body: T;
 }
 
@@ -83,35 +85,40 @@ export class ApiClient {
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
     const headers: Record<string, string> = { 'X-API-Key': this.config.apiKey, Accept: 'application/json' };
     if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
-    let res: Response;
+    let status: number;
+    let answered: IncomingHttpHeaders;
+    let text: string;
     try {
-      res = await fetch(url, {
-        method,
-        headers,
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-      });
+      const res = await httpRequest(url, { method, headers, ...(opts.body === undefined ? {} : { body: JSON.stringify(opts.body) }) });
+      status = res.statusCode ?? 0;
+      answered = res.headers;
+      text = (await readBody(res)).toString();
     } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const why = (cause?.code && NETWORK_ERRORS[cause.code]) ?? cause?.code ?? cause?.message ?? (err as Error).message;
+      const e = err as NodeJS.ErrnoException;
+      const why = (e.code && NETWORK_ERRORS[e.code]) ?? e.code ?? e.message;
       throw new CliError(`cannot reach the Nestbox API at ${this.config.apiUrl}: ${why}`);
     }
-    const text = await res.text();
+    const ok = status >= 200 && status < 300;
     let body: unknown = undefined;
     if (text !== '') {
       try {
         body = JSON.parse(text);
       } catch {
-        if (res.ok) throw new CliError(`the API at ${this.config.apiUrl} answered ${method} ${path} with something that is not JSON`);
+        if (ok) throw new CliError(`the API at ${this.config.apiUrl} answered ${method} ${path} with something that is not JSON`);
       }
     }
-    if (!res.ok) {
+    if (!ok) {
       const message =
         body && typeof body === 'object' && typeof (body as { message?: unknown }).message === 'string'
           ? (body as { message: string }).message
-          : text.trim().split('\n')[0]?.slice(0, 200) || res.statusText || 'request failed';
-      throw new ApiRequestError(res.status, message);
+          : text.trim().split('\n')[0]?.slice(0, 200) || STATUS_CODES[status] || 'request failed';
+      throw new ApiRequestError(status, message);
     }
-    return { status: res.status, headers: res.headers, body: body as T };
+    const get = (name: string) => {
+      const v = answered[name.toLowerCase()];
+      return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
+    };
+    return { status, headers: { get }, body: body as T };
   }
 
   get<T>(path: string, query?: Query) {

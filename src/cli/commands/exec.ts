@@ -1,9 +1,12 @@
 // nestbox sandbox exec | shell: run commands in a sandbox, through its envd (the sandbox proxy,
-// E2B_SANDBOX_URL), with the official `e2b` SDK as the client. The SDK is loaded on demand, so
-// that the other commands start quickly.
+// E2B_SANDBOX_URL). exec speaks to envd itself (../envd-process.ts), so that a call starts in
+// about the time of `nestbox --help`; shell and the files commands use the official `e2b` SDK,
+// loaded on demand.
 import type { Command } from 'commander';
 import type { Sandbox } from 'e2b';
-import { CliError } from '../api-client.ts';
+import { ENVD_PORT } from '../../control-plane/proxy/routing.ts';
+import { ApiRequestError, CliError, seg } from '../api-client.ts';
+import { EnvdError, signalProcess, startProcess, type EnvdTarget } from '../envd-process.ts';
 import { action, contextFrom, keyValueArg, printJson, withApiOptions, type CommonOptions, type Context } from '../output.ts';
 
 export const DEFAULT_SANDBOX_URL = 'http://127.0.0.1:3002';
@@ -37,7 +40,9 @@ let proxyInUse: string | undefined;
 
 /** "fetch failed" from an envd call: say which address could not be reached. */
 export function explainEnvdError(err: unknown): unknown {
-  if (!(err instanceof Error) || !/fetch failed|ECONNREFUSED/.test(err.message) || err instanceof CliError) return err;
+  const network = /fetch failed|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ECONNRESET|ETIMEDOUT/;
+  if (!(err instanceof Error) || err instanceof CliError) return err;
+  if (!network.test(err.message) && !network.test((err as NodeJS.ErrnoException).code ?? '')) return err;
   return new CliError(
     `cannot reach the sandbox proxy at ${proxyInUse ?? '(derived from E2B_DOMAIN)'} (see E2B_SANDBOX_URL or --sandbox-url): ${err.message}`,
   );
@@ -104,29 +109,33 @@ interface ExecOptions extends EnvdOptions {
   shell?: string;
 }
 
-type ProcessStart = { process: { cmd: string; args: string[] } & Record<string, unknown> } & Record<string, unknown>;
-type ProcessRpc = { start: (req: ProcessStart, opts: unknown) => unknown };
+/** What POST /v2/sandboxes/{id}/connect answers that envd needs (the SDK's connect reads the same). */
+interface ConnectAnswer {
+  sandboxID: string;
+  domain?: string | null;
+  envdAccessToken?: string | null;
+}
 
 /**
- * Makes the next commands.run() start `argv` itself, no shell in between. The SDK only starts
- * `/bin/bash -l -c <string>`; envd's Start takes any program and arguments, so the request the
- * SDK builds is rewritten in its (pinned) process client, and everything else (streaming, exit
- * codes, kill) stays the SDK's.
+ * Connects to a sandbox as the SDK's connect does (a paused one is resumed) and says where its
+ * envd is: the sandbox proxy, or https://<envd port>-<id>.<domain> when only E2B_DOMAIN is set.
  */
-export function startArgvOnce(sbx: Sandbox, argv: string[]): void {
-  const commands = sbx.commands as unknown as { rpc?: ProcessRpc };
-  const rpc = commands.rpc;
-  if (!rpc || typeof rpc.start !== 'function') throw new CliError('this version of the e2b SDK cannot start a command without a shell: use --shell');
-  const [cmd, ...args] = argv;
-  commands.rpc = new Proxy(rpc, {
-    get(target, key, receiver) {
-      if (key !== 'start') return Reflect.get(target, key, receiver);
-      return (req: ProcessStart, o: unknown) => {
-        commands.rpc = rpc;
-        return target.start({ ...req, process: { ...req.process, cmd: cmd!, args } }, o);
-      };
-    },
-  });
+async function envdOf(id: string, opts: EnvdOptions): Promise<{ ctx: Context; target: EnvdTarget }> {
+  const ctx = contextFrom(opts);
+  const sandboxUrl = resolveSandboxUrl(opts.sandboxUrl);
+  proxyInUse = sandboxUrl;
+  let answer: ConnectAnswer;
+  try {
+    answer = (await ctx.client.post<ConnectAnswer>(`/v2/sandboxes/${seg(id)}/connect`, {})).body;
+  } catch (err) {
+    if (err instanceof ApiRequestError && err.status === 404) throw new CliError(`sandbox ${id} not found`);
+    if (err instanceof ApiRequestError && err.status === 401) throw new CliError(`the API key was refused: ${err.apiMessage}`);
+    throw err;
+  }
+  const url = sandboxUrl ?? `https://${ENVD_PORT}-${answer.sandboxID}.${answer.domain || process.env.E2B_DOMAIN}`;
+  const headers: Record<string, string> = { 'E2b-Sandbox-Id': answer.sandboxID, 'E2b-Sandbox-Port': String(ENVD_PORT) };
+  if (answer.envdAccessToken) headers['X-Access-Token'] = answer.envdAccessToken;
+  return { ctx, target: { url, headers } };
 }
 
 async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void> {
@@ -134,37 +143,35 @@ async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void
     throw new CliError('give either a command string with --shell (-c) or a command and its arguments after --, not both');
   }
   if (opts.shell === undefined && argv.length === 0) throw new CliError('no command: give one after -- (or a string with --shell)');
-  const { ctx, sbx } = await connectSandbox(id, opts);
-  if (opts.shell === undefined) startArgvOnce(sbx, argv);
-  const stream = !ctx.json;
-  const handle = await sbx.commands.run(opts.shell ?? argv.join(' '), {
-    background: true,
-    timeoutMs: 0,
-    ...(opts.user ? { user: opts.user } : {}),
-    ...(opts.cwd ? { cwd: opts.cwd } : {}),
-    ...(opts.env ? { envs: opts.env } : {}),
-    ...(stream
-      ? {
-          onStdout: (d: string) => void process.stdout.write(d),
-          onStderr: (d: string) => void process.stderr.write(d),
-        }
-      : {}),
-  });
+  const { ctx, target } = await envdOf(id, opts);
+  // The program and its arguments as given, or the string for the login shell (as commands.run).
+  const [cmd, ...args] = opts.shell === undefined ? argv : ['/bin/bash', '-l', '-c', opts.shell];
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  const started = await startProcess(
+    target,
+    { cmd: cmd!, args, ...(opts.env ? { envs: opts.env } : {}), ...(opts.cwd ? { cwd: opts.cwd } : {}), ...(opts.user ? { user: opts.user } : {}) },
+    ctx.json
+      ? { onStdout: (b) => stdout.push(b), onStderr: (b) => stderr.push(b) }
+      : { onStdout: (b) => void process.stdout.write(b), onStderr: (b) => void process.stderr.write(b) },
+  ).catch((err: unknown) => Promise.reject(envdFailure(err, id)));
   // Ctrl-C (or a TERM) ends the remote command too, then exits as a shell would.
   const interrupt = (code: number) => () => {
-    void handle.kill().catch(() => false).then(() => exitWith(code));
+    void signalProcess(target, started.pid, 'SIGKILL', opts.user).catch(() => undefined).then(() => exitWith(code));
   };
   process.once('SIGINT', interrupt(130));
   process.once('SIGTERM', interrupt(143));
-  let result: { exitCode: number; stdout: string; stderr: string };
-  try {
-    const r = await handle.wait();
-    result = { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    result = await exitCodeOf(err);
-  }
-  if (ctx.json) printJson(result);
-  await exitWith(result.exitCode);
+  const end = await started.ended.catch((err: unknown) => Promise.reject(envdFailure(err, id)));
+  if (ctx.json) printJson({ stdout: Buffer.concat(stdout).toString(), stderr: Buffer.concat(stderr).toString(), exitCode: end.exitCode });
+  await exitWith(end.exitCode);
+}
+
+/** envd's refusals, said for the CLI (the proxy's 502: the sandbox is not running). */
+function envdFailure(err: unknown, id: string): unknown {
+  if (!(err instanceof EnvdError)) return err;
+  if (err.code === '502') return new CliError(`sandbox ${id} is not running (${err.message})`);
+  if (err.code === 'unavailable') return new CliError(err.message);
+  return new CliError(`envd: ${err.message}`);
 }
 
 async function shell(id: string, opts: ExecOptions): Promise<void> {
