@@ -117,6 +117,23 @@ describe('nestbox sandbox exec', () => {
   });
 });
 
+describe('nestbox sandbox exec, interrupted', () => {
+  test('Ctrl-C ends the command in the sandbox too, and exits 130', async () => {
+    const env: Record<string, string | undefined> = { ...process.env, E2B_API_URL: apiUrl, E2B_SANDBOX_URL: proxyUrl, E2B_API_KEY: KEY };
+    delete env.E2B_DOMAIN;
+    const child = spawn(BIN, ['sandbox', 'exec', sbx.sandboxId, '--', 'sleep', '3600'], { env: env as NodeJS.ProcessEnv, stdio: 'ignore' });
+    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const sleeping = async () => (await sbx.commands.list()).some((p) => p.cmd === 'sleep' && p.args.includes('3600'));
+    for (let i = 0; !(await sleeping()); i++) {
+      assert.ok(i < 600, 'the command started in the sandbox');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGINT');
+    assert.equal(await closed, 130);
+    assert.equal(await sleeping(), false, 'the command is gone from the sandbox');
+  });
+});
+
 describe('nestbox sandbox shell', () => {
   test('with piped stdin: runs the input and exits with the shell', async () => {
     const r = ok(await nestbox(['sandbox', 'shell', sbx.sandboxId], 'echo hi-from-$((40+2)); exit\n'));
