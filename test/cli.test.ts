@@ -475,7 +475,7 @@ describe('nestbox admin-keys (operator)', () => {
  * streaming) with start, one stdout chunk and end exit 0, and keeps each Start request.
  */
 function startFakeEnvd(
-  answer: 'exits' | 'cut off' | 'refuses' = 'exits',
+  answer: 'exits' | 'cut off' | 'refuses' | 'never starts' = 'exits',
 ): Promise<{ url: string; starts: any[]; headers: http.IncomingHttpHeaders[]; close: () => Promise<void> }> {
   const headers: http.IncomingHttpHeaders[] = [];
   const starts: any[] = [];
@@ -496,6 +496,10 @@ function startFakeEnvd(
       headers.push(req.headers);
       res.writeHead(200, { 'content-type': 'application/connect+json' });
       if (answer === 'refuses') return void res.end(frame(2, { error: { code: 'not_found', message: 'no such program' } }));
+      if (answer === 'never starts') {
+        res.write(frame(0, { event: { end: { exitCode: 0, exited: true, status: 'exit status 0' } } }));
+        return void res.end(frame(2, {}));
+      }
       res.write(frame(0, { event: { start: { pid: 7 } } }));
       const ran = frame(0, { event: { data: { stdout: Buffer.from('ran\n').toString('base64') } } });
       if (answer === 'cut off') return void res.write(ran, () => res.destroy());
@@ -549,10 +553,11 @@ describe('nestbox sandbox exec', () => {
     }
   });
 
-  test('a stream cut off before the exit, or refused by envd: one line on stderr, exit 1', async () => {
+  test('a stream cut off before the exit, refused by envd, or ended before a start: one line on stderr, exit 1', async () => {
     for (const [answer, re] of [
       ['cut off', /^error: the connection to the sandbox closed before the command ended/],
       ['refuses', /^error: envd: no such program$/],
+      ['never starts', /^error: envd: envd ended the command without starting it$/],
     ] as const) {
       const envd = await startFakeEnvd(answer);
       try {

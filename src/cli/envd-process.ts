@@ -136,7 +136,8 @@ export async function startProcess(
     }
     throw new EnvdError('unavailable', cutOff);
   })();
-  ended.catch((e: Error) => failed(e)); // before the start event: the start fails with it
+  // An end (or a failure) before the start event: the start fails with it.
+  ended.then(() => failed(new EnvdError('internal', 'envd ended the command without starting it')), (e: Error) => failed(e));
   return { pid: await pid, ended };
 }
 
