@@ -365,6 +365,29 @@ describe('sandbox lifecycle on one node', () => {
     }
   });
 
+  test('a sandbox directory that goes while the inventory is listed is not reported; one that stays is broken', async () => {
+    const inventory = (a.agent.runtime as unknown as { nodeInventory: { record(id: string): Promise<unknown>; sandboxes(): Promise<Array<{ sandboxId: string; state: string }>> } }).nodeInventory;
+    const gone = sandboxPaths(a.agent.runtime.cfg, 'igoneduringlisting00');
+    const stays = sandboxPaths(a.agent.runtime.cfg, 'istaysbroken00000000');
+    await mkdir(gone.dir, { recursive: true });
+    await mkdir(stays.dir, { recursive: true });
+    const record = inventory.record.bind(inventory);
+    // The directory goes (a kill ending) after the listing read it and before it was reported.
+    inventory.record = async (id: string) => {
+      if (id === 'igoneduringlisting00') await rm(gone.dir, { recursive: true, force: true });
+      return record(id);
+    };
+    try {
+      const listed = await inventory.sandboxes();
+      assert.equal(listed.find((s) => s.sandboxId === 'igoneduringlisting00'), undefined);
+      assert.equal(listed.find((s) => s.sandboxId === 'istaysbroken00000000')?.state, 'broken');
+    } finally {
+      inventory.record = record;
+      await rm(gone.dir, { recursive: true, force: true });
+      await rm(stays.dir, { recursive: true, force: true });
+    }
+  });
+
   test('inventory and metrics', async () => {
     const id = await createSandbox(a, { metadata: { owner: 'test' } });
     const inv = await a.json('GET', '/v1/sandboxes');

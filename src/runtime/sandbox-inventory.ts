@@ -84,6 +84,8 @@ export class NodeInventory {
       containers.delete(id);
       const rec = await this.record(id).catch(() => null);
       const busy = this.locks.isBusy(id);
+      // Gone while this listing ran (a kill that ended meanwhile): not a sandbox of nothing.
+      if (!c && !(await exists(sandboxPaths(this.cfg, id).dir))) continue;
       out.push({
         sandboxId: id,
         state: busy && !c ? 'creating' : c && isAlive(c) ? 'running' : c ? 'stopped' : 'broken',

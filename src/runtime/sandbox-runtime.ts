@@ -773,9 +773,9 @@ export class SandboxRuntime {
       // network namespace is dead: nothing in it sends or receives). The node's mounts of it
       // (begun beside the processes' end), runc's record of the container (its cgroup, its
       // state), the host's side of its network (the kernel deletes the link with the namespace,
-      // see NetworkManager.release) and the directory go right after, still under the lock:
-      // the next operation on the sandbox, a repeated kill among them, waits for it. The
-      // directory is marked first: the inventory lists marked remains no more, and an agent
+      // see NetworkManager.release) and the directory (moved aside) go right after, still under
+      // the lock: the next operation on the sandbox, a repeated kill among them, waits for it.
+      // The directory is marked first: the inventory lists marked remains no more, and an agent
       // that dies before they went removes them at its start (recovery).
       const p = sandboxPaths(this.cfg, sandboxId);
       const { unmounted } = await this.stopProcesses(sandboxId, t);
@@ -788,7 +788,9 @@ export class SandboxRuntime {
       // (should this fail, the marked remains stay gone to everyone; recovery removes them)
       await unmounted;
       await this.releaseContainer(sandboxId, t);
-      await removeTree(p.dir);
+      // Renamed aside, then removed: removed in place, the directory lost its mark before the
+      // rest, and a listing of the node then found a directory of nothing ("broken").
+      await discardTree(p.dir);
       this.killedNotRemoved.delete(sandboxId);
       t.step('removed');
       t.end();
