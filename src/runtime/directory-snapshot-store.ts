@@ -278,11 +278,9 @@ async function syncObject(dir: string, name: ObjectName) {
   await fsyncDir(l.images);
 }
 
-/** fsync of a file opened without following links; `missingOk`: one that cannot be opened is skipped. */
-async function syncFile(file: string, o: { missingOk?: boolean } = {}) {
-  const opened = open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  const f = o.missingOk ? await opened.catch(() => null) : await opened;
-  if (!f) return;
+/** fsync of a file opened without following links. */
+async function syncFile(file: string) {
+  const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     await f.sync();
   } finally {

@@ -269,8 +269,9 @@ export class NetworkManager {
 
   /**
    * Removes what agents killed mid-claim left in the host-wide claims directory: drafts and
-   * transfers' files on their way in, and claims naming nobody (made by earlier versions, which created a claim empty and then wrote
-   * it). Only those older than a minute: another agent of the host may be claiming right now.
+   * transfers' files on their way in, and claims naming nobody (made by earlier versions, which
+   * created a claim empty and then wrote it). Only those older than a minute: another agent of
+   * the host may be claiming right now.
    */
   async sweepClaimLeftovers(now = Date.now()): Promise<string[]> {
     const removed: string[] = [];
