@@ -388,6 +388,42 @@ describe('sandbox lifecycle on one node', () => {
     }
   });
 
+  test('a sandbox killed while the inventory is listed is not reported, whichever step of the listing the kill ends in', async () => {
+    type Listing = { runc: { list(): Promise<unknown[]> }; record(id: string): Promise<unknown>; sandboxes(): Promise<Array<{ sandboxId: string; state: string }>> };
+    const inventory = (a.agent.runtime as unknown as { nodeInventory: Listing }).nodeInventory;
+    const runtime = a.agent.runtime;
+    const list = inventory.runc.list.bind(inventory.runc);
+    const record = inventory.record.bind(inventory);
+    try {
+      // After runc listed the containers and before the directories are read: the container
+      // listed is gone by the time it would be reported as one without a directory.
+      const first = await createSandbox(a);
+      inventory.runc.list = async () => {
+        const listed = await list();
+        await runtime.kill(first);
+        await runtime.idle();
+        return listed;
+      };
+      const afterList = await inventory.sandboxes();
+      inventory.runc.list = list;
+      assert.equal(afterList.find((s) => s.sandboxId === first), undefined, JSON.stringify(afterList));
+      // After the directory was read (its kill mark not there yet) and before it is reported.
+      const second = await createSandbox(a);
+      inventory.record = async (id: string) => {
+        if (id === second) {
+          await runtime.kill(second);
+          await runtime.idle();
+        }
+        return record(id);
+      };
+      const afterRead = await inventory.sandboxes();
+      assert.equal(afterRead.find((s) => s.sandboxId === second), undefined, JSON.stringify(afterRead));
+    } finally {
+      inventory.runc.list = list;
+      inventory.record = record;
+    }
+  });
+
   test('inventory and metrics', async () => {
     const id = await createSandbox(a, { metadata: { owner: 'test' } });
     const inv = await a.json('GET', '/v1/sandboxes');

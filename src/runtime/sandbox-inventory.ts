@@ -81,11 +81,12 @@ export class NodeInventory {
       // Not listed: runc may have skipped it (its state unreadable for a moment): asked alone
       // before it is reported without a container, which the reconciler would remove.
       const c = containers.get(id) ?? (await this.runc.state(id)) ?? undefined;
-      containers.delete(id);
       const rec = await this.record(id).catch(() => null);
       const busy = this.locks.isBusy(id);
-      // Gone while this listing ran (a kill that ended meanwhile): not a sandbox of nothing.
-      if (!c && !(await exists(sandboxPaths(this.cfg, id).dir))) continue;
+      // Gone while this listing ran (a kill that ended meanwhile, its mark gone with the
+      // directory): its container, if runc listed one, is asked again below.
+      if (!(await exists(sandboxPaths(this.cfg, id).dir))) continue;
+      containers.delete(id);
       out.push({
         sandboxId: id,
         state: busy && !c ? 'creating' : c && isAlive(c) ? 'running' : c ? 'stopped' : 'broken',
@@ -98,8 +99,10 @@ export class NodeInventory {
         createdAt: rec?.createdAt ?? null,
       });
     }
-    // Containers in our runc root without a sandbox directory: report them so they get reaped.
+    // Containers in our runc root without a sandbox directory: report them so they get reaped,
+    // unless gone since runc listed them (a kill that ended while this listing ran).
     for (const c of containers.values()) {
+      if (!(await this.runc.status(c.id))) continue;
       out.push({
         sandboxId: c.id, state: isAlive(c) ? 'running' : 'stopped', busy: this.locks.isBusy(c.id), startedAt: null,
         pid: c.pid || null, address: null, template: null, metadata: {}, createdAt: null,
