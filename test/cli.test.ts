@@ -1,6 +1,6 @@
 // The `nestbox` CLI, run for real (bin/nestbox as a child process) against a real API server on
 // 127.0.0.1 with an in-memory lifecycle and a real PGlite store (keys, usage).
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -475,10 +475,19 @@ describe('nestbox admin-keys (operator)', () => {
  * streaming) with start, one stdout chunk and end exit 0, and keeps each Start request.
  */
 function startFakeEnvd(
-  answer: 'exits' | 'cut off' | 'refuses' | 'never starts' = 'exits',
-): Promise<{ url: string; starts: any[]; headers: http.IncomingHttpHeaders[]; close: () => Promise<void> }> {
+  answer: 'exits' | 'cut off' | 'refuses' | 'never starts' | 'starts when told' = 'exits',
+): Promise<{
+  url: string; starts: any[]; signals: any[]; headers: http.IncomingHttpHeaders[];
+  /** 'starts when told': resolves when a Start came in; its start event goes once `release` is called. */
+  startAsked: Promise<void>; release: () => void; close: () => Promise<void>;
+}> {
   const headers: http.IncomingHttpHeaders[] = [];
   const starts: any[] = [];
+  const signals: any[] = [];
+  let asked!: () => void;
+  const startAsked = new Promise<void>((r) => (asked = r));
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
   const frame = (flags: number, msg: unknown) => {
     const body = Buffer.from(JSON.stringify(msg));
     const head = Buffer.alloc(5);
@@ -489,7 +498,11 @@ function startFakeEnvd(
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
+    req.on('end', async () => {
+      if (req.url === '/process.Process/SendSignal') {
+        signals.push(JSON.parse(Buffer.concat(chunks).toString()));
+        return void res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      }
       if (req.url !== '/process.Process/Start') return void res.writeHead(404).end();
       const raw = Buffer.concat(chunks);
       starts.push(JSON.parse(raw.subarray(5, 5 + raw.readUInt32BE(1)).toString()));
@@ -498,6 +511,17 @@ function startFakeEnvd(
       if (answer === 'refuses') return void res.end(frame(2, { error: { code: 'not_found', message: 'no such program' } }));
       if (answer === 'never starts') {
         res.write(frame(0, { event: { end: { exitCode: 0, exited: true, status: 'exit status 0' } } }));
+        return void res.end(frame(2, {}));
+      }
+      if (answer === 'starts when told') {
+        res.flushHeaders();
+        asked();
+        await released;
+        res.write(frame(0, { event: { start: { pid: 7 } } }));
+        // Runs until killed (its end comes with the signal) or until the client goes.
+        while (signals.length === 0 && !res.destroyed) await new Promise((r) => setTimeout(r, 10));
+        if (res.destroyed) return;
+        res.write(frame(0, { event: { end: { exitCode: -1, exited: false, status: 'signal: killed' } } }));
         return void res.end(frame(2, {}));
       }
       res.write(frame(0, { event: { start: { pid: 7 } } }));
@@ -513,7 +537,10 @@ function startFakeEnvd(
       resolve({
         url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
         starts,
+        signals,
         headers,
+        startAsked,
+        release,
         close: () => new Promise((r) => server.close(() => r())),
       }),
     ),
@@ -568,6 +595,26 @@ describe('nestbox sandbox exec', () => {
       } finally {
         await envd.close();
       }
+    }
+  });
+
+  test('Ctrl-C after the start was asked for and before envd named the process: the process, once named, is killed; exit 130', async () => {
+    const envd = await startFakeEnvd('starts when told');
+    try {
+      const s = fake.seed({ teamId });
+      const env: Record<string, string | undefined> = { ...process.env, E2B_API_URL: apiUrl, E2B_API_KEY: apiKey, E2B_SANDBOX_URL: envd.url, NESTBOX_CONTROL_DIR: controlDir };
+      delete env.E2B_DOMAIN;
+      const child = spawn(BIN, ['sandbox', 'exec', s.sandboxId, '--', 'sleep', '3600'], { env: env as NodeJS.ProcessEnv, stdio: 'ignore' });
+      const closed = new Promise<[number | null, string | null]>((resolve) => child.on('close', (code, signal) => resolve([code, signal])));
+      await envd.startAsked;
+      child.kill('SIGINT');
+      await new Promise((r) => setTimeout(r, 200)); // the signal is handled before the start event comes
+      envd.release();
+      assert.deepEqual(await closed, [130, null]);
+      assert.deepEqual(envd.signals, [{ process: { pid: 7 }, signal: 'SIGNAL_SIGKILL' }]);
+    } finally {
+      envd.release();
+      await envd.close();
     }
   });
 });

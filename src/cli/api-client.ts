@@ -60,6 +60,7 @@ export function resolveApiUrl(flags: { apiUrl?: string }, env: NodeJS.ProcessEnv
   return apiUrl;
 }
 
+/** What each network error of a request means, said for a user. */
 const NETWORK_ERRORS: Record<string, string> = {
   ECONNREFUSED: 'connection refused (is Nestbox running there? see E2B_API_URL or --api-url)',
   ENOTFOUND: 'no such host',
@@ -68,6 +69,9 @@ const NETWORK_ERRORS: Record<string, string> = {
   ETIMEDOUT: 'the connection timed out',
   EHOSTUNREACH: 'the host is unreachable',
 };
+
+/** The error codes of a request that never reached its server (or lost it). */
+export const NETWORK_ERROR_CODES = Object.keys(NETWORK_ERRORS);
 
 export type Query = Record<string, string | number | boolean | undefined>;
 

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import type { Sandbox } from 'e2b';
 import { ENVD_PORT } from '../../control-plane/proxy/routing.ts';
-import { ApiRequestError, CliError, seg } from '../api-client.ts';
+import { ApiRequestError, CliError, NETWORK_ERROR_CODES, seg } from '../api-client.ts';
 import { EnvdError, signalProcess, startProcess, type EnvdTarget } from '../envd-process.ts';
 import { action, contextFrom, keyValueArg, printJson, withApiOptions, type CommonOptions, type Context } from '../output.ts';
 
@@ -40,9 +40,8 @@ let proxyInUse: string | undefined;
 
 /** "fetch failed" from an envd call: say which address could not be reached. */
 export function explainEnvdError(err: unknown): unknown {
-  const network = /fetch failed|ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ECONNRESET|ETIMEDOUT/;
   if (!(err instanceof Error) || err instanceof CliError) return err;
-  if (!network.test(err.message) && !network.test((err as NodeJS.ErrnoException).code ?? '')) return err;
+  if (!/fetch failed/.test(err.message) && !NETWORK_ERROR_CODES.some((c) => err.message.includes(c) || (err as NodeJS.ErrnoException).code === c)) return err;
   return new CliError(
     `cannot reach the sandbox proxy at ${proxyInUse ?? '(derived from E2B_DOMAIN)'} (see E2B_SANDBOX_URL or --sandbox-url): ${err.message}`,
   );
@@ -59,6 +58,13 @@ export function envdAction<A extends unknown[]>(fn: (...args: A) => Promise<void
   });
 }
 
+/** The API's refusal of a connect, said for the CLI; undefined for any other status. */
+function connectRefused(id: string, status: number, message: string): CliError | undefined {
+  if (status === 404) return new CliError(`sandbox ${id} not found`);
+  if (status === 401) return new CliError(`the API key was refused: ${message}`);
+  return undefined;
+}
+
 /** Connects to a sandbox through the SDK (a paused one is resumed, as the SDK's connect does). */
 export async function connectSandbox(id: string, opts: EnvdOptions): Promise<{ ctx: Context; sbx: Sandbox }> {
   const ctx = contextFrom(opts);
@@ -73,8 +79,8 @@ export async function connectSandbox(id: string, opts: EnvdOptions): Promise<{ c
     });
     return { ctx, sbx };
   } catch (err) {
-    if (err instanceof e2b.SandboxNotFoundError) throw new CliError(`sandbox ${id} not found`);
-    if (err instanceof e2b.AuthenticationError) throw new CliError(`the API key was refused: ${err.message}`);
+    if (err instanceof e2b.SandboxNotFoundError) throw connectRefused(id, 404, err.message);
+    if (err instanceof e2b.AuthenticationError) throw connectRefused(id, 401, err.message);
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
     if (err instanceof TypeError && cause) {
       throw new CliError(`cannot reach the Nestbox API at ${ctx.client.config.apiUrl}: ${cause.code ?? cause.message}`);
@@ -128,9 +134,7 @@ async function envdOf(id: string, opts: EnvdOptions): Promise<{ ctx: Context; ta
   try {
     answer = (await ctx.client.post<ConnectAnswer>(`/v2/sandboxes/${seg(id)}/connect`, {})).body;
   } catch (err) {
-    if (err instanceof ApiRequestError && err.status === 404) throw new CliError(`sandbox ${id} not found`);
-    if (err instanceof ApiRequestError && err.status === 401) throw new CliError(`the API key was refused: ${err.apiMessage}`);
-    throw err;
+    throw (err instanceof ApiRequestError && connectRefused(id, err.status, err.apiMessage)) || err;
   }
   const url = sandboxUrl ?? `https://${ENVD_PORT}-${answer.sandboxID}.${answer.domain || process.env.E2B_DOMAIN}`;
   const headers: Record<string, string> = { 'E2b-Sandbox-Id': answer.sandboxID, 'E2b-Sandbox-Port': String(ENVD_PORT) };
@@ -143,25 +147,45 @@ async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void
     throw new CliError('give either a command string with --shell (-c) or a command and its arguments after --, not both');
   }
   if (opts.shell === undefined && argv.length === 0) throw new CliError('no command: give one after -- (or a string with --shell)');
-  const { ctx, target } = await envdOf(id, opts);
+  // Ctrl-C (or a TERM) ends the remote command too, then exits as a shell would. One that comes
+  // while the start is asked for waits for envd to name the process: it may run already.
+  let interruptedWith: number | undefined;
+  let starting: Promise<{ pid: number } | undefined> | undefined;
+  let target: EnvdTarget | undefined;
+  const interrupt = (code: number) => () => {
+    interruptedWith ??= code;
+    void (starting ?? Promise.resolve(undefined))
+      .then((p) => (p && target ? signalProcess(target, p.pid, 'SIGKILL', opts.user) : undefined))
+      .catch(() => undefined)
+      .then(() => exitWith(code));
+  };
+  process.once('SIGINT', interrupt(130));
+  process.once('SIGTERM', interrupt(143));
+  const connected = await envdOf(id, opts);
+  const ctx = connected.ctx;
+  target = connected.target;
+  if (interruptedWith !== undefined) return; // exiting: nothing was started
   // The program and its arguments as given, or the string for the login shell (as commands.run).
   const [cmd, ...args] = opts.shell === undefined ? argv : ['/bin/bash', '-l', '-c', opts.shell];
   const stdout: Buffer[] = [];
   const stderr: Buffer[] = [];
-  const started = await startProcess(
+  const start = startProcess(
     target,
     { cmd: cmd!, args, ...(opts.env ? { envs: opts.env } : {}), ...(opts.cwd ? { cwd: opts.cwd } : {}), ...(opts.user ? { user: opts.user } : {}) },
     ctx.json
       ? { onStdout: (b) => stdout.push(b), onStderr: (b) => stderr.push(b) }
       : { onStdout: (b) => void process.stdout.write(b), onStderr: (b) => void process.stderr.write(b) },
-  ).catch((err: unknown) => Promise.reject(envdFailure(err, id)));
-  // Ctrl-C (or a TERM) ends the remote command too, then exits as a shell would.
-  const interrupt = (code: number) => () => {
-    void signalProcess(target, started.pid, 'SIGKILL', opts.user).catch(() => undefined).then(() => exitWith(code));
-  };
-  process.once('SIGINT', interrupt(130));
-  process.once('SIGTERM', interrupt(143));
-  const end = await started.ended.catch((err: unknown) => Promise.reject(envdFailure(err, id)));
+  );
+  starting = start.catch(() => undefined);
+  // Once interrupted, the interrupt's exit is the one: the command's end (it was killed) or a
+  // failure of the start waits for it.
+  const unlessInterrupted = <T>(p: Promise<T>) =>
+    p.then(
+      (v) => (interruptedWith === undefined ? v : new Promise<never>(() => undefined)),
+      (err: unknown) => (interruptedWith === undefined ? Promise.reject(envdFailure(err, id)) : new Promise<never>(() => undefined)),
+    );
+  const started = await unlessInterrupted(start);
+  const end = await unlessInterrupted(started.ended);
   if (ctx.json) printJson({ stdout: Buffer.concat(stdout).toString(), stderr: Buffer.concat(stderr).toString(), exitCode: end.exitCode });
   await exitWith(end.exitCode);
 }
