@@ -270,7 +270,9 @@ describe('init: processes', () => {
       pty: { cols: 80, rows: 24 },
     });
     const t = tap(ps);
-    await waitFor(() => t.text().includes('24 80'), 5000, 'the initial size');
+    // (the three lines may come in separate chunks: wait for the last)
+    await waitFor(() => /TERM=\S*\r?\n/.test(t.text()), 5000, 'the initial size and TERM');
+    assert.match(t.text(), /24 80/);
     assert.match(t.text(), /\/dev\/pts\/\d+/);
     assert.match(t.text(), /TERM=xterm-256color/);
     await client.resize(ps.pid, 120, 40);
