@@ -685,15 +685,18 @@ describe('a client that aborts mid-body', () => {
       logger: { level: 'info', stream: { write: (l: string) => void lines.push(l) } },
     });
     server.addHook('onResponse', async (_req, reply) => void statuses.push(reply.statusCode));
+    let seen!: () => void;
+    const requestSeen = new Promise<void>((r) => (seen = r));
+    server.addHook('onRequest', async () => seen());
     await server.listen({ host: '127.0.0.1', port: 0 });
     try {
       const { port } = server.server.address() as AddressInfo;
       const socket = net.connect(port, '127.0.0.1');
       await new Promise((r) => socket.once('connect', r));
       socket.write(`POST /v2/sandboxes HTTP/1.1\r\nHost: x\r\nx-api-key: ${KEY_A}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"templateID":`);
-      await new Promise((r) => setTimeout(r, 150));
+      await requestSeen; // cut while the server reads the body
       socket.destroy();
-      for (let i = 0; i < 50 && !lines.some((l) => /client closed|database unavailable/.test(l)); i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 500 && !lines.some((l) => /client closed|database unavailable/.test(l)); i++) await new Promise((r) => setTimeout(r, 20));
       const log = lines.join('');
       assert.doesNotMatch(log, /database unavailable/);
       assert.match(log, /client closed the request before sending all of it/);

@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { runtimeConfigFromEnv } from '../src/runtime/config.ts';
 
 const HOOK = runtimeConfigFromEnv().networkHook;
@@ -26,7 +26,19 @@ function inside(file: string) {
 
 before(async () => {
   holder = spawn('unshare', ['-n', 'sleep', '600'], { stdio: 'ignore' });
-  await new Promise((r) => setTimeout(r, 200));
+  // Until it is in a namespace of its own (and has become sleep), the hook would wire the host's.
+  const ours = readlinkSync('/proc/self/ns/net');
+  const ready = () => {
+    try {
+      return readlinkSync(`/proc/${holder.pid}/ns/net`) !== ours && readFileSync(`/proc/${holder.pid}/comm`, 'utf8').trim() === 'sleep';
+    } catch {
+      return false;
+    }
+  };
+  while (!ready()) {
+    assert.equal(holder.exitCode, null, 'unshare -n sleep runs');
+    await new Promise((r) => setTimeout(r, 10));
+  }
 });
 
 after(() => {
