@@ -379,9 +379,12 @@ for (const binary of [false, true]) {
       // Connect-Timeout-Ms on Start: deadline_exceeded, and the process is killed (as envd does)
       const before = Date.now();
       await rejects(collect(proc.start({ process: { cmd: '/bin/sleep', args: ['60'] }, stdin: false, tag: 'timed' }, { timeoutMs: 800 })), Code.DeadlineExceeded);
-      assert.ok(Date.now() - before < 5000);
-      await sleep(300);
-      assert.ok(!(await proc.list({})).processes.some((p) => p.tag === 'timed'), 'killed at the deadline');
+      assert.ok(Date.now() - before < 30_000, 'ended by the deadline, not by the sleep of 60 s');
+      // (the kill that follows the deadline may take a moment on a loaded host)
+      for (let i = 0; (await proc.list({})).processes.some((p) => p.tag === 'timed'); i++) {
+        assert.ok(i < 100, 'killed at the deadline');
+        await sleep(100);
+      }
     });
 
     test('PTY: size, Update (resize), input on the pty', async () => {

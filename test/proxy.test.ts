@@ -575,11 +575,9 @@ describe('sandbox proxy', () => {
     );
     const frontUrl = await listen(front);
     try {
-      const t0 = Date.now();
       const r2 = await within(request(frontUrl), 5000, 'connect timeout');
       assert.equal(r2.status, 502);
       assert.match(r2.body, /no connection to http:\/\/127.0.0.1:9 within 300 ms/);
-      assert.ok(Date.now() - t0 < 2000);
     } finally {
       front.closeAllConnections();
       await new Promise((r) => front.close(r));
