@@ -70,7 +70,7 @@ describe('the e2b SDK against a live Nestbox', () => {
     let seen = '';
     const again = await sbx.commands.connect(bg.pid, { onStdout: (d) => { seen += d; } });
     await sbx.commands.sendStdin(bg.pid, 'hello stdin\n');
-    for (let i = 0; i < 50 && !seen.includes('hello stdin'); i++) await sleep(50);
+    for (let i = 0; i < 300 && !seen.includes('hello stdin'); i++) await sleep(50);
     assert.match(seen, /hello stdin/);
     assert.equal(await sbx.commands.kill(bg.pid), true);
     await assert.rejects(again.wait());
@@ -81,11 +81,11 @@ describe('the e2b SDK against a live Nestbox', () => {
     let out = '';
     const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += Buffer.from(d).toString(); } });
     await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('stty size\n'));
-    for (let i = 0; i < 50 && !out.includes('24 80'); i++) await sleep(50);
+    for (let i = 0; i < 300 && !out.includes('24 80'); i++) await sleep(50);
     assert.match(out, /24 80/);
     await sbx.pty.resize(pty.pid, { cols: 100, rows: 30 });
     await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('stty size\n'));
-    for (let i = 0; i < 50 && !out.includes('30 100'); i++) await sleep(50);
+    for (let i = 0; i < 300 && !out.includes('30 100'); i++) await sleep(50);
     assert.match(out, /30 100/);
     assert.equal(await sbx.pty.kill(pty.pid), true);
   });
@@ -123,7 +123,7 @@ describe('the e2b SDK against a live Nestbox', () => {
     const handle = await sbx.files.watchDir('watched', (e) => { events.push(`${e.type}:${e.name}`); }, { recursive: true });
     await sbx.files.write('watched/x.txt', 'x');
     await sbx.files.remove('watched/x.txt');
-    for (let i = 0; i < 50 && !events.some((e) => e.startsWith('remove')); i++) await sleep(50);
+    for (let i = 0; i < 300 && !events.some((e) => e.startsWith('remove')); i++) await sleep(50);
     await handle.stop();
     assert.ok(events.some((e) => e === 'create:x.txt' || e === 'write:x.txt'), events.join(','));
     assert.ok(events.some((e) => e === 'remove:x.txt'), events.join(','));
@@ -136,7 +136,7 @@ describe('the e2b SDK against a live Nestbox', () => {
     // The create answer's domain, the proxy's own (E2B_DOMAIN is not set): as `make up` gives it.
     assert.equal(host, `8000-${sbx.sandboxId}.localhost:${new URL(proxyUrl).port}`);
     let r = { status: 0, body: '' };
-    for (let i = 0; i < 50 && r.status !== 200; i++) {
+    for (let i = 0; i < 150 && r.status !== 200; i++) {
       r = await getByHost(host, '/index.html').catch(() => r);
       if (r.status !== 200) await sleep(100);
     }

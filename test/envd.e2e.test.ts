@@ -519,7 +519,7 @@ for (const binary of [false, true]) {
       await fetch(`${base}/files?path=${wdir}/f.txt`, { method: 'POST', headers: hop({ 'content-type': 'application/octet-stream' }), body: 'x' });
       await fs.makeDir({ path: `${wdir}/d` });
       let events: { name: string; type: EventType }[] = [];
-      for (let i = 0; i < 40 && !events.some((e) => e.name === 'd'); i++) {
+      for (let i = 0; i < 300 && !events.some((e) => e.name === 'd'); i++) {
         await sleep(50);
         events = events.concat((await fs.getWatcherEvents({ watcherId })).events.map((e) => ({ name: e.name, type: e.type })));
       }
@@ -536,7 +536,7 @@ for (const binary of [false, true]) {
 describe('clients that go away', () => {
   async function settled() {
     const init = a.agent.runtime.initClient(id);
-    for (let i = 0; i < 60 && init.openConnections > 0; i++) await sleep(50);
+    for (let i = 0; i < 300 && init.openConnections > 0; i++) await sleep(50);
     return init.openConnections;
   }
 
@@ -725,7 +725,7 @@ describe('the official e2b SDK, through a minimal stand-in for the sandbox proxy
     const events: string[] = [];
     const w = await sbx.files.watchDir('sdk', (e) => void events.push(`${e.type}:${e.name}`), { recursive: true });
     await sbx.files.write('sdk/watched.txt', 'w');
-    for (let i = 0; i < 40 && !events.some((e) => e.endsWith(':watched.txt')); i++) await sleep(50);
+    for (let i = 0; i < 300 && !events.some((e) => e.endsWith(':watched.txt')); i++) await sleep(50);
     await w.stop();
     assert.ok(events.some((e) => e.endsWith(':watched.txt')), events.join(','));
   });
@@ -735,10 +735,10 @@ describe('the official e2b SDK, through a minimal stand-in for the sandbox proxy
     let screen = '';
     const t = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => void (screen += Buffer.from(d).toString()) });
     await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size; echo $TERM\n'));
-    for (let i = 0; i < 60 && !/24 80/.test(screen); i++) await sleep(50);
+    for (let i = 0; i < 300 && !/24 80/.test(screen); i++) await sleep(50);
     await sbx.pty.resize(t.pid, { cols: 100, rows: 30 });
     await sbx.pty.sendInput(t.pid, new TextEncoder().encode('stty size\n'));
-    for (let i = 0; i < 60 && !/30 100/.test(screen); i++) await sleep(50);
+    for (let i = 0; i < 300 && !/30 100/.test(screen); i++) await sleep(50);
     assert.match(screen, /24 80/);
     assert.match(screen, /xterm-256color/);
     assert.match(screen, /30 100/);

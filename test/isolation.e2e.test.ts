@@ -100,7 +100,7 @@ describe('sandbox isolation', () => {
       await a.api('POST', `/v1/sandboxes/${other}/processes`, { argv: ['python3', '-m', 'http.server', '8080'] }).then((r) => r.body?.cancel());
       const otherAddress = (await a.json('GET', `/v1/sandboxes/${other}`)).address;
       let reachable = false;
-      for (let i = 0; i < 50 && !reachable; i++) {
+      for (let i = 0; i < 150 && !reachable; i++) {
         reachable = await fetch(`http://${otherAddress}:8080/`).then((r) => r.ok, () => false);
         if (!reachable) await sleep(100);
       }

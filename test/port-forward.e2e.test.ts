@@ -96,7 +96,7 @@ describe('port forwarding into a sandbox', () => {
     await spawn(id, ['python3', '-m', 'http.server', '8000']);
     await waitFor(`/v1/sandboxes/${id}/ports/8000/`);
     let up: Awaited<ReturnType<typeof upgrade>> | null = null;
-    for (let i = 0; i < 50 && !up; i++) {
+    for (let i = 0; i < 150 && !up; i++) {
       up = await upgrade(id, 8001).catch(() => null);
       if (!up) await sleep(100);
     }

@@ -123,7 +123,7 @@ describe('two control-plane processes on one Postgres', () => {
         for (const id of ids) await call(0, 'POST', `/sandboxes/${id}/timeout`, { timeout: 600 });
         for (const id of ids) {
           let row = (await getSandbox(db, id))!;
-          for (let i = 0; i < 50 && ['starting', 'pausing', 'resuming', 'killing'].includes(row.state); i++) {
+          for (let i = 0; i < 300 && ['starting', 'pausing', 'resuming', 'killing'].includes(row.state); i++) {
             await new Promise((r) => setTimeout(r, 50));
             row = (await getSandbox(db, id))!;
           }

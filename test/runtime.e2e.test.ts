@@ -96,7 +96,7 @@ describe('sandbox lifecycle on one node', () => {
     const reader = readProcessStream(res);
     // the pid is in the first line; the list tells it too
     let pid = 0;
-    for (let i = 0; i < 50 && !pid; i++) {
+    for (let i = 0; i < 750 && !pid; i++) {
       const list = await a.json('GET', `/v1/sandboxes/${id}/processes`);
       pid = list.processes.find((p: any) => p.argv[0] === '/bin/cat')?.pid ?? 0;
       if (!pid) await sleep(20);
@@ -114,7 +114,7 @@ describe('sandbox lifecycle on one node', () => {
     });
     const ptyReader = readProcessStream(ptyRes);
     let ptyPid = 0;
-    for (let i = 0; i < 50 && !ptyPid; i++) {
+    for (let i = 0; i < 750 && !ptyPid; i++) {
       const list = await a.json('GET', `/v1/sandboxes/${id}/processes`);
       ptyPid = list.processes.find((p: any) => p.pty)?.pid ?? 0;
       if (!ptyPid) await sleep(20);
