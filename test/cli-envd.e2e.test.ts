@@ -130,7 +130,11 @@ describe('nestbox sandbox exec, interrupted', () => {
     }
     child.kill('SIGINT');
     assert.equal(await closed, 130);
-    assert.equal(await sleeping(), false, 'the command is gone from the sandbox');
+    // (killed before the CLI exited; its reaping in the sandbox may take a moment on a loaded host)
+    for (let i = 0; await sleeping(); i++) {
+      assert.ok(i < 300, 'the command is gone from the sandbox');
+      await new Promise((r) => setTimeout(r, 50));
+    }
   });
 });
 
