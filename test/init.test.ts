@@ -26,7 +26,7 @@ const HAS_NOBODY = IS_ROOT && /^nobody:/m.test(readFileSync('/etc/passwd', 'utf8
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(cond: () => boolean | Promise<boolean>, ms = 5000, what = 'condition') {
+async function waitFor(cond: () => boolean | Promise<boolean>, ms = 30_000, what = 'condition') {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (await cond()) return;
@@ -148,7 +148,7 @@ before(async () => {
   sock = path.join(dir, 'run/init.sock');
   init = spawn(BIN, ['--socket', sock, '--exit-with-parent'], { stdio: ['ignore', 'inherit', 'inherit'] });
   client = new InitClient(sock, { connectTimeoutMs: 1000, requestTimeoutMs: 10_000 });
-  await waitFor(() => client.ping().then(() => true, () => false), 5000, 'the init to answer');
+  await waitFor(() => client.ping().then(() => true, () => false), 30_000, 'the init to answer');
 });
 
 after(async () => {
@@ -180,13 +180,13 @@ describe('init: basics', () => {
     await unlink(sock);
     await assert.rejects(client.ping(), (e: InitError) => e instanceof InitError && e.code === 'unavailable');
     init.kill('SIGHUP');
-    await waitFor(() => client.ping().then(() => true, () => false), 3000, 'the rebound socket');
+    await waitFor(() => client.ping().then(() => true, () => false), 30_000, 'the rebound socket');
     // Twice: the old listener is retired each time. Wait for the new socket (a new inode at the
     // path) before pinging, or the ping may reach the listener about to be retired.
     const before = (await stat(sock)).ino;
     init.kill('SIGHUP');
-    await waitFor(() => stat(sock).then((st) => st.ino !== before, () => false), 3000, 'the socket bound again');
-    await waitFor(() => client.ping().then(() => true, () => false), 3000, 'the rebound socket');
+    await waitFor(() => stat(sock).then((st) => st.ino !== before, () => false), 30_000, 'the socket bound again');
+    await waitFor(() => client.ping().then(() => true, () => false), 30_000, 'the rebound socket');
   });
 
   test('idle memory is small', async () => {
@@ -228,12 +228,12 @@ describe('init: processes', () => {
 
     const group = await client.start({ argv: ['sh', '-c', 'sleep 30 & echo $!; wait'], user: USER });
     const t = tap(group);
-    await waitFor(() => t.text().includes('\n'), 5000, 'the background pid');
+    await waitFor(() => t.text().includes('\n'), 30_000, 'the background pid');
     const bg = Number(t.text().trim());
     await client.signal(group.pid, 9);
     const exit = await group.exited;
     assert.equal(exit.signal, 9);
-    await waitFor(() => !existsSync(`/proc/${bg}`) || readFileSync(`/proc/${bg}/stat`, 'utf8').includes(') Z'), 3000, 'the group member to die');
+    await waitFor(() => !existsSync(`/proc/${bg}`) || readFileSync(`/proc/${bg}/stat`, 'utf8').includes(') Z'), 30_000, 'the group member to die');
     await assert.rejects(client.signal(group.pid, 9), (e: InitError) => e.code === 'not_found');
   });
 
@@ -276,7 +276,7 @@ describe('init: processes', () => {
     });
     const t = tap(ps);
     // (the three lines may come in separate chunks: wait for the last)
-    await waitFor(() => /TERM=\S*\r?\n/.test(t.text()), 5000, 'the initial size and TERM');
+    await waitFor(() => /TERM=\S*\r?\n/.test(t.text()), 30_000, 'the initial size and TERM');
     assert.match(t.text(), /24 80/);
     assert.match(t.text(), /\/dev\/pts\/\d+/);
     assert.match(t.text(), /TERM=xterm-256color/);
@@ -322,7 +322,7 @@ describe('init: processes', () => {
     const ps = await client.start({ argv: ['cat'], user: USER, stdin: true });
     await client.input(ps.pid, Buffer.from('before\n'));
     const t = tap(ps);
-    await waitFor(() => t.text() === 'before\n', 5000, 'live output');
+    await waitFor(() => t.text() === 'before\n', 30_000, 'live output');
     ps.detach();
     await t.done;
     await assert.rejects(ps.exited, (e: InitError) => e.code === 'unavailable');
@@ -331,7 +331,7 @@ describe('init: processes', () => {
     await sleep(200);
     const again = await client.attach(ps.pid);
     const t2 = tap(again);
-    await waitFor(() => t2.text() === 'while detached\n', 5000, 'buffered output');
+    await waitFor(() => t2.text() === 'while detached\n', 30_000, 'buffered output');
     await client.closeStdin(ps.pid);
     assert.equal((await again.exited).exitCode, 0);
   });
@@ -341,7 +341,7 @@ describe('init: processes', () => {
     ps.detach();
     await sleep(100);
     await client.input(ps.pid, Buffer.from('\n'));
-    await waitFor(async () => !(await client.list()).some((p) => p.pid === ps.pid), 5000, 'the exit');
+    await waitFor(async () => !(await client.list()).some((p) => p.pid === ps.pid), 30_000, 'the exit');
     const again = await client.attach(ps.pid);
     const r = await collect(again);
     assert.equal(r.stdout, 'bye\n');
@@ -541,20 +541,20 @@ describe('init: files', () => {
     })();
     const has = (name: string, op: string) => events.some((e) => e.name === name && e.op === op);
     await writeFile(path.join(wdir, 'f'), 'x');
-    await waitFor(() => has('f', 'create'), 3000, 'create');
+    await waitFor(() => has('f', 'create'), 30_000, 'create');
     await writeFile(path.join(wdir, 'f'), 'more', { flag: 'a' });
-    await waitFor(() => has('f', 'write'), 3000, 'write');
+    await waitFor(() => has('f', 'write'), 30_000, 'write');
     await writeFile(path.join(wdir, 'pre/g'), 'x');
-    await waitFor(() => has('pre/g', 'create'), 3000, 'create in an existing subdirectory');
+    await waitFor(() => has('pre/g', 'create'), 30_000, 'create in an existing subdirectory');
     await mkdir(path.join(wdir, 'new'));
-    await waitFor(() => has('new', 'create'), 3000, 'mkdir');
+    await waitFor(() => has('new', 'create'), 30_000, 'mkdir');
     await sleep(50);
     await writeFile(path.join(wdir, 'new/h'), 'x');
-    await waitFor(() => has('new/h', 'create'), 3000, 'create in a new subdirectory');
+    await waitFor(() => has('new/h', 'create'), 30_000, 'create in a new subdirectory');
     await unlink(path.join(wdir, 'f'));
-    await waitFor(() => has('f', 'remove'), 3000, 'remove');
+    await waitFor(() => has('f', 'remove'), 30_000, 'remove');
     await chmod(path.join(wdir, 'new/h'), 0o600);
-    await waitFor(() => has('new/h', 'chmod'), 3000, 'chmod');
+    await waitFor(() => has('new/h', 'chmod'), 30_000, 'chmod');
     w.close();
     await done;
     await assert.rejects(client.watch(path.join(dir, 'nope'), { user: USER }), (e: InitError) => e.code === 'not_found');
