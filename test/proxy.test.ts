@@ -447,10 +447,10 @@ describe('sandbox proxy', () => {
       res.write('first\n');
       void released.then(() => res.end('second\n'));
     });
-    const res = await within(fetch(`${proxyUrl}/stream`, { method: 'POST', headers: envd(sb.sandboxId) }), 3000, 'headers');
+    const res = await within(fetch(`${proxyUrl}/stream`, { method: 'POST', headers: envd(sb.sandboxId) }), 15_000, 'headers');
     assert.equal(res.headers.get('content-type'), 'application/connect+json');
     const reader = res.body!.getReader();
-    const first = await within(reader.read(), 3000, 'first chunk');
+    const first = await within(reader.read(), 15_000, 'first chunk');
     assert.equal(Buffer.from(first.value!).toString(), 'first\n', 'the first chunk arrives while the upstream is still open');
     release();
     let rest = '';
@@ -477,7 +477,7 @@ describe('sandbox proxy', () => {
       r.on('end', () => resolve(s));
     }));
     upload.write('part-1;');
-    assert.equal(await within(firstUp, 3000, 'first upload chunk'), 'part-1;');
+    assert.equal(await within(firstUp, 15_000, 'first upload chunk'), 'part-1;');
     upload.end('part-2');
     assert.equal(await answered, String('part-1;part-2'.length));
   });
@@ -494,9 +494,9 @@ describe('sandbox proxy', () => {
     const ac = new AbortController();
     const res = await fetch(`${proxyUrl}/hang`, { headers: envd(sb.sandboxId), signal: ac.signal });
     const reader = res.body!.getReader();
-    await within(reader.read(), 3000, 'first chunk');
+    await within(reader.read(), 15_000, 'first chunk');
     ac.abort();
-    await within(closed, 3000, 'upstream close');
+    await within(closed, 15_000, 'upstream close');
   });
 
   test('WebSocket round trip through the proxy (header and host routing)', async () => {
@@ -517,12 +517,12 @@ describe('sandbox proxy', () => {
         ws.on('error', reject);
         ws.on('unexpected-response', (_req, res) => reject(new Error(`unexpected ${res.statusCode}`)));
       });
-    const viaHost = await within(roundTrip({ host: `8000-${sb.sandboxId}.localhost:${proxyPort}`, authorization: 'Basic abc' }), 5000, 'ws via host');
+    const viaHost = await within(roundTrip({ host: `8000-${sb.sandboxId}.localhost:${proxyPort}`, authorization: 'Basic abc' }), 15_000, 'ws via host');
     assert.equal(viaHost.hello.url, `/v1/sandboxes/${sb.sandboxId}/ports/8000/ws?x=1`);
     assert.equal(viaHost.hello.headers.authorization, `Bearer ${AGENT_TOKEN}`);
     assert.equal(viaHost.hello.headers['x-forwarded-authorization'], 'Basic abc');
     assert.equal(viaHost.echo, 'echo:ping ünïcode');
-    const viaHeaders = await within(roundTrip({ 'E2b-Sandbox-Id': sb.sandboxId, 'E2b-Sandbox-Port': '9000' }), 5000, 'ws via headers');
+    const viaHeaders = await within(roundTrip({ 'E2b-Sandbox-Id': sb.sandboxId, 'E2b-Sandbox-Port': '9000' }), 15_000, 'ws via headers');
     assert.equal(viaHeaders.hello.url, `/v1/sandboxes/${sb.sandboxId}/ports/9000/ws?x=1`);
 
     // refusals reach the WebSocket client as HTTP responses
@@ -538,10 +538,10 @@ describe('sandbox proxy', () => {
         ws.on('error', () => undefined);
       });
     const unknown = newSandboxId();
-    const r502 = await within(status(`ws://127.0.0.1:${proxyPort}/ws`, { host: `8000-${unknown}.localhost` }), 5000, 'ws 502');
+    const r502 = await within(status(`ws://127.0.0.1:${proxyPort}/ws`, { host: `8000-${unknown}.localhost` }), 15_000, 'ws 502');
     assert.equal(r502.status, 502);
     assert.deepEqual(JSON.parse(r502.body), { sandboxId: unknown, message: 'The sandbox was not found', code: 502 });
-    const declined = await within(status(`ws://127.0.0.1:${proxyPort}/not-a-socket`, { host: `8000-${sb.sandboxId}.localhost` }), 5000, 'ws 404');
+    const declined = await within(status(`ws://127.0.0.1:${proxyPort}/not-a-socket`, { host: `8000-${sb.sandboxId}.localhost` }), 15_000, 'ws 404');
     assert.equal(declined.status, 404);
     assert.equal(declined.body, 'no socket');
   });
@@ -553,7 +553,7 @@ describe('sandbox proxy', () => {
     await new Promise((r) => dead.close(r));
     await upsertNode(cp.db, { id: 'node-dead', url: deadUrl, token: 't' });
     await cp.db.query('UPDATE sandboxes SET node_id = $2 WHERE id = $1', [sb.sandboxId, 'node-dead']);
-    const r = await within(request(`${proxyUrl}/health`, { headers: envd(sb.sandboxId) }), 5000, 'refused');
+    const r = await within(request(`${proxyUrl}/health`, { headers: envd(sb.sandboxId) }), 15_000, 'refused');
     assert.equal(r.status, 502);
     assert.equal(r.json().sandboxId, sb.sandboxId);
     assert.equal(r.json().code, 502);
@@ -575,7 +575,7 @@ describe('sandbox proxy', () => {
     );
     const frontUrl = await listen(front);
     try {
-      const r2 = await within(request(frontUrl), 5000, 'connect timeout');
+      const r2 = await within(request(frontUrl), 15_000, 'connect timeout');
       assert.equal(r2.status, 502);
       assert.match(r2.body, /no connection to http:\/\/127.0.0.1:9 within 300 ms/);
     } finally {
@@ -705,10 +705,10 @@ describe('proxy -> agent port forwarding -> sandbox port', () => {
     const ws = new WebSocket(`ws://127.0.0.1:${proxyPort}/chat`, { headers: { host: host(), authorization: 'Basic dTo=' } });
     const messages: string[] = [];
     const next = () => new Promise<string>((resolve) => ws.once('message', (m) => resolve(m.toString())));
-    const hello = await within(next(), 5000, 'hello');
+    const hello = await within(next(), 15_000, 'hello');
     assert.equal(hello, `hello /chat ${host()} Basic dTo=`);
     ws.send('one');
-    assert.equal(await within(next(), 3000, 'echo'), 'echo:one');
+    assert.equal(await within(next(), 15_000, 'echo'), 'echo:one');
     ws.on('message', (m) => messages.push(m.toString()));
     const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
     const pause = await request(`${agentUrl}/v1/sandboxes/${sandboxId}/pause`, {
@@ -716,6 +716,6 @@ describe('proxy -> agent port forwarding -> sandbox port', () => {
     });
     assert.equal(pause.status, 200, pause.body);
     assert.deepEqual(paused, [sandboxId]);
-    await within(closed, 3000, 'ws closed by pause');
+    await within(closed, 15_000, 'ws closed by pause');
   });
 });
