@@ -6,6 +6,7 @@
 // e2b SDK (and the undici it loads) made each exec ~400 ms of module loading on a 2-core host,
 // and @connectrpc/connect-node with the protobuf runtime 62 ms; exec runs once per CLI call.
 import type { IncomingMessage } from 'node:http';
+import { connectEnvelope, END_STREAM_FLAG } from '../http/connect-envelope.ts';
 import { httpRequest, readBody } from './http-request.ts';
 
 /** Where envd is reached: a base URL (the sandbox proxy) and the headers that route and authorize. */
@@ -38,15 +39,6 @@ export class EnvdError extends Error {
     super(message);
     this.name = 'EnvdError';
   }
-}
-
-/** A Connect envelope: flags (0x02 ends the stream), a big-endian length, then the message. */
-function envelope(message: unknown, flags = 0): Buffer {
-  const body = Buffer.from(JSON.stringify(message));
-  const head = Buffer.alloc(5);
-  head.writeUInt8(flags, 0);
-  head.writeUInt32BE(body.length, 1);
-  return Buffer.concat([head, body]);
 }
 
 /** Envelopes are at most this big (envd sends output in chunks of at most 32 KiB, base64'd). */
@@ -95,7 +87,7 @@ export async function startProcess(
     'Connect-Protocol-Version': '1',
     'Keepalive-Ping-Interval': '50', // as the SDK asks: envd sends keepalives meanwhile
     ...userHeader(spec.user),
-  }, envelope(request));
+  }, connectEnvelope(request));
   if (res.statusCode !== 200) throw await failure(res);
 
   let started!: (pid: number) => void;
@@ -121,7 +113,7 @@ export async function startProcess(
         if (buffered.length < 5 + length) break;
         const message = JSON.parse(buffered.subarray(5, 5 + length).toString()) as Record<string, any>;
         buffered = buffered.subarray(5 + length);
-        if (flags & 0x02) {
+        if (flags & END_STREAM_FLAG) {
           const error = message.error as { code?: string; message?: string } | undefined;
           if (error) throw new EnvdError(error.code ?? 'unknown', error.message ?? 'envd ended the stream with an error');
           if (!end) throw new EnvdError('unavailable', 'the command ended without an exit status (was the sandbox paused or killed?)');

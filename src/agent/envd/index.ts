@@ -8,6 +8,7 @@ import type { UniversalHandler } from '@connectrpc/connect/protocol';
 import {
   compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse,
 } from '@connectrpc/connect-node';
+import { connectEnvelope, END_STREAM_FLAG } from '../../http/connect-envelope.ts';
 import { NODE_ROUTES, NOT_HERE_HEADER } from '../../node-api/routes.ts';
 import type { SandboxRuntime } from '../../runtime/sandbox-runtime.ts';
 import { basicAuthUser, clientAuthorization, envdContextKey, requestUser, type EnvdRequestContext } from './context.ts';
@@ -63,11 +64,8 @@ function sendUnimplementedRpc(req: FastifyRequest, reply: FastifyReply, path: st
   req.raw.resume();
   if (ct.startsWith('application/connect+')) {
     // streaming call: HTTP 200, then an end-stream envelope carrying the error
-    const body = Buffer.from(JSON.stringify({ error: { code: 'unimplemented', message: err.rawMessage } }));
-    const head = Buffer.alloc(5);
-    head.writeUInt8(0x02, 0);
-    head.writeUInt32BE(body.length, 1);
-    return reply.code(200).header('content-type', ct.split(';')[0]!).send(Buffer.concat([head, body]));
+    const body = connectEnvelope({ error: { code: 'unimplemented', message: err.rawMessage } }, END_STREAM_FLAG);
+    return reply.code(200).header('content-type', ct.split(';')[0]!).send(body);
   }
   return reply.code(501).header('content-type', 'application/json').send({ code: 'unimplemented', message: err.rawMessage });
 }

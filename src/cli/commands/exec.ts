@@ -149,11 +149,11 @@ async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void
   if (opts.shell === undefined && argv.length === 0) throw new CliError('no command: give one after -- (or a string with --shell)');
   // Ctrl-C (or a TERM) ends the remote command too, then exits as a shell would. One that comes
   // while the start is asked for waits for envd to name the process: it may run already.
-  let interruptedWith: number | undefined;
+  let interrupted = false;
   let starting: Promise<{ pid: number } | undefined> | undefined;
   let target: EnvdTarget | undefined;
   const interrupt = (code: number) => () => {
-    interruptedWith ??= code;
+    interrupted = true;
     void (starting ?? Promise.resolve(undefined))
       .then((p) => (p && target ? signalProcess(target, p.pid, 'SIGKILL', opts.user) : undefined))
       .catch(() => undefined)
@@ -164,7 +164,7 @@ async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void
   const connected = await envdOf(id, opts);
   const ctx = connected.ctx;
   target = connected.target;
-  if (interruptedWith !== undefined) return; // exiting: nothing was started
+  if (interrupted) return; // exiting: nothing was started
   // The program and its arguments as given, or the string for the login shell (as commands.run).
   const [cmd, ...args] = opts.shell === undefined ? argv : ['/bin/bash', '-l', '-c', opts.shell];
   const stdout: Buffer[] = [];
@@ -181,8 +181,8 @@ async function exec(id: string, argv: string[], opts: ExecOptions): Promise<void
   // failure of the start waits for it.
   const unlessInterrupted = <T>(p: Promise<T>) =>
     p.then(
-      (v) => (interruptedWith === undefined ? v : new Promise<never>(() => undefined)),
-      (err: unknown) => (interruptedWith === undefined ? Promise.reject(envdFailure(err, id)) : new Promise<never>(() => undefined)),
+      (v) => (interrupted ? new Promise<never>(() => undefined) : v),
+      (err: unknown) => (interrupted ? new Promise<never>(() => undefined) : Promise.reject(envdFailure(err, id))),
     );
   const started = await unlessInterrupted(start);
   const end = await unlessInterrupted(started.ended);
